@@ -1,0 +1,319 @@
+"""Projects, items and the human judgements made on them.
+
+Payload shapes (``Annotation.payload``, ``AnnotationRevision.payload``, ``ItemResult.payload``,
+``Adjudication.payload``), by task kind:
+
+- gold:       {"action": "accept"|"edit"|"write"|"unusable", "answer": str,
+               "source_index": int|None, "reason": str}
+- preference: {"choice": "response"|"tie"|"both_bad", "chosen": int|None, "rejected": int|None,
+               "strength": "slight"|"clear"|None, "rationale": str}
+               (indices into ``Item.responses``, never display positions)
+- rubric:     {"response_index": int|None, "scores": {criterion_key: value}}
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.urls import reverse
+
+
+class TaskKind(models.TextChoices):
+    GOLD = "gold", "Gold answer"
+    PREFERENCE = "preference", "Preference pair"
+    RUBRIC = "rubric", "Rubric scoring"
+
+
+class Provenance(models.TextChoices):
+    HUMAN = "human", "Human-written"
+    PRODUCTION_LOG = "production_log", "Production log"
+    DISTILLED = "distilled", "Distilled from a stronger model"
+    SELF_GENERATED = "self_generated", "Self-generated"
+    LLM_JUDGED = "llm_judged", "LLM-judged"
+    RULE_BASED = "rule_based", "Rule-based"
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    EVAL = "eval", "Eval"
+
+
+class ConsensusRule(models.TextChoices):
+    UNANIMOUS = "unanimous", "Unanimous"
+    MAJORITY = "majority", "Majority"
+    MEAN_WITHIN_TOLERANCE = "mean_within_tolerance", "Mean score within tolerance"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    guidelines = models.TextField(blank=True, help_text="What reviewers read before they start (plain text).")
+    task_kinds = models.JSONField(
+        default=list, help_text="Any of gold, preference, rubric: one project may combine them."
+    )
+    overlap_k = models.PositiveSmallIntegerField(default=2, help_text="Independent reviews per item.")
+    eval_share = models.DecimalField(
+        max_digits=4, decimal_places=3, default=Decimal("0.200"), help_text="Share of items drawn into the eval split."
+    )
+    split_seed = models.BigIntegerField(default=0, help_text="Seed of the train/eval draw.")
+    lease_minutes = models.PositiveIntegerField(default=30, help_text="How long a reviewer holds an item.")
+    consensus_rule = models.CharField(max_length=32, choices=ConsensusRule.choices, default=ConsensusRule.MAJORITY)
+    score_tolerance = models.FloatField(default=0.5, help_text="Largest score spread that counts as agreement.")
+    rubric_signoffs_required = models.PositiveSmallIntegerField(default=2)
+    calibration_required = models.BooleanField(default=False)
+    calibration_threshold = models.FloatField(default=0.667, help_text="Krippendorff's alpha to reach.")
+    reviewers_see_evalsets = models.BooleanField(default=False)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="goldset_projects", blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(overlap_k__gte=1), name="project_overlap_k_positive"),
+            models.CheckConstraint(
+                condition=models.Q(eval_share__gte=0) & models.Q(eval_share__lte=1),
+                name="project_eval_share_0_1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("annotate:project-detail", kwargs={"slug": self.slug})
+
+    def clean(self) -> None:
+        unknown = [k for k in self.task_kinds or [] if k not in TaskKind.values]
+        if not self.task_kinds or unknown:
+            raise ValidationError(
+                {"task_kinds": f"Choose one or more of {', '.join(TaskKind.values)}; got {self.task_kinds!r}."}
+            )
+
+
+class ImportBatch(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Mode(models.TextChoices):
+        ALL_OR_NOTHING = "all_or_nothing", "Import nothing if any row is bad"
+        SKIP_BAD = "skip_bad", "Import the good rows, hand back the bad ones"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    filename = models.CharField(max_length=255)
+    file_format = models.CharField(max_length=8)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.ALL_OR_NOTHING)
+    provenance = models.CharField(max_length=32, choices=Provenance.choices, default=Provenance.HUMAN)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stored_path = models.CharField(max_length=500, blank=True, help_text="The uploaded file, kept until done.")
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_read = models.BigIntegerField(default=0)
+    rows_seen = models.IntegerField(default=0)
+    rows_imported = models.IntegerField(default=0)
+    rows_rejected = models.IntegerField(default=0)
+    duplicates = models.IntegerField(default=0)
+    errors = models.JSONField(default=list, help_text="The first errors, each {line, field, message}.")
+    rejected_path = models.CharField(max_length=500, blank=True)
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename} → {self.project}"
+
+
+class Item(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices)
+    prompt = models.TextField(help_text="Plain-text prompt, or the chat rendered as text when messages are given.")
+    messages = models.JSONField(null=True, blank=True, help_text="Chat turns [{role, content}], if any.")
+    responses = models.JSONField(default=list, help_text="Candidate responses [{text, model}].")
+    metadata = models.JSONField(default=dict, blank=True)
+    provenance = models.CharField(max_length=32, choices=Provenance.choices, default=Provenance.HUMAN)
+    content_hash = models.CharField(max_length=64, help_text="sha256 of the normalized prompt and responses.")
+    split = models.CharField(max_length=8, choices=Split.choices)
+    import_batch = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL)
+    source_line = models.IntegerField(null=True, blank=True)
+    is_check = models.BooleanField(default=False, help_text="A known-answer item seeded to measure reviewers.")
+    check_answer = models.JSONField(null=True, blank=True)
+    is_calibration = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="item_unique_content_per_project"),
+        ]
+        indexes = [models.Index(fields=["project", "split"]), models.Index(fields=["project", "kind"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.prompt[:60]}"
+
+
+class Rubric(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rubrics")
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="rubric_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RubricVersion(models.Model):
+    """One immutable version of a rubric; criteria are a list of
+    {key, name, scale: nominal|ordinal|interval|binary, levels: [{value, label, description, example}]}."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PROPOSED = "proposed", "Proposed (collecting sign-offs)"
+        CALIBRATING = "calibrating", "Calibrating"
+        ACTIVE = "active", "Active"
+        RETIRED = "retired", "Retired"
+
+    rubric = models.ForeignKey(Rubric, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    criteria = models.JSONField(default=list)
+    notes = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    proposed_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rubric", "number"]
+        constraints = [models.UniqueConstraint(fields=["rubric", "number"], name="rubricversion_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.rubric} v{self.number}"
+
+
+class RubricSignoff(models.Model):
+    version = models.ForeignKey(RubricVersion, on_delete=models.CASCADE, related_name="signoffs")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "reviewer"], name="signoff_once")]
+
+
+class Lease(models.Model):
+    """One reviewer's hold on one item. At most one row per (item, reviewer), ever."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+        RELEASED = "released", "Released"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="leases")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="leases")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="goldset_leases")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    display_order = models.JSONField(default=list, help_text="Response indices in the order shown to this reviewer.")
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "reviewer"], name="lease_once_per_reviewer")]
+        indexes = [
+            models.Index(fields=["project", "status", "expires_at"]),
+            models.Index(fields=["reviewer", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer} ← item {self.item_id} ({self.status})"
+
+
+class Annotation(models.Model):
+    """A reviewer's current judgement of an item; every submission is kept as a revision."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="annotations")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="goldset_annotations")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices)
+    payload = models.JSONField(help_text="The latest revision's payload.")
+    revision = models.PositiveIntegerField(default=1)
+    rubric_version = models.ForeignKey(RubricVersion, null=True, blank=True, on_delete=models.PROTECT)
+    display_order = models.JSONField(default=list)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "reviewer"], name="annotation_once_per_reviewer")]
+        indexes = [models.Index(fields=["reviewer", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer} on item {self.item_id} r{self.revision}"
+
+
+class AnnotationRevision(models.Model):
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    payload = models.JSONField()
+    rubric_version = models.ForeignKey(RubricVersion, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["annotation", "number"]
+        constraints = [models.UniqueConstraint(fields=["annotation", "number"], name="revision_unique_number")]
+
+
+class Flag(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="flags")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.TextField()
+    resolved = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class ItemResult(models.Model):
+    """What an item's reviews add up to. Downstream (eval sets, training snapshots) reads only
+    rows with status consensus or adjudicated."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CONSENSUS = "consensus", "Consensus"
+        DISPUTED = "disputed", "Disputed"
+        ADJUDICATED = "adjudicated", "Adjudicated"
+
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="result")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    payload = models.JSONField(null=True, blank=True)
+    agreement = models.FloatField(null=True, blank=True, help_text="Share of reviews that agree with the result.")
+    reviewer_ids = models.JSONField(default=list)
+    rubric_version = models.ForeignKey(RubricVersion, null=True, blank=True, on_delete=models.PROTECT)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"item {self.item_id}: {self.status}"
+
+
+class Adjudication(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="adjudications")
+    adjudicator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    payload = models.JSONField()
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)

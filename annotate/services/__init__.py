@@ -1,0 +1,1 @@
+"""Writes for the annotate app, one module per area; every function is `<entity>_<action>`."""

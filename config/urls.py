@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from annotate.views.projects import health
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", health, name="health"),
+    path("admin/", admin.site.urls),
+    path("evalsets/", include("evalsets.urls")),
+    path("training/", include("training.urls")),
+    path("", include("annotate.urls")),
+]
