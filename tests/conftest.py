@@ -110,3 +110,24 @@ def project(db, alice, bob, carol, judge, admin_user):
 def login(client, user):
     client.force_login(user)
     return client
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sqlite_flush_may_delete():
+    """SQLite's flush between transactional tests is a DELETE; let it through write-once tables."""
+    from config import writeonce
+
+    writeonce.SQLITE_BYPASS.add("DELETE")
+    yield
+    writeonce.SQLITE_BYPASS.clear()
+
+
+@pytest.fixture
+def write_once_enforced():
+    """Within the test, SQLite's write-once triggers reject DELETE too (as in production)."""
+    from config import writeonce
+
+    saved = set(writeonce.SQLITE_BYPASS)
+    writeonce.SQLITE_BYPASS.clear()
+    yield
+    writeonce.SQLITE_BYPASS.update(saved)
