@@ -92,12 +92,12 @@ class WriteOnce(migrations.RunPython):
             else:
                 raise NotImplementedError(f"Write-once triggers are not written for {vendor}.")
             for sql in statements:
-                schema_editor.execute(sql)
+                schema_editor.execute(sql, params=None)
 
     def _backwards(self, apps, schema_editor) -> None:
         for table in self.tables:
             for sql in _drop_sql(schema_editor.connection.vendor, table):
-                schema_editor.execute(sql)
+                schema_editor.execute(sql, params=None)
 
 
 @receiver(connection_created)

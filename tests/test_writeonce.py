@@ -1,0 +1,43 @@
+"""The write-once mechanism itself, on a training snapshot (any write-once table behaves the same)."""
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from training.models import TrainingSnapshot
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def snapshot():
+    return TrainingSnapshot.objects.create(name="s1", sha256="a" * 64)
+
+
+def test_it_refuses_update_of_a_frozen_row_through_the_orm(snapshot, write_once_enforced):
+    with pytest.raises(DatabaseError, match="training_trainingsnapshot is write-once: UPDATE rejected"):
+        with transaction.atomic():
+            TrainingSnapshot.objects.filter(pk=snapshot.pk).update(name="changed")
+    snapshot.refresh_from_db()
+    assert snapshot.name == "s1"
+
+
+def test_it_refuses_delete_through_raw_sql(snapshot, write_once_enforced):
+    with pytest.raises(DatabaseError, match="DELETE rejected"):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("DELETE FROM training_trainingsnapshot")
+    assert TrainingSnapshot.objects.count() == 1
+
+
+@pytest.mark.postgres
+def test_it_refuses_truncate_on_postgres_without_the_test_escape_hatch(snapshot):
+    with pytest.raises(DatabaseError, match="TRUNCATE rejected"):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("SET LOCAL app.allow_truncate = off")
+            cursor.execute("TRUNCATE training_trainingsnapshot CASCADE")
+    assert TrainingSnapshot.objects.count() == 1
+
+
+def test_inserts_still_work(snapshot):
+    TrainingSnapshot.objects.create(name="s2", sha256="b" * 64)
+    assert TrainingSnapshot.objects.count() == 2
