@@ -39,3 +39,30 @@ def item_counts(*, project: Project) -> dict[str, int]:
         "train": qs.filter(split="train").count(),
         "eval": qs.filter(split="eval").count(),
     }
+
+
+def rubric_version_active(*, project: Project):
+    """The rubric version scoring uses now: the project's active one (None before any is active)."""
+    from annotate.models import RubricVersion
+
+    return (
+        RubricVersion.objects.filter(rubric__project=project, status=RubricVersion.Status.ACTIVE)
+        .order_by("-activated_at", "-pk")
+        .first()
+    )
+
+
+def project_get_for_adjudicator(*, user, slug: str) -> Project:
+    """The project for adjudication pages: members who adjudicate (and admins); others get 403."""
+    project = project_get_for_user(user=user, slug=slug)
+    if not roles.is_adjudicator(user):
+        raise PermissionDenied("Only adjudicators can open the adjudication queue.")
+    return project
+
+
+def project_get_for_report(*, user, slug: str) -> Project:
+    """The project for its agreement report: admins and adjudicators (it names reviewers and their accuracy)."""
+    project = project_get_for_user(user=user, slug=slug)
+    if not (roles.is_admin(user) or roles.is_adjudicator(user)):
+        raise PermissionDenied("The agreement report is for admins and adjudicators.")
+    return project
