@@ -1,10 +1,50 @@
 from django.urls import path
 
-from annotate.views import projects
+from annotate.views import adjudication, projects, reports, rubrics
 
 app_name = "annotate"
 
 urlpatterns = [
     path("", projects.project_list, name="project-list"),
     path("projects/<slug:slug>/", projects.project_detail, name="project-detail"),
+    # Rubrics, sign-off, calibration and known-answer checks
+    path("projects/<slug:slug>/rubrics/", rubrics.rubric_list, name="rubric-list"),
+    path("projects/<slug:slug>/rubrics/new/", rubrics.rubric_new, name="rubric-new"),
+    path("projects/<slug:slug>/rubrics/<int:rubric_id>/versions/new/", rubrics.version_new, name="rubric-version-new"),
+    path("projects/<slug:slug>/rubrics/versions/<int:version_id>/", rubrics.version_detail, name="rubric-version"),
+    path(
+        "projects/<slug:slug>/rubrics/versions/<int:version_id>/propose/",
+        rubrics.version_propose,
+        name="rubric-version-propose",
+    ),
+    path(
+        "projects/<slug:slug>/rubrics/versions/<int:version_id>/signoff/",
+        rubrics.version_signoff,
+        name="rubric-version-signoff",
+    ),
+    path(
+        "projects/<slug:slug>/rubrics/versions/<int:version_id>/activate/",
+        rubrics.version_activate,
+        name="rubric-version-activate",
+    ),
+    path(
+        "projects/<slug:slug>/rubrics/versions/<int:version_id>/send-back/",
+        rubrics.version_send_back,
+        name="rubric-version-send-back",
+    ),
+    path("projects/<slug:slug>/calibration/<int:version_id>/", rubrics.calibration, name="calibration"),
+    path(
+        "projects/<slug:slug>/calibration/<int:version_id>/items/<int:item_id>/",
+        rubrics.calibration_score,
+        name="calibration-score",
+    ),
+    path("projects/<slug:slug>/checks/", rubrics.checks, name="checks"),
+    # Agreement report
+    path("projects/<slug:slug>/report/", reports.report, name="report"),
+    path("projects/<slug:slug>/report/refresh/", reports.report_refresh, name="report-refresh"),
+    path("projects/<slug:slug>/report.csv", reports.report_csv, name="report-csv"),
+    path("projects/<slug:slug>/report.json", reports.report_json, name="report-json"),
+    # Adjudication
+    path("projects/<slug:slug>/adjudication/", adjudication.queue, name="adjudication-queue"),
+    path("projects/<slug:slug>/adjudication/<int:item_id>/", adjudication.decide, name="adjudication-item"),
 ]

@@ -1,0 +1,524 @@
+"""The agreement report: a few queries turn a project's annotations into arrays, numpy does the rest.
+
+``report_build`` reads the data (five queries whatever the size) and calls ``variables_report``,
+which works only on arrays and is what ``bench/agreement_bench.py`` times. The result is a plain
+JSON-serializable dict, cached in ``AgreementReport`` and offered as HTML, CSV and JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.contrib.auth import get_user_model
+from django.db.models import Count
+from django.utils import timezone
+
+from annotate import agreement as ag
+from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
+from annotate.services.consensus import (
+    agreement_with,
+    criteria_by_key,
+    gold_category,
+    normalize_text,
+    preference_category,
+)
+
+Progress = Callable[[float, str], None]
+LEVEL_OF_MEASUREMENT = {"nominal": "nominal", "binary": "nominal", "ordinal": "ordinal", "interval": "interval"}
+# A reviewer giving one value to this share of their items (with at least MIN_BIAS_N items) is flagged.
+STRAIGHT_LINE_SHARE = 0.8
+MIN_BIAS_N = 20
+# Mean distance from the other reviewers on the same items, in level units, that is flagged.
+LENIENCY_FLAG = 0.5
+MAX_SIMILARITY_PAIRS = 2000
+SIGNIFICANCE = 0.01
+
+
+@dataclass
+class Variable:
+    """One judged variable: parallel arrays, one entry per rating (units and raters are dense indices)."""
+
+    key: str
+    name: str
+    level: str
+    labels: list[str]
+    levels: np.ndarray
+    units: np.ndarray
+    raters: np.ndarray
+    codes: np.ndarray
+    days: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def _noop(fraction: float, stage: str) -> None:
+    return None
+
+
+def variables_report(
+    variables: list[Variable],
+    *,
+    n_units: int,
+    rater_names: list[str],
+    n_boot: int = 500,
+    seed: int = 0,
+    progress: Progress = _noop,
+) -> list[dict]:
+    """Every agreement figure for each variable; pure numpy, no database."""
+    out = []
+    for i, var in enumerate(variables):
+        progress(i / max(1, len(variables)), f"Agreement on {var.name}")
+        out.append(variable_report(var, n_units=n_units, rater_names=rater_names, n_boot=n_boot, seed=seed))
+    progress(1.0, "Done")
+    return out
+
+
+def variable_report(var: Variable, *, n_units: int, rater_names: list[str], n_boot: int, seed: int) -> dict:
+    n_raters, k = len(rater_names), len(var.levels)
+    counts = ag.value_counts(var.units, var.codes, n_units, k)
+    pairable = counts.sum(axis=1) >= 2
+    tables = ag.pairwise_tables(var.units, var.raters, var.codes, n_raters, k)
+    return {
+        "key": var.key,
+        "name": var.name,
+        "level": var.level,
+        "labels": var.labels,
+        "n_ratings": int(len(var.codes)),
+        "n_units": int(pairable.sum()),
+        "alpha": ag.alpha_estimate(counts, var.levels, var.level, n_boot=n_boot, seed=seed).as_dict(),
+        "percent": ag.percent_estimate(counts, n_boot=n_boot, seed=seed).as_dict(),
+        "fleiss_kappa": _num(ag.fleiss_kappa(counts)),
+        "confusion": ag.coincidence_matrix(counts).round(6).tolist(),
+        "pairwise_kappa": _matrix(ag.pairwise_kappa(tables)),
+        "pairwise_percent": _matrix(ag.pairwise_percent(tables)),
+        "pairwise_n": tables.sum(axis=(-2, -1)).astype(int).tolist(),
+        "over_time": _over_time(var, counts, n_units) if var.days is not None else [],
+        "reviewers": _rater_bias(var, counts, rater_names),
+        **var.meta,
+    }
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def _matrix(m: np.ndarray) -> list[list[float | None]]:
+    return [[_num(x) for x in row] for row in m]
+
+
+def _over_time(var: Variable, counts: np.ndarray, n_units: int) -> list[dict]:
+    """Alpha per period, each unit dated by its latest rating (days if the span is short, else weeks)."""
+    unit_day = np.full(n_units, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(unit_day, var.units, var.days)
+    rated = counts.sum(axis=1) >= 2
+    if not rated.any():
+        return []
+    days = unit_day[rated]
+    span = int(days.max() - days.min())
+    width = 1 if span <= 45 else 7
+    bucket = (days - days.min()) // width
+    sub = counts[rated]
+    out = []
+    for b in np.unique(bucket):
+        chunk = sub[bucket == b]
+        start = int(days.min() + b * width)
+        out.append(
+            {
+                "start": _day_iso(start),
+                "days": width,
+                "n_units": int(len(chunk)),
+                "alpha": _num(ag.krippendorff_alpha(chunk, var.levels, var.level)),
+                "percent": _num(ag.percent_agreement(chunk)),
+            }
+        )
+    return out
+
+
+def _day_iso(day: int) -> str:
+    return str(np.datetime64(day, "D"))
+
+
+def _rater_bias(var: Variable, counts: np.ndarray, rater_names: list[str]) -> list[dict]:
+    """Per reviewer: how many ratings, the share of their most common value, and (numeric scales)
+    their mean distance from the other reviewers on the same items."""
+    n_raters, k = len(rater_names), len(var.levels)
+    per_rater = np.bincount(var.raters * k + var.codes, minlength=n_raters * k).reshape(n_raters, k)
+    n = per_rater.sum(axis=1)
+    pooled = counts.sum(axis=0)
+    pooled_share = pooled / pooled.sum() if pooled.sum() else pooled
+    # Agreement with others: share of other reviewers on the same unit who gave the same value.
+    same = counts[var.units, var.codes] - 1
+    others = counts.sum(axis=1)[var.units] - 1
+    ok = others > 0
+    agree = np.bincount(var.raters[ok], same[ok] / others[ok], minlength=n_raters)
+    agree_n = np.bincount(var.raters[ok], minlength=n_raters)
+    lean = np.full(n_raters, np.nan)
+    if var.level in ("ordinal", "interval"):
+        values = var.levels[var.codes]
+        unit_sum = np.bincount(var.units, values, minlength=len(counts))
+        others_mean = np.divide(unit_sum[var.units] - values, others, out=np.zeros_like(values), where=ok)
+        dev = np.bincount(var.raters[ok], values[ok] - others_mean[ok], minlength=n_raters)
+        lean = np.divide(dev, agree_n, out=np.full(n_raters, np.nan), where=agree_n > 0)
+        if var.level == "ordinal":
+            # Ordinal levels have no unit; express the lean in steps between adjacent levels.
+            step = np.diff(var.levels).mean() if k > 1 else 1.0
+            lean = lean / step
+    out = []
+    for r in range(n_raters):
+        if n[r] == 0:
+            continue
+        top = int(per_rater[r].argmax())
+        share = per_rater[r, top] / n[r]
+        flags = []
+        if n[r] >= MIN_BIAS_N and share >= STRAIGHT_LINE_SHARE and share - pooled_share[top] >= 0.2:
+            flags.append(f"gives {var.labels[top]} to {share:.0%} of items (all reviewers: {pooled_share[top]:.0%})")
+        if n[r] >= MIN_BIAS_N and np.isfinite(lean[r]) and abs(lean[r]) >= LENIENCY_FLAG:
+            flags.append(f"scores {'higher' if lean[r] > 0 else 'lower'} than the others by {abs(lean[r]):.2f}")
+        out.append(
+            {
+                "reviewer": rater_names[r],
+                "n": int(n[r]),
+                "distribution": per_rater[r].astype(int).tolist(),
+                "top_value": var.labels[top],
+                "top_share": _num(share),
+                "agreement_with_others": _num(agree[r] / agree_n[r]) if agree_n[r] else None,
+                "lean": _num(lean[r]),
+                "flags": flags,
+            }
+        )
+    return out
+
+
+# --- From the database --------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """Dense indices for item and reviewer ids, in order of first appearance."""
+
+    unit_of: dict[int, int] = field(default_factory=dict)
+    rater_of: dict[int, int] = field(default_factory=dict)
+
+    def unit(self, item_id: int) -> int:
+        if item_id not in self.unit_of:
+            self.unit_of[item_id] = len(self.unit_of)
+        return self.unit_of[item_id]
+
+    def rater(self, reviewer_id: int) -> int:
+        if reviewer_id not in self.rater_of:
+            self.rater_of[reviewer_id] = len(self.rater_of)
+        return self.rater_of[reviewer_id]
+
+
+def _categorical_variable(key, name, labels, rows) -> Variable:
+    index = {label: i for i, label in enumerate(labels)}
+    units, raters, codes, days = zip(*[(u, r, index[c], d) for u, r, c, d in rows], strict=True) if rows else ([],) * 4
+    return Variable(
+        key=key,
+        name=name,
+        level="nominal",
+        labels=list(labels),
+        levels=np.arange(len(labels), dtype=np.float64),
+        units=np.asarray(units, dtype=np.int64),
+        raters=np.asarray(raters, dtype=np.int64),
+        codes=np.asarray(codes, dtype=np.int64),
+        days=np.asarray(days, dtype=np.int64),
+    )
+
+
+def rubric_variables(criteria: list[dict], rows: list[tuple[int, int, dict, int]]) -> list[Variable]:
+    """One variable per criterion from (unit, rater, payload, day) rows; values outside the levels are skipped."""
+    variables = []
+    for criterion in criteria:
+        level = LEVEL_OF_MEASUREMENT[criterion["scale"]]
+        raw = [lv["value"] for lv in criterion["levels"]]
+        if level == "nominal":
+            ordered, numeric = raw, np.arange(len(raw), dtype=np.float64)
+        else:
+            ordered = sorted(raw)
+            numeric = np.asarray(ordered, dtype=np.float64)
+        index = {repr(v): i for i, v in enumerate(ordered)}
+        index.update({str(v): i for i, v in enumerate(ordered)})
+        key = criterion["key"]
+        units, raters, codes, days = [], [], [], []
+        for u, r, payload, d in rows:
+            value = (payload.get("scores") or {}).get(key)
+            code = index.get(repr(value), index.get(str(value))) if value is not None else None
+            if code is not None:
+                units.append(u)
+                raters.append(r)
+                codes.append(code)
+                days.append(d)
+        variables.append(
+            Variable(
+                key=key,
+                name=criterion["name"],
+                level=level,
+                labels=[
+                    str(lv.get("label") or lv["value"])
+                    for lv in sorted(criterion["levels"], key=lambda x: ordered.index(x["value"]))
+                ],
+                levels=numeric,
+                units=np.asarray(units, dtype=np.int64),
+                raters=np.asarray(raters, dtype=np.int64),
+                codes=np.asarray(codes, dtype=np.int64),
+                days=np.asarray(days, dtype=np.int64),
+                meta={"scale": criterion["scale"]},
+            )
+        )
+    return variables
+
+
+def report_rubric_version(*, project: Project, rubric_version: RubricVersion | None = None) -> RubricVersion | None:
+    """The rubric version a report covers: the one asked for, else the active one, else the newest scored."""
+    if rubric_version is not None:
+        return rubric_version
+    versions = RubricVersion.objects.filter(rubric__project=project)
+    return (
+        versions.filter(status=RubricVersion.Status.ACTIVE).order_by("-activated_at").first()
+        or versions.filter(annotation__isnull=False).order_by("-created_at", "-pk").first()
+    )
+
+
+def report_build(
+    *,
+    project: Project,
+    rubric_version: RubricVersion | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    progress: Progress = _noop,
+) -> dict:
+    """The full agreement report of a project as a JSON-serializable dict."""
+    progress(0.02, "Reading annotations")
+    version = report_rubric_version(project=project, rubric_version=rubric_version)
+    rows = list(
+        Annotation.objects.filter(item__project=project, item__is_calibration=False).values_list(
+            "item_id", "reviewer_id", "kind", "payload", "display_order", "created_at", "rubric_version_id"
+        )
+    )
+    checks = dict(Item.objects.filter(project=project, is_check=True).values_list("id", "check_answer"))
+    names = dict(
+        get_user_model().objects.filter(id__in={r[1] for r in rows}).values_list("id", get_user_model().USERNAME_FIELD)
+    )
+    status_counts = dict(
+        ItemResult.objects.filter(item__project=project).values_list("status").annotate(n=Count("id")).order_by()
+    )
+    progress(0.15, "Arranging arrays")
+
+    index = Rows()
+    for reviewer_id in sorted(names):
+        index.rater(reviewer_id)
+    rater_names = [names[rid] for rid in sorted(names)]
+    by_kind: dict[str, list] = defaultdict(list)
+    for item_id, reviewer_id, kind, payload, order, created, version_id in rows:
+        day = int(created.timestamp() // 86400)
+        by_kind[kind].append((item_id, index.rater(reviewer_id), payload, order, day, version_id))
+
+    sections = []
+    kinds = [k for k in (TaskKind.GOLD, TaskKind.PREFERENCE, TaskKind.RUBRIC) if k in by_kind]
+    for i, kind in enumerate(kinds):
+
+        def sub_progress(f, stage, i=i):
+            progress(0.2 + 0.75 * (i + f) / len(kinds), stage)
+
+        kind_rows = by_kind[kind]
+        units = Rows()
+        if kind == TaskKind.RUBRIC:
+            kind_rows = [r for r in kind_rows if version is None or r[5] == version.pk]
+            criteria = version.criteria if version else []
+            data = [(units.unit(r[0]), r[1], r[2], r[4]) for r in kind_rows]
+            variables = rubric_variables(criteria, data)
+            extra = {"rubric_version": {"id": version.pk, "label": str(version)} if version else None}
+        elif kind == TaskKind.PREFERENCE:
+            data = [(units.unit(r[0]), r[1], preference_category(r[2]), r[4]) for r in kind_rows]
+            labels = sorted({c for _, _, c, _ in data}, key=_category_order)
+            variables = [_categorical_variable("choice", "Chosen side", labels, data)]
+            extra = {"left_pick": left_pick(kind_rows, rater_names), "rankings": rankings(kind_rows)}
+        else:
+            data = [(units.unit(r[0]), r[1], gold_category(r[2]), r[4]) for r in kind_rows]
+            labels = [a for a in ("accept", "edit", "write", "unusable") if any(c == a for _, _, c, _ in data)]
+            labels += sorted({c for _, _, c, _ in data} - set(labels))
+            variables = [_categorical_variable("action", "Action", labels, data)]
+            extra = {"edit_similarity": edit_similarity(kind_rows)}
+        sections.append(
+            {
+                "kind": str(kind),
+                "title": TaskKind(kind).label,
+                "n_annotations": len(kind_rows),
+                "n_items": len(units.unit_of),
+                "variables": variables_report(
+                    variables,
+                    n_units=len(units.unit_of),
+                    rater_names=rater_names,
+                    n_boot=n_boot,
+                    seed=seed,
+                    progress=sub_progress,
+                ),
+                **extra,
+            }
+        )
+    progress(0.97, "Scoring check items")
+    report = {
+        "project": {"slug": project.slug, "name": project.name},
+        "generated_at": timezone.now().isoformat(),
+        "n_annotations": len(rows),
+        "n_items": len({r[0] for r in rows}),
+        "reviewers": rater_names,
+        "result_status": {s: int(status_counts.get(s, 0)) for s in ItemResult.Status.values},
+        "bootstrap": {"resamples": n_boot, "seed": seed, "interval": 0.95},
+        "sections": sections,
+        "checks": check_accuracy(project, rows, checks, names, version),
+    }
+    progress(1.0, "Done")
+    return report
+
+
+def _category_order(label: str) -> tuple:
+    if label.startswith("response:"):
+        return (0, int(label.split(":")[1]) if label.split(":")[1].isdigit() else 0)
+    return (1, label)
+
+
+def left_pick(rows: list[tuple], rater_names: list[str]) -> list[dict]:
+    """Per reviewer, how often the response shown on the left was chosen, against chance (two-response items)."""
+    left = np.zeros(len(rater_names), dtype=np.int64)
+    total = np.zeros(len(rater_names), dtype=np.int64)
+    for _, rater, payload, order, _, _ in rows:
+        if payload.get("choice") != "response" or not isinstance(order, list) or len(order) != 2:
+            continue
+        total[rater] += 1
+        left[rater] += int(order[0] == payload.get("chosen"))
+    out = []
+    for r, name in enumerate(rater_names):
+        if total[r] == 0:
+            continue
+        p = ag.binomial_test(int(left[r]), int(total[r]), 0.5)
+        out.append(
+            {
+                "reviewer": name,
+                "left": int(left[r]),
+                "n": int(total[r]),
+                "rate": round(left[r] / total[r], 6),
+                "p_value": p,
+                "flag": p < SIGNIFICANCE,
+            }
+        )
+    return out
+
+
+def rankings(rows: list[tuple]) -> dict:
+    """For items with more than two responses: the ranking by net wins and any intransitive cycles."""
+    comparisons: dict[int, list] = defaultdict(list)
+    sizes: dict[int, int] = {}
+    for item_id, _, payload, order, _, _ in rows:
+        n = len(order) if isinstance(order, list) else 0
+        if n <= 2 or payload.get("choice") != "response":
+            continue
+        sizes[item_id] = n
+        chosen, rejected = payload.get("chosen"), payload.get("rejected")
+        if isinstance(chosen, int) and isinstance(rejected, int):
+            comparisons[item_id].append((chosen, rejected))
+        elif isinstance(chosen, int):
+            comparisons[item_id] += [(chosen, j) for j in range(n) if j != chosen]
+    cyclic = []
+    for item_id, pairs in comparisons.items():
+        result = ag.ranking_with_cycles(sizes[item_id], pairs)
+        if result["cycles"]:
+            cyclic.append({"item_id": item_id, **result})
+    return {"items_ranked": len(comparisons), "items_with_cycles": len(cyclic), "examples": cyclic[:20]}
+
+
+def edit_similarity(rows: list[tuple]) -> dict:
+    """How close reviewers' edited or written answers to the same item are (difflib ratio, 0..1)."""
+    answers: dict[int, list[str]] = defaultdict(list)
+    for item_id, _, payload, _, _, _ in rows:
+        if payload.get("action") in ("edit", "write") and payload.get("answer"):
+            answers[item_id].append(normalize_text(payload["answer"]))
+    ratios = []
+    for texts in answers.values():
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                if len(ratios) >= MAX_SIMILARITY_PAIRS:
+                    break
+                ratios.append(difflib.SequenceMatcher(None, texts[i], texts[j], autojunk=False).ratio())
+    if not ratios:
+        return {"pairs": 0, "mean": None, "median": None, "histogram": []}
+    arr = np.asarray(ratios)
+    hist, _ = np.histogram(arr, bins=10, range=(0.0, 1.0))
+    return {
+        "pairs": len(ratios),
+        "mean": _num(arr.mean()),
+        "median": _num(np.median(arr)),
+        "exact_share": _num((arr == 1.0).mean()),
+        "histogram": hist.astype(int).tolist(),
+    }
+
+
+def check_accuracy(project: Project, rows, checks: dict, names: dict, version) -> list[dict]:
+    """Each reviewer's accuracy on known-answer check items (0..1; rubric items score the share of criteria)."""
+    if not checks:
+        return []
+    criteria = criteria_by_key(version)
+    scores: dict[int, list[float]] = defaultdict(list)
+    for item_id, reviewer_id, kind, payload, _, _, _ in rows:
+        answer = checks.get(item_id)
+        if answer is None:
+            continue
+        scores[reviewer_id].append(
+            agreement_with(kind, answer, [payload], tolerance=project.score_tolerance, criteria=criteria)
+        )
+    return [
+        {"reviewer": names.get(rid, str(rid)), "n": len(vals), "accuracy": _num(sum(vals) / len(vals))}
+        for rid, vals in sorted(scores.items(), key=lambda kv: names.get(kv[0], ""))
+    ]
+
+
+# --- Downloads ---------------------------------------------------------------------------------
+
+CSV_HEADER = ["section", "variable", "metric", "reviewer", "other_reviewer", "value", "low", "high", "n", "p_value"]
+
+
+def report_csv(report: dict) -> str:
+    """The report's figures as tidy CSV rows (one figure per row)."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(CSV_HEADER)
+    for s in report["sections"]:
+        for v in s["variables"]:
+            for metric in ("alpha", "percent"):
+                e = v[metric]
+                w.writerow([s["kind"], v["key"], metric, "", "", e["value"], e["low"], e["high"], e["n_units"]])
+            w.writerow([s["kind"], v["key"], "fleiss_kappa", "", "", v["fleiss_kappa"], "", "", v["n_units"]])
+            names = report["reviewers"]
+            for a, row in enumerate(v["pairwise_kappa"]):
+                for b, kappa in enumerate(row):
+                    if b > a and v["pairwise_n"][a][b]:
+                        w.writerow(
+                            [
+                                s["kind"],
+                                v["key"],
+                                "cohen_kappa",
+                                names[a],
+                                names[b],
+                                kappa,
+                                "",
+                                "",
+                                v["pairwise_n"][a][b],
+                            ]
+                        )
+            for r in v["reviewers"]:
+                w.writerow([s["kind"], v["key"], "top_share", r["reviewer"], "", r["top_share"], "", "", r["n"]])
+                if r["lean"] is not None:
+                    w.writerow([s["kind"], v["key"], "lean", r["reviewer"], "", r["lean"], "", "", r["n"]])
+        for r in s.get("left_pick", []):
+            w.writerow(
+                [s["kind"], "choice", "left_pick_rate", r["reviewer"], "", r["rate"], "", "", r["n"], r["p_value"]]
+            )
+    for c in report["checks"]:
+        w.writerow(["checks", "", "check_accuracy", c["reviewer"], "", c["accuracy"], "", "", c["n"]])
+    return out.getvalue()

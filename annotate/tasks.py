@@ -1,0 +1,11 @@
+"""Celery tasks of the annotate app: ids in, services do the work."""
+
+from celery import shared_task
+
+
+@shared_task(name="annotate.tasks.agreement_report_compute", ignore_result=True)
+def agreement_report_compute(report_id: int) -> None:
+    """Compute a queued agreement report, writing progress onto its row."""
+    from annotate.services.reports import agreement_report_run
+
+    agreement_report_run(report_id=report_id)

@@ -1,0 +1,88 @@
+import json
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from annotate import selectors
+from annotate.models import Adjudication, Annotation, ItemResult
+from annotate.services.adjudication import adjudication_record
+from annotate.services.consensus import latest_version_annotations
+
+
+def queue(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_adjudicator(user=request.user, slug=slug)
+    results = selectors.disputed_items(project=project)
+    return render(request, "annotate/adjudication_queue.html", {"project": project, "results": results})
+
+
+def _context(item, *, form=None, errors=None) -> dict:
+    annotations = list(Annotation.objects.filter(item=item).select_related("reviewer", "rubric_version"))
+    version = None
+    if item.kind == "rubric":
+        annotations, version = latest_version_annotations(annotations)
+    criteria = version.criteria if version else []
+    reviews = [
+        {
+            "annotation": a,
+            "lines": selectors.describe_payload(item=item, payload=a.payload, criteria=criteria),
+            "json": json.dumps(a.payload, indent=1, ensure_ascii=False),
+        }
+        for a in sorted(annotations, key=lambda a: a.reviewer.get_username())
+    ]
+    result = ItemResult.objects.filter(item=item).first()
+    history = Adjudication.objects.filter(item=item).select_related("adjudicator").order_by("-created_at")
+    return {
+        "project": item.project,
+        "item": item,
+        "reviews": reviews,
+        "result": result,
+        "result_lines": selectors.describe_payload(
+            item=item, payload=result.payload if result else None, criteria=criteria
+        ),
+        "history": history,
+        "form": form or {},
+        "errors": errors or [],
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
+    item = selectors.item_get_for_adjudication(user=request.user, slug=slug, item_id=item_id)
+    if request.method == "GET":
+        return render(request, "annotate/adjudication_item.html", _context(item))
+    form = {
+        "adopt": request.POST.get("adopt", ""),
+        "payload": request.POST.get("payload", ""),
+        "reason": request.POST.get("reason", ""),
+    }
+    try:
+        payload = _parse_decision(item, form)
+        adjudication_record(item=item, adjudicator=request.user, payload=payload, reason=form["reason"])
+    except ValidationError as exc:
+        return render(
+            request, "annotate/adjudication_item.html", _context(item, form=form, errors=exc.messages), status=400
+        )
+    messages.success(request, f"Item {item.pk} decided.")
+    return redirect(reverse("annotate:adjudication-queue", kwargs={"slug": slug}))
+
+
+def _parse_decision(item, form: dict) -> dict:
+    """The decision payload: one review adopted as is, or a payload written out as JSON."""
+    if form["adopt"] and form["adopt"] != "custom":
+        try:
+            return Annotation.objects.get(pk=int(form["adopt"]), item=item).payload
+        except (ValueError, Annotation.DoesNotExist):
+            raise ValidationError("Choose one of the reviews shown, or write your own decision.") from None
+    if not form["payload"].strip():
+        raise ValidationError("Choose a review to adopt, or write your own decision as JSON.")
+    try:
+        return json.loads(form["payload"])
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"Your decision is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
+            "Start from one of the reviews' JSON shown above."
+        ) from None

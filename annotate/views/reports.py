@@ -1,0 +1,129 @@
+import json
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from annotate import charts, selectors
+from annotate.models import AgreementReport, RubricVersion
+from annotate.services.reports import agreement_report_request
+
+CALIBRATION_LINES = [(0.667, "0.667"), (0.8, "0.8")]
+
+
+def _version(request: HttpRequest, project) -> RubricVersion | None:
+    raw = request.GET.get("version") or request.POST.get("version")
+    if not raw:
+        return None
+    try:
+        return RubricVersion.objects.get(pk=int(raw), rubric__project=project)
+    except (ValueError, RubricVersion.DoesNotExist):
+        raise Http404("No such rubric version in this project.") from None
+
+
+def _charts(result: dict) -> list[dict]:
+    """Chart markup for each section and variable; the chart code escapes every label."""
+    names = result["reviewers"]
+    sections = []
+    for s in result["sections"]:
+        variables = []
+        for v in s["variables"]:
+            variables.append(
+                {
+                    "data": v,
+                    "heatmap": charts.heatmap(
+                        v["pairwise_kappa"],
+                        names,
+                        title=f"Cohen's kappa between reviewers: {v['name']}",
+                        counts=v["pairwise_n"],
+                    ),
+                    "confusion": charts.confusion(v["confusion"], v["labels"], title=f"Paired values: {v['name']}"),
+                    "over_time": charts.line(
+                        v["over_time"], title=f"Alpha over time: {v['name']}", thresholds=CALIBRATION_LINES
+                    )
+                    if len(v["over_time"]) > 0
+                    else None,
+                }
+            )
+        alpha_bars = charts.bars_with_ci(
+            [{"label": v["name"], **v["alpha"]} for v in s["variables"]],
+            title=f"Krippendorff's alpha with 95% CI: {s['title']}",
+            lo=0.0,
+            thresholds=CALIBRATION_LINES,
+        )
+        left = None
+        if s.get("left_pick"):
+            left = charts.bars_with_ci(
+                [{"label": r["reviewer"], "value": r["rate"], "low": None, "high": None} for r in s["left_pick"]],
+                title="Share of picks of the left-hand response",
+                thresholds=[(0.5, "chance")],
+            )
+        sections.append({"data": s, "variables": variables, "alpha_bars": alpha_bars, "left_pick_chart": left})
+    return sections
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+def report(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_report(user=request.user, slug=slug)
+    version = _version(request, project)
+    row = agreement_report_request(project=project, rubric_version=version)
+    context = {
+        "project": project,
+        "report": row,
+        "versions": RubricVersion.objects.filter(rubric__project=project).select_related("rubric"),
+        "selected_version": row.rubric_version,
+        "sections": _charts(row.result) if row.status == AgreementReport.Status.DONE else [],
+    }
+    template = "annotate/report.html"
+    if request.htmx:
+        template += "#report-body"
+    return render(request, template, context)
+
+
+@require_POST
+def report_refresh(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    version = _version(request, project)
+    agreement_report_request(project=project, rubric_version=version, refresh=True)
+    url = project.get_absolute_url() + "report/" + (f"?version={version.pk}" if version else "")
+    return redirect(url)
+
+
+def _done(request: HttpRequest, slug: str) -> tuple[dict | None, AgreementReport]:
+    project = selectors.project_get_for_report(user=request.user, slug=slug)
+    row = agreement_report_request(project=project, rubric_version=_version(request, project))
+    return (row.result if row.status == AgreementReport.Status.DONE else None), row
+
+
+def _not_ready(row: AgreementReport) -> HttpResponse:
+    response = HttpResponse(
+        f"The report is still being computed ({row.progress:.0%}, {row.stage or row.status}). Try again shortly.\n",
+        status=503,
+        content_type="text/plain",
+    )
+    response["Retry-After"] = "5"
+    return response
+
+
+@require_GET
+def report_csv(request: HttpRequest, slug: str) -> HttpResponse:
+    from annotate.reports import report_csv as to_csv
+
+    result, row = _done(request, slug)
+    if result is None:
+        return _not_ready(row)
+    response = HttpResponse(to_csv(result), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{slug}-agreement.csv"'
+    return response
+
+
+@require_GET
+def report_json(request: HttpRequest, slug: str) -> HttpResponse:
+    result, row = _done(request, slug)
+    if result is None:
+        return _not_ready(row)
+    response = HttpResponse(json.dumps(result, indent=1), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{slug}-agreement.json"'
+    return response
