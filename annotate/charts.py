@@ -63,9 +63,7 @@ def heatmap(matrix: list[list[float | None]], labels: list[str], *, title: str, 
         y = top + i * cell + cell / 2 + 4
         x = left + i * cell + cell / 2
         body.append(f'<text x="{left - 6}" y="{y:.0f}" text-anchor="end">{escape(label[:16])}</text>')
-        body.append(
-            f'<text transform="translate({x:.0f},{top - 6}) rotate(-45)">{escape(label[:16])}</text>'
-        )
+        body.append(f'<text transform="translate({x:.0f},{top - 6}) rotate(-45)">{escape(label[:16])}</text>')
     for i in range(n):
         for j in range(n):
             value = matrix[i][j] if i != j else None

@@ -1,0 +1,188 @@
+import csv
+import io
+import json
+
+import krippendorff
+import numpy as np
+import pytest
+from django.test import override_settings
+
+from annotate.models import AgreementReport, RubricVersion
+from annotate.reports import report_build
+from annotate.services import rubrics
+from annotate.services.reports import agreement_report_request
+from tests.annotate.factories import CRITERIA, annotate, gold, make_item, pref, scores
+from tests.conftest import login
+
+
+@pytest.fixture
+def version(project):
+    rubric = rubrics.rubric_create(project=project, name="Quality")
+    v = rubrics.rubric_version_create(rubric=rubric, criteria=CRITERIA, created_by=project.created_by)
+    RubricVersion.objects.filter(pk=v.pk).update(status="active")
+    v.refresh_from_db()
+    return v
+
+
+@pytest.fixture
+def data(project, version, alice, bob, carol):
+    """Rubric scores with a reviewer who gives 5 to everything, left-biased preferences, gold edits."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 6, size=30)
+    for i, t in enumerate(truth):
+        item = make_item(project, "rubric")
+        annotate(item, alice, scores(helpful=int(t), safe="yes" if t > 2 else "no"), version=version)
+        annotate(
+            item,
+            bob,
+            scores(helpful=int(min(5, t + rng.integers(0, 2))), safe="yes" if t > 2 else "no"),
+            version=version,
+        )
+        if i % 3:  # carol misses a third of the items
+            annotate(item, carol, scores(helpful=5, safe="yes"), version=version)
+    for i in range(24):
+        item = make_item(project, "preference")
+        order = [0, 1] if i % 2 else [1, 0]
+        annotate(item, alice, pref(chosen=order[0], rejected=order[1]), display_order=order)  # always left
+        annotate(item, bob, pref(chosen=0, rejected=1), display_order=order)
+    for i in range(4):
+        item = make_item(project, "gold")
+        annotate(item, alice, gold("edit", f"Answer number {i}."))
+        annotate(item, bob, gold("edit", f"Answer number {i}!"))
+    return truth
+
+
+def test_report_alpha_matches_the_krippendorff_package_on_real_annotations(project, data, version, alice, bob, carol):
+    report = report_build(project=project, n_boot=100)
+    rubric = next(s for s in report["sections"] if s["kind"] == "rubric")
+    helpful = next(v for v in rubric["variables"] if v["key"] == "helpful")
+    rows = {}
+    from annotate.models import Annotation
+
+    for a in Annotation.objects.filter(kind="rubric").order_by("item_id"):
+        rows.setdefault(a.item_id, {})[a.reviewer_id] = a.payload["scores"]["helpful"]
+    reliability = np.array([[r.get(u.pk, np.nan) for r in rows.values()] for u in (alice, bob, carol)], dtype=float)
+    expected = krippendorff.alpha(
+        reliability_data=reliability, level_of_measurement="ordinal", value_domain=[1, 2, 3, 4, 5]
+    )
+    assert helpful["alpha"]["value"] == pytest.approx(expected, abs=1e-6)
+    assert helpful["alpha"]["low"] <= helpful["alpha"]["value"] <= helpful["alpha"]["high"]
+    assert rubric["n_items"] == 30
+
+
+def test_report_flags_a_reviewer_who_scores_everything_five(project, data):
+    report = report_build(project=project, n_boot=0)
+    rubric = next(s for s in report["sections"] if s["kind"] == "rubric")
+    helpful = next(v for v in rubric["variables"] if v["key"] == "helpful")
+    carol = next(r for r in helpful["reviewers"] if r["reviewer"] == "carol")
+    assert carol["top_value"] == "5" and carol["top_share"] == 1.0
+    assert any("gives 5 to 100%" in f for f in carol["flags"])
+
+
+def test_report_detects_a_left_picking_reviewer_from_the_stored_display_order(project, data):
+    report = report_build(project=project, n_boot=0)
+    preference = next(s for s in report["sections"] if s["kind"] == "preference")
+    by_name = {r["reviewer"]: r for r in preference["left_pick"]}
+    assert by_name["alice"]["rate"] == 1.0 and by_name["alice"]["flag"]
+    assert by_name["alice"]["p_value"] == pytest.approx(2 * 0.5**24)
+    assert by_name["bob"]["rate"] == 0.5 and not by_name["bob"]["flag"]
+
+
+def test_report_shows_text_similarity_of_gold_edits(project, data):
+    report = report_build(project=project, n_boot=0)
+    gold_section = next(s for s in report["sections"] if s["kind"] == "gold")
+    sim = gold_section["edit_similarity"]
+    assert sim["pairs"] == 4
+    assert 0.9 < sim["mean"] < 1.0
+
+
+def test_report_reads_the_database_in_a_few_queries(project, data, django_assert_max_num_queries):
+    with django_assert_max_num_queries(6):
+        report_build(project=project, n_boot=0)
+
+
+def test_report_page_renders_charts_for_an_adjudicator(client, project, data, judge):
+    response = login(client, judge).get(f"/projects/{project.slug}/report/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.count("<svg") >= 6
+    assert "Krippendorff" in html and "picks left more than chance" in html
+    assert 'id="report-body"' in html and "<html" in html
+
+
+def test_report_fragment_is_returned_to_htmx(client, project, data, judge):
+    response = login(client, judge).get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="report-body"')
+    assert "<html" not in html
+    assert "HX-Request" in response["Vary"]
+
+
+def test_reviewers_may_not_see_the_report_and_outsiders_get_404(client, project, data, alice, mallory):
+    assert login(client, alice).get(f"/projects/{project.slug}/report/").status_code == 403
+    assert login(client, mallory).get(f"/projects/{project.slug}/report/").status_code == 404
+
+
+def test_reviewer_names_are_escaped_in_the_report(client, project, version, judge, django_user_model):
+    sneaky = django_user_model.objects.create_user(username="<b>x</b>", password="pw")
+    project.members.add(sneaky)
+    item = make_item(project, "rubric")
+    annotate(item, sneaky, scores(helpful=3, safe="yes"), version=version)
+    response = login(client, judge).get(f"/projects/{project.slug}/report/")
+    html = response.content.decode()
+    assert "<b>x</b>" not in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_report_downloads_as_csv_and_json(client, project, data, judge):
+    login(client, judge)
+    response = client.get(f"/projects/{project.slug}/report.csv")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    alpha = [r for r in rows if r["section"] == "rubric" and r["variable"] == "helpful" and r["metric"] == "alpha"]
+    assert len(alpha) == 1 and float(alpha[0]["low"]) <= float(alpha[0]["value"]) <= float(alpha[0]["high"])
+    assert any(r["metric"] == "cohen_kappa" and {r["reviewer"], r["other_reviewer"]} == {"alice", "bob"} for r in rows)
+    response = client.get(f"/projects/{project.slug}/report.json")
+    body = json.loads(response.content)
+    assert body["project"]["slug"] == "support"
+    assert {s["kind"] for s in body["sections"]} == {"rubric", "preference", "gold"}
+
+
+def test_a_report_is_cached_until_the_data_changes(project, data, version, alice):
+    first = agreement_report_request(project=project)
+    assert agreement_report_request(project=project).pk == first.pk
+    annotate(make_item(project, "rubric"), alice, scores(helpful=2, safe="no"), version=version)
+    assert agreement_report_request(project=project).pk != first.pk
+
+
+@override_settings(GOLDSET_REPORT_INLINE_MAX=10)
+def test_a_large_report_is_queued_shows_progress_and_completes_in_the_worker(
+    client, project, data, judge, django_capture_on_commit_callbacks
+):
+    login(client, judge)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert 'role="progressbar"' in html and 'hx-trigger="every 1s"' in html
+    row = AgreementReport.objects.get()
+    assert row.status == "queued" and len(callbacks) == 1
+    assert client.get(f"/projects/{project.slug}/report.json").status_code == 503
+
+    from annotate.tasks import agreement_report_compute
+
+    agreement_report_compute(row.pk)
+    agreement_report_compute(row.pk)  # a redelivered message finds it claimed and does nothing
+    row.refresh_from_db()
+    assert row.status == "done" and row.progress == 1.0
+    response = client.get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert "hx-trigger" not in html and "<svg" in html
+
+
+def test_check_accuracy_is_reported_per_reviewer(project, version, alice, bob):
+    item = make_item(project, "preference", is_check=True, check_answer=pref(chosen=1, rejected=0))
+    annotate(item, alice, pref(chosen=1, rejected=0))
+    annotate(item, bob, pref(chosen=0, rejected=1))
+    report = report_build(project=project, n_boot=0)
+    assert {c["reviewer"]: c["accuracy"] for c in report["checks"]} == {"alice": 1.0, "bob": 0.0}
