@@ -50,6 +50,8 @@ def check_item_create(
         raise ValidationError("prompt: give the prompt the reviewers will see.")
     if kind in (TaskKind.PREFERENCE, TaskKind.RUBRIC) and not responses:
         raise ValidationError(f"responses: a {kind} item needs at least one response.")
+    # The same shape as imported responses, so nothing marks the item as a check.
+    responses = [{"text": str(r.get("text", "")), "model": str(r.get("model", ""))} for r in responses]
     content_hash = _content_hash(prompt, responses)
     if Item.objects.filter(project=project, content_hash=content_hash).exists():
         raise ValidationError("This prompt and responses are already an item of the project: seed that item instead.")

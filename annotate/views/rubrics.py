@@ -227,7 +227,7 @@ def calibration_score(request: HttpRequest, slug: str, version_id: int, item_id:
 
 def _split_responses(text: str) -> list[dict]:
     parts = [p.strip() for p in text.replace("\r\n", "\n").split("\n---\n")]
-    return [{"text": p, "model": "check"} for p in parts if p]
+    return [{"text": p, "model": ""} for p in parts if p]
 
 
 @require_http_methods(["GET", "POST"])

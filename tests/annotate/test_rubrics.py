@@ -6,6 +6,7 @@ from annotate import selectors
 from annotate.models import AnnotationRevision, ItemResult, Lease, RubricVersion
 from annotate.services import rubrics
 from tests.annotate.factories import CRITERIA, annotate, make_item, scores
+from tests.conftest import login
 
 
 @pytest.fixture
@@ -210,3 +211,70 @@ def test_sending_back_releases_leases_and_resets_results_of_items_scored_under_t
     assert set(Lease.objects.filter(item=adjudicated).values_list("status", flat=True)) == {"submitted"}
     assert ItemResult.objects.get(item=stale).status == "pending"
     assert ItemResult.objects.get(item=adjudicated).status == "adjudicated"
+
+
+# --- Pages ------------------------------------------------------------------------------------
+
+
+def test_an_admin_writes_a_version_and_bad_json_is_pointed_at(client, project, rubric, admin_user):
+    import json
+
+    login(client, admin_user)
+    url = f"/projects/{project.slug}/rubrics/{rubric.pk}/versions/new/"
+    assert client.get(url).status_code == 200
+    response = client.post(url, {"criteria": '[{"key": "x",}]', "notes": ""})
+    assert response.status_code == 400
+    assert "line 1, column 14: Expecting property name" in response.content.decode()
+    response = client.post(url, {"criteria": json.dumps(CRITERIA), "notes": "First cut"})
+    version = RubricVersion.objects.get()
+    assert response.status_code == 302 and response["Location"].endswith(f"/rubrics/versions/{version.pk}/")
+    assert version.status == "draft" and version.created_by == admin_user
+
+
+def test_reviewers_cannot_write_versions(client, project, rubric, alice):
+    response = login(client, alice).post(
+        f"/projects/{project.slug}/rubrics/{rubric.pk}/versions/new/", {"criteria": "[]"}
+    )
+    assert response.status_code == 403
+
+
+def test_members_sign_off_on_the_version_page(client, project, proposed, alice, bob):
+    url = f"/projects/{project.slug}/rubrics/versions/{proposed.pk}/"
+    page = login(client, alice).get(url).content.decode()
+    assert "Sign off" in page and "Helpfulness" in page and "How to pick a lock" in page
+    assert client.post(url + "signoff/").status_code == 302
+    login(client, bob).post(url + "signoff/")
+    proposed.refresh_from_db()
+    assert proposed.status == "active"
+
+
+def test_the_version_page_offers_send_back_with_the_count(client, project, rubric, admin_user, alice, bob):
+    old = activate_first(rubric, admin_user, alice, bob)
+    for _ in range(3):
+        annotate(make_item(project, "rubric"), alice, scores(helpful=3, safe="yes"), version=old)
+    new = activate_first(rubric, admin_user, alice, bob)
+    page = login(client, admin_user).get(f"/projects/{project.slug}/rubrics/versions/{new.pk}/").content.decode()
+    assert "Send 3 items back for re-review" in page
+
+
+def test_calibration_scores_are_saved_through_an_htmx_fragment(client, project, calibrating, alice):
+    item = make_item(project, "rubric", is_calibration=True, prompt="Rate <this>")
+    login(client, alice)
+    page = client.get(f"/projects/{project.slug}/calibration/{calibrating.pk}/").content.decode()
+    assert "Rate &lt;this&gt;" in page and f'id="calibration-item-{item.pk}"' in page
+    url = f"/projects/{project.slug}/calibration/{calibrating.pk}/items/{item.pk}/"
+    response = client.post(url, {"helpful": "4", "safe": "no"}, HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert response.status_code == 200 and html.lstrip().startswith("<section") and "Saved" in html
+    assert "<html" not in html
+    from annotate.models import Annotation
+
+    assert Annotation.objects.get(item=item, reviewer=alice).payload["scores"] == {"helpful": 4, "safe": "no"}
+    bad = client.post(url, {"helpful": "4"}, HTTP_HX_REQUEST="true")
+    assert bad.status_code == 400 and "Safe: choose a level." in bad.content.decode()
+
+
+def test_non_reviewers_cannot_score_calibration_items(client, project, calibrating, judge):
+    item = make_item(project, "rubric", is_calibration=True)
+    url = f"/projects/{project.slug}/calibration/{calibrating.pk}/items/{item.pk}/"
+    assert login(client, judge).post(url, {"helpful": "4", "safe": "no"}).status_code == 403
