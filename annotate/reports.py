@@ -168,6 +168,9 @@ def _rater_bias(var: Variable, counts: np.ndarray, rater_names: list[str]) -> li
             # Ordinal levels have no unit; express the lean in steps between adjacent levels.
             step = np.diff(var.levels).mean() if k > 1 else 1.0
             lean = lean / step
+    # Judge each lean against the typical reviewer's, so one extreme reviewer (who shifts everyone
+    # else's "others' mean") does not get the whole team flagged.
+    typical = np.nanmedian(lean[n > 0]) if np.isfinite(lean[n > 0]).any() else 0.0
     out = []
     for r in range(n_raters):
         if n[r] == 0:
@@ -177,8 +180,11 @@ def _rater_bias(var: Variable, counts: np.ndarray, rater_names: list[str]) -> li
         flags = []
         if n[r] >= MIN_BIAS_N and share >= STRAIGHT_LINE_SHARE and share - pooled_share[top] >= 0.2:
             flags.append(f"gives {var.labels[top]} to {share:.0%} of items (all reviewers: {pooled_share[top]:.0%})")
-        if n[r] >= MIN_BIAS_N and np.isfinite(lean[r]) and abs(lean[r]) >= LENIENCY_FLAG:
-            flags.append(f"scores {'higher' if lean[r] > 0 else 'lower'} than the others by {abs(lean[r]):.2f}")
+        relative = lean[r] - typical
+        if n[r] >= MIN_BIAS_N and np.isfinite(relative) and abs(relative) >= LENIENCY_FLAG:
+            flags.append(
+                f"scores {'higher' if relative > 0 else 'lower'} than the typical reviewer by {abs(relative):.2f}"
+            )
         out.append(
             {
                 "reviewer": rater_names[r],
@@ -233,41 +239,60 @@ def _categorical_variable(key, name, labels, rows) -> Variable:
 
 def rubric_variables(criteria: list[dict], rows: list[tuple[int, int, dict, int]]) -> list[Variable]:
     """One variable per criterion from (unit, rater, payload, day) rows; values outside the levels are skipped."""
-    variables = []
+    n = len(rows)
+    units = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+    raters = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
+    days = np.fromiter((r[3] for r in rows), dtype=np.int64, count=n)
+    specs = []
     for criterion in criteria:
         level = LEVEL_OF_MEASUREMENT[criterion["scale"]]
-        raw = [lv["value"] for lv in criterion["levels"]]
-        if level == "nominal":
-            ordered, numeric = raw, np.arange(len(raw), dtype=np.float64)
-        else:
-            ordered = sorted(raw)
-            numeric = np.asarray(ordered, dtype=np.float64)
-        index = {repr(v): i for i, v in enumerate(ordered)}
-        index.update({str(v): i for i, v in enumerate(ordered)})
-        key = criterion["key"]
-        units, raters, codes, days = [], [], [], []
-        for u, r, payload, d in rows:
-            value = (payload.get("scores") or {}).get(key)
-            code = index.get(repr(value), index.get(str(value))) if value is not None else None
+        levels = list(criterion["levels"])
+        if level != "nominal":
+            levels.sort(key=lambda lv: lv["value"])
+        index: dict = {}
+        for i, lv in enumerate(levels):
+            index[str(lv["value"])] = i  # a form may send "4" for 4
+            index[lv["value"]] = i
+        specs.append((criterion, level, levels, index))
+    # One pass over the payloads fills every criterion's code column (-1 where missing or off-scale).
+    codes = np.full((len(specs), n), -1, dtype=np.int64)
+    keys = [c["key"] for c, _, _, _ in specs]
+    lookups = [index for _, _, _, index in specs]
+    for i, (_, _, payload, _) in enumerate(rows):
+        given = payload.get("scores")
+        if not given:
+            continue
+        for j, key in enumerate(keys):
+            value = given.get(key)
+            if value is None:
+                continue
+            try:
+                code = lookups[j].get(value)
+            except TypeError:  # an unhashable value is off-scale
+                code = None
+            if code is None:
+                code = lookups[j].get(str(value))
             if code is not None:
-                units.append(u)
-                raters.append(r)
-                codes.append(code)
-                days.append(d)
+                codes[j, i] = code
+    variables = []
+    for j, (criterion, level, levels, _) in enumerate(specs):
+        keep = codes[j] >= 0
+        numeric = (
+            np.arange(len(levels), dtype=np.float64)
+            if level == "nominal"
+            else np.asarray([lv["value"] for lv in levels], dtype=np.float64)
+        )
         variables.append(
             Variable(
-                key=key,
+                key=criterion["key"],
                 name=criterion["name"],
                 level=level,
-                labels=[
-                    str(lv.get("label") or lv["value"])
-                    for lv in sorted(criterion["levels"], key=lambda x: ordered.index(x["value"]))
-                ],
+                labels=[str(lv.get("label") or lv["value"]) for lv in levels],
                 levels=numeric,
-                units=np.asarray(units, dtype=np.int64),
-                raters=np.asarray(raters, dtype=np.int64),
-                codes=np.asarray(codes, dtype=np.int64),
-                days=np.asarray(days, dtype=np.int64),
+                units=units[keep],
+                raters=raters[keep],
+                codes=codes[j][keep],
+                days=days[keep],
                 meta={"scale": criterion["scale"]},
             )
         )

@@ -179,3 +179,14 @@ def test_rankings_report_an_intransitive_cycle():
     assert result["cycles"] == [[0, 1, 2]]
     transitive = ag.ranking_with_cycles(3, [(2, 1), (2, 0), (1, 0)])
     assert transitive == {"ranking": [2, 1, 0], "cycles": []}
+
+
+def test_bootstrap_handles_wide_value_domains_through_the_general_pattern_path():
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 60, size=(4, 200)).astype(float)
+    data[:, 100:] = data[0, 100:]  # half the units agree perfectly
+    data[rng.random(data.shape) < 0.2] = np.nan
+    counts, levels = ag.reliability_to_counts(data)
+    est = ag.alpha_estimate(counts, levels, "interval", n_boot=200, seed=0)
+    assert est.value == pytest.approx(krippendorff.alpha(reliability_data=data, level_of_measurement="interval"))
+    assert est.low < est.value < est.high
