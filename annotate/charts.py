@@ -57,7 +57,7 @@ def heatmap(matrix: list[list[float | None]], labels: list[str], *, title: str, 
     """A reviewer × reviewer matrix (kappa or agreement), one coloured cell each, value printed inside."""
     n = len(labels)
     cell, left, top = 44, 110, 100
-    width, height = left + n * cell + 10, top + n * cell + 10
+    width, height = left + n * cell + 80, top + n * cell + 10
     body = []
     for i, label in enumerate(labels):
         y = top + i * cell + cell / 2 + 4
@@ -184,8 +184,8 @@ def line(points: list[dict], *, title: str, key: str = "alpha", thresholds: list
 def confusion(matrix: list[list[float]], labels: list[str], *, title: str) -> SafeString:
     """A value × value matrix of paired judgements (Krippendorff's coincidences), counts in the cells."""
     n = len(labels)
-    cell, left, top = 40, 90, 70
-    width, height = left + n * cell + 10, top + n * cell + 10
+    cell, left, top = 40, 90, 80
+    width, height = left + n * cell + 60, top + n * cell + 10
     peak = max((v for row in matrix for v in row), default=0.0)
     body = []
     for i, label in enumerate(labels):

@@ -29,20 +29,22 @@ def _charts(result: dict) -> list[dict]:
     for s in result["sections"]:
         variables = []
         for v in s["variables"]:
+            # Only reviewers who judged this variable get a row in its heatmap.
+            seen = [i for i, row in enumerate(v["pairwise_n"]) if any(row)]
             variables.append(
                 {
                     "data": v,
                     "heatmap": charts.heatmap(
-                        v["pairwise_kappa"],
-                        names,
+                        [[v["pairwise_kappa"][i][j] for j in seen] for i in seen],
+                        [names[i] for i in seen],
                         title=f"Cohen's kappa between reviewers: {v['name']}",
-                        counts=v["pairwise_n"],
+                        counts=[[v["pairwise_n"][i][j] for j in seen] for i in seen],
                     ),
                     "confusion": charts.confusion(v["confusion"], v["labels"], title=f"Paired values: {v['name']}"),
                     "over_time": charts.line(
                         v["over_time"], title=f"Alpha over time: {v['name']}", thresholds=CALIBRATION_LINES
                     )
-                    if len(v["over_time"]) > 0
+                    if len(v["over_time"]) > 1
                     else None,
                 }
             )

@@ -186,3 +186,20 @@ def test_check_accuracy_is_reported_per_reviewer(project, version, alice, bob):
     annotate(item, bob, pref(chosen=0, rejected=1))
     report = report_build(project=project, n_boot=0)
     assert {c["reviewer"]: c["accuracy"] for c in report["checks"]} == {"alice": 1.0, "bob": 0.0}
+
+
+def test_agreement_over_time_dates_each_item_by_its_latest_review():
+    from annotate.reports import Variable, variable_report
+
+    # Items 0-1 reviewed on day 0 in full agreement; items 2-3 finished on day 3 in full disagreement.
+    units = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    raters = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    codes = np.array([0, 0, 1, 1, 0, 1, 1, 0])
+    days = np.array([0, 0, 0, 0, 0, 3, 3, 3]) + 20000
+    var = Variable("v", "V", "nominal", ["a", "b"], np.arange(2.0), units, raters, codes, days)
+    out = variable_report(var, n_units=4, rater_names=["x", "y"], n_boot=0, seed=0)
+    assert [(p["start"], p["n_units"], p["percent"]) for p in out["over_time"]] == [
+        ("2024-10-04", 2, 1.0),
+        ("2024-10-07", 2, 0.0),
+    ]
+    assert out["pairwise_n"] == [[0, 4], [4, 0]]
