@@ -168,6 +168,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 # --- Celery ----------------------------------------------------------------------------------
+# Agreement reports over more annotations than this are computed by a worker, with a progress bar.
+GOLDSET_REPORT_INLINE_MAX = int(os.environ.get("GOLDSET_REPORT_INLINE_MAX", "20000"))
+
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "gpu"}}
 CELERY_TASK_IGNORE_RESULT = True

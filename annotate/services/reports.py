@@ -47,8 +47,12 @@ def agreement_report_request(
         .exclude(status=AgreementReport.Status.FAILED)
         .first()
     )
-    if existing and not (refresh and existing.status == AgreementReport.Status.DONE):
+    if existing and not refresh:
         return existing
+    # Reports of older states of the data are never shown again.
+    AgreementReport.objects.filter(project=project, rubric_version=version).exclude(
+        status__in=[AgreementReport.Status.QUEUED, AgreementReport.Status.RUNNING]
+    ).delete()
     report = AgreementReport(project=project, rubric_version=version, fingerprint=fingerprint)
     report.full_clean()
     report.save()

@@ -203,3 +203,15 @@ def test_agreement_over_time_dates_each_item_by_its_latest_review():
         ("2024-10-07", 2, 0.0),
     ]
     assert out["pairwise_n"] == [[0, 4], [4, 0]]
+
+
+def test_recomputing_replaces_the_old_report(project, data, admin_user, client):
+    first = agreement_report_request(project=project)
+    response = login(client, admin_user).post(f"/projects/{project.slug}/report/refresh/")
+    assert response.status_code == 302
+    assert list(AgreementReport.objects.values_list("status", flat=True)) == ["done"]
+    assert not AgreementReport.objects.filter(pk=first.pk).exists()
+
+
+def test_reviewers_cannot_force_a_recompute(project, data, alice, client):
+    assert login(client, alice).post(f"/projects/{project.slug}/report/refresh/").status_code == 403

@@ -278,3 +278,13 @@ def test_non_reviewers_cannot_score_calibration_items(client, project, calibrati
     item = make_item(project, "rubric", is_calibration=True)
     url = f"/projects/{project.slug}/calibration/{calibrating.pk}/items/{item.pk}/"
     assert login(client, judge).post(url, {"helpful": "4", "safe": "no"}).status_code == 403
+
+
+def test_the_admin_shows_a_proposed_version_read_only(proposed, rubric, admin_user):
+    from django.contrib import admin as django_admin
+
+    model_admin = django_admin.site._registry[RubricVersion]
+    assert "criteria" in model_admin.get_readonly_fields(None, proposed)
+    assert not model_admin.has_delete_permission(None, proposed)
+    draft = rubrics.rubric_version_create(rubric=rubric, criteria=CRITERIA, created_by=admin_user)
+    assert "criteria" not in model_admin.get_readonly_fields(None, draft)
