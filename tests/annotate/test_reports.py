@@ -215,3 +215,17 @@ def test_recomputing_replaces_the_old_report(project, data, admin_user, client):
 
 def test_reviewers_cannot_force_a_recompute(project, data, alice, client):
     assert login(client, alice).post(f"/projects/{project.slug}/report/refresh/").status_code == 403
+
+
+def test_rankings_over_three_responses_report_an_intransitive_cycle(project, alice, bob, carol):
+    item = make_item(project, "preference", responses=3)
+    annotate(item, alice, pref(chosen=0, rejected=1), display_order=[0, 1, 2])
+    annotate(item, bob, pref(chosen=1, rejected=2), display_order=[2, 1, 0])
+    annotate(item, carol, pref(chosen=2, rejected=0), display_order=[1, 0, 2])
+    consistent = make_item(project, "preference", responses=3)
+    annotate(consistent, alice, pref(chosen=2, rejected=0), display_order=[0, 1, 2])
+    annotate(consistent, bob, pref(chosen=2, rejected=1), display_order=[0, 1, 2])
+    report = report_build(project=project, n_boot=0)
+    rankings = next(s for s in report["sections"] if s["kind"] == "preference")["rankings"]
+    assert rankings["items_ranked"] == 2 and rankings["items_with_cycles"] == 1
+    assert rankings["examples"][0]["item_id"] == item.pk and rankings["examples"][0]["cycles"] == [[0, 1, 2]]
