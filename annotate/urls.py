@@ -34,6 +34,11 @@ urlpatterns = [
     ),
     path("projects/<slug:slug>/calibration/<int:version_id>/", rubrics.calibration, name="calibration"),
     path(
+        "projects/<slug:slug>/calibration/<int:version_id>/items/",
+        rubrics.calibration_item_add,
+        name="calibration-item-add",
+    ),
+    path(
         "projects/<slug:slug>/calibration/<int:version_id>/items/<int:item_id>/",
         rubrics.calibration_score,
         name="calibration-score",

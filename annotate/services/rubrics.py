@@ -172,6 +172,21 @@ def calibration_reviewers(project: Project):
     )
 
 
+@transaction.atomic
+def calibration_item_add(*, item: Item) -> Item:
+    """Make a rubric item a calibration item; only items nobody has been served yet qualify."""
+    item = Item.objects.select_for_update().get(pk=item.pk)
+    if item.kind != TaskKind.RUBRIC:
+        raise ValidationError(f"Item {item.pk} is a {item.kind} item; calibration items are rubric items.")
+    if item.is_check:
+        raise ValidationError(f"Item {item.pk} is a check item; choose another.")
+    if Lease.objects.filter(item=item).exists() or Annotation.objects.filter(item=item).exists():
+        raise ValidationError(f"Item {item.pk} has already been served to reviewers; choose an unreviewed item.")
+    item.is_calibration = True
+    item.save(update_fields=["is_calibration"])
+    return item
+
+
 def calibration_items(project: Project):
     return Item.objects.filter(project=project, is_calibration=True, kind=TaskKind.RUBRIC).order_by("id")
 

@@ -204,6 +204,22 @@ def calibration(request: HttpRequest, slug: str, version_id: int) -> HttpRespons
 
 
 @require_POST
+def calibration_item_add(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    version = _version(project, version_id)
+    try:
+        item = Item.objects.get(pk=int(request.POST.get("item_id", "")), project=project)
+        services.calibration_item_add(item=item)
+    except (ValueError, Item.DoesNotExist):
+        messages.error(request, f"Item {request.POST.get('item_id')!r} is not an item of this project.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Item {item.pk} is now a calibration item.")
+    return redirect(reverse("annotate:calibration", kwargs={"slug": slug, "version_id": version.pk}))
+
+
+@require_POST
 def calibration_score(request: HttpRequest, slug: str, version_id: int, item_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     version = _version(project, version_id)

@@ -288,3 +288,18 @@ def test_the_admin_shows_a_proposed_version_read_only(proposed, rubric, admin_us
     assert not model_admin.has_delete_permission(None, proposed)
     draft = rubrics.rubric_version_create(rubric=rubric, criteria=CRITERIA, created_by=admin_user)
     assert "criteria" not in model_admin.get_readonly_fields(None, draft)
+
+
+def test_an_admin_adds_an_unreviewed_rubric_item_to_calibration(client, project, calibrating, admin_user, alice):
+    fresh, reviewed = make_item(project, "rubric"), make_item(project, "rubric")
+    annotate(reviewed, alice, scores(helpful=3, safe="yes"))
+    login(client, admin_user)
+    url = f"/projects/{project.slug}/calibration/{calibrating.pk}/items/"
+    client.post(url, {"item_id": str(fresh.pk)})
+    fresh.refresh_from_db()
+    assert fresh.is_calibration
+    page = client.post(url, {"item_id": str(reviewed.pk)}, follow=True).content.decode()
+    assert "already been served to reviewers" in page
+    reviewed.refresh_from_db()
+    assert not reviewed.is_calibration
+    assert login(client, alice).post(url, {"item_id": str(fresh.pk)}).status_code == 403
