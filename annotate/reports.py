@@ -323,7 +323,7 @@ def report_build(
     version = report_rubric_version(project=project, rubric_version=rubric_version)
     rows = list(
         Annotation.objects.filter(item__project=project, item__is_calibration=False).values_list(
-            "item_id", "reviewer_id", "kind", "payload", "display_order", "created_at", "rubric_version_id"
+            "item_id", "reviewer_id", "kind", "payload", "display_order", "updated_at", "rubric_version_id"
         )
     )
     checks = dict(Item.objects.filter(project=project, is_check=True).values_list("id", "check_answer"))
@@ -340,8 +340,8 @@ def report_build(
         index.rater(reviewer_id)
     rater_names = [names[rid] for rid in sorted(names)]
     by_kind: dict[str, list] = defaultdict(list)
-    for item_id, reviewer_id, kind, payload, order, created, version_id in rows:
-        day = int(created.timestamp() // 86400)
+    for item_id, reviewer_id, kind, payload, order, reviewed, version_id in rows:
+        day = int(reviewed.timestamp() // 86400)
         by_kind[kind].append((item_id, index.rater(reviewer_id), payload, order, day, version_id))
 
     sections = []
