@@ -6,7 +6,6 @@ benchmark give in-memory ones.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Protocol
 
@@ -49,6 +48,9 @@ class MemorySink:
     def log(self, line: str) -> None:
         self.lines.append(line)
 
+    def checkpoint(self, path: str) -> None:
+        self.lines.append(f"checkpoint {path}")
+
 
 def _number(value) -> float | None:
     if value is None:
@@ -57,7 +59,7 @@ def _number(value) -> float | None:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else value  # non-finite losses are kept: the task fails on them
+    return value  # a non-finite loss is kept as is: the runner fails the job on it
 
 
 class ProgressCallback(TrainerCallback):
@@ -88,6 +90,13 @@ class ProgressCallback(TrainerCallback):
             control.should_save = True
             self.sink.log(f"[{self.phase}] stop requested: saving a checkpoint at step {state.global_step}")
         return control
+
+    def on_save(self, args, state, control, **kwargs):
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        checkpoint = getattr(self.sink, "checkpoint", None)
+        if checkpoint is not None:
+            checkpoint(path)
+        self.sink.log(f"[{self.phase}] checkpoint saved at step {state.global_step}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
