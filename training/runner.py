@@ -299,7 +299,13 @@ def run(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    tokenizer = load_tokenizer(base_model)
+    try:
+        tokenizer = load_tokenizer(base_model)
+    except OSError as exc:
+        raise TrainingError(
+            f"Cannot load the tokenizer of {base_model!r}: {exc}. Give a local directory with the tokenizer "
+            f"files, or a hub id this worker can reach."
+        ) from exc
     phases_done: dict[str, dict] = {}
     previous_adapter: Path | None = None
     status = "succeeded"
@@ -330,6 +336,8 @@ def run(
                 sink.log(f"[{phase}] resuming from {found.name}")
 
         model = load_model(base_model, config)
+        four_bit, linear = count_4bit_layers(model)
+        sink.log(f"[{phase}] base model loaded: {four_bit} of {linear} linear layers in 4 bits")
         if previous_adapter is not None:
             # SFT → DPO: train the SFT adapter further; TRL keeps a frozen copy as the DPO reference.
             model = PeftModel.from_pretrained(model, str(previous_adapter), is_trainable=True)
@@ -369,6 +377,8 @@ def run(
             "steps": trainer.state.global_step,
             "max_steps": trainer.state.max_steps,
             "examples": len(rows),
+            "base_linear_layers_4bit": four_bit,
+            "base_linear_layers": linear,
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "runtime_s": result.metrics.get("train_runtime"),
             "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h), {}),
