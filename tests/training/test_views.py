@@ -1,6 +1,7 @@
 """The training pages: admin-only, the job page and its htmx fragment, the form's errors, downloads."""
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def test_the_adapter_downloads_as_a_zip(client, admin_user, job, settings, tmp_p
     settings.ARTIFACTS_DIR = tmp_path
     adapter = tmp_path / f"job-{job.pk}" / "adapter"
     adapter.mkdir(parents=True)
-    (adapter / "manifest.json").write_text('{"job_id": %d}' % job.pk)
+    (adapter / "manifest.json").write_text(json.dumps({"job_id": job.pk}))
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     TrainingJob.objects.filter(pk=job.pk).update(status="succeeded", output_dir=str(adapter.parent))
     client.force_login(admin_user)

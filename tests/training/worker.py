@@ -1,5 +1,6 @@
 """A real Celery gpu worker in a subprocess, logged in to the test database as the trainer role."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,10 +19,9 @@ def purge_gpu_queue() -> None:
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        try:
+        # The queue may not exist yet.
+        with contextlib.suppress(Exception):
             conn.default_channel.queue_purge("gpu")
-        except Exception:  # noqa: BLE001 — the queue may not exist yet
-            pass
 
 
 def start_worker(artifacts: Path, log_path: Path) -> subprocess.Popen:
