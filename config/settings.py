@@ -198,6 +198,10 @@ TRAINING_HEARTBEAT_S = float(os.environ.get("GOLDSET_TRAINING_HEARTBEAT_S", "30"
 TRAINING_STALE_AFTER_S = float(os.environ.get("GOLDSET_TRAINING_STALE_AFTER_S", "300"))
 TRAINING_HEARTBEAT_THREAD = env_bool("GOLDSET_TRAINING_HEARTBEAT_THREAD", True)
 TRAINING_CANCEL_POLL_S = float(os.environ.get("GOLDSET_TRAINING_CANCEL_POLL_S", "1"))
+# GPUs per job ("auto": all the worker sees); above 1 the job trains through `accelerate launch` (DDP).
+TRAINING_GPUS = os.environ.get("GOLDSET_TRAINING_GPUS", "auto")
+# "auto": accelerate launch only for several GPUs; "accelerate": always; "inprocess": never.
+TRAINING_LAUNCHER = os.environ.get("GOLDSET_TRAINING_LAUNCHER", "auto")
 CELERY_BEAT_SCHEDULE = {
     "training-fail-stale-jobs": {"task": "training.tasks.training_jobs_fail_stale", "schedule": 60.0},
 }

@@ -92,6 +92,7 @@ def choose(
     lora_r: int = 16,
     packing: bool = True,
     liger_available: bool = False,
+    varlen_attention: bool = False,
     batch_size: int | str = "auto",
     gradient_checkpointing: str = "auto",
     liger_kernel: str = "auto",
@@ -100,13 +101,18 @@ def choose(
 
     ``free_bytes`` is the GPU's free memory, or None on a CPU (then the choice is the safe small one).
     ``method`` is the phase, sft or dpo: a DPO micro-batch of n pairs holds 2n sequences.
+    ``varlen_attention``: a variable-length attention kernel (flash-attn) is installed, so packed rows
+    cost no more than their tokens; without it SDPA would need a dense block mask per row, so on a
+    GPU packing is left off and rows are padded instead.
     Explicit settings (anything but "auto") are kept as given.
     """
     reasons: list[str] = []
     seqs_per_example = 2 if method == "dpo" else 1
-    padding_free = method == "sft" and packing
+    padding_free = method == "sft" and packing and (varlen_attention or free_bytes is None)
     if padding_free:
         reasons.append("SFT examples are packed into full rows without padding (each keeps its own attention).")
+    elif method == "sft" and packing:
+        reasons.append("Packing is off: install flash-attn for padding-free packed batches (variable-length kernel).")
     use_liger = liger_kernel == "on" or (liger_kernel == "auto" and liger_available and free_bytes is not None)
     if use_liger:
         reasons.append("liger-kernel fuses RMSNorm, SwiGLU, RoPE and the loss (no full fp32 logits).")

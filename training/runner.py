@@ -121,6 +121,16 @@ def free_gpu_bytes() -> int | None:
     return int(free)
 
 
+def flash_attention_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        metadata.version("flash-attn")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def liger_available() -> bool:
     try:
         metadata.version("liger-kernel")
@@ -163,7 +173,9 @@ def load_model(base_model: str, config: TrainingConfig):
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     else:
         kwargs["device_map"] = {"": "cpu"}
-    if torch.cuda.is_available() and config.compute_dtype != "float32":
+    if flash_attention_available() and config.compute_dtype != "float32":
+        kwargs["attn_implementation"] = "flash_attention_2"
+    else:
         kwargs["attn_implementation"] = "sdpa"
     try:
         return AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
@@ -229,6 +241,8 @@ def trainer_args(config: TrainingConfig, *, phase: str, output_dir: Path, choice
         "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
+        # DDP: LoRA leaves most parameters frozen, so there is nothing unused to search for.
+        "ddp_find_unused_parameters": False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     }
 
 
@@ -243,6 +257,7 @@ def choose_settings(model, config: TrainingConfig, *, phase: str) -> autoconfig.
         lora_r=config.lora_r,
         packing=config.packing,
         liger_available=liger_available(),
+        varlen_attention=flash_attention_available(),
         batch_size=config.batch_size,
         gradient_checkpointing=config.gradient_checkpointing,
         liger_kernel=config.liger_kernel,
@@ -255,7 +270,7 @@ def build_trainer(*, phase, model, tokenizer, config, rows, output_dir, choice, 
     args = trainer_args(config, phase=phase, output_dir=output_dir, choice=choice)
     dataset = Dataset.from_list(rows)
     if phase == "sft":
-        sft_args = SFTConfig(**args, packing=config.packing, padding_free=choice.padding_free)
+        sft_args = SFTConfig(**args, packing=choice.padding_free, padding_free=choice.padding_free)
         return SFTTrainer(
             model=model,
             args=sft_args,
@@ -348,6 +363,8 @@ def run(
         for reason in choice.reasons:
             sink.log(f"[{phase}] {reason}")
         callback = ProgressCallback(sink, phase=phase)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         trainer = build_trainer(
             phase=phase,
             model=model,
@@ -381,6 +398,7 @@ def run(
             "base_linear_layers": linear,
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "runtime_s": result.metrics.get("train_runtime"),
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
             "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h), {}),
             "settings": {
                 "batch_size": choice.batch_size,

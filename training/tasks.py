@@ -142,38 +142,28 @@ def training_job_run(job_id: int) -> str:
             raise _Refused(services.snapshot_untrainable_reason(snapshot, using=using))
         check = services.snapshot_latest_check(snapshot, using=using)
         records = services.snapshot_records_as_dicts(snapshot.pk, using=using)
-        from training import runner
-        from training.config import TrainingConfig
-
-        result = runner.run(
-            base_model=job.base_model,
-            config=TrainingConfig.from_dict(job.config),
-            records=records,
-            output_dir=output_dir,
-            sink=sink,
-            resume_from=Path(job.resume_from) if job.resume_from else None,
-            provenance={
-                "job_id": job_id,
-                "retry_of": job.retry_of_id,
-                "resumed_from": job.resume_from or None,
-                "snapshot": {
-                    "id": snapshot.pk,
-                    "name": snapshot.name,
-                    "sha256": snapshot.sha256,
-                    "sft_count": snapshot.sft_count,
-                    "dpo_count": snapshot.dpo_count,
-                    "sources": snapshot.sources,
-                    "filters": snapshot.filters,
-                },
-                "contamination_check": {
-                    "id": check.pk,
-                    "passed": check.passed,
-                    "threshold": check.threshold,
-                    "checked_at": check.checked_at.isoformat(),
-                },
-                "evalset_versions_checked": check.evalset_versions,
+        provenance = {
+            "job_id": job_id,
+            "retry_of": job.retry_of_id,
+            "resumed_from": job.resume_from or None,
+            "snapshot": {
+                "id": snapshot.pk,
+                "name": snapshot.name,
+                "sha256": snapshot.sha256,
+                "sft_count": snapshot.sft_count,
+                "dpo_count": snapshot.dpo_count,
+                "sources": snapshot.sources,
+                "filters": snapshot.filters,
             },
-        )
+            "contamination_check": {
+                "id": check.pk,
+                "passed": check.passed,
+                "threshold": check.threshold,
+                "checked_at": check.checked_at.isoformat(),
+            },
+            "evalset_versions_checked": check.evalset_versions,
+        }
+        result = _train(job, records=records, output_dir=output_dir, sink=sink, provenance=provenance)
     except Exception as exc:  # noqa: BLE001 — every failure must reach the job page
         from training.runner import TrainingError
 
@@ -196,14 +186,14 @@ def training_job_run(job_id: int) -> str:
         stop.set()
         if beat is not None:
             beat.join(timeout=5)
-    status = TrainingJob.Status.CANCELLED if result.status == "cancelled" else TrainingJob.Status.SUCCEEDED
+    status = TrainingJob.Status.CANCELLED if result["status"] == "cancelled" else TrainingJob.Status.SUCCEEDED
     sink.log(f"{status}: artifacts in {output_dir}")
     services.training_job_finish(
         job_id=job_id,
         status=status,
         using=using,
-        manifest=result.manifest,
-        last_checkpoint=result.last_checkpoint,
+        manifest=result["manifest"],
+        last_checkpoint=result["last_checkpoint"],
         log_tail="\n".join(sink.lines),
     )
     return status
@@ -211,6 +201,57 @@ def training_job_run(job_id: int) -> str:
 
 class _Refused(Exception):
     pass
+
+
+def gpus_per_job() -> int:
+    """GPUs one job trains on: GOLDSET_TRAINING_GPUS, or every GPU this worker sees ("auto")."""
+    wanted = settings.TRAINING_GPUS
+    if wanted != "auto":
+        return int(wanted)
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def _train(job, *, records: list[dict], output_dir: Path, sink: DbSink, provenance: dict) -> dict:
+    """Train in this process on one device, or through accelerate launch (DDP) on several GPUs."""
+    import json
+
+    from training.config import TrainingConfig
+
+    gpus = gpus_per_job()
+    launcher = settings.TRAINING_LAUNCHER
+    if launcher == "accelerate" or (launcher == "auto" and gpus > 1):
+        from training import launch
+
+        records_path = output_dir / "records.json"
+        records_path.write_text(json.dumps(records))
+        sink.log(f"launching {gpus} process(es) with accelerate launch (DDP)")
+        spec = {
+            "base_model": job.base_model,
+            "config": job.config,
+            "records": str(records_path),
+            "output_dir": str(output_dir),
+            "resume_from": job.resume_from or None,
+            "provenance": provenance,
+        }
+        import torch
+
+        return launch.run_distributed(
+            spec=spec, workdir=output_dir / "launch", num_processes=gpus, sink=sink, cpu=not torch.cuda.is_available()
+        )
+    from training import runner
+
+    result = runner.run(
+        base_model=job.base_model,
+        config=TrainingConfig.from_dict(job.config),
+        records=records,
+        output_dir=output_dir,
+        sink=sink,
+        resume_from=Path(job.resume_from) if job.resume_from else None,
+        provenance=provenance,
+    )
+    return {"status": result.status, "manifest": result.manifest, "last_checkpoint": result.last_checkpoint}
 
 
 @shared_task

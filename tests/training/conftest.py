@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.training.tiny import build_tiny_model
+from training.tinymodel import build_tiny_model
 
 # Short runs on the tiny model: a few steps, progress at every other step, a checkpoint every 3.
 FAST = {

@@ -59,7 +59,9 @@ def test_the_config_round_trips_through_json():
 
 
 def test_a_1b_model_on_an_h200_trains_without_checkpointing_at_a_large_batch_with_liger():
-    choice = autoconfig.choose(LLAMA_1B, method="sft", max_length=1024, free_bytes=139 * GIB, liger_available=True)
+    choice = autoconfig.choose(
+        LLAMA_1B, method="sft", max_length=1024, free_bytes=139 * GIB, liger_available=True, varlen_attention=True
+    )
     assert choice.gradient_checkpointing is False
     assert choice.batch_size == 16
     assert choice.liger_kernel and choice.padding_free
@@ -121,3 +123,11 @@ def test_the_shape_is_read_from_a_model_config():
 
     shape = ModelShape.from_config(Cfg())
     assert abs(shape.num_params - LLAMA_1B.num_params) / LLAMA_1B.num_params < 0.01
+
+
+def test_packing_on_a_gpu_needs_a_variable_length_attention_kernel():
+    without = autoconfig.choose(LLAMA_1B, method="sft", max_length=1024, free_bytes=139 * GIB)
+    assert without.padding_free is False
+    assert any("install flash-attn" in r for r in without.reasons)
+    on_cpu = autoconfig.choose(LLAMA_1B, method="sft", max_length=1024, free_bytes=None)
+    assert on_cpu.padding_free is True  # correct with SDPA's block mask; speed does not matter there

@@ -297,3 +297,25 @@ def test_progress_rows_are_unique_per_phase_and_step(trainable_snapshot, tiny_mo
     services.training_job_progress_add(job_id=job.pk, row=row, using="default")
     services.training_job_progress_add(job_id=job.pk, row={**row, "loss": 2.0}, using="default")
     assert list(JobProgress.objects.filter(job=job).values_list("loss", flat=True)) == [1.0]
+
+
+def test_the_accelerate_command_runs_one_process_per_gpu_with_ddp():
+    from training.launch import accelerate_command
+
+    command = accelerate_command(num_processes=4, spec_path=Path("spec.json"))
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
+    assert command[-3:] == ["-m", "training.launch", "spec.json"]
+
+
+def test_a_job_trains_through_accelerate_launch_and_reports_back(
+    trainable_snapshot, tiny_model, in_process, admin_user, settings
+):
+    settings.TRAINING_LAUNCHER = "accelerate"
+    settings.TRAINING_GPUS = "1"
+    job = create(trainable_snapshot, tiny_model, admin_user, method="sft")
+    assert run(job) == "succeeded", job.error + job.log_tail
+    assert "launching 1 process(es) with accelerate launch" in job.log_tail
+    assert [p.step for p in job.progress.order_by("step")] == [2, 4, 6]
+    assert job.manifest["job_id"] == job.pk and job.manifest["hardware"]["world_size"] == 1
+    assert (Path(job.output_dir) / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,4 +1,7 @@
-"""A tiny Llama-style model and a locally trained BPE tokenizer with a chat template: no download."""
+"""A tiny Llama-style model and a locally trained BPE tokenizer with a chat template: no download.
+
+Tests train from it; the GPU benchmark reuses the tokenizer with a random-init model of a real shape.
+"""
 
 from pathlib import Path
 
@@ -16,10 +19,10 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 384) -> Path:
-    """Save a random-init LlamaForCausalLM (hidden 64, 2 layers) and its tokenizer to ``path``."""
+def build_tokenizer(path: Path, *, vocab: int = 384):
+    """Train a byte-level BPE tokenizer on a few sentences and save it, with a chat template, to ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -39,6 +42,16 @@ def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: in
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 384) -> Path:
+    """Save a random-init LlamaForCausalLM (hidden 64, 2 layers) and its tokenizer to ``path``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    fast = build_tokenizer(path, vocab=vocab)
     config = LlamaConfig(
         vocab_size=len(fast),
         hidden_size=hidden,
@@ -52,8 +65,6 @@ def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: in
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
     )
-    import torch
-
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
