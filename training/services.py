@@ -148,6 +148,35 @@ def snapshot_create(
     return snapshot
 
 
+@transaction.atomic
+def snapshot_rewrite_tasks_create(*, snapshot: TrainingSnapshot) -> list[Item]:
+    """Offer each both-bad preference item of the snapshot to reviewers as a gold-answer rewrite task.
+
+    The new gold item keeps the prompt, split and provenance, shows the rejected responses as candidates,
+    and points back at its source in ``metadata["rewrite_of"]``. Idempotent: an item offered before is skipped.
+    """
+    created = []
+    for source in Item.objects.filter(pk__in=snapshot.filters.get("rewrite_candidates", [])).order_by("pk"):
+        content_hash = hashlib.sha256(f"rewrite|{source.content_hash}".encode()).hexdigest()
+        if Item.objects.filter(project_id=source.project_id, content_hash=content_hash).exists():
+            continue
+        item = Item(
+            project_id=source.project_id,
+            kind=TaskKind.GOLD,
+            prompt=source.prompt,
+            messages=source.messages,
+            responses=source.responses,
+            metadata={**source.metadata, "rewrite_of": source.pk, "reason": "both responses judged bad"},
+            provenance=source.provenance,
+            content_hash=content_hash,
+            split=source.split,
+        )
+        item.full_clean()
+        item.save()
+        created.append(item)
+    return created
+
+
 def snapshot_latest_check(snapshot: TrainingSnapshot, *, using: str = "default") -> SnapshotCheck | None:
     return SnapshotCheck.objects.using(using).filter(snapshot_id=snapshot.pk).order_by("-checked_at", "-id").first()
 

@@ -54,6 +54,14 @@ def snapshot_detail(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     return render(request, "training/snapshot_detail.html", context)
 
 
+@require_POST
+def snapshot_rewrite_tasks(request: HttpRequest, snapshot_id: int) -> HttpResponse:
+    snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
+    created = services.snapshot_rewrite_tasks_create(snapshot=snapshot)
+    messages.success(request, f"{len(created)} gold-answer rewrite task(s) offered to reviewers.")
+    return redirect("training:snapshot-detail", snapshot_id=snapshot.pk)
+
+
 @require_GET
 @vary_on_headers("HX-Request")
 def job_list(request: HttpRequest) -> HttpResponse:

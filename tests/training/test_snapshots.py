@@ -88,3 +88,25 @@ def test_only_a_passed_latest_check_makes_a_snapshot_trainable(approved_data, ad
     SnapshotCheck.objects.create(snapshot=snapshot, passed=False, threshold=0.5)
     assert not snapshot_is_trainable(snapshot)
     assert "failed its contamination check" in snapshot_untrainable_reason(snapshot)
+
+
+def test_both_bad_items_are_offered_once_as_gold_answer_rewrite_tasks(project, admin_user, client):
+    from django.urls import reverse
+
+    from annotate.models import Item
+
+    approve(make_item(project, kind="gold", prompt="kept"), {"action": "accept", "answer": "yes"})
+    bad = make_item(project, kind="preference", prompt="both bad", responses=[{"text": "a"}, {"text": "b"}])
+    approve(bad, {"choice": "both_bad", "chosen": None, "rejected": None})
+    snapshot = snapshot_create(name="s", projects=[project], created_by=admin_user)
+    client.force_login(admin_user)
+    client.post(reverse("training:snapshot-rewrite-tasks", args=[snapshot.pk]))
+    client.post(reverse("training:snapshot-rewrite-tasks", args=[snapshot.pk]))
+    rewrite = Item.objects.get(metadata__rewrite_of=bad.pk)
+    assert (rewrite.kind, rewrite.prompt, rewrite.split, rewrite.project_id) == (
+        "gold",
+        "both bad",
+        "train",
+        project.pk,
+    )
+    assert Item.objects.filter(kind="gold", prompt="both bad").count() == 1
