@@ -62,7 +62,10 @@ SHAPES = {
         tie_word_embeddings=False,
     ),
 }
-WORDS = ["the", "order", "refund", "password", "account", "settings", "support", "please", "thank", "you", "open", "choose", "reset", "track"]
+WORDS = [
+    *("the", "order", "refund", "password", "account", "settings", "support"),
+    *("please", "thank", "you", "open", "choose", "reset", "track"),
+]
 
 
 def build_model(shape: str, path: Path) -> Path:
@@ -320,7 +323,8 @@ def main() -> None:
                 print(
                     f"[{shape} {method.upper()}] (b) Goldset: {tb:>9,.0f} tokens/s  peak {b['peak'] / gib:5.1f} GiB  "
                     f"batch {s['batch_size']}, checkpointing {'on' if s['activation_checkpointing'] else 'off'}, "
-                    f"liger {'on' if s['liger_kernel'] else 'off'}, padding-free {'on' if s['padding_free'] else 'off'}; "
+                    f"liger {'on' if s['liger_kernel'] else 'off'}, "
+                    f"padding-free {'on' if s['padding_free'] else 'off'}; "
                     f"4-bit linear layers {b['four_bit']}"
                 )
                 print(
