@@ -189,3 +189,10 @@ def test_a_job_outside_the_artifacts_dir_is_not_served(client, admin_user, job, 
     client.force_login(admin_user)
     assert client.get(reverse("training:job-download", args=[job.pk])).status_code == 404
     assert Path(tmp_path / "elsewhere" / "adapter").is_dir()
+
+
+def test_the_django_admin_lists_jobs_read_only(client, django_user_model, job):
+    boss = django_user_model.objects.create_superuser("boss", password="pw")
+    client.force_login(boss)
+    assert client.get(reverse("admin:training_trainingjob_changelist")).status_code == 200
+    assert client.get(reverse("admin:training_trainingjob_add")).status_code == 403
