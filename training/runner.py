@@ -325,6 +325,7 @@ def run(
     previous_adapter: Path | None = None
     status = "succeeded"
     checkpoint = ""
+    revision = None
 
     for phase in config.phases:
         phase_dir = output_dir / phase
@@ -351,6 +352,7 @@ def run(
                 sink.log(f"[{phase}] resuming from {found.name}")
 
         model = load_model(base_model, config)
+        revision = revision or getattr(model.config, "_commit_hash", None)
         four_bit, linear = count_4bit_layers(model)
         sink.log(f"[{phase}] base model loaded: {four_bit} of {linear} linear layers in 4 bits")
         if previous_adapter is not None:
@@ -433,7 +435,7 @@ def run(
     manifest = {
         **(provenance or {}),
         "status": status,
-        "base_model": model_fingerprint(base_model),
+        "base_model": {**model_fingerprint(base_model), **({"revision": revision} if revision else {})},
         "method": config.method,
         "config": config.to_dict(),
         "library_versions": library_versions(),
