@@ -13,10 +13,16 @@ def test_the_job_page_follows_a_running_job_to_its_end(login_page, live_server, 
     approve(make_item(project, kind="gold", prompt="How do I reset it?"), {"action": "write", "answer": "Settings."})
     snapshot = services.snapshot_create(name="v1", projects=[project], created_by=admin_user)
     SnapshotCheck.objects.create(snapshot=snapshot, passed=True, threshold=0.5)
-    job = services._job_insert(snapshot=snapshot, base_model="/models/tiny", created_by=admin_user, preflight={},
-                               config=services.training_config_parse(method="sft", config=FAST))
-    TrainingJob.objects.filter(pk=job.pk).update(status="running", phase="sft", step=2, total_steps=6,
-                                                 started_at=job.created_at, log_tail="step 2")
+    job = services._job_insert(
+        snapshot=snapshot,
+        base_model="/models/tiny",
+        created_by=admin_user,
+        preflight={},
+        config=services.training_config_parse(method="sft", config=FAST),
+    )
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status="running", phase="sft", step=2, total_steps=6, started_at=job.created_at, log_tail="step 2"
+    )
     JobProgress.objects.create(job=job, phase="sft", step=2, total_steps=6, loss=2.0)
 
     page = login_page(admin_user)
