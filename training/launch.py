@@ -12,17 +12,40 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def accelerate_command(*, num_processes: int, spec_path: Path, cpu: bool = False) -> list[str]:
-    """The ``accelerate launch`` command line for a job spec (DDP across ``num_processes`` GPUs)."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_command(*, num_processes: int, spec_path: Path, cpu: bool = False, port: int | None = None) -> list[str]:
+    """The ``accelerate launch`` command line for a job spec (DDP across ``num_processes`` GPUs).
+
+    A free rendezvous port per job, so two gpu workers on one machine never collide on the default one.
+    On a CPU-only machine accelerate's ``--cpu`` runs a single process, so several processes go through
+    torchrun (gloo backend) instead: the same DDP code path, which is how it is tested without a GPU.
+    """
+    if cpu and num_processes > 1:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(num_processes),
+        ]
+        return command + ["-m", "training.launch", str(spec_path)]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     command += ["--cpu"] if cpu else (["--multi_gpu"] if num_processes > 1 else [])
     command += ["--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+    command += ["--main_process_port", str(port or free_port())]
     return command + ["-m", "training.launch", str(spec_path)]
 
 

@@ -58,13 +58,17 @@ def job_get_for_admin(*, user, job_id: int) -> TrainingJob:
     return job
 
 
-def job_eta(job: TrainingJob, now=None) -> timedelta | None:
-    """Time left in the current phase, from the mean step time since the job started."""
+def job_eta(job: TrainingJob, rows: list[JobProgress] | None = None, now=None) -> timedelta | None:
+    """Time left in the current phase, from the pace between its progress rows (model loading excluded)."""
     if job.status != TrainingJob.Status.RUNNING or not job.step or not job.total_steps or not job.started_at:
         return None
-    now = now or timezone.now()
-    per_step = (now - job.started_at) / job.step
-    return per_step * max(0, job.total_steps - job.step)
+    phase_rows = [r for r in rows or [] if r.phase == job.phase]
+    if len(phase_rows) >= 2 and phase_rows[-1].step > phase_rows[0].step:
+        first, last = phase_rows[0], phase_rows[-1]
+        per_step = (last.created_at - first.created_at) / (last.step - first.step)
+    else:
+        per_step = ((now or timezone.now()) - job.started_at) / job.step
+    return timedelta(seconds=round((per_step * max(0, job.total_steps - job.step)).total_seconds()))
 
 
 def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 180) -> dict:
@@ -103,7 +107,7 @@ def job_progress_context(job: TrainingJob) -> dict:
         "rows": rows[-10:],
         "last": last,
         "percent": percent,
-        "eta": job_eta(job),
+        "eta": job_eta(job, rows),
         "chart": loss_chart(rows),
         "finished": job.is_finished,
     }

@@ -302,20 +302,24 @@ def test_progress_rows_are_unique_per_phase_and_step(trainable_snapshot, tiny_mo
 def test_the_accelerate_command_runs_one_process_per_gpu_with_ddp():
     from training.launch import accelerate_command
 
-    command = accelerate_command(num_processes=4, spec_path=Path("spec.json"))
+    command = accelerate_command(num_processes=4, spec_path=Path("spec.json"), port=29611)
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
+    assert command[command.index("--main_process_port") + 1] == "29611"
     assert command[-3:] == ["-m", "training.launch", "spec.json"]
+    single = accelerate_command(num_processes=1, spec_path=Path("spec.json"))
+    assert "--multi_gpu" not in single and "accelerate.commands.launch" in single
 
 
-def test_a_job_trains_through_accelerate_launch_and_reports_back(
+def test_a_job_trains_data_parallel_in_two_processes_and_rank_0_reports_back(
     trainable_snapshot, tiny_model, in_process, admin_user, settings
 ):
+    # Two ranks with the gloo backend on the CPU: the DDP path a multi-GPU worker takes (NCCL there).
     settings.TRAINING_LAUNCHER = "accelerate"
-    settings.TRAINING_GPUS = "1"
+    settings.TRAINING_GPUS = "2"
     job = create(trainable_snapshot, tiny_model, admin_user, method="sft")
     assert run(job) == "succeeded", job.error + job.log_tail
-    assert "launching 1 process(es) with accelerate launch" in job.log_tail
-    assert [p.step for p in job.progress.order_by("step")] == [2, 4, 6]
-    assert job.manifest["job_id"] == job.pk and job.manifest["hardware"]["world_size"] == 1
+    assert "launching 2 process(es)" in job.log_tail
+    assert [p.step for p in job.progress.order_by("step")] == [2, 4, 6]  # once, from rank 0 only
+    assert job.manifest["job_id"] == job.pk and job.manifest["hardware"]["world_size"] == 2
     assert (Path(job.output_dir) / "adapter" / "adapter_model.safetensors").is_file()

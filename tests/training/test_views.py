@@ -196,3 +196,20 @@ def test_the_django_admin_lists_jobs_read_only(client, django_user_model, job):
     client.force_login(boss)
     assert client.get(reverse("admin:training_trainingjob_changelist")).status_code == 200
     assert client.get(reverse("admin:training_trainingjob_add")).status_code == 403
+
+
+def test_the_eta_follows_the_pace_of_the_current_phase(job):
+    from datetime import timedelta
+
+    from training.selectors import job_eta
+
+    job = running(job, phase="dpo", step=20, total_steps=100)
+    t0 = job.created_at
+    rows = [
+        JobProgress(job=job, phase="sft", step=50, total_steps=50, created_at=t0),
+        JobProgress(job=job, phase="dpo", step=10, total_steps=100, created_at=t0 + timedelta(seconds=100)),
+        JobProgress(job=job, phase="dpo", step=20, total_steps=100, created_at=t0 + timedelta(seconds=120)),
+    ]
+    assert job_eta(job, rows) == timedelta(seconds=160)  # 2 s a step, 80 steps left
+    job.status = "succeeded"
+    assert job_eta(job, rows) is None
