@@ -15,6 +15,9 @@ TRAINER_GRANTS: dict[str, str] = {
     "training_trainingsnapshot": "SELECT",
     "training_snapshotrecord": "SELECT",
     "training_snapshotcheck": "SELECT",
+    # The gpu worker claims, heartbeats and finishes its job row, and appends progress rows.
+    "training_trainingjob": "SELECT, UPDATE",
+    "training_jobprogress": "SELECT, INSERT",
 }
 
 

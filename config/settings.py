@@ -172,7 +172,11 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 GOLDSET_REPORT_INLINE_MAX = int(os.environ.get("GOLDSET_REPORT_INLINE_MAX", "20000"))
 
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    # The stale-heartbeat check must not wait behind a training run on the gpu queue.
+    "training.tasks.training_jobs_fail_stale": {"queue": "default"},
+    "training.tasks.*": {"queue": "gpu"},
+}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -190,6 +194,20 @@ else:
         "data_folder_out": str(_queue_dir / "queue"),
         "control_folder": str(_queue_dir / "control"),
     }
+
+# --- Training jobs -----------------------------------------------------------------------------
+TRAINING_HEARTBEAT_S = float(os.environ.get("GOLDSET_TRAINING_HEARTBEAT_S", "30"))
+# A running job with no heartbeat for this long is failed by the periodic check (run Celery beat).
+TRAINING_STALE_AFTER_S = float(os.environ.get("GOLDSET_TRAINING_STALE_AFTER_S", "300"))
+TRAINING_HEARTBEAT_THREAD = env_bool("GOLDSET_TRAINING_HEARTBEAT_THREAD", True)
+TRAINING_CANCEL_POLL_S = float(os.environ.get("GOLDSET_TRAINING_CANCEL_POLL_S", "1"))
+# GPUs per job ("auto": all the worker sees); above 1 the job trains through `accelerate launch` (DDP).
+TRAINING_GPUS = os.environ.get("GOLDSET_TRAINING_GPUS", "auto")
+# "auto": accelerate launch only for several GPUs; "accelerate": always; "inprocess": never.
+TRAINING_LAUNCHER = os.environ.get("GOLDSET_TRAINING_LAUNCHER", "auto")
+CELERY_BEAT_SCHEDULE = {
+    "training-fail-stale-jobs": {"task": "training.tasks.training_jobs_fail_stale", "schedule": 60.0},
+}
 
 LOGGING = {
     "version": 1,

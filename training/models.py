@@ -61,3 +61,96 @@ class SnapshotCheck(models.Model):
     class Meta:
         ordering = ["-checked_at", "-id"]
         get_latest_by = ["checked_at", "id"]
+
+
+class TrainingJob(models.Model):
+    """One QLoRA fine-tune of a base model on a snapshot. The gpu worker (trainer role) may only
+    read and update this row; everything else about the job is written by the web side."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Method(models.TextChoices):
+        SFT = "sft", "SFT"
+        DPO = "dpo", "DPO"
+        SFT_DPO = "sft_dpo", "SFT, then DPO on the SFT adapter"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="jobs")
+    base_model = models.CharField(max_length=500, help_text="A local directory or a hub id.")
+    method = models.CharField(max_length=16, choices=Method.choices)
+    config = models.JSONField(help_text="training.config.TrainingConfig as a dict.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    preflight = models.JSONField(default=dict, blank=True, help_text="What the preflight found before queueing.")
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    resume_from = models.CharField(max_length=500, blank=True, help_text="Output dir of the job this one resumes.")
+    cancel_requested = models.BooleanField(default=False)
+    phase = models.CharField(max_length=8, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    epoch = models.FloatField(null=True, blank=True)
+    loss = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True, help_text="The last lines of the training log.")
+    output_dir = models.CharField(max_length=500, blank=True)
+    last_checkpoint = models.CharField(max_length=500, blank=True)
+    manifest = models.JSONField(default=dict, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "queued_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),
+                name="trainingjob_status_known",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="failed") | ~models.Q(error=""),
+                name="trainingjob_failed_has_reason",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.get_method_display()}, {self.status})"
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("training:job-detail", kwargs={"job_id": self.pk})
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class JobProgress(models.Model):
+    """A progress row the trainer callback writes every few steps (insert-only for the worker)."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="progress")
+    phase = models.CharField(max_length=8)
+    step = models.PositiveIntegerField()
+    total_steps = models.PositiveIntegerField()
+    epoch = models.FloatField(null=True)
+    loss = models.FloatField(null=True)
+    learning_rate = models.FloatField(null=True)
+    grad_norm = models.FloatField(null=True)
+    tokens_per_second = models.FloatField(null=True)
+    reward_margin = models.FloatField(null=True, help_text="DPO: mean chosen − rejected reward.")
+    reward_accuracy = models.FloatField(null=True, help_text="DPO: share of pairs ranked right.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "id"]
+        constraints = [models.UniqueConstraint(fields=["job", "phase", "step"], name="jobprogress_unique_step")]

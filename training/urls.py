@@ -1,3 +1,18 @@
+from django.urls import path
+
+from training import views
+
 app_name = "training"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.job_list, name="job-list"),
+    path("snapshots/", views.snapshot_list, name="snapshot-list"),
+    path("snapshots/<int:snapshot_id>/", views.snapshot_detail, name="snapshot-detail"),
+    path("snapshots/<int:snapshot_id>/rewrite-tasks/", views.snapshot_rewrite_tasks, name="snapshot-rewrite-tasks"),
+    path("jobs/new/", views.job_new, name="job-new"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job-detail"),
+    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<int:job_id>/retry/", views.job_retry, name="job-retry"),
+    path("jobs/<int:job_id>/resume/", views.job_resume, name="job-resume"),
+    path("jobs/<int:job_id>/adapter.zip", views.job_download, name="job-download"),
+]
