@@ -37,19 +37,23 @@ class Migration(migrations.Migration):
                     models.CharField(help_text="sha256 of the canonical JSONL (the goldset export).", max_length=64),
                 ),
                 ("record_count", models.PositiveIntegerField()),
-                ("counts", models.JSONField(default=dict, help_text="Records by task kind.")),
-                ("provenance_mix", models.JSONField(default=dict, help_text="Records by item provenance.")),
+                ("counts", models.JSONField(default=dict, blank=True, help_text="Records by task kind.")),
+                ("provenance_mix", models.JSONField(default=dict, blank=True, help_text="Records by item provenance.")),
                 (
                     "agreement",
-                    models.JSONField(default=dict, help_text="{mean, min, adjudicated, histogram} over the records."),
+                    models.JSONField(
+                        default=dict, blank=True, help_text="{mean, min, adjudicated, histogram} over the records."
+                    ),
                 ),
                 (
                     "rubric_versions",
-                    models.JSONField(default=list, help_text="[{id, label}] of the rubric versions used."),
+                    models.JSONField(default=list, blank=True, help_text="[{id, label}] of the rubric versions used."),
                 ),
                 (
                     "refusals",
-                    models.JSONField(default=list, help_text="[{item_id, reason}] eval items left out, and why."),
+                    models.JSONField(
+                        default=list, blank=True, help_text="[{item_id, reason}] eval items left out, and why."
+                    ),
                 ),
                 ("changelog", models.TextField(help_text="What changed since the previous version, and why.")),
                 ("frozen_at", models.DateTimeField()),
@@ -106,7 +110,7 @@ class Migration(migrations.Migration):
                     models.JSONField(blank=True, help_text="{criterion_key: value} (rubric items).", null=True),
                 ),
                 ("rubric_version_id", models.BigIntegerField(blank=True, null=True)),
-                ("reviewer_ids", models.JSONField(default=list)),
+                ("reviewer_ids", models.JSONField(default=list, blank=True)),
                 ("agreement", models.FloatField(blank=True, null=True)),
                 ("adjudicated", models.BooleanField(default=False)),
                 ("provenance", models.CharField(max_length=32)),
