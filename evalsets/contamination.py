@@ -37,12 +37,26 @@ CHUNK = 8192
 # Odd 64-bit multiplier for the polynomial n-gram hash (arithmetic wraps mod 2**64).
 _P = np.uint64(0x9E3779B97F4A7C15)
 _NON_WORD = re.compile(r"[\W_]+")
+# ASCII fast path (most texts): the same result as the regex, several times faster.
+_ASCII_NON_WORD = bytes.maketrans(
+    bytes(b for b in range(128) if not (chr(b).isalnum() or chr(b).isspace())),
+    b" " * sum(1 for b in range(128) if not (chr(b).isalnum() or chr(b).isspace())),
+)
+# Prefilter bitmap: one bit per value of the top BITMAP_BITS bits of an n-gram hash. Most training
+# n-grams are in no eval text, and one bit test rejects them without a binary search.
+BITMAP_BITS = 28
+
+
+def tokens(text: str) -> list[str]:
+    """The words of a text after normalization: NFKC, case-folded, punctuation and symbols dropped."""
+    if text.isascii():
+        return text.lower().encode().translate(_ASCII_NON_WORD).decode().split()
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split()
 
 
 def normalize(text: str) -> str:
     """NFKC, case-folded, punctuation and symbols turned into spaces, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_NON_WORD.sub(" ", text).split())
+    return " ".join(tokens(text))
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -53,10 +67,15 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 def _featurize(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Normalized texts, their token counts, and one 64-bit hash per token of all texts in order."""
-    norms = [normalize(t) for t in texts]
-    lengths = np.fromiter((s.count(" ") + 1 if s else 0 for s in norms), dtype=np.int64, count=len(norms))
-    tokens = " ".join(norms).split()
-    hashes = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)).view(np.uint64)
+    norms: list[str] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    all_tokens: list[str] = []
+    for i, text in enumerate(texts):
+        words = tokens(text)
+        norms.append(" ".join(words))
+        lengths[i] = len(words)
+        all_tokens += words
+    hashes = np.fromiter(map(hash, all_tokens), dtype=np.int64, count=len(all_tokens)).view(np.uint64)
     return norms, lengths, hashes
 
 
@@ -158,6 +177,11 @@ class EvalIndex:
         order = np.argsort(grams, kind="stable")
         self._grams, self._owners, self._pos = grams[order], owners[order], pos[order]
         self._len = np.concatenate(self._lengths) if self._lengths else np.empty(0, np.int64)
+        self._bitmap = np.zeros(2**BITMAP_BITS // 8, dtype=np.uint8)
+        top = self._grams >> np.uint64(64 - BITMAP_BITS)
+        np.bitwise_or.at(
+            self._bitmap, (top >> np.uint64(3)).astype(np.int64), (1 << (top & np.uint64(7))).astype(np.uint8)
+        )
         self._parts = []
         self._built = True
         return self
@@ -210,11 +234,14 @@ class EvalIndex:
         self._ngrams_seen += len(grams)
         pairs: dict[tuple[int, int], tuple[float, float, int]] = {}
         if len(grams) and len(self._grams):
-            left = np.searchsorted(self._grams, grams, side="left")
-            hit = left < len(self._grams)
-            hit[hit] = self._grams[left[hit]] == grams[hit]
-            if hit.any():
-                pairs = self._score_hits(grams[hit], text_of[hit], pos[hit], left[hit], lengths)
+            top = grams >> np.uint64(64 - BITMAP_BITS)
+            maybe = np.nonzero((self._bitmap[(top >> np.uint64(3)).astype(np.int64)] >> (top & np.uint64(7))) & 1)[0]
+            left = np.searchsorted(self._grams, grams[maybe], side="left")
+            found = left < len(self._grams)
+            found[found] = self._grams[left[found]] == grams[maybe][found]
+            hit = maybe[found]
+            if len(hit):
+                pairs = self._score_hits(grams[hit], text_of[hit], pos[hit], left[found], lengths)
         for i, owner in exact_pairs:
             shared = pairs.get((i, owner), (1.0, 1.0, 0))[2]
             yield Match(batch[i][0], self.keys[owner], "exact", 1.0, 1.0, 1.0, shared)
