@@ -302,3 +302,10 @@ def test_reviewers_cannot_open_or_run_snapshot_checks(client, alice, frozen_eval
     assert client.get(reverse("evalsets:snapshot-contamination", args=[snapshot.pk])).status_code == 403
     assert client.post(reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk])).status_code == 403
     assert not SnapshotCheck.objects.exists()
+
+
+def test_the_check_task_runs_on_the_default_queue_not_the_gpu_one():
+    from config.celery import app
+
+    route = app.amqp.router.route({}, "evalsets.tasks.snapshot_contamination_check_run")
+    assert route["queue"].name == "default"
