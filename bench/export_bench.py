@@ -84,6 +84,7 @@ def generate(size: int, number: int):
             "rubric_version_id": None,
             "reviewer_ids": [1, 2],
             "agreement": 1.0,
+            "agreeing_reviews": 2,
             "adjudicated": False,
             "provenance": "human",
         }

@@ -40,6 +40,7 @@ CANONICAL_FIELDS = (
     "rubric_version_id",
     "reviewer_ids",
     "agreement",
+    "agreeing_reviews",
     "adjudicated",
     "provenance",
 )

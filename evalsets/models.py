@@ -93,6 +93,7 @@ class EvalRecord(EvalWallModel):
     rubric_version_id = models.BigIntegerField(null=True, blank=True)
     reviewer_ids = models.JSONField(default=list, blank=True)
     agreement = models.FloatField(null=True, blank=True)
+    agreeing_reviews = models.PositiveSmallIntegerField(help_text="Human reviews that agree with the record.")
     adjudicated = models.BooleanField(default=False)
     provenance = models.CharField(max_length=32)
     content_hash = models.CharField(max_length=64, help_text="sha256 of this record's canonical line.")
@@ -104,6 +105,13 @@ class EvalRecord(EvalWallModel):
         constraints = [
             models.UniqueConstraint(fields=["version", "position"], name="evalrecord_unique_position"),
             models.UniqueConstraint(fields=["version", "item_id"], name="evalrecord_unique_item"),
+            # Only humans make eval data, enforced here too: no LLM-judged rows, and two agreeing
+            # human reviews unless an adjudicator decided.
+            models.CheckConstraint(condition=~models.Q(provenance="llm_judged"), name="evalrecord_not_llm_judged"),
+            models.CheckConstraint(
+                condition=models.Q(adjudicated=True) | models.Q(agreeing_reviews__gte=2),
+                name="evalrecord_two_agreeing_humans_or_adjudicated",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -157,14 +157,13 @@ def evalset_freeze_plan(*, project: Project) -> FreezePlan:
             refuse(f"its result is {status}: it needs consensus or an adjudication first")
             continue
         adjudicated = result.status == ItemResult.Status.ADJUDICATED
-        if not adjudicated:
-            agreeing = _agreeing_reviews(result, annotations.get(item.pk, []))
-            if agreeing < MIN_AGREEING_REVIEWS:
-                refuse(
-                    f"only {agreeing} agreeing human review(s): an eval record needs "
-                    f"{MIN_AGREEING_REVIEWS}, or an adjudication"
-                )
-                continue
+        agreeing = _agreeing_reviews(result, annotations.get(item.pk, []))
+        if not adjudicated and agreeing < MIN_AGREEING_REVIEWS:
+            refuse(
+                f"only {agreeing} agreeing human review(s): an eval record needs "
+                f"{MIN_AGREEING_REVIEWS}, or an adjudication"
+            )
+            continue
         try:
             answer = _answer_fields(item, result)
         except ValueError as exc:
@@ -181,6 +180,7 @@ def evalset_freeze_plan(*, project: Project) -> FreezePlan:
                 "rubric_version_id": result.rubric_version_id,
                 "reviewer_ids": sorted(result.reviewer_ids or []),
                 "agreement": result.agreement,
+                "agreeing_reviews": agreeing,
                 "adjudicated": adjudicated,
                 "provenance": item.provenance,
             }

@@ -112,6 +112,10 @@ class Migration(migrations.Migration):
                 ("rubric_version_id", models.BigIntegerField(blank=True, null=True)),
                 ("reviewer_ids", models.JSONField(default=list, blank=True)),
                 ("agreement", models.FloatField(blank=True, null=True)),
+                (
+                    "agreeing_reviews",
+                    models.PositiveSmallIntegerField(help_text="Human reviews that agree with the record."),
+                ),
                 ("adjudicated", models.BooleanField(default=False)),
                 ("provenance", models.CharField(max_length=32)),
                 ("content_hash", models.CharField(help_text="sha256 of this record's canonical line.", max_length=64)),
@@ -151,6 +155,19 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name="evalrecord",
             constraint=models.UniqueConstraint(fields=("version", "item_id"), name="evalrecord_unique_item"),
+        ),
+        migrations.AddConstraint(
+            model_name="evalrecord",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("provenance", "llm_judged"), _negated=True), name="evalrecord_not_llm_judged"
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="evalrecord",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("adjudicated", True), ("agreeing_reviews__gte", 2), _connector="OR"),
+                name="evalrecord_two_agreeing_humans_or_adjudicated",
+            ),
         ),
         WriteOnce(*EVALSETS_TABLES),
         migrations.RunPython(revoke_from_public, migrations.RunPython.noop),

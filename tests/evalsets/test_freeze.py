@@ -213,3 +213,25 @@ def test_text_is_stored_exactly_as_given(make_item, freeze):
     record = EvalRecord.objects.get(version=version, item_id=item.pk)
     assert record.prompt == prompt
     assert record.reference == "<b>bold</b> & more"
+
+
+@pytest.mark.parametrize(
+    ("fields", "constraint"),
+    [
+        ({"provenance": "llm_judged"}, "evalrecord_not_llm_judged"),
+        ({"agreeing_reviews": 1, "adjudicated": False}, "evalrecord_two_agreeing_humans_or_adjudicated"),
+    ],
+)
+def test_the_database_itself_refuses_records_that_humans_did_not_agree_on(make_item, freeze, fields, constraint):
+    from django.db import IntegrityError, transaction
+
+    make_item("gold")
+    version = freeze().version
+    row = {
+        "version": version, "position": 99, "item_id": 99, "kind": "gold", "prompt": "p", "provenance": "human",
+        "agreeing_reviews": 2, "content_hash": "0" * 64, **fields,
+    }  # fmt: skip
+    with pytest.raises(IntegrityError, match=constraint):
+        with transaction.atomic():
+            EvalRecord.objects.create(**row)
+    assert EvalRecord.objects.filter(version=version).count() == 1
