@@ -93,13 +93,19 @@ TRAIN_FIELDS = ("prompt", "completion", "chosen", "rejected")
 
 
 def _eval_texts(version_ids: list[int]):
+    """Eval texts of the given versions, newest version first; a record repeated unchanged in an older
+    version is indexed once (versions of one project mostly share their records)."""
     rows = (
         EvalRecord.objects.filter(version_id__in=version_ids)
-        .order_by("pk")
-        .values_list("pk", *EVAL_FIELDS)
+        .order_by("-version_id", "position")
+        .values_list("pk", "content_hash", *EVAL_FIELDS)
         .iterator(chunk_size=5000)
     )
-    for pk, *texts in rows:
+    seen: set[str] = set()
+    for pk, content_hash, *texts in rows:
+        if content_hash in seen:
+            continue
+        seen.add(content_hash)
         for name, text in zip(EVAL_FIELDS, texts, strict=True):
             if text:
                 yield (pk, name), text

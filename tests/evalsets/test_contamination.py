@@ -309,3 +309,17 @@ def test_the_check_task_runs_on_the_default_queue_not_the_gpu_one():
 
     route = app.amqp.router.route({}, "evalsets.tasks.snapshot_contamination_check_run")
     assert route["queue"].name == "default"
+
+
+@pytest.mark.django_db
+def test_records_repeated_across_versions_are_indexed_once_and_reported_from_the_newest(make_item, freeze):
+    from evalsets.services import snapshot_contamination_check
+
+    make_item("gold", prompt=EVAL["vpn"], payload=gold_payload("Use port 443."))
+    v1 = freeze().version
+    make_item("gold", prompt=EVAL["recipe"], payload=gold_payload("Lentils, onion, cumin."))
+    v2 = freeze("Add the soup question.").version
+    check = snapshot_contamination_check(snapshot=make_snapshot("s7", [(EVAL["vpn"], "ok")]))
+    assert check.report["eval_texts"] == 4  # two records with a prompt and an answer each, not three
+    assert [v["id"] for v in check.evalset_versions] == [v1.pk, v2.pk]
+    assert check.report["pairs"][0]["eval"]["version"] == "support-eval-v2"
