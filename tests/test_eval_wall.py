@@ -110,6 +110,19 @@ def test_ensure_trainer_role_refuses_to_make_the_app_role_the_trainer():
             call_command("ensure_trainer_role", stdout=StringIO())
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_ensure_trainer_role_without_createrole_says_how_to_create_the_role():
+    from django.core.management.base import CommandError
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert cursor.fetchone()[0] is False, "the app role must not be able to create roles"
+    with override_settings(TRAINER_ROLE=f"goldset_missing_{uuid.uuid4().hex[:8]}"):
+        with pytest.raises(CommandError, match="Pass --admin-url with a login that has CREATEROLE"):
+            call_command("ensure_trainer_role", stdout=StringIO())
+
+
 def test_ensure_trainer_role_reports_what_it_did_on_either_database(db):
     out = StringIO()
     call_command("ensure_trainer_role", stdout=out)
