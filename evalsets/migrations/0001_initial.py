@@ -10,6 +10,30 @@ from config.writeonce import WriteOnce
 EVALSETS_TABLES = ("evalsets_evalsetversion", "evalsets_evalrecord")
 
 
+COMPLETE_ON_COMMIT = """
+CREATE OR REPLACE FUNCTION evalsets_version_complete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  stored bigint;
+BEGIN
+  SELECT count(*) INTO stored FROM evalsets_evalrecord WHERE version_id = NEW.id;
+  IF stored <> NEW.record_count THEN
+    RAISE EXCEPTION 'eval set version % is incomplete at commit: % of % records (freeze it in one transaction)',
+      NEW.id, stored, NEW.record_count USING ERRCODE = 'integrity_constraint_violation';
+  END IF;
+  RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS evalsets_version_complete ON evalsets_evalsetversion;
+CREATE CONSTRAINT TRIGGER evalsets_version_complete AFTER INSERT ON evalsets_evalsetversion
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION evalsets_version_complete();
+"""
+
+
+def complete_on_commit(apps, schema_editor):
+    # A committed version always holds exactly record_count records: a half-written one cannot commit.
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(COMPLETE_ON_COMMIT, params=None)
+
+
 def revoke_from_public(apps, schema_editor):
     # The eval wall: no role but the owner may read eval tables, not even through PUBLIC.
     if schema_editor.connection.vendor == "postgresql":
@@ -170,6 +194,7 @@ class Migration(migrations.Migration):
             ),
         ),
         WriteOnce(*EVALSETS_TABLES),
+        migrations.RunPython(complete_on_commit, migrations.RunPython.noop),
         migrations.RunPython(revoke_from_public, migrations.RunPython.noop),
         SyncTrainerGrants(),
     ]

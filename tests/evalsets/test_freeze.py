@@ -235,3 +235,24 @@ def test_the_database_itself_refuses_records_that_humans_did_not_agree_on(make_i
         with transaction.atomic():
             EvalRecord.objects.create(**row)
     assert EvalRecord.objects.filter(version=version).count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_refuses_to_commit_a_version_missing_records(make_item, freeze, admin_user, project):
+    from django.db import IntegrityError, transaction
+    from django.utils import timezone
+
+    make_item("gold")
+    good = freeze().version  # committed whole: the check at commit passed
+    with pytest.raises(IntegrityError, match="is incomplete at commit: 1 of 2 records"):
+        with transaction.atomic():
+            half = EvalSetVersion.objects.create(
+                project=project, number=2, previous=good, sha256="1" * 64, record_count=2, changelog="half",
+                frozen_by=admin_user, frozen_at=timezone.now(),
+            )  # fmt: skip
+            EvalRecord.objects.create(
+                version=half, position=0, item_id=1, kind="gold", prompt="p", provenance="human",
+                agreeing_reviews=2, content_hash="0" * 64,
+            )  # fmt: skip
+    assert list(EvalSetVersion.objects.all()) == [good]
