@@ -308,5 +308,21 @@ def snapshot_get_for_admin(*, user, snapshot_id: int):
         raise Http404("No such training snapshot.") from None
 
 
+def snapshot_list_for_admin(*, user) -> list:
+    """Training snapshots with their latest contamination verdict (None when never checked): admins only."""
+    from django.db.models import OuterRef, Subquery
+
+    from training.models import SnapshotCheck, TrainingSnapshot
+
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins check training snapshots.")
+    latest = SnapshotCheck.objects.filter(snapshot=OuterRef("pk")).order_by("-checked_at", "-id")
+    return list(
+        TrainingSnapshot.objects.annotate(
+            check_passed=Subquery(latest.values("passed")[:1]), checked_at=Subquery(latest.values("checked_at")[:1])
+        ).order_by("-created_at", "-id")[:200]
+    )
+
+
 def snapshot_latest_check(*, snapshot):
     return snapshot.checks.order_by("-checked_at", "-id").first()

@@ -14,6 +14,7 @@ urlpatterns = [
         views.version_export_manifest,
         name="version-export-manifest",
     ),
+    path("snapshots/", views.snapshot_list, name="snapshot-list"),
     path("snapshots/<int:snapshot_id>/contamination/", views.snapshot_contamination, name="snapshot-contamination"),
     path(
         "snapshots/<int:snapshot_id>/contamination/check/",

@@ -100,6 +100,12 @@ def version_export_manifest(request: HttpRequest, version_id: int, fmt: str) -> 
 
 
 @require_GET
+def snapshot_list(request: HttpRequest) -> HttpResponse:
+    snapshots = selectors.snapshot_list_for_admin(user=request.user)
+    return render(request, "evalsets/snapshot_list.html", {"snapshots": snapshots})
+
+
+@require_GET
 def snapshot_contamination(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
     context = {"snapshot": snapshot, "check": selectors.snapshot_latest_check(snapshot=snapshot)}

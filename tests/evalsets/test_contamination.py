@@ -323,3 +323,18 @@ def test_records_repeated_across_versions_are_indexed_once_and_reported_from_the
     assert check.report["eval_texts"] == 4  # two records with a prompt and an answer each, not three
     assert [v["id"] for v in check.evalset_versions] == [v1.pk, v2.pk]
     assert check.report["pairs"][0]["eval"]["version"] == "support-eval-v2"
+
+
+@pytest.mark.django_db
+def test_the_snapshot_list_shows_each_latest_verdict_to_admins_only(client, admin_user, alice, frozen_eval):
+    from evalsets.services import snapshot_contamination_check
+
+    dirty = make_snapshot("dirty <b>one</b>", [(EVAL["vpn"], "ok")])
+    make_snapshot("unchecked", [("q", "a")])
+    snapshot_contamination_check(snapshot=dirty)
+    client.force_login(admin_user)
+    body = client.get(reverse("evalsets:snapshot-list")).content.decode()
+    assert "dirty &lt;b&gt;one&lt;/b&gt;" in body and "blocked" in body and "not checked" in body
+    assert reverse("evalsets:snapshot-contamination", args=[dirty.pk]) in body
+    client.force_login(alice)
+    assert client.get(reverse("evalsets:snapshot-list")).status_code == 403
