@@ -139,6 +139,15 @@ else:
             DATABASES[alias]["NAME"] = os.environ["GOLDSET_DB_NAME"]
 
 DATABASE_ROUTERS = ["config.routers.EvalWallRouter"]
+# The gpu worker runs with GOLDSET_DB_ALIAS=training: training models go through the trainer role
+# and evalsets models are refused (config/routers.py).
+GOLDSET_DB_ALIAS = os.environ.get("GOLDSET_DB_ALIAS", "default")
+if GOLDSET_DB_ALIAS not in DATABASES:
+    raise ImproperlyConfigured(f"GOLDSET_DB_ALIAS={GOLDSET_DB_ALIAS!r}: use one of {', '.join(DATABASES)}.")
+# Contamination check defaults (evalsets/contamination.py): n-gram size, and the share of a text
+# covered by n-grams shared with one eval text that blocks a snapshot.
+CONTAMINATION_NGRAM = int(os.environ.get("GOLDSET_CONTAMINATION_NGRAM", "13"))
+CONTAMINATION_THRESHOLD = float(os.environ.get("GOLDSET_CONTAMINATION_THRESHOLD", "0.5"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,0 +1,221 @@
+"""Writes for eval sets: freezing a version, and the contamination verdict on a training snapshot."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from annotate import roles
+from annotate.models import Project, RubricVersion
+from evalsets import contamination
+from evalsets.export import canonical_line, record_content_hash
+from evalsets.models import EvalRecord, EvalSetVersion
+from evalsets.selectors import evalset_freeze_plan, summarize_records
+from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
+
+BULK_BATCH = 1000
+REPORT_TEXT_CHARS = 2000
+REPORT_PAIRS = 200
+
+
+@dataclass
+class FreezeResult:
+    version: EvalSetVersion
+    refusals: list[dict[str, Any]]
+
+
+def _rubric_labels(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = sorted({r["rubric_version_id"] for r in records if r["rubric_version_id"] is not None})
+    versions = RubricVersion.objects.filter(pk__in=ids).select_related("rubric")
+    return [{"id": v.pk, "label": str(v)} for v in sorted(versions, key=lambda v: v.pk)]
+
+
+@transaction.atomic
+def evalset_freeze(*, project: Project, user, changelog: str) -> FreezeResult:
+    """Freeze the project's eligible eval-split items into a new write-once version, in one transaction."""
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins freeze eval sets.")
+    changelog = (changelog or "").strip()
+    if not changelog:
+        raise ValidationError({"changelog": "Write a changelog note: what this version adds or fixes, and why."})
+    # The project row lock serializes freezes of one project, so version numbers cannot race.
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    previous = EvalSetVersion.objects.filter(project=project).order_by("-number").first()
+    plan = evalset_freeze_plan(project=project)
+    if not plan.records:
+        reasons = "; ".join(f"item {r['item_id']}: {r['reason']}" for r in plan.refusals[:5]) or "no eval-split items"
+        raise ValidationError(f"Nothing can be frozen: no eval item is eligible ({reasons}).")
+    lines = [canonical_line(r) for r in plan.records]
+    sha256 = hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+    if previous is not None and previous.sha256 == sha256:
+        raise ValidationError(
+            f"Nothing changed since {previous.name}: the eligible records hash the same ({sha256[:12]}…). "
+            "Freeze again after items reach consensus or are adjudicated."
+        )
+    version = EvalSetVersion(
+        project=project,
+        number=(previous.number + 1) if previous else 1,
+        previous=previous,
+        sha256=sha256,
+        record_count=len(plan.records),
+        rubric_versions=_rubric_labels(plan.records),
+        refusals=plan.refusals,
+        changelog=changelog,
+        frozen_by=user,
+        frozen_at=timezone.now(),
+        **summarize_records(plan.records),
+    )
+    version.full_clean()
+    version.save()
+    batch = []
+    for record in plan.records:
+        row = EvalRecord(version=version, content_hash=record_content_hash(record), **record)
+        row.full_clean(exclude=["version"], validate_unique=False, validate_constraints=False)
+        batch.append(row)
+        if len(batch) >= BULK_BATCH:
+            EvalRecord.objects.bulk_create(batch)
+            batch = []
+    if batch:
+        EvalRecord.objects.bulk_create(batch)
+    return FreezeResult(version=version, refusals=plan.refusals)
+
+
+# --- contamination -------------------------------------------------------------------------------
+
+EVAL_FIELDS = ("prompt", "reference", "response", "chosen", "rejected")
+TRAIN_FIELDS = ("prompt", "completion", "chosen", "rejected")
+
+
+def _eval_texts(version_ids: list[int]):
+    """Eval texts of the given versions, newest version first; a record repeated unchanged in an older
+    version is indexed once (versions of one project mostly share their records)."""
+    rows = (
+        EvalRecord.objects.filter(version_id__in=version_ids)
+        .order_by("-version_id", "position")
+        .values_list("pk", "content_hash", *EVAL_FIELDS)
+        .iterator(chunk_size=5000)
+    )
+    seen: set[str] = set()
+    for pk, content_hash, *texts in rows:
+        if content_hash in seen:
+            continue
+        seen.add(content_hash)
+        for name, text in zip(EVAL_FIELDS, texts, strict=True):
+            if text:
+                yield (pk, name), text
+
+
+def snapshot_prompt_text(messages: Any) -> str:
+    """A snapshot record's prompt turns as one text (their contents, one per line)."""
+    if isinstance(messages, list):
+        return "\n".join(str(t.get("content", "")) for t in messages if isinstance(t, dict))
+    return str(messages or "")
+
+
+def _train_texts(snapshot: TrainingSnapshot):
+    rows = (
+        SnapshotRecord.objects.filter(snapshot=snapshot)
+        .order_by("position")
+        .values_list("pk", "messages", "completion", "chosen", "rejected")
+        .iterator(chunk_size=5000)
+    )
+    for pk, messages, *texts in rows:
+        for name, text in zip(TRAIN_FIELDS, [snapshot_prompt_text(messages), *texts], strict=True):
+            if text:
+                yield (pk, name), text
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= REPORT_TEXT_CHARS else text[:REPORT_TEXT_CHARS] + "…"
+
+
+def _side_by_side(matches: list[contamination.Match]) -> list[dict[str, Any]]:
+    """The offending pairs with both texts, for the report (the first REPORT_PAIRS)."""
+    matches = matches[:REPORT_PAIRS]
+    train = {
+        r["pk"]: r
+        for r in SnapshotRecord.objects.filter(pk__in={m.train_key[0] for m in matches}).values(
+            "pk", "position", "source_item_id", "messages", "completion", "chosen", "rejected"
+        )
+    }
+    evals = {
+        r["pk"]: r
+        for r in EvalRecord.objects.filter(pk__in={m.eval_key[0] for m in matches}).values(
+            "pk", "item_id", "version_id", "version__number", "version__project__slug", *EVAL_FIELDS
+        )
+    }
+    pairs = []
+    for m in matches:
+        t, e = train[m.train_key[0]], evals[m.eval_key[0]]
+        t_field, e_field = m.train_key[1], m.eval_key[1]
+        t_text = snapshot_prompt_text(t["messages"]) if t_field == "prompt" else t[t_field]
+        pairs.append(
+            {
+                "kind": m.kind,
+                "score": m.score,
+                "train_coverage": round(m.train_coverage, 4),
+                "eval_coverage": round(m.eval_coverage, 4),
+                "shared_ngrams": m.shared_ngrams,
+                "train": {
+                    "record_id": t["pk"],
+                    "position": t["position"],
+                    "source_item_id": t["source_item_id"],
+                    "field": t_field,
+                    "text": _clip(t_text),
+                },
+                "eval": {
+                    "record_id": e["pk"],
+                    "item_id": e["item_id"],
+                    "version_id": e["version_id"],
+                    "version": f"{e['version__project__slug']}-eval-v{e['version__number']}",
+                    "field": e_field,
+                    "text": _clip(e[e_field]),
+                },
+            }
+        )
+    return pairs
+
+
+def snapshot_contamination_check(
+    *, snapshot: TrainingSnapshot, threshold: float | None = None, n: int | None = None
+) -> SnapshotCheck:
+    """Check a training snapshot against every frozen eval set version and record the verdict.
+
+    No transaction spans the check (it reads for seconds to minutes and must not hold SQLite's write
+    lock); the versions are listed first and only their records are indexed, so the verdict names
+    exactly what it was checked against. Writing the one SnapshotCheck row is atomic by itself.
+    """
+    threshold = settings.CONTAMINATION_THRESHOLD if threshold is None else threshold
+    n = settings.CONTAMINATION_NGRAM if n is None else n
+    versions = list(EvalSetVersion.objects.select_related("project").order_by("pk"))
+    index = contamination.EvalIndex(n=n).add(_eval_texts([v.pk for v in versions])).build()
+    result = index.check(_train_texts(snapshot), threshold=threshold)
+    report = {
+        "n": n,
+        "threshold": threshold,
+        "texts_checked": result.texts_checked,
+        "ngrams_checked": result.ngrams_checked,
+        "eval_texts": len(index),
+        "eval_ngrams": index.ngram_count,
+        "offending_count": result.offending_count,
+        "below_threshold_count": result.below_threshold_count,
+        "offending_train_records": len({m.train_key[0] for m in result.matches}),
+        "pairs": _side_by_side(result.matches),
+        "pairs_truncated": result.offending_count > REPORT_PAIRS,
+    }
+    check = SnapshotCheck(
+        snapshot=snapshot,
+        passed=result.passed,
+        evalset_versions=[{"id": v.pk, "name": v.name, "sha256": v.sha256} for v in versions],
+        threshold=threshold,
+        report=report,
+    )
+    check.full_clean()
+    check.save()
+    return check
