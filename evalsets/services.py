@@ -83,7 +83,37 @@ def evalset_freeze(*, project: Project, user, changelog: str) -> FreezeResult:
             batch = []
     if batch:
         EvalRecord.objects.bulk_create(batch)
+    snapshot_checks_invalidate(version=version)
     return FreezeResult(version=version, refusals=plan.refusals)
+
+
+def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
+    """Block every snapshot whose passing check predates ``version``, and queue a re-check of each.
+
+    A check only vouches for the eval sets that existed when it ran, and training (which cannot read
+    eval tables) trusts the latest check; so a new version writes a failing, explained check first.
+    """
+    from evalsets.tasks import snapshot_contamination_check_run
+
+    blocked = 0
+    for snapshot in TrainingSnapshot.objects.order_by("pk"):
+        latest = SnapshotCheck.objects.filter(snapshot=snapshot).order_by("-checked_at", "-id").first()
+        if latest is None or not latest.passed:
+            continue
+        SnapshotCheck.objects.create(
+            snapshot=snapshot,
+            passed=False,
+            evalset_versions=latest.evalset_versions,
+            threshold=latest.threshold,
+            report={
+                "stale": True,
+                "reason": f"Eval set {version.name} was frozen after this snapshot's last check; "
+                "a new check is queued. Train once it passes.",
+            },
+        )
+        snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
+        blocked += 1
+    return blocked
 
 
 # --- contamination -------------------------------------------------------------------------------
@@ -209,9 +239,20 @@ def snapshot_contamination_check(
         "pairs": _side_by_side(result.matches),
         "pairs_truncated": result.offending_count > REPORT_PAIRS,
     }
+    passed = result.passed
+    frozen_meanwhile = list(
+        EvalSetVersion.objects.exclude(pk__in=[v.pk for v in versions]).order_by("pk").values_list("pk", flat=True)
+    )
+    if frozen_meanwhile:
+        # A version frozen while this check ran is not covered by it: never vouch for it.
+        passed = False
+        report["stale"] = True
+        report["reason"] = (
+            f"Eval set versions {frozen_meanwhile} were frozen while this check ran; run the check again."
+        )
     check = SnapshotCheck(
         snapshot=snapshot,
-        passed=result.passed,
+        passed=passed,
         evalset_versions=[{"id": v.pk, "name": v.name, "sha256": v.sha256} for v in versions],
         threshold=threshold,
         report=report,

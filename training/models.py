@@ -53,7 +53,7 @@ class SnapshotCheck(models.Model):
 
     snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="checks")
     passed = models.BooleanField()
-    evalset_versions = models.JSONField(default=list, help_text="[{id, name, sha256}] checked against.")
+    evalset_versions = models.JSONField(default=list, blank=True, help_text="[{id, name, sha256}] checked against.")
     threshold = models.FloatField(help_text="Share of a text's n-grams found in an eval record that blocks it.")
     report = models.JSONField(default=dict, help_text="Counts and the offending pairs, side by side.")
     checked_at = models.DateTimeField(auto_now_add=True)

@@ -194,6 +194,8 @@ def snapshot_untrainable_reason(snapshot: TrainingSnapshot, *, using: str = "def
             f"Snapshot {snapshot.name} has not passed a contamination check against the current eval sets: "
             f"run the check from its page."
         )
+    if not check.passed and check.report.get("stale"):
+        return f"Snapshot {snapshot.name} needs a new contamination check: {check.report.get('reason', '')}"
     if not check.passed:
         return (
             f"Snapshot {snapshot.name} failed its contamination check of {check.checked_at:%Y-%m-%d %H:%M}: "

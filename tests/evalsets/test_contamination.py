@@ -338,3 +338,44 @@ def test_the_snapshot_list_shows_each_latest_verdict_to_admins_only(client, admi
     assert reverse("evalsets:snapshot-contamination", args=[dirty.pk]) in body
     client.force_login(alice)
     assert client.get(reverse("evalsets:snapshot-list")).status_code == 403
+
+
+def test_freezing_a_new_version_blocks_snapshots_checked_before_it_until_a_recheck_passes(
+    make_item, freeze, django_capture_on_commit_callbacks
+):
+    """A passing check vouches only for the eval sets that existed then: a new freeze writes a failing,
+    explained check and queues a re-check, which passes again when nothing overlaps."""
+    from evalsets.services import snapshot_contamination_check
+    from evalsets.tasks import snapshot_contamination_check_run
+    from training.services import snapshot_is_trainable, snapshot_untrainable_reason
+
+    snapshot = TrainingSnapshot.objects.create(name="snap", sha256="c" * 64)
+    assert snapshot_contamination_check(snapshot=snapshot).passed
+
+    make_item("gold", prompt="A prompt about refunds that no training text shares at all.")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        version = freeze().version
+    assert len(callbacks) == 1  # the re-check, queued on commit
+    assert not snapshot_is_trainable(snapshot)
+    snapshot_contamination_check_run(snapshot.pk)  # what the worker runs for that message
+
+    checks = list(SnapshotCheck.objects.filter(snapshot=snapshot).order_by("id"))
+    assert [c.passed for c in checks] == [True, False, True]
+    assert checks[1].report["stale"] is True and version.name in checks[1].report["reason"]
+    assert [v["id"] for v in checks[2].evalset_versions] == [version.pk]
+    assert snapshot_is_trainable(snapshot)
+    assert snapshot_untrainable_reason(snapshot) == ""
+
+
+def test_a_snapshot_with_a_stale_check_says_why_it_cannot_be_trained(make_item, freeze):
+    from evalsets.services import snapshot_contamination_check
+    from training.services import snapshot_is_trainable, snapshot_untrainable_reason
+
+    snapshot = TrainingSnapshot.objects.create(name="snap", sha256="d" * 64)
+    snapshot_contamination_check(snapshot=snapshot)
+    make_item("gold")
+    version = freeze().version  # the re-check is queued on commit, which this test never reaches
+
+    assert not snapshot_is_trainable(snapshot)
+    assert "needs a new contamination check" in snapshot_untrainable_reason(snapshot)
+    assert version.name in snapshot_untrainable_reason(snapshot)
