@@ -109,11 +109,11 @@ def queue_progress(*, project: Project, user) -> dict:
     mine = Lease.objects.filter(
         item__in=open_items, reviewer=user, status__in=[Lease.Status.ACTIVE, Lease.Status.SUBMITTED]
     )
-    needing_me = open_items.count() - mine.count()
+    # Items on screen or prefetched still need this reviewer, wherever their count stands.
+    holding = Lease.objects.filter(project=project, reviewer=user, status=Lease.Status.ACTIVE).count()
+    needing_me = open_items.count() - mine.count() + holding
     return {
-        "done_today": Annotation.objects.filter(
-            reviewer=user, item__project=project, created_at__gte=midnight
-        ).count(),
+        "done_today": Annotation.objects.filter(reviewer=user, item__project=project, created_at__gte=midnight).count(),
         "submitted": submitted,
         "needed": total * k,
         "completion_pct": round(100 * submitted / (total * k), 1) if total else 0.0,

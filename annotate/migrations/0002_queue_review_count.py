@@ -96,9 +96,9 @@ SQLITE_FORWARDS.append(
     "UPDATE annotate_item SET review_count = (SELECT COUNT(*) FROM annotate_lease l WHERE l.item_id = NEW.id "
     "AND l.status IN ('active', 'submitted')) WHERE id = NEW.id; END;"
 )
-SQLITE_BACKWARDS = [
-    f"DROP TRIGGER IF EXISTS annotate_lease_count_{op};" for op in ("insert", "delete", "update")
-] + ["DROP TRIGGER IF EXISTS annotate_item_keep_review_count;"]
+SQLITE_BACKWARDS = [f"DROP TRIGGER IF EXISTS annotate_lease_count_{op};" for op in ("insert", "delete", "update")] + [
+    "DROP TRIGGER IF EXISTS annotate_item_keep_review_count;"
+]
 
 RECOUNT = (
     "UPDATE annotate_item SET review_count = (SELECT COUNT(*) FROM annotate_lease l "

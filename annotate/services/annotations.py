@@ -104,7 +104,9 @@ def annotation_payload_parse(
             if raw in (None, ""):
                 errors[f"score-{key}"] = f"Score {criterion.get('name', key)}: pick one of its levels."
             elif raw not in levels:
-                errors[f"score-{key}"] = f"{raw!r} is not a level of {criterion.get('name', key)}: pick one of {', '.join(levels)}."
+                errors[f"score-{key}"] = (
+                    f"{raw!r} is not a level of {criterion.get('name', key)}: pick one of {', '.join(levels)}."
+                )
             else:
                 scores[key] = levels[raw]
         payload = {"response_index": display_order[0] if display_order else None, "scores": scores}

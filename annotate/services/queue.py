@@ -190,8 +190,8 @@ def lease_expire(*, lease_id: int, project: Project) -> Lease:
 @transaction.atomic
 def lease_reassign(*, lease_id: int, project: Project, to_reviewer) -> Lease:
     """Move an active lease to another member (admin); the old holder loses it, the item keeps its slot count."""
-    lease = Lease.objects.select_for_update(of=("self",)).select_related("item__project").get(
-        pk=lease_id, project=project
+    lease = (
+        Lease.objects.select_for_update(of=("self",)).select_related("item__project").get(pk=lease_id, project=project)
     )
     if lease.status != Lease.Status.ACTIVE:
         raise ValidationError(f"Lease {lease.pk} is {lease.status}: only an active lease can be reassigned.")
