@@ -137,7 +137,7 @@ def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, dis
     annotation.rubric_version = rubric_version
     annotation.display_order = display_order
     annotation.duration_ms = duration_ms
-    annotation.full_clean(validate_unique=False, validate_constraints=False)
+    annotation.full_clean(exclude=["display_order"], validate_unique=False, validate_constraints=False)
     annotation.save()
     AnnotationRevision.objects.create(
         annotation=annotation, number=annotation.revision, payload=payload, rubric_version=rubric_version

@@ -17,7 +17,7 @@ import random
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -45,23 +45,24 @@ def _display_order(item: Item) -> list[int]:
     return order
 
 
-@transaction.atomic
 def lease_expire_stale(*, project: Project | None = None, now: datetime | None = None) -> int:
     """Mark active leases past their expiry as expired, so their items go back into the queue."""
     now = now or timezone.now()
     stale = Lease.objects.filter(status=Lease.Status.ACTIVE, expires_at__lte=now)
     if project is not None:
         stale = stale.filter(project=project)
-    # SKIP LOCKED: a lease being submitted right now is left to its submitter.
-    ids = list(stale.select_for_update(skip_locked=True).values_list("id", flat=True)[:REAP_BATCH])
-    if not ids:
+    # A plain read first: nearly always nothing is stale, and then no write transaction is opened.
+    if not stale.exists():
         return 0
-    return Lease.objects.filter(id__in=ids, status=Lease.Status.ACTIVE).update(
-        status=Lease.Status.EXPIRED, updated_at=now
-    )
+    with transaction.atomic():
+        # SKIP LOCKED: a lease being submitted right now is left to its submitter.
+        ids = list(stale.select_for_update(skip_locked=True).values_list("id", flat=True)[:REAP_BATCH])
+        return Lease.objects.filter(id__in=ids, status=Lease.Status.ACTIVE).update(
+            status=Lease.Status.EXPIRED, updated_at=now
+        )
 
 
-def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool) -> Item | None:
+def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait: bool) -> Item | None:
     items = Item.objects.filter(project=project, is_calibration=False, review_count__lt=project.overlap_k)
     if blocked:
         items = items.exclude(kind__in=blocked)
@@ -78,7 +79,7 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool) -> I
         )
         # Closest to completion first, so items get finished before new ones are started.
         items = items.filter(~Exists(held)).order_by("-review_count", "id")
-    return items.select_for_update(skip_locked=True, of=("self",)).first()
+    return items.select_for_update(skip_locked=not wait, of=("self",)).first()
 
 
 def _take(*, item: Item, reviewer, now: datetime) -> Lease:
@@ -91,32 +92,40 @@ def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     lease.status = Lease.Status.ACTIVE
     lease.expires_at = expires_at
     lease.submitted_at = None
-    # Uniqueness and the overlap cap are the database's job (constraint + trigger) under concurrency.
-    lease.full_clean(validate_unique=False, validate_constraints=False)
+    # Uniqueness and the overlap cap are the database's job (constraint + trigger) under concurrency;
+    # an item with no candidate responses has an empty display order, which is valid.
+    lease.full_clean(exclude=["display_order"], validate_unique=False, validate_constraints=False)
     lease.save()
     return lease
 
 
-@transaction.atomic
 def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None = None) -> Lease | None:
     """Lease the best item for this reviewer (closest to completion, skipped ones last); None when none is left."""
     now = now or timezone.now()
+    # Its own transaction: the item rows its trigger touched are unlocked before the pick waits on any.
     lease_expire_stale(project=project, now=now)
     blocked = _blocked_kinds(project)
-    item_project = project
+    # SKIP LOCKED passes first, so concurrent reviewers walk past each other's picks. Only when every
+    # candidate is locked does a pass wait for the lock: the holder may leave the item with room
+    # (k > 1), and answering "nothing left" then would be wrong. SQLite serializes instead.
+    passes = [(False, False), (True, False)]
+    if connection.features.has_select_for_update_skip_locked:
+        passes += [(False, True), (True, True)]
     for _ in range(_PICK_ATTEMPTS):
-        item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=False)
-        if item is None:
-            item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=True)
-        if item is None:
-            return None
-        item.project = item_project
-        try:
-            with transaction.atomic():
-                return _take(item=item, reviewer=reviewer, now=now)
-        except IntegrityError:
-            # The same reviewer leased it from another tab, or the cap trigger fired: try the next one.
-            continue
+        with transaction.atomic():
+            for skipped, wait in passes:
+                item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
+                if item is not None:
+                    break
+            else:
+                return None
+            item.project = project
+            try:
+                with transaction.atomic():
+                    return _take(item=item, reviewer=reviewer, now=now)
+            except IntegrityError:
+                # The same reviewer took it from another tab, or the cap trigger fired: pick again.
+                pass
     return None
 
 
@@ -130,9 +139,10 @@ def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | No
     )
 
 
-@transaction.atomic
 def lease_fill_for_reviewer(*, project: Project, reviewer, depth: int = PREFETCH_DEPTH) -> list[Lease]:
-    """Top the reviewer's active leases up to ``depth`` (current + prefetched) and return them, oldest first."""
+    """Top the reviewer's active leases up to ``depth`` (current + prefetched) and return them, oldest first.
+
+    Each new lease commits on its own, so no lock is held across the two picks."""
     now = timezone.now()
     leases = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
     while len(leases) < depth:

@@ -257,3 +257,10 @@ def test_durations_are_clipped_to_the_lease(project, alice):
         lease_id=lease.pk, reviewer=alice, data={"action": "write", "answer": "x"}, duration_ms="999999999"
     )
     assert annotation.duration_ms == project.lease_minutes * 60_000
+
+
+def test_a_gold_item_without_candidates_is_written_from_scratch(project, alice):
+    item = make_item(project, 1, responses=0)
+    lease = lease_for(project, alice)
+    assert lease.item == item and lease.display_order == []
+    assert submit(lease, action="write", answer="From scratch").payload["answer"] == "From scratch"
