@@ -150,7 +150,8 @@
     const values = formData(form);
     values.duration_ms = form.elements.namedItem("duration_ms").value;
     saveDraft(form);
-    const url = form.action;
+    // Not form.action: the gold screen has a field named "action", which shadows the property.
+    const url = form.getAttribute("action");
     inflight.set(form.dataset.lease, promote());
     chain = chain.then(() => send(url, { ...values, have: held() }, "#queue-prefetch", "innerHTML").then(afterResponse));
   }
