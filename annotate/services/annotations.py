@@ -137,7 +137,12 @@ def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, dis
     annotation.rubric_version = rubric_version
     annotation.display_order = display_order
     annotation.duration_ms = duration_ms
-    annotation.full_clean(exclude=["display_order"], validate_unique=False, validate_constraints=False)
+    # Foreign keys are checked by the database; full_clean on them would only add queries.
+    annotation.full_clean(
+        exclude=["item", "reviewer", "rubric_version", "display_order"],
+        validate_unique=False,
+        validate_constraints=False,
+    )
     annotation.save()
     AnnotationRevision.objects.create(
         annotation=annotation, number=annotation.revision, payload=payload, rubric_version=rubric_version
@@ -173,11 +178,15 @@ def annotation_submit(*, lease_id: int, reviewer, data: Mapping, duration_ms=Non
         item=item, display_order=lease.display_order, data=data, rubric_version=rubric_version
     )
     # An expired lease is taken back if the item still has room; the cap trigger decides atomically.
+    was_active = lease.status == Lease.Status.ACTIVE
     lease.status = Lease.Status.SUBMITTED
     lease.submitted_at = now
     try:
-        with transaction.atomic():
+        if was_active:  # active -> submitted keeps the item's count: the trigger cannot refuse it
             lease.save(update_fields=["status", "submitted_at", "updated_at"])
+        else:
+            with transaction.atomic():
+                lease.save(update_fields=["status", "submitted_at", "updated_at"])
     except IntegrityError:
         raise ValidationError(
             "Your lease on this item expired and other reviewers have since completed it: "

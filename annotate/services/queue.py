@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from annotate.models import Item, Lease, Project, TaskKind
@@ -29,6 +29,8 @@ PREFETCH_DEPTH = 2
 # Stale leases reaped per call; the rest go on the next call (keeps "next" fast after an outage).
 REAP_BATCH = 200
 _PICK_ATTEMPTS = 5
+# Checked by the database (foreign keys) or set by this module: full_clean would only add queries.
+LEASE_DB_CHECKED = ["project", "item", "reviewer", "display_order"]
 
 
 def _blocked_kinds(project: Project) -> list[str]:
@@ -79,12 +81,17 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
         )
         # Closest to completion first, so items get finished before new ones are started.
         items = items.filter(~Exists(held)).order_by("-review_count", "id")
+    # Whether this reviewer already has a (skipped, expired or released) lease row to reuse.
+    items = items.annotate(
+        own_lease=Subquery(Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer).values("id")[:1])
+    )
     return items.select_for_update(skip_locked=not wait, of=("self",)).first()
 
 
 def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     expires_at = now + timedelta(minutes=item.project.lease_minutes)
-    lease = Lease.objects.filter(item=item, reviewer=reviewer).first()
+    own = getattr(item, "own_lease", None)
+    lease = Lease.objects.get(pk=own) if own else None
     if lease is None:
         lease = Lease(project_id=item.project_id, item=item, reviewer=reviewer, display_order=_display_order(item))
     elif len(lease.display_order) != len(item.responses or []):
@@ -94,7 +101,7 @@ def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     lease.submitted_at = None
     # Uniqueness and the overlap cap are the database's job (constraint + trigger) under concurrency;
     # an item with no candidate responses has an empty display order, which is valid.
-    lease.full_clean(exclude=["display_order"], validate_unique=False, validate_constraints=False)
+    lease.full_clean(exclude=LEASE_DB_CHECKED, validate_unique=False, validate_constraints=False)
     lease.save()
     return lease
 
@@ -112,20 +119,19 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
     if connection.features.has_select_for_update_skip_locked:
         passes += [(False, True), (True, True)]
     for _ in range(_PICK_ATTEMPTS):
-        with transaction.atomic():
-            for skipped, wait in passes:
-                item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
-                if item is not None:
-                    break
-            else:
-                return None
-            item.project = project
-            try:
-                with transaction.atomic():
-                    return _take(item=item, reviewer=reviewer, now=now)
-            except IntegrityError:
-                # The same reviewer took it from another tab, or the cap trigger fired: pick again.
-                pass
+        try:
+            with transaction.atomic():
+                for skipped, wait in passes:
+                    item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
+                    if item is not None:
+                        break
+                else:
+                    return None
+                item.project = project
+                return _take(item=item, reviewer=reviewer, now=now)
+        except IntegrityError:
+            # The same reviewer took it from another tab, or the cap trigger fired: pick again.
+            continue
     return None
 
 

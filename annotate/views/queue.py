@@ -128,8 +128,14 @@ def _lease_card(project, lease, rubric, **kwargs) -> dict:
     )
 
 
+def _rubric(project: Project) -> RubricVersion | None:
+    if TaskKind.RUBRIC not in (project.task_kinds or []):
+        return None
+    return selectors.rubric_version_active(project=project)
+
+
 def _queue_context(request, project: Project, leases: list[Lease], **current_kwargs) -> dict:
-    rubric = selectors.rubric_version_active(project=project)
+    rubric = _rubric(project)
     return {
         "project": project,
         "current": _lease_card(project, leases[0], rubric, **current_kwargs) if leases else None,
@@ -156,7 +162,7 @@ def _prefetch_response(request, project: Project, leases: list[Lease], event: st
     """The next card the browser does not hold yet (it has already moved its prefetched card on screen)."""
     held = _held(request)
     upcoming = [lease for lease in leases if lease.pk not in held]
-    rubric = selectors.rubric_version_active(project=project)
+    rubric = _rubric(project)
     context = {"project": project, "prefetch": _lease_card(project, upcoming[0], rubric) if upcoming else None}
     response = render(request, QUEUE + "#prefetch", context)
     return trigger_client_event(response, event, detail)
