@@ -28,6 +28,8 @@ LIVE = (Lease.Status.ACTIVE, Lease.Status.SUBMITTED)
 PREFETCH_DEPTH = 2
 # Stale leases reaped per call; the rest go on the next call (keeps "next" fast after an outage).
 REAP_BATCH = 200
+# Stale leases only delay their items' second reviews, so looking for them once per few seconds is enough.
+REAP_EVERY_S = 5.0
 _PICK_ATTEMPTS = 5
 # Checked by the database (foreign keys) or set by this module: full_clean would only add queries.
 LEASE_DB_CHECKED = ["project", "item", "reviewer", "display_order"]
@@ -88,6 +90,24 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
     return items.select_for_update(skip_locked=not wait, of=("self",)).first()
 
 
+def _pick_any(*, project: Project, reviewer, blocked: list[str], passes) -> Item | None:
+    for skipped, wait in passes:
+        item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
+        if item is not None:
+            return item
+    return None
+
+
+_last_reap: dict[int, float] = {}
+
+
+def _reap_due(project_id: int, now: float) -> bool:
+    if now - _last_reap.get(project_id, 0.0) < REAP_EVERY_S:
+        return False
+    _last_reap[project_id] = now
+    return True
+
+
 def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     expires_at = now + timedelta(minutes=item.project.lease_minutes)
     own = getattr(item, "own_lease", None)
@@ -110,7 +130,8 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
     """Lease the best item for this reviewer (closest to completion, skipped ones last); None when none is left."""
     now = now or timezone.now()
     # Its own transaction: the item rows its trigger touched are unlocked before the pick waits on any.
-    lease_expire_stale(project=project, now=now)
+    # At most every few seconds per process; when the pick finds nothing it reaps at once and retries.
+    reaped = _reap_due(project.pk, now.timestamp()) and lease_expire_stale(project=project, now=now) >= 0
     blocked = _blocked_kinds(project)
     # SKIP LOCKED passes first, so concurrent reviewers walk past each other's picks. Only when every
     # candidate is locked does a pass wait for the lock: the holder may leave the item with room
@@ -121,17 +142,17 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
     for _ in range(_PICK_ATTEMPTS):
         try:
             with transaction.atomic():
-                for skipped, wait in passes:
-                    item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
-                    if item is not None:
-                        break
-                else:
-                    return None
-                item.project = project
-                return _take(item=item, reviewer=reviewer, now=now)
+                item = _pick_any(project=project, reviewer=reviewer, blocked=blocked, passes=passes)
+                if item is not None:
+                    item.project = project
+                    return _take(item=item, reviewer=reviewer, now=now)
         except IntegrityError:
             # The same reviewer took it from another tab, or the cap trigger fired: pick again.
             continue
+        # Nothing eligible: stale leases may be holding the last slots; reap (committed) and retry once.
+        if reaped or not lease_expire_stale(project=project, now=now):
+            return None
+        reaped = True
     return None
 
 
