@@ -304,6 +304,11 @@
     }
   });
 
+  /* Closing the help must not leave focus on its Close button, where Enter would not submit. */
+  $("#queue-help").addEventListener("close", () => {
+    if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+  });
+
   root.addEventListener("input", (e) => saveDraft(e.target.closest(".task-card")));
   root.addEventListener("change", (e) => {
     const form = e.target.closest(".task-card");

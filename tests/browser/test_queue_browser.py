@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -64,8 +65,12 @@ def seed(project):
 
 def stored(reviewer, count, timeout=10.0):
     deadline = time.monotonic() + timeout
+    found = {}
     while time.monotonic() < deadline:
-        found = {a.item_id: a for a in Annotation.objects.filter(reviewer=reviewer)}
+        try:
+            found = {a.item_id: a for a in Annotation.objects.filter(reviewer=reviewer)}
+        except OperationalError:  # the in-memory SQLite test database locks tables while the server writes
+            found = {}
         if len(found) >= count:
             return found
         time.sleep(0.1)
@@ -95,6 +100,7 @@ def test_a_reviewer_labels_every_kind_with_the_keyboard_and_survives_a_reload(
     page.keyboard.press("Escape")
     expect(page.locator("#queue-help")).to_be_hidden()
     page.keyboard.press("1")
+    expect(current.locator("input[name=action][value=accept]")).to_be_checked()
     page.keyboard.press("Enter")
 
     # Preference: undo the gold answer first, resubmit it, then pick response 2, clearly better.
@@ -162,3 +168,29 @@ def test_a_reviewer_labels_every_kind_with_the_keyboard_and_survives_a_reload(
     assert found[rub2.pk].payload["scores"] == {"accuracy": 3, "tone": "bad"}
     assert all(a.duration_ms is not None for a in found.values())
     assert page_errors == []
+
+
+def test_history_and_queue_health_pages_render(live_server, login_page, project, alice, admin_user, screenshot_dir):
+    gold1, *_ = seed(project)
+    page = login_page(alice)
+    page.goto(f"{live_server.url}/projects/{project.slug}/queue/")
+    expect(page.locator("#queue-current .task-prompt")).to_contain_text("Gold one")
+    page.keyboard.press("w")
+    page.keyboard.type("First <answer>")
+    page.keyboard.press("Control+Enter")
+    stored(alice, 1)
+    page.goto(f"{live_server.url}/projects/{project.slug}/queue/items/{gold1.pk}/history/")
+    page.fill("textarea[name=answer]", "Second answer")
+    page.click("text=Save as a new revision")
+    expect(page.locator("table.revisions tbody tr")).to_have_count(2)
+    expect(page.locator("table.revisions")).to_contain_text("First <answer>")
+    page.screenshot(path=str(screenshot_dir / "queue-history.png"), full_page=True)
+    assert Annotation.objects.get(reviewer=alice).payload["answer"] == "Second answer"
+
+    page.context.clear_cookies()
+    page = login_page(admin_user)
+    page.goto(f"{live_server.url}/projects/{project.slug}/queue/health/")
+    expect(page.locator("#health")).to_contain_text("alice")
+    page.screenshot(path=str(screenshot_dir / "queue-health.png"), full_page=True)
+    page.locator("#health form button", has_text="Expire now").first.click()
+    expect(page.locator("#health")).to_contain_text("expired: its item is back in the queue")
