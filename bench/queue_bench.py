@@ -301,6 +301,8 @@ def wait_for_server(port: int, proc: subprocess.Popen, timeout: float = 60) -> N
 
 def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None:
     max_reviewers = max(args.reviewers)
+    # Static files are served from the finders; an existing STATIC_ROOT keeps whitenoise quiet.
+    (Path(env["GOLDSET_VAR_DIR"]) / "staticfiles").mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL

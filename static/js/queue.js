@@ -339,9 +339,16 @@
     submit(form);
   });
 
+  /* The counters move at once; the server's full recount comes at most every 15 s (it scans the project). */
+  function bump(stat, by) {
+    const el = $('[data-stat="' + stat + '"]');
+    if (el && /^\d+$/.test(el.textContent.trim())) el.textContent = String(Math.max(0, Number(el.textContent) + by));
+  }
   document.body.addEventListener("goldset:submitted", (e) => {
     inflight.delete(String(e.detail.lease));
     dropDraft(e.detail.lease);
+    bump("done-today", 1);
+    bump("left-for-me", -1);
   });
   document.body.addEventListener("goldset:submit-failed", (e) => {
     /* The answer was refused (the alert says why): bring that card back on screen, its draft intact. */
