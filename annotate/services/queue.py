@@ -49,6 +49,17 @@ def _display_order(item: Item) -> list[int]:
     return order
 
 
+def _commit_without_waiting_for_disk() -> None:
+    """Let this transaction commit without waiting for the WAL flush (PostgreSQL).
+
+    Only for lease bookkeeping: a lease lost in a database crash just puts its item back in the queue,
+    and the next synchronous commit (every submission is one) flushes it anyway. Annotations always
+    wait for the disk. Saves an fsync per assignment, the largest cost of a lease on a busy disk."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+
+
 def lease_expire_stale(*, project: Project | None = None, now: datetime | None = None) -> int:
     """Mark active leases past their expiry as expired, so their items go back into the queue."""
     now = now or timezone.now()
@@ -58,7 +69,10 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
     # A plain read first: nearly always nothing is stale, and then no write transaction is opened.
     if not stale.exists():
         return 0
+    outermost = not connection.in_atomic_block
     with transaction.atomic():
+        if outermost:
+            _commit_without_waiting_for_disk()
         # SKIP LOCKED: a lease being submitted right now is left to its submitter.
         ids = list(stale.select_for_update(skip_locked=True).values_list("id", flat=True)[:REAP_BATCH])
         return Lease.objects.filter(id__in=ids, status=Lease.Status.ACTIVE).update(
@@ -139,9 +153,12 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
     passes = [(False, False), (True, False)]
     if connection.features.has_select_for_update_skip_locked:
         passes += [(False, True), (True, True)]
+    outermost = not connection.in_atomic_block
     for _ in range(_PICK_ATTEMPTS):
         try:
             with transaction.atomic():
+                if outermost:
+                    _commit_without_waiting_for_disk()
                 item = _pick_any(project=project, reviewer=reviewer, blocked=blocked, passes=passes)
                 if item is not None:
                     item.project = project
