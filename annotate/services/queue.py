@@ -28,6 +28,8 @@ LIVE = (Lease.Status.ACTIVE, Lease.Status.SUBMITTED)
 PREFETCH_DEPTH = 2
 # Stale leases reaped per call; the rest go on the next call (keeps "next" fast after an outage).
 REAP_BATCH = 200
+# Partly reviewed items considered per pick before falling back to fresh ones (see _pick).
+PARTIAL_WINDOW = 500
 # Stale leases only delay their items' second reviews, so looking for them once per few seconds is enough.
 REAP_EVERY_S = 5.0
 _PICK_ATTEMPTS = 5
@@ -84,24 +86,34 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
     items = Item.objects.filter(project=project, is_calibration=False, review_count__lt=project.overlap_k)
     if blocked:
         items = items.exclude(kind__in=blocked)
-    if skipped:
-        # Second pass: items this reviewer skipped, oldest skip first.
-        items = items.filter(leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED).order_by(
-            "leases__updated_at", "id"
-        )
-    else:
-        held = Lease.objects.filter(
-            item=OuterRef("pk"),
-            reviewer=reviewer,
-            status__in=[Lease.Status.ACTIVE, Lease.Status.SUBMITTED, Lease.Status.SKIPPED],
-        )
-        # Closest to completion first, so items get finished before new ones are started.
-        items = items.filter(~Exists(held)).order_by("-review_count", "id")
     # Whether this reviewer already has a (skipped, expired or released) lease row to reuse.
-    items = items.annotate(
-        own_lease=Subquery(Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer).values("id")[:1])
-    )
-    return items.select_for_update(skip_locked=not wait, of=("self",)).first()
+    own = Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer)
+    items = items.annotate(own_lease=Subquery(own.values("id")[:1]))
+    if skipped:
+        # Last pass: items this reviewer skipped, oldest skip first.
+        candidates = [
+            items.filter(leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED).order_by(
+                "leases__updated_at", "id"
+            )
+        ]
+    else:
+        unseen = items.filter(
+            ~Exists(own.filter(status__in=[Lease.Status.ACTIVE, Lease.Status.SUBMITTED, Lease.Status.SKIPPED]))
+        )
+        # Items closest to completion first, so items get finished before new ones are started. The
+        # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
+        # their own half-done items at the head of the index, and scanning all of them on every pick
+        # would grow without bound. Past the window, fresh items (no live lease) come by id.
+        window = items.filter(review_count__gte=1).order_by("-review_count", "id").values("id")[:PARTIAL_WINDOW]
+        candidates = [
+            unseen.filter(id__in=window).order_by("-review_count", "id"),
+            unseen.filter(review_count=0).order_by("id"),
+        ]
+    for queryset in candidates:
+        item = queryset.select_for_update(skip_locked=not wait, of=("self",)).first()
+        if item is not None:
+            return item
+    return None
 
 
 def _pick_any(*, project: Project, reviewer, blocked: list[str], passes) -> Item | None:
