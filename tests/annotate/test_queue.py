@@ -187,3 +187,27 @@ def test_an_admin_can_expire_a_lease(project, alice, bob, carol):
     take(project, bob)
     queue.lease_expire(lease_id=lease.pk, project=project)
     assert take(project, carol) is not None
+
+
+def test_expiring_stale_leases_touches_only_leases_past_their_time(project, alice, bob):
+    make_item(project, 1)
+    stale, fresh = take(project, alice), take(project, bob)
+    Lease.objects.filter(pk=stale.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    assert queue.lease_expire_stale(project=project) == 1
+    assert Lease.objects.get(pk=stale.pk).status == "expired"
+    assert Lease.objects.get(pk=fresh.pk).status == "active"
+    assert Item.objects.get().review_count == 1
+
+
+def test_partly_reviewed_items_are_looked_for_in_a_bounded_window(project, alice, carol, monkeypatch):
+    items = [make_item(project, n) for n in range(5)]
+    for _ in range(3):
+        submit(take(project, alice))  # items 0-2 now wait for a second review, alice's own
+    soon = timezone.now() + timedelta(hours=1)
+    Lease.objects.create(project=project, item=items[4], reviewer=carol, expires_at=soon)
+    # Within the window, carol's half-done item 4 beats the fresh item 3 ...
+    assert take(project, alice).item == items[4]
+    Lease.objects.filter(reviewer=alice, item=items[4]).delete()
+    # ... past it (alice's own half-done items fill the window), fresh items come next.
+    monkeypatch.setattr(queue, "PARTIAL_WINDOW", 3)
+    assert take(project, alice).item == items[3]
