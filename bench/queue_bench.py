@@ -7,7 +7,8 @@ at the end; SQLite: a file in a temp dir), migrates it, seeds one project with `
 session, then loops GET next -> POST submit, in two modes:
 
 - closed: no pause between items (saturation throughput);
-- paced:  a 1 s pause after each submission (a realistic load).
+- paced:  a 1 s pause after each submission (a realistic load); reviewers start at random
+          offsets within the first second instead of in lockstep.
 
 It prints p50/p95/p99 latency of next and submit, annotations/s, and at the end checks the
 k-invariant in the database (no item above k active+submitted leases, counters equal to the rows,
@@ -21,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -208,6 +210,9 @@ class Stats:
 def reviewer_loop(reviewer: Reviewer, stop_at: float, pause: float, stats: Stats, lock: threading.Lock) -> None:
     next_path = f"/projects/{SLUG}/queue/next/"
     local = Stats()
+    if pause:
+        # Real reviewers do not start in lockstep: spread the first request over one pause.
+        time.sleep(random.Random(reviewer.username).uniform(0, pause))
     while time.monotonic() < stop_at:
         try:
             t0 = time.perf_counter()
