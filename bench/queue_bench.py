@@ -265,6 +265,28 @@ def percentile(values: list[float], p: float) -> float:
 # --- Orchestration ----------------------------------------------------------------------------------
 
 
+def cpu_seconds(root_pid: int) -> float:
+    """CPU time (user+system) of a process and its descendants so far, from /proc (0.0 where there is none)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        stats[int(entry.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    wanted, total, changed = {root_pid}, 0, True
+    while changed:
+        changed = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in wanted and pid not in wanted:
+                wanted.add(pid)
+                changed = True
+    for pid in wanted:
+        total += stats.get(pid, (0, 0))[1]
+    return total / tick
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -356,11 +378,13 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
                 threads = [
                     threading.Thread(target=reviewer_loop, args=(c, stop_at, pause, stats, lock)) for c in clients[:n]
                 ]
+                web_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
                 for t in threads:
                     t.start()
                 for t in threads:
                     t.join()
                 elapsed = time.monotonic() - start
+                web_cpu, client_cpu = cpu_seconds(server.pid) - web_cpu, time.process_time() - client_cpu
                 acknowledged += stats.acknowledged
                 rows.append(
                     {
@@ -371,6 +395,8 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
                         "per_s": stats.acknowledged / elapsed,
                         "next": [percentile(stats.next_ms, p) for p in (50, 95, 99)],
                         "submit": [percentile(stats.submit_ms, p) for p in (50, 95, 99)],
+                        "web_cpu_ms": 1000 * web_cpu / max(stats.acknowledged, 1),
+                        "client_cpu_ms": 1000 * client_cpu / max(stats.acknowledged, 1),
                         "errors": len(stats.errors),
                         "first_error": stats.errors[0] if stats.errors else "",
                     }
@@ -387,7 +413,7 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
 
 HEADER = (
     f"{'db':<10} {'revs':>4} {'mode':<9} {'annots':>7} {'ann/s':>7} "
-    f"{'next p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>24} {'errors':>6}"
+    f"{'next p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>24} {'web CPU ms/ann':>15} {'errors':>6}"
 )
 
 
@@ -397,7 +423,7 @@ def print_row(row: dict) -> None:
 
     print(
         f"{row['db']:<10} {row['reviewers']:>4} {row['mode']:<9} {row['annotations']:>7} {row['per_s']:>7.1f} "
-        f"{fmt(row['next']):>22} {fmt(row['submit']):>24} {row['errors']:>6}",
+        f"{fmt(row['next']):>22} {fmt(row['submit']):>24} {row['web_cpu_ms']:>15.1f} {row['errors']:>6}",
         flush=True,
     )
     if row["first_error"]:
@@ -431,7 +457,7 @@ def main() -> int:
     checks: dict = {}
     print(
         f"{args.items} items, overlap k=2, {args.seconds:.0f} s per run, gunicorn -w {args.workers} "
-        f"--threads {args.threads}, {os.cpu_count()} CPUs"
+        f"--threads {args.threads}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before the start"
     )
     print(HEADER, flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="goldset-bench-"))
@@ -452,7 +478,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print("Summary")
+    print("Summary (load average now: {:.1f} {:.1f} {:.1f})".format(*os.getloadavg()))
     print(HEADER)
     for row in rows:
         print_row(row)
