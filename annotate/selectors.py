@@ -141,11 +141,9 @@ def queue_health(*, project: Project, now=None) -> dict:
         "in_progress": touched - complete,
         "untouched": total - touched,
     }
-    leases = list(
-        Lease.objects.filter(project=project, status=Lease.Status.ACTIVE)
-        .select_related("reviewer", "item")
-        .order_by("expires_at")[:200]
-    )
+    active = Lease.objects.filter(project=project, status=Lease.Status.ACTIVE)
+    # The table shows the 200 leases closest to expiry; the counts cover all of them.
+    leases = list(active.select_related("reviewer", "item").order_by("expires_at")[:200])
     hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
     rows = []
     for reviewer_id, username in (
@@ -167,8 +165,8 @@ def queue_health(*, project: Project, now=None) -> dict:
         )
     return {
         "items": per_item,
-        "leases_out": sum(1 for lease in leases if lease.expires_at > now),
-        "leases_stale": sum(1 for lease in leases if lease.expires_at <= now),
+        "leases_out": active.filter(expires_at__gt=now).count(),
+        "leases_stale": active.filter(expires_at__lte=now).count(),
         "leases": leases,
         "reviewers": rows,
         "members": list(project.members.order_by("username")),
