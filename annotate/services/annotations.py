@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
@@ -202,6 +202,23 @@ def annotation_submit(*, lease_id: int, reviewer, data: Mapping, duration_ms=Non
     )
     item_result_refresh(item=item)
     return annotation
+
+
+@transaction.atomic
+def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms=None):
+    """Submit, then top up the reviewer's leases (current + prefetched), in one transaction: one commit per item.
+
+    Returns (annotation, active leases oldest first). A failure while assigning rolls back to a
+    savepoint and leaves the submission in place: the next request assigns instead."""
+    from annotate.services.queue import lease_fill_for_reviewer, leases_active_for_reviewer
+
+    annotation = annotation_submit(lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms)
+    try:
+        with transaction.atomic():
+            leases = lease_fill_for_reviewer(project=project, reviewer=reviewer)
+    except DatabaseError:
+        leases = leases_active_for_reviewer(project=project, reviewer=reviewer)
+    return annotation, leases
 
 
 @transaction.atomic

@@ -198,7 +198,7 @@ def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | No
 def lease_fill_for_reviewer(*, project: Project, reviewer, depth: int = PREFETCH_DEPTH) -> list[Lease]:
     """Top the reviewer's active leases up to ``depth`` (current + prefetched) and return them, oldest first.
 
-    Each new lease commits on its own, so no lock is held across the two picks."""
+    Called outside a transaction, each new lease commits on its own, so no lock is held across picks."""
     now = timezone.now()
     leases = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
     while len(leases) < depth:

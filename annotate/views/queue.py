@@ -204,8 +204,12 @@ def queue_submit(request, slug: str, lease_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
     try:
-        annotation_services.annotation_submit(
-            lease_id=lease.pk, reviewer=request.user, data=request.POST, duration_ms=request.POST.get("duration_ms")
+        _, leases = annotation_services.annotation_submit_and_refill(
+            lease_id=lease.pk,
+            reviewer=request.user,
+            project=project,
+            data=request.POST,
+            duration_ms=request.POST.get("duration_ms"),
         )
     except ValidationError as exc:
         fields, general = _errors(exc)
@@ -219,7 +223,6 @@ def queue_submit(request, slug: str, lease_id: int) -> HttpResponse:
         )
     if not request.htmx:
         return redirect("annotate:queue", slug=project.slug)
-    leases = queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user)
     return _prefetch_response(request, project, leases, "goldset:submitted", {"lease": lease.pk})
 
 
