@@ -83,7 +83,8 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
 
 
 def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait: bool) -> Item | None:
-    items = Item.objects.filter(project=project, is_calibration=False, review_count__lt=project.overlap_k)
+    k = project.overlap_k
+    items = Item.objects.filter(project=project, is_calibration=False)
     if blocked:
         items = items.exclude(kind__in=blocked)
     # Whether this reviewer already has a (skipped, expired or released) lease row to reuse.
@@ -92,7 +93,7 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
     if skipped:
         # Last pass: items this reviewer skipped, oldest skip first.
         candidates = [
-            items.filter(leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED).order_by(
+            items.filter(review_count__lt=k, leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED).order_by(
                 "leases__updated_at", "id"
             )
         ]
@@ -104,9 +105,11 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
         # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
         # their own half-done items at the head of the index, and scanning all of them on every pick
         # would grow without bound. Past the window, fresh items (no live lease) come by id.
-        window = items.filter(review_count__gte=1).order_by("-review_count", "id").values("id")[:PARTIAL_WINDOW]
+        # review_count = 0 as an equality (not "< k"), so the index also gives the id order: no sort.
+        partial = items.filter(review_count__gte=1, review_count__lt=k)
+        window = partial.order_by("-review_count", "id").values("id")[:PARTIAL_WINDOW]
         candidates = [
-            unseen.filter(id__in=window).order_by("-review_count", "id"),
+            unseen.filter(review_count__gte=1, review_count__lt=k, id__in=window).order_by("-review_count", "id"),
             unseen.filter(review_count=0).order_by("id"),
         ]
     for queryset in candidates:
