@@ -304,6 +304,21 @@
     }
   });
 
+  /* A server error or a lost connection after the card moved on: reload both cards from the server.
+   * An answer that was not stored comes back on screen (its lease is still active) with its draft. */
+  function resync(message) {
+    alertText(message);
+    chain = chain.then(() => htmx.ajax("GET", root.dataset.nextUrl, { source: root, target: "#queue-cards", swap: "outerHTML" })
+      .then(() => became_current(current()))
+      .catch(() => alertText("The server cannot be reached. Your drafts are kept in this browser: reload the page later.")));
+  }
+  document.body.addEventListener("htmx:responseError", (e) => {
+    if (root.contains(e.detail.elt) || e.detail.elt === root) resync("The server had a problem with that request; your queue was reloaded.");
+  });
+  document.body.addEventListener("htmx:sendError", (e) => {
+    if (root.contains(e.detail.elt) || e.detail.elt === root) resync("The connection dropped; your queue was reloaded.");
+  });
+
   /* Closing the help must not leave focus on its Close button, where Enter would not submit. */
   $("#queue-help").addEventListener("close", () => {
     if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();

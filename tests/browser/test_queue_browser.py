@@ -197,3 +197,22 @@ def test_history_and_queue_health_pages_render(live_server, login_page, project,
     page.screenshot(path=str(screenshot_dir / "queue-health.png"), full_page=True)
     page.locator("#health form button", has_text="Expire now").first.click()
     expect(page.locator("#health")).to_contain_text("expired: its item is back in the queue")
+
+
+def test_a_failed_submission_brings_the_item_back_with_its_answer(live_server, login_page, project, alice):
+    seed(project)
+    page = login_page(alice)
+    page.goto(f"{live_server.url}/projects/{project.slug}/queue/")
+    prompt = page.locator("#queue-current .task-prompt")
+    expect(prompt).to_contain_text("Gold one")
+    page.route("**/submit/", lambda route: route.fulfill(status=500, body="Server Error"))
+    page.keyboard.press("w")
+    page.keyboard.type("Keep me")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#queue-alert")).to_contain_text("your queue was reloaded")
+    expect(prompt).to_contain_text("Gold one")  # not stored, so it is still leased and comes back
+    expect(page.locator("#queue-current textarea[name=answer]")).to_have_value("Keep me")
+    page.unroute("**/submit/")
+    page.keyboard.press("Control+Enter")
+    expect(prompt).to_contain_text("Pref one")
+    assert stored(alice, 1)[Item.objects.get(content_hash="browser-0").pk].payload["answer"] == "Keep me"
