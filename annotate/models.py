@@ -148,14 +148,29 @@ class Item(models.Model):
     is_check = models.BooleanField(default=False, help_text="A known-answer item seeded to measure reviewers.")
     check_answer = models.JSONField(null=True, blank=True)
     is_calibration = models.BooleanField(default=False)
+    review_count = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="Leases on this item that are active or submitted; kept by database triggers, capped at overlap k.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["project", "content_hash"], name="item_unique_content_per_project"),
+            models.CheckConstraint(condition=models.Q(review_count__gte=0), name="item_review_count_non_negative"),
         ]
-        indexes = [models.Index(fields=["project", "split"]), models.Index(fields=["project", "kind"])]
+        indexes = [
+            models.Index(fields=["project", "split"]),
+            models.Index(fields=["project", "kind"]),
+            # The queue's "next item" scan: items closest to completion first, then by id.
+            models.Index(
+                fields=["project", "-review_count", "id"],
+                name="item_queue_order",
+                condition=models.Q(is_calibration=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.prompt[:60]}"

@@ -1,11 +1,15 @@
 """Reads for the annotate app, with permission built in."""
 
+import statistics
+from datetime import timedelta
+
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from annotate import roles
-from annotate.models import Item, Project
+from annotate.models import Annotation, Flag, Item, Lease, Project, RubricVersion, TaskKind
 
 
 def project_list_for_user(*, user) -> QuerySet[Project]:
@@ -41,13 +45,14 @@ def item_counts(*, project: Project) -> dict[str, int]:
     }
 
 
-def rubric_version_active(*, project: Project):
-    """The rubric version scoring uses now: the project's active one (None before any is active)."""
-    from annotate.models import RubricVersion
+# --- Queue -------------------------------------------------------------------------------------
 
+
+def rubric_version_active(*, project: Project) -> RubricVersion | None:
+    """The project's active rubric version (the latest activated), or None when none is active."""
     return (
         RubricVersion.objects.filter(rubric__project=project, status=RubricVersion.Status.ACTIVE)
-        .order_by("-activated_at", "-pk")
+        .order_by("-activated_at", "-id")
         .first()
     )
 
@@ -119,3 +124,121 @@ def describe_payload(*, item: Item, payload: dict | None, criteria: list[dict] |
         if payload.get(note):
             lines.append((note.capitalize(), str(payload[note])))
     return lines
+
+
+def queue_blocked_reason(*, project: Project) -> str:
+    """Why some of the project's items are not being served, in words for the queue page ("" when none)."""
+    if TaskKind.RUBRIC in (project.task_kinds or []) and rubric_version_active(project=project) is None:
+        return (
+            "Rubric-scoring items are not being served: the project has no active rubric version yet. "
+            "An admin has to activate one before they can be scored."
+        )
+    return ""
+
+
+def lease_get_for_reviewer(*, user, project: Project, lease_id: int) -> Lease:
+    """One of the user's own leases in the project; 404 for anyone else's (no existence leak)."""
+    try:
+        return Lease.objects.select_related("item").get(pk=lease_id, project=project, reviewer=user)
+    except Lease.DoesNotExist:
+        raise Http404("No such item in your queue.") from None
+
+
+def annotation_get_for_reviewer(*, user, project: Project, item_id: int) -> Annotation:
+    """The user's own annotation of an item; others' annotations are never returned (blind review)."""
+    try:
+        return Annotation.objects.select_related("item", "rubric_version").get(
+            item_id=item_id, item__project=project, reviewer=user
+        )
+    except Annotation.DoesNotExist:
+        raise Http404("You have not annotated this item.") from None
+
+
+def annotation_recent_for_reviewer(*, user, project: Project, limit: int = 10) -> list[Annotation]:
+    """The user's latest annotations in the project, newest first (their own only)."""
+    return list(
+        Annotation.objects.filter(reviewer=user, item__project=project)
+        .select_related("item")
+        .order_by("-updated_at")[:limit]
+    )
+
+
+def queue_progress(*, project: Project, user) -> dict:
+    """The progress bar: the user's items done today, project completion, and items still needing them."""
+    now = timezone.now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    k = project.overlap_k
+    items = Item.objects.filter(project=project, is_calibration=False)
+    total = items.count()
+    submitted = Lease.objects.filter(project=project, status=Lease.Status.SUBMITTED).count()
+    open_items = items.filter(review_count__lt=k)
+    blocked = [TaskKind.RUBRIC] if queue_blocked_reason(project=project) else []
+    if blocked:
+        open_items = open_items.exclude(kind__in=blocked)
+    mine = Lease.objects.filter(
+        item__in=open_items, reviewer=user, status__in=[Lease.Status.ACTIVE, Lease.Status.SUBMITTED]
+    )
+    # Items on screen or prefetched still need this reviewer, wherever their count stands.
+    holding = Lease.objects.filter(project=project, reviewer=user, status=Lease.Status.ACTIVE).count()
+    needing_me = open_items.count() - mine.count() + holding
+    return {
+        "done_today": Annotation.objects.filter(reviewer=user, item__project=project, created_at__gte=midnight).count(),
+        "submitted": submitted,
+        "needed": total * k,
+        "completion_pct": round(100 * submitted / (total * k), 1) if total else 0.0,
+        "left_for_me": max(needing_me, 0),
+    }
+
+
+def queue_health(*, project: Project, now=None) -> dict:
+    """Queue health for admins: items by state, leases out, per-reviewer throughput and median time."""
+    now = now or timezone.now()
+    k = project.overlap_k
+    items = Item.objects.filter(project=project, is_calibration=False)
+    total = items.count()
+    touched = items.filter(review_count__gt=0).count()
+    complete = (
+        Lease.objects.filter(project=project, status=Lease.Status.SUBMITTED, item__is_calibration=False)
+        .values("item_id")
+        .annotate(n=Count("id"))
+        .filter(n__gte=k)
+        .count()
+    )
+    per_item = {
+        "total": total,
+        "complete": complete,
+        "in_progress": touched - complete,
+        "untouched": total - touched,
+    }
+    active = Lease.objects.filter(project=project, status=Lease.Status.ACTIVE)
+    # The table shows the 200 leases closest to expiry; the counts cover all of them.
+    leases = list(active.select_related("reviewer", "item").order_by("expires_at")[:200])
+    hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
+    rows = []
+    for reviewer_id, username in (
+        Annotation.objects.filter(item__project=project)
+        .values_list("reviewer_id", "reviewer__username")
+        .distinct()
+        .order_by("reviewer__username")
+    ):
+        mine = Annotation.objects.filter(item__project=project, reviewer_id=reviewer_id)
+        durations = [d for d in mine.filter(created_at__gte=day_ago).values_list("duration_ms", flat=True) if d]
+        rows.append(
+            {
+                "username": username,
+                "total": mine.count(),
+                "last_hour": mine.filter(created_at__gte=hour_ago).count(),
+                "last_day": mine.filter(created_at__gte=day_ago).count(),
+                "median_seconds": round(statistics.median(durations) / 1000, 1) if durations else None,
+            }
+        )
+    return {
+        "items": per_item,
+        "leases_out": active.filter(expires_at__gt=now).count(),
+        "leases_stale": active.filter(expires_at__lte=now).count(),
+        "leases": leases,
+        "reviewers": rows,
+        "members": list(project.members.order_by("username")),
+        "flags_open": Flag.objects.filter(item__project=project, resolved=False).count(),
+        "now": now,
+    }

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate.views import adjudication, projects, reports, rubrics
+from annotate.views import adjudication, projects, queue, reports, rubrics
 
 app_name = "annotate"
 
@@ -52,4 +52,27 @@ urlpatterns = [
     # Adjudication
     path("projects/<slug:slug>/adjudication/", adjudication.queue, name="adjudication-queue"),
     path("projects/<slug:slug>/adjudication/<int:item_id>/", adjudication.decide, name="adjudication-item"),
+    path("projects/<slug:slug>/queue/", queue.queue_page, name="queue"),
+    path("projects/<slug:slug>/queue/next/", queue.queue_next, name="queue-next"),
+    path("projects/<slug:slug>/queue/progress/", queue.queue_progress, name="queue-progress"),
+    path("projects/<slug:slug>/queue/undo/", queue.queue_undo, name="queue-undo"),
+    path("projects/<slug:slug>/queue/leases/<int:lease_id>/submit/", queue.queue_submit, name="queue-submit"),
+    path("projects/<slug:slug>/queue/leases/<int:lease_id>/skip/", queue.queue_skip, name="queue-skip"),
+    path("projects/<slug:slug>/queue/leases/<int:lease_id>/flag/", queue.queue_flag, name="queue-flag"),
+    path(
+        "projects/<slug:slug>/queue/items/<int:item_id>/history/",
+        queue.annotation_history,
+        name="annotation-history",
+    ),
+    path("projects/<slug:slug>/queue/health/", queue.queue_health, name="queue-health"),
+    path(
+        "projects/<slug:slug>/queue/health/leases/<int:lease_id>/expire/",
+        queue.queue_lease_expire,
+        name="queue-lease-expire",
+    ),
+    path(
+        "projects/<slug:slug>/queue/health/leases/<int:lease_id>/reassign/",
+        queue.queue_lease_reassign,
+        name="queue-lease-reassign",
+    ),
 ]

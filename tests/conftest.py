@@ -131,3 +131,9 @@ def write_once_enforced():
     writeonce.SQLITE_BYPASS.clear()
     yield
     writeonce.SQLITE_BYPASS.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Creating five users per test with PBKDF2 costs a second; tests do not measure hashing."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

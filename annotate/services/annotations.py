@@ -1,0 +1,303 @@
+"""Submitting, revising and undoing annotations, and flagging items.
+
+Annotations are never overwritten: each submission appends an ``AnnotationRevision`` and the
+``Annotation`` row mirrors the latest one. Form values name display positions (1, 2, ... as the
+reviewer saw them); payloads store indices into ``Item.responses`` (see annotate/models.py).
+"""
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
+from annotate.services.consensus import item_result_refresh
+
+MAX_ANSWER_CHARS = 50_000
+MAX_NOTE_CHARS = 2_000
+GOLD_ACTIONS = ("accept", "edit", "write", "unusable")
+STRENGTHS = ("slight", "clear")
+
+
+def _position(value, *, display_order: list[int], field: str, errors: dict) -> int | None:
+    """A 1-based display position from the form, as an index into Item.responses."""
+    try:
+        position = int(value)
+    except (TypeError, ValueError):
+        position = 0
+    if not 1 <= position <= len(display_order):
+        errors[field] = f"Choose a response between 1 and {len(display_order)} (got {value!r})."
+        return None
+    return display_order[position - 1]
+
+
+def _text(data: Mapping, field: str, *, limit: int, errors: dict) -> str:
+    value = data.get(field) or ""
+    if len(value) > limit:
+        errors[field] = f"Keep {field} under {limit} characters (it has {len(value)})."
+    return value
+
+
+def annotation_payload_parse(
+    *, item: Item, display_order: list[int], data: Mapping, rubric_version: RubricVersion | None
+) -> dict:
+    """Turn submitted form values into the payload for the item's kind, or raise ValidationError per field."""
+    errors: dict[str, str] = {}
+    responses = item.responses or []
+    if len(display_order) != len(responses):
+        display_order = list(range(len(responses)))
+    if item.kind == TaskKind.GOLD:
+        action = data.get("action") or ""
+        payload = {"action": action, "answer": "", "source_index": None, "reason": ""}
+        if action not in GOLD_ACTIONS:
+            errors["action"] = (
+                "Choose what to do: accept a candidate (its number), edit one (e), write your own (w) "
+                "or mark the item unusable (x)."
+            )
+        elif action in ("accept", "edit"):
+            payload["source_index"] = _position(
+                data.get("source"), display_order=display_order, field="source", errors=errors
+            )
+            if action == "accept" and payload["source_index"] is not None:
+                payload["answer"] = responses[payload["source_index"]].get("text", "")
+        if action in ("edit", "write"):
+            payload["answer"] = _text(data, "answer", limit=MAX_ANSWER_CHARS, errors=errors)
+            if not payload["answer"].strip():
+                errors["answer"] = "Write the reference answer: it is empty."
+        if action == "unusable":
+            payload["reason"] = _text(data, "reason", limit=MAX_NOTE_CHARS, errors=errors)
+            if not payload["reason"].strip():
+                errors["reason"] = "Say why the item is unusable (for example: the prompt is cut off)."
+    elif item.kind == TaskKind.PREFERENCE:
+        choice = data.get("choice") or ""
+        payload = {"choice": "", "chosen": None, "rejected": None, "strength": None, "rationale": ""}
+        if choice in ("tie", "both_bad"):
+            payload["choice"] = choice
+        elif choice:
+            payload["choice"] = "response"
+            payload["chosen"] = _position(choice, display_order=display_order, field="choice", errors=errors)
+            if len(responses) == 2 and payload["chosen"] is not None:
+                payload["rejected"] = 1 - payload["chosen"]
+            elif data.get("worst"):
+                payload["rejected"] = _position(
+                    data.get("worst"), display_order=display_order, field="worst", errors=errors
+                )
+                if payload["rejected"] is not None and payload["rejected"] == payload["chosen"]:
+                    errors["worst"] = "The worst response cannot also be the best one: pick another."
+            strength = data.get("strength") or None
+            if strength not in (None, *STRENGTHS):
+                errors["strength"] = f"Strength is slight or clear, or left empty (got {strength!r})."
+            payload["strength"] = strength
+        else:
+            errors["choice"] = "Pick the better response (its number), t for a tie, or b if both are bad."
+        payload["rationale"] = _text(data, "rationale", limit=MAX_NOTE_CHARS, errors=errors)
+    elif item.kind == TaskKind.RUBRIC:
+        if rubric_version is None:
+            raise ValidationError("This project has no active rubric version: an admin has to activate one first.")
+        scores = {}
+        for criterion in rubric_version.criteria:
+            key = criterion["key"]
+            raw = data.get(f"score-{key}")
+            levels = {str(level["value"]): level["value"] for level in criterion.get("levels", [])}
+            if raw in (None, ""):
+                errors[f"score-{key}"] = f"Score {criterion.get('name', key)}: pick one of its levels."
+            elif raw not in levels:
+                errors[f"score-{key}"] = (
+                    f"{raw!r} is not a level of {criterion.get('name', key)}: pick one of {', '.join(levels)}."
+                )
+            else:
+                scores[key] = levels[raw]
+        payload = {"response_index": display_order[0] if display_order else None, "scores": scores}
+    else:
+        raise ValidationError(f"Item {item.pk} has an unknown kind {item.kind!r}.")
+    if errors:
+        raise ValidationError(errors)
+    return payload
+
+
+def _duration_ms(*, lease: Lease, now: datetime, reported) -> int:
+    longest = lease.item.project.lease_minutes * 60_000
+    try:
+        value = int(reported)
+    except (TypeError, ValueError):
+        started = lease.expires_at - timedelta(minutes=lease.item.project.lease_minutes)
+        value = int((now - started).total_seconds() * 1000)
+    return max(0, min(value, longest))
+
+
+def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, display_order, duration_ms) -> Annotation:
+    annotation = Annotation.objects.select_for_update().filter(item=item, reviewer=reviewer).first()
+    if annotation is None:
+        annotation = Annotation(item=item, reviewer=reviewer, kind=item.kind, revision=1)
+    else:
+        annotation.revision += 1
+    annotation.payload = payload
+    annotation.rubric_version = rubric_version
+    annotation.display_order = display_order
+    annotation.duration_ms = duration_ms
+    # Foreign keys are checked by the database; full_clean on them would only add queries.
+    annotation.full_clean(
+        exclude=["item", "reviewer", "rubric_version", "display_order"],
+        validate_unique=False,
+        validate_constraints=False,
+    )
+    annotation.save()
+    AnnotationRevision.objects.create(
+        annotation=annotation, number=annotation.revision, payload=payload, rubric_version=rubric_version
+    )
+    return annotation
+
+
+@transaction.atomic
+def annotation_submit(*, lease_id: int, reviewer, data: Mapping, duration_ms=None) -> Annotation:
+    """Record the reviewer's judgement for a leased item (a new revision if they reviewed it before)."""
+    from annotate.selectors import rubric_version_active
+
+    now = timezone.now()
+    try:
+        lease = (
+            Lease.objects.select_for_update(of=("self",))
+            .select_related("item__project")
+            .get(pk=lease_id, reviewer=reviewer)
+        )
+    except Lease.DoesNotExist:
+        raise ValidationError("This item is not leased to you: reload the queue to get your current item.") from None
+    if lease.status == Lease.Status.SUBMITTED:
+        raise ValidationError(
+            "You already submitted this item. To change your answer, open it from your recent annotations."
+        )
+    if lease.status == Lease.Status.SKIPPED:
+        raise ValidationError("You skipped this item; it comes back at the end of your queue.")
+    if lease.status == Lease.Status.RELEASED:
+        raise ValidationError("This item was sent back for another review: press Next to get it again.")
+    item = lease.item
+    rubric_version = rubric_version_active(project=item.project) if item.kind == TaskKind.RUBRIC else None
+    payload = annotation_payload_parse(
+        item=item, display_order=lease.display_order, data=data, rubric_version=rubric_version
+    )
+    # An expired lease is taken back if the item still has room; the cap trigger decides atomically.
+    was_active = lease.status == Lease.Status.ACTIVE
+    lease.status = Lease.Status.SUBMITTED
+    lease.submitted_at = now
+    try:
+        if was_active:  # active -> submitted keeps the item's count: the trigger cannot refuse it
+            lease.save(update_fields=["status", "submitted_at", "updated_at"])
+        else:
+            with transaction.atomic():
+                lease.save(update_fields=["status", "submitted_at", "updated_at"])
+    except IntegrityError:
+        raise ValidationError(
+            "Your lease on this item expired and other reviewers have since completed it: "
+            "your answer was not stored. Press Next for a new item."
+        ) from None
+    annotation = _append_revision(
+        item=item,
+        reviewer=reviewer,
+        payload=payload,
+        rubric_version=rubric_version,
+        display_order=lease.display_order,
+        duration_ms=_duration_ms(lease=lease, now=now, reported=duration_ms),
+    )
+    item_result_refresh(item=item)
+    return annotation
+
+
+@transaction.atomic
+def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms=None):
+    """Submit, then top up the reviewer's leases (current + prefetched), in one transaction: one commit per item.
+
+    Returns (annotation, active leases oldest first). A failure while assigning rolls back to a
+    savepoint and leaves the submission in place: the next request assigns instead."""
+    from annotate.services.queue import lease_fill_for_reviewer, leases_active_for_reviewer
+
+    annotation = annotation_submit(lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms)
+    try:
+        with transaction.atomic():
+            leases = lease_fill_for_reviewer(project=project, reviewer=reviewer)
+    except DatabaseError:
+        leases = leases_active_for_reviewer(project=project, reviewer=reviewer)
+    return annotation, leases
+
+
+@transaction.atomic
+def annotation_revise(*, item_id: int, reviewer, data: Mapping) -> Annotation:
+    """Change a submitted annotation: a new revision is appended and becomes the one that counts."""
+    from annotate.selectors import rubric_version_active
+
+    annotation = (
+        Annotation.objects.select_for_update(of=("self",))
+        .select_related("item__project")
+        .filter(item_id=item_id, reviewer=reviewer)
+        .first()
+    )
+    if annotation is None:
+        raise ValidationError("You have not annotated this item yet: answer it from the queue first.")
+    item = annotation.item
+    rubric_version = rubric_version_active(project=item.project) if item.kind == TaskKind.RUBRIC else None
+    payload = annotation_payload_parse(
+        item=item, display_order=annotation.display_order, data=data, rubric_version=rubric_version
+    )
+    annotation = _append_revision(
+        item=item,
+        reviewer=reviewer,
+        payload=payload,
+        rubric_version=rubric_version,
+        display_order=annotation.display_order,
+        duration_ms=annotation.duration_ms,
+    )
+    item_result_refresh(item=item)
+    return annotation
+
+
+@transaction.atomic
+def annotation_undo_last(*, project: Project, reviewer) -> tuple[Lease, dict]:
+    """Take back the reviewer's last submission while its lease lasts; the item returns to their screen."""
+    now = timezone.now()
+    lease = (
+        Lease.objects.select_for_update(of=("self",))
+        .select_related("item__project")
+        .filter(project=project, reviewer=reviewer, status=Lease.Status.SUBMITTED)
+        .order_by("-submitted_at", "-id")
+        .first()
+    )
+    if lease is None:
+        raise ValidationError("Nothing to undo: you have not submitted anything in this project.")
+    if lease.expires_at <= now:
+        raise ValidationError(
+            f"Too late to undo item {lease.item_id}: its {project.lease_minutes}-minute lease is over. "
+            "Open it from your recent annotations to change your answer instead."
+        )
+    annotation = Annotation.objects.select_for_update().get(item=lease.item, reviewer=reviewer)
+    undone = annotation.payload
+    AnnotationRevision.objects.filter(annotation=annotation, number=annotation.revision).delete()
+    previous = AnnotationRevision.objects.filter(annotation=annotation).order_by("-number").first()
+    if previous is None:
+        annotation.delete()
+    else:
+        annotation.revision = previous.number
+        annotation.payload = previous.payload
+        annotation.rubric_version = previous.rubric_version
+        annotation.save()
+    lease.status = Lease.Status.ACTIVE
+    lease.submitted_at = None
+    lease.save(update_fields=["status", "submitted_at", "updated_at"])
+    item_result_refresh(item=lease.item)
+    return lease, undone
+
+
+@transaction.atomic
+def item_flag(*, lease_id: int, reviewer, reason: str) -> Flag:
+    """Flag a leased item for an admin, with the reviewer's reason."""
+    lease = Lease.objects.select_related("item").filter(pk=lease_id, reviewer=reviewer).first()
+    if lease is None:
+        raise ValidationError("This item is not leased to you: reload the queue.")
+    if not (reason or "").strip():
+        raise ValidationError({"reason": "Say what is wrong with the item so an admin can fix it."})
+    if len(reason) > MAX_NOTE_CHARS:
+        raise ValidationError({"reason": f"Keep the reason under {MAX_NOTE_CHARS} characters."})
+    flag = Flag(item=lease.item, reviewer=reviewer, reason=reason)
+    flag.full_clean()
+    flag.save()
+    return flag

@@ -1,0 +1,278 @@
+"""The annotation queue: which item a reviewer gets next, and the leases that hold items.
+
+The overlap cap is enforced by the database, not by this module: a trigger on ``annotate_lease``
+keeps ``Item.review_count`` (active + submitted leases) and rejects any lease write that would take
+it above ``project.overlap_k``; a unique constraint allows one lease row per (item, reviewer).
+This module only chooses well and locks so that those checks almost never fire:
+
+- PostgreSQL: the candidate item row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED``, so
+  concurrent reviewers walk past each other's picks instead of queueing behind them.
+- SQLite: every transaction is ``BEGIN IMMEDIATE`` (settings), so assignments run one at a time.
+
+Lock order everywhere is lease row, then item row (the trigger's counter update), which keeps
+expiry, submission and assignment free of deadlocks.
+"""
+
+import random
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef, Subquery
+from django.utils import timezone
+
+from annotate.models import Item, Lease, Project, TaskKind
+
+LIVE = (Lease.Status.ACTIVE, Lease.Status.SUBMITTED)
+# Items a reviewer holds at once: the one on screen and the prefetched one behind it.
+PREFETCH_DEPTH = 2
+# Stale leases reaped per call; the rest go on the next call (keeps "next" fast after an outage).
+REAP_BATCH = 200
+# Partly reviewed items considered per pick before falling back to fresh ones (see _pick).
+PARTIAL_WINDOW = 500
+# Stale leases only delay their items' second reviews, so looking for them once per few seconds is enough.
+REAP_EVERY_S = 5.0
+_PICK_ATTEMPTS = 5
+# Checked by the database (foreign keys) or set by this module: full_clean would only add queries.
+LEASE_DB_CHECKED = ["project", "item", "reviewer", "display_order"]
+
+
+def _blocked_kinds(project: Project) -> list[str]:
+    from annotate.selectors import rubric_version_active
+
+    if TaskKind.RUBRIC in (project.task_kinds or []) and rubric_version_active(project=project) is None:
+        return [TaskKind.RUBRIC]
+    return []
+
+
+def _display_order(item: Item) -> list[int]:
+    order = list(range(len(item.responses or [])))
+    random.shuffle(order)
+    return order
+
+
+def _commit_without_waiting_for_disk() -> None:
+    """Let this transaction commit without waiting for the WAL flush (PostgreSQL).
+
+    Only for lease bookkeeping: a lease lost in a database crash just puts its item back in the queue,
+    and the next synchronous commit (every submission is one) flushes it anyway. Annotations always
+    wait for the disk. Saves an fsync per assignment, the largest cost of a lease on a busy disk."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+
+
+def lease_expire_stale(*, project: Project | None = None, now: datetime | None = None) -> int:
+    """Mark active leases past their expiry as expired, so their items go back into the queue."""
+    now = now or timezone.now()
+    stale = Lease.objects.filter(status=Lease.Status.ACTIVE, expires_at__lte=now)
+    if project is not None:
+        stale = stale.filter(project=project)
+    # A plain read first: nearly always nothing is stale, and then no write transaction is opened.
+    if not stale.exists():
+        return 0
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost:
+            _commit_without_waiting_for_disk()
+        # SKIP LOCKED: a lease being submitted right now is left to its submitter.
+        ids = list(stale.select_for_update(skip_locked=True).values_list("id", flat=True)[:REAP_BATCH])
+        return Lease.objects.filter(id__in=ids, status=Lease.Status.ACTIVE).update(
+            status=Lease.Status.EXPIRED, updated_at=now
+        )
+
+
+def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait: bool) -> Item | None:
+    k = project.overlap_k
+    items = Item.objects.filter(project=project, is_calibration=False)
+    if blocked:
+        items = items.exclude(kind__in=blocked)
+    # Whether this reviewer already has a (skipped, expired or released) lease row to reuse.
+    own = Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer)
+    items = items.annotate(own_lease=Subquery(own.values("id")[:1]))
+    if skipped:
+        # Last pass: items this reviewer skipped, oldest skip first.
+        candidates = [
+            items.filter(review_count__lt=k, leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED).order_by(
+                "leases__updated_at", "id"
+            )
+        ]
+    else:
+        unseen = items.filter(
+            ~Exists(own.filter(status__in=[Lease.Status.ACTIVE, Lease.Status.SUBMITTED, Lease.Status.SKIPPED]))
+        )
+        # Items closest to completion first, so items get finished before new ones are started. The
+        # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
+        # their own half-done items at the head of the index, and scanning all of them on every pick
+        # would grow without bound. Past the window, fresh items (no live lease) come by id.
+        # review_count = 0 as an equality (not "< k"), so the index also gives the id order: no sort.
+        partial = items.filter(review_count__gte=1, review_count__lt=k)
+        window = partial.order_by("-review_count", "id").values("id")[:PARTIAL_WINDOW]
+        candidates = [
+            unseen.filter(review_count__gte=1, review_count__lt=k, id__in=window).order_by("-review_count", "id"),
+            unseen.filter(review_count=0).order_by("id"),
+        ]
+    for queryset in candidates:
+        item = queryset.select_for_update(skip_locked=not wait, of=("self",)).first()
+        if item is not None:
+            return item
+    return None
+
+
+def _pick_any(*, project: Project, reviewer, blocked: list[str], passes) -> Item | None:
+    for skipped, wait in passes:
+        item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
+        if item is not None:
+            return item
+    return None
+
+
+_last_reap: dict[int, float] = {}
+
+
+def _reap_due(project_id: int, now: float) -> bool:
+    if now - _last_reap.get(project_id, 0.0) < REAP_EVERY_S:
+        return False
+    _last_reap[project_id] = now
+    return True
+
+
+def _take(*, item: Item, reviewer, now: datetime) -> Lease:
+    expires_at = now + timedelta(minutes=item.project.lease_minutes)
+    own = getattr(item, "own_lease", None)
+    lease = Lease.objects.get(pk=own) if own else None
+    if lease is None:
+        lease = Lease(project_id=item.project_id, item=item, reviewer=reviewer, display_order=_display_order(item))
+    elif len(lease.display_order) != len(item.responses or []):
+        lease.display_order = _display_order(item)
+    lease.status = Lease.Status.ACTIVE
+    lease.expires_at = expires_at
+    lease.submitted_at = None
+    # Uniqueness and the overlap cap are the database's job (constraint + trigger) under concurrency;
+    # an item with no candidate responses has an empty display order, which is valid.
+    lease.full_clean(exclude=LEASE_DB_CHECKED, validate_unique=False, validate_constraints=False)
+    lease.save()
+    return lease
+
+
+def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None = None) -> Lease | None:
+    """Lease the best item for this reviewer (closest to completion, skipped ones last); None when none is left."""
+    now = now or timezone.now()
+    # Its own transaction: the item rows its trigger touched are unlocked before the pick waits on any.
+    # At most every few seconds per process; when the pick finds nothing it reaps at once and retries.
+    reaped = _reap_due(project.pk, now.timestamp()) and lease_expire_stale(project=project, now=now) >= 0
+    blocked = _blocked_kinds(project)
+    # SKIP LOCKED passes first, so concurrent reviewers walk past each other's picks. Only when every
+    # candidate is locked does a pass wait for the lock: the holder may leave the item with room
+    # (k > 1), and answering "nothing left" then would be wrong. SQLite serializes instead.
+    passes = [(False, False), (True, False)]
+    if connection.features.has_select_for_update_skip_locked:
+        passes += [(False, True), (True, True)]
+    outermost = not connection.in_atomic_block
+    for _ in range(_PICK_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                if outermost:
+                    _commit_without_waiting_for_disk()
+                item = _pick_any(project=project, reviewer=reviewer, blocked=blocked, passes=passes)
+                if item is not None:
+                    item.project = project
+                    return _take(item=item, reviewer=reviewer, now=now)
+        except IntegrityError:
+            # The same reviewer took it from another tab, or the cap trigger fired: pick again.
+            continue
+        # Nothing eligible: stale leases may be holding the last slots; reap (committed) and retry once.
+        if reaped or not lease_expire_stale(project=project, now=now):
+            return None
+        reaped = True
+    return None
+
+
+def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | None = None) -> list[Lease]:
+    """The reviewer's unexpired active leases in the order they were taken (the first is on screen)."""
+    now = now or timezone.now()
+    return list(
+        Lease.objects.filter(project=project, reviewer=reviewer, status=Lease.Status.ACTIVE, expires_at__gt=now)
+        .select_related("item")
+        .order_by("expires_at", "id")
+    )
+
+
+def lease_fill_for_reviewer(*, project: Project, reviewer, depth: int = PREFETCH_DEPTH) -> list[Lease]:
+    """Top the reviewer's active leases up to ``depth`` (current + prefetched) and return them, oldest first.
+
+    Called outside a transaction, each new lease commits on its own, so no lock is held across picks."""
+    now = timezone.now()
+    leases = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
+    while len(leases) < depth:
+        lease = lease_next_for_reviewer(project=project, reviewer=reviewer, now=now)
+        if lease is None:
+            break
+        leases.append(lease)
+    return leases
+
+
+def _lock_own_lease(*, lease_id: int, reviewer) -> Lease:
+    try:
+        return (
+            Lease.objects.select_for_update(of=("self",))
+            .select_related("item__project")
+            .get(pk=lease_id, reviewer=reviewer)
+        )
+    except Lease.DoesNotExist:
+        raise ValidationError("This item is not leased to you: reload the queue to get your current item.") from None
+
+
+@transaction.atomic
+def lease_skip(*, lease_id: int, reviewer) -> Lease:
+    """Put an item back for this reviewer only: it returns to them after everything else."""
+    lease = _lock_own_lease(lease_id=lease_id, reviewer=reviewer)
+    if lease.status != Lease.Status.ACTIVE:
+        raise ValidationError(f"This item is {lease.status}, not on your screen: there is nothing to skip.")
+    lease.status = Lease.Status.SKIPPED
+    lease.save(update_fields=["status", "updated_at"])
+    return lease
+
+
+@transaction.atomic
+def lease_release(*, lease: Lease) -> Lease:
+    """Give a lease's slot back so its reviewer can review the item again (their annotation gets a new revision)."""
+    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease.pk)
+    if lease.status not in LIVE:
+        raise ValidationError(f"Only an active or submitted lease can be released; this one is {lease.status}.")
+    lease.status = Lease.Status.RELEASED
+    lease.save(update_fields=["status", "updated_at"])
+    return lease
+
+
+@transaction.atomic
+def lease_expire(*, lease_id: int, project: Project) -> Lease:
+    """End an active lease now (admin), so the item goes back into the queue."""
+    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease_id, project=project)
+    if lease.status != Lease.Status.ACTIVE:
+        raise ValidationError(f"Lease {lease.pk} is {lease.status}, not active: there is nothing to expire.")
+    lease.status = Lease.Status.EXPIRED
+    lease.save(update_fields=["status", "updated_at"])
+    return lease
+
+
+@transaction.atomic
+def lease_reassign(*, lease_id: int, project: Project, to_reviewer) -> Lease:
+    """Move an active lease to another member (admin); the old holder loses it, the item keeps its slot count."""
+    lease = (
+        Lease.objects.select_for_update(of=("self",)).select_related("item__project").get(pk=lease_id, project=project)
+    )
+    if lease.status != Lease.Status.ACTIVE:
+        raise ValidationError(f"Lease {lease.pk} is {lease.status}: only an active lease can be reassigned.")
+    if to_reviewer.pk == lease.reviewer_id:
+        raise ValidationError(f"{to_reviewer.get_username()} already holds this lease: choose someone else.")
+    if not project.members.filter(pk=to_reviewer.pk).exists():
+        raise ValidationError(f"{to_reviewer.get_username()} is not a member of {project.name}: add them first.")
+    if Lease.objects.filter(item=lease.item, reviewer=to_reviewer, status__in=LIVE).exists():
+        raise ValidationError(
+            f"{to_reviewer.get_username()} already has item {lease.item_id} (active or submitted): "
+            "a reviewer reviews an item once."
+        )
+    lease.status = Lease.Status.EXPIRED
+    lease.save(update_fields=["status", "updated_at"])
+    return _take(item=lease.item, reviewer=to_reviewer, now=timezone.now())

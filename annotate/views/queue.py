@@ -1,0 +1,359 @@
+"""The review queue: task screens, submit-and-next, skip, undo, flag, history, and queue health for admins.
+
+The page holds two cards: the item on screen and the prefetched one behind it (both leased). A
+submission answers with the card that should be prefetched next, so the browser swaps the
+prefetched card in at once and never waits on the server between items.
+"""
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import reswap, retarget, trigger_client_event
+
+from annotate import selectors
+from annotate.models import Lease, Project, RubricVersion, TaskKind
+from annotate.services import annotations as annotation_services
+from annotate.services import queue as queue_services
+
+QUEUE = "annotate/queue.html"
+HEALTH = "annotate/queue_health.html"
+HISTORY = "annotate/queue_history.html"
+GOLD_ACTIONS = [
+    ("accept", "Accept the selected candidate", "1–9"),
+    ("edit", "Edit the selected candidate", "e"),
+    ("write", "Write one from scratch", "w"),
+    ("unusable", "Mark the item unusable", "x"),
+]
+
+
+def _errors(exc: ValidationError) -> tuple[dict[str, str], list[str]]:
+    if hasattr(exc, "error_dict"):
+        return {field: " ".join(msgs) for field, msgs in exc.message_dict.items()}, []
+    return {}, list(exc.messages)
+
+
+def _form_values(kind: str, payload: dict | None, display_order: list[int]) -> dict[str, str]:
+    """The form values that reproduce a payload (for undo and for editing a revision)."""
+    if not payload:
+        return {}
+    position = {index: str(pos + 1) for pos, index in enumerate(display_order)}
+    if kind == TaskKind.GOLD:
+        return {
+            "action": payload.get("action", ""),
+            "source": position.get(payload.get("source_index"), ""),
+            "answer": payload.get("answer", ""),
+            "reason": payload.get("reason", ""),
+        }
+    if kind == TaskKind.PREFERENCE:
+        choice = payload.get("choice", "")
+        return {
+            "choice": position.get(payload.get("chosen"), "") if choice == "response" else choice,
+            "worst": position.get(payload.get("rejected"), ""),
+            "strength": payload.get("strength") or "",
+            "rationale": payload.get("rationale", ""),
+        }
+    return {f"score-{key}": str(value) for key, value in (payload.get("scores") or {}).items()}
+
+
+def _card(
+    *,
+    project: Project,
+    item,
+    display_order: list[int],
+    rubric: RubricVersion | None,
+    lease: Lease | None = None,
+    values: dict | None = None,
+    errors: dict | None = None,
+    action_url: str = "",
+) -> dict:
+    """Everything a task screen shows. Only the item and this reviewer's own values: never anyone else's."""
+    values = {k: v for k, v in (values or {}).items() if isinstance(v, str)}
+    errors = errors or {}
+    responses = item.responses or []
+    order = display_order if len(display_order) == len(responses) else list(range(len(responses)))
+    shown = []
+    for pos, index in enumerate(order, start=1):
+        selected = values.get("source" if item.kind == TaskKind.GOLD else "choice") == str(pos)
+        shown.append({"pos": pos, "text": responses[index].get("text", ""), "checked": selected})
+    criteria = []
+    if item.kind == TaskKind.RUBRIC and rubric is not None:
+        for criterion in rubric.criteria:
+            key = criterion["key"]
+            field = f"score-{key}"
+            levels = [
+                {**level, "checked": values.get(field) == str(level.get("value"))}
+                for level in criterion.get("levels", [])
+            ]
+            criteria.append(
+                {
+                    "key": key,
+                    "name": criterion.get("name", key),
+                    "field": field,
+                    "levels": levels,
+                    "error": errors.get(field, ""),
+                }
+            )
+    slug = project.slug
+    card = {
+        "item": item,
+        "kind": item.kind,
+        "template": f"annotate/partials/task_{item.kind}.html",
+        "messages": item.messages if isinstance(item.messages, list) else None,
+        "responses": shown,
+        "scored": shown[0] if item.kind == TaskKind.RUBRIC and shown else None,
+        "rubric": rubric,
+        "criteria": criteria,
+        "values": values,
+        "errors": errors,
+        "gold_actions": GOLD_ACTIONS,
+        "lease": lease,
+        "action_url": action_url,
+    }
+    if lease is not None:
+        card.update(
+            action_url=reverse("annotate:queue-submit", args=[slug, lease.pk]),
+            skip_url=reverse("annotate:queue-skip", args=[slug, lease.pk]),
+            flag_url=reverse("annotate:queue-flag", args=[slug, lease.pk]),
+            undo_url=reverse("annotate:queue-undo", args=[slug]),
+        )
+    return card
+
+
+def _lease_card(project, lease, rubric, **kwargs) -> dict:
+    return _card(
+        project=project, item=lease.item, display_order=lease.display_order, rubric=rubric, lease=lease, **kwargs
+    )
+
+
+def _rubric(project: Project) -> RubricVersion | None:
+    if TaskKind.RUBRIC not in (project.task_kinds or []):
+        return None
+    return selectors.rubric_version_active(project=project)
+
+
+def _queue_context(request, project: Project, leases: list[Lease], **current_kwargs) -> dict:
+    rubric = _rubric(project)
+    return {
+        "project": project,
+        "current": _lease_card(project, leases[0], rubric, **current_kwargs) if leases else None,
+        "prefetch": _lease_card(project, leases[1], rubric) if len(leases) > 1 else None,
+        "blocked_reason": selectors.queue_blocked_reason(project=project),
+    }
+
+
+def _page(request, project: Project, leases: list[Lease], *, status: int = 200, alert: str = "", **kw) -> HttpResponse:
+    context = _queue_context(request, project, leases, **kw)
+    context.update(
+        alert=alert,
+        progress=selectors.queue_progress(project=project, user=request.user),
+        recent=selectors.annotation_recent_for_reviewer(user=request.user, project=project),
+    )
+    return render(request, QUEUE, context, status=status)
+
+
+def _held(request) -> set[int]:
+    return {int(x) for x in request.POST.get("have", "").split(",") if x.strip().isdigit()}
+
+
+def _prefetch_response(request, project: Project, leases: list[Lease], event: str, detail: dict) -> HttpResponse:
+    """The next card the browser does not hold yet (it has already moved its prefetched card on screen)."""
+    held = _held(request)
+    upcoming = [lease for lease in leases if lease.pk not in held]
+    rubric = _rubric(project)
+    context = {"project": project, "prefetch": _lease_card(project, upcoming[0], rubric) if upcoming else None}
+    response = render(request, QUEUE + "#prefetch", context)
+    return trigger_client_event(response, event, detail)
+
+
+def _alert(request, message: str, *, event: str = "", detail: dict | None = None) -> HttpResponse:
+    response = render(request, QUEUE + "#alert", {"alert": message})
+    response = reswap(retarget(response, "#queue-alert"), "innerHTML")
+    if event:
+        response = trigger_client_event(response, event, detail or {})
+    return response
+
+
+@require_GET
+def queue_page(request, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    leases = queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user)
+    if request.htmx:
+        return render(request, QUEUE + "#cards", _queue_context(request, project, leases))
+    return _page(request, project, leases)
+
+
+@require_GET
+def queue_next(request, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    leases = queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user)
+    return render(request, QUEUE + "#cards", _queue_context(request, project, leases))
+
+
+@require_GET
+def queue_progress(request, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    progress = selectors.queue_progress(project=project, user=request.user)
+    return render(request, QUEUE + "#progress", {"project": project, "progress": progress})
+
+
+@require_POST
+def queue_submit(request, slug: str, lease_id: int) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
+    try:
+        _, leases = annotation_services.annotation_submit_and_refill(
+            lease_id=lease.pk,
+            reviewer=request.user,
+            project=project,
+            data=request.POST,
+            duration_ms=request.POST.get("duration_ms"),
+        )
+    except ValidationError as exc:
+        fields, general = _errors(exc)
+        if request.htmx:
+            message = " ".join(general + list(fields.values()))
+            return _alert(request, message, event="goldset:submit-failed", detail={"lease": lease.pk})
+        leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
+        leases = [lease] + [other for other in leases if other.pk != lease.pk] if lease.status == "active" else leases
+        return _page(
+            request, project, leases, status=400, alert=" ".join(general), values=request.POST.dict(), errors=fields
+        )
+    if not request.htmx:
+        return redirect("annotate:queue", slug=project.slug)
+    return _prefetch_response(request, project, leases, "goldset:submitted", {"lease": lease.pk})
+
+
+@require_POST
+def queue_skip(request, slug: str, lease_id: int) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
+    try:
+        queue_services.lease_skip(lease_id=lease.pk, reviewer=request.user)
+    except ValidationError as exc:
+        if request.htmx:
+            return _alert(request, " ".join(exc.messages))
+        return redirect("annotate:queue", slug=project.slug)
+    if not request.htmx:
+        return redirect("annotate:queue", slug=project.slug)
+    leases = queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user)
+    return _prefetch_response(request, project, leases, "goldset:skipped", {"lease": lease.pk})
+
+
+@require_POST
+def queue_undo(request, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    try:
+        lease, undone = annotation_services.annotation_undo_last(project=project, reviewer=request.user)
+    except ValidationError as exc:
+        if request.htmx:
+            return _alert(request, " ".join(exc.messages))
+        leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
+        return _page(request, project, leases, status=400, alert=" ".join(exc.messages))
+    leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
+    leases = [lease] + [other for other in leases if other.pk != lease.pk]
+    values = _form_values(lease.item.kind, undone, lease.display_order)
+    if not request.htmx:
+        return _page(request, project, leases, values=values)
+    response = render(request, QUEUE + "#cards", _queue_context(request, project, leases, values=values))
+    return trigger_client_event(response, "goldset:undone", {"lease": lease.pk})
+
+
+@require_POST
+def queue_flag(request, slug: str, lease_id: int) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
+    try:
+        annotation_services.item_flag(
+            lease_id=lease.pk, reviewer=request.user, reason=request.POST.get("reason_flag", "")
+        )
+    except ValidationError as exc:
+        message, ok = " ".join(exc.messages), False
+    else:
+        message, ok = "Flagged for an admin. You can still answer or skip the item.", True
+    if not request.htmx:
+        return redirect("annotate:queue", slug=project.slug)
+    return render(request, QUEUE + "#flag-status", {"flag_message": message, "flag_ok": ok})
+
+
+@require_http_methods(["GET", "POST"])
+def annotation_history(request, slug: str, item_id: int) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    annotation = selectors.annotation_get_for_reviewer(user=request.user, project=project, item_id=item_id)
+    values, errors, alert, status = None, {}, "", 200
+    if request.method == "POST":
+        try:
+            annotation_services.annotation_revise(item_id=annotation.item_id, reviewer=request.user, data=request.POST)
+        except ValidationError as exc:
+            errors, general = _errors(exc)
+            values, alert, status = request.POST.dict(), " ".join(general), 400
+        else:
+            return redirect("annotate:annotation-history", slug=project.slug, item_id=annotation.item_id)
+    annotation = selectors.annotation_get_for_reviewer(user=request.user, project=project, item_id=item_id)
+    rubric = selectors.rubric_version_active(project=project)
+    card = _card(
+        project=project,
+        item=annotation.item,
+        display_order=annotation.display_order,
+        rubric=rubric if annotation.kind == TaskKind.RUBRIC else None,
+        values=values
+        if values is not None
+        else _form_values(annotation.kind, annotation.payload, annotation.display_order),
+        errors=errors,
+        action_url=request.path,
+    )
+    context = {
+        "project": project,
+        "annotation": annotation,
+        "revisions": annotation.revisions.order_by("-number"),
+        "card": card,
+        "alert": alert,
+    }
+    return render(request, HISTORY, context, status=status)
+
+
+# --- Admin: queue health ---------------------------------------------------------------------------
+
+
+def _health(request, project: Project, *, alert: str = "", status: int = 200) -> HttpResponse:
+    context = {"project": project, "health": selectors.queue_health(project=project), "alert": alert}
+    template = HEALTH + "#health" if request.htmx else HEALTH
+    return render(request, template, context, status=status)
+
+
+@require_GET
+def queue_health(request, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    return _health(request, project)
+
+
+@require_POST
+def queue_lease_expire(request, slug: str, lease_id: int) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    try:
+        queue_services.lease_expire(lease_id=lease_id, project=project)
+    except (ValidationError, Lease.DoesNotExist) as exc:
+        return _health(request, project, alert=_message(exc, lease_id), status=400)
+    return _health(request, project, alert=f"Lease {lease_id} expired: its item is back in the queue.")
+
+
+@require_POST
+def queue_lease_reassign(request, slug: str, lease_id: int) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    username = request.POST.get("to", "").strip()
+    to_reviewer = get_user_model().objects.filter(username=username).first()
+    if to_reviewer is None:
+        return _health(request, project, alert=f"No user named {username!r}: pick a member from the list.", status=400)
+    try:
+        queue_services.lease_reassign(lease_id=lease_id, project=project, to_reviewer=to_reviewer)
+    except (ValidationError, Lease.DoesNotExist) as exc:
+        return _health(request, project, alert=_message(exc, lease_id), status=400)
+    return _health(request, project, alert=f"Lease {lease_id} moved to {username}.")
+
+
+def _message(exc: Exception, lease_id: int) -> str:
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return f"No lease {lease_id} in this project: reload the page."

@@ -1,0 +1,305 @@
+"""The queue pages: task screens, htmx fragments, blind review and permissions."""
+
+import re
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from annotate.models import Annotation, Flag, Item, Lease, Rubric, RubricVersion
+
+pytestmark = pytest.mark.django_db
+
+HX = {"HTTP_HX_REQUEST": "true"}
+
+
+def make_item(project, n, kind="gold", **fields):
+    defaults = {
+        "prompt": f"Prompt {n}",
+        "responses": [{"text": f"Answer A{n}", "model": "m1"}, {"text": f"Answer B{n}", "model": "m2"}],
+    }
+    defaults.update(fields)
+    return Item.objects.create(project=project, kind=kind, content_hash=f"h-{kind}-{n}", split="train", **defaults)
+
+
+def url(name, project, *args):
+    return reverse(f"annotate:{name}", args=[project.slug, *args])
+
+
+def current_lease(client, project):
+    html = client.get(url("queue-next", project), **HX).content.decode()
+    match = re.search(r'id="queue-current".*?data-lease="(\d+)"', html, re.S)
+    return Lease.objects.get(pk=int(match.group(1))), html
+
+
+def test_the_queue_page_shows_the_current_item_and_prefetches_the_next(client, alice, project):
+    make_item(project, 1, prompt="First <b>prompt</b>")
+    make_item(project, 2)
+    client.force_login(alice)
+    response = client.get(url("queue", project))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "First &lt;b&gt;prompt&lt;/b&gt;" in html  # escaped, never raw
+    assert 'id="queue-prefetch" hidden' in html and "Prompt 2" in html
+    assert Lease.objects.filter(reviewer=alice, status="active").count() == 2
+
+
+def test_the_htmx_request_gets_only_the_cards_fragment(client, alice, project):
+    make_item(project, 1)
+    client.force_login(alice)
+    html = client.get(url("queue", project), **HX).content.decode()
+    assert 'id="queue-cards"' in html and "<html" not in html and "queue-progress" not in html
+
+
+def test_chat_messages_are_shown_as_turns(client, alice, project):
+    make_item(project, 1, messages=[{"role": "user", "content": "Hi <there>"}, {"role": "assistant", "content": "Yo"}])
+    client.force_login(alice)
+    html = client.get(url("queue", project)).content.decode()
+    assert 'class="turn turn-user"' in html and "Hi &lt;there&gt;" in html
+
+
+def test_submit_stores_the_annotation_and_returns_the_next_prefetch(client, alice, project):
+    for n in range(3):
+        make_item(project, n)
+    client.force_login(alice)
+    first, _ = current_lease(client, project)
+    second = Lease.objects.filter(reviewer=alice, status="active").exclude(pk=first.pk).get()
+    position = first.display_order.index(1) + 1
+    response = client.post(
+        url("queue-submit", project, first.pk),
+        {"action": "accept", "source": str(position), "have": str(second.pk), "duration_ms": "4200"},
+        **HX,
+    )
+    assert response.status_code == 200
+    assert "Prompt 2" in response.content.decode()  # the third item, the one not yet held
+    assert "goldset:submitted" in response["HX-Trigger"]
+    annotation = Annotation.objects.get(item=first.item, reviewer=alice)
+    assert annotation.payload == {"action": "accept", "answer": "Answer B0", "source_index": 1, "reason": ""}
+    assert annotation.duration_ms == 4200 and annotation.display_order == first.display_order
+    first.refresh_from_db()
+    assert first.status == "submitted"
+
+
+def test_a_plain_form_post_redirects_back_to_the_queue(client, alice, project):
+    make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    response = client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "Mine"})
+    assert response.status_code == 302 and response.url == url("queue", project)
+
+
+def test_an_invalid_answer_is_refused_with_a_clear_message(client, alice, project):
+    make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    response = client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "  "}, **HX)
+    assert response["HX-Retarget"] == "#queue-alert"
+    assert "Write the reference answer: it is empty." in response.content.decode()
+    assert "goldset:submit-failed" in response["HX-Trigger"]
+    assert not Annotation.objects.exists()
+    page = client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "  "})
+    assert page.status_code == 400 and "Write the reference answer" in page.content.decode()
+
+
+def test_a_reviewer_cannot_submit_on_someone_elses_lease(client, alice, bob, project):
+    make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    client.force_login(bob)
+    response = client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "x"})
+    assert response.status_code == 404
+    assert not Annotation.objects.exists()
+
+
+def test_blind_review_hides_other_answers_in_page_fragment_and_history(client, alice, bob, project):
+    item = make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    secret = "ALICE-SECRET-ANSWER"
+    client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": secret}, **HX)
+    client.force_login(bob)
+    bob_lease, fragment = current_lease(client, project)
+    assert bob_lease.item == item
+    assert secret not in fragment
+    assert secret not in client.get(url("queue", project)).content.decode()
+    assert client.get(url("annotation-history", project, item.pk)).status_code == 404
+    assert secret not in client.get(url("queue-progress", project), **HX).content.decode()
+
+
+def test_check_items_look_like_any_other(client, alice, project):
+    make_item(project, 1, is_check=True, check_answer={"action": "accept", "source_index": 0})
+    client.force_login(alice)
+    html = client.get(url("queue", project)).content.decode()
+    assert "check" not in html.lower().replace("checked", "").replace("checkbox", "")
+
+
+def test_a_non_member_gets_404_everywhere(client, alice, mallory, project):
+    make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    client.force_login(mallory)
+    assert client.get(url("queue", project)).status_code == 404
+    assert client.get(url("queue-next", project), **HX).status_code == 404
+    assert client.post(url("queue-skip", project, lease.pk)).status_code == 404
+    assert client.post(url("queue-undo", project)).status_code == 404
+    assert not Lease.objects.filter(reviewer=mallory).exists()
+
+
+def test_anonymous_users_must_log_in(client, project):
+    response = client.get(url("queue", project))
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+def test_skip_returns_the_next_prefetch_and_sends_the_item_to_the_back(client, alice, project):
+    first, second, third = make_item(project, 1), make_item(project, 2), make_item(project, 3)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    assert lease.item == first
+    held = Lease.objects.get(reviewer=alice, item=second)
+    response = client.post(url("queue-skip", project, lease.pk), {"have": str(held.pk)}, **HX)
+    assert "Prompt 3" in response.content.decode()
+    assert "goldset:skipped" in response["HX-Trigger"]
+    lease.refresh_from_db()
+    assert lease.status == "skipped"
+    active = Lease.objects.filter(reviewer=alice, status="active").order_by("expires_at", "id")
+    assert [x.item for x in active] == [second, third]
+
+
+def test_undo_brings_the_last_item_back_with_its_answer(client, alice, project):
+    make_item(project, 1)
+    make_item(project, 2)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "Undo me"}, **HX)
+    response = client.post(url("queue-undo", project), **HX)
+    html = response.content.decode()
+    assert response.status_code == 200 and "goldset:undone" in response["HX-Trigger"]
+    assert re.search(rf'id="queue-current".*?data-lease="{lease.pk}"', html, re.S)
+    assert "Undo me" in html
+    assert not Annotation.objects.filter(reviewer=alice).exists()
+
+
+def test_undo_with_nothing_submitted_says_so(client, alice, project):
+    client.force_login(alice)
+    response = client.post(url("queue-undo", project), **HX)
+    assert "Nothing to undo" in response.content.decode() and response["HX-Retarget"] == "#queue-alert"
+
+
+def test_flagging_records_the_reason_for_admins(client, alice, project):
+    item = make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    response = client.post(url("queue-flag", project, lease.pk), {"reason_flag": "Prompt is cut off"}, **HX)
+    assert "Flagged for an admin" in response.content.decode()
+    assert Flag.objects.get(item=item).reason == "Prompt is cut off"
+    response = client.post(url("queue-flag", project, lease.pk), {"reason_flag": ""}, **HX)
+    assert "Say what is wrong" in response.content.decode()
+
+
+def test_the_progress_fragment_counts_my_work(client, alice, project):
+    for n in range(3):
+        make_item(project, n)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "x"}, **HX)
+    html = client.get(url("queue-progress", project), **HX).content.decode()
+    assert '<b data-stat="done-today">1</b>' in html
+    assert '<b data-stat="left-for-me">2</b>' in html  # 3 items, one done by me
+    assert "1 of 6" in html
+
+
+def test_rubric_screen_shows_levels_and_descriptions(client, alice, project):
+    rubric = Rubric.objects.create(project=project, name="Helpfulness")
+    RubricVersion.objects.create(
+        rubric=rubric,
+        number=2,
+        status="active",
+        activated_at=timezone.now(),
+        criteria=[
+            {
+                "key": "accuracy",
+                "name": "Accuracy",
+                "scale": "ordinal",
+                "levels": [
+                    {"value": 1, "label": "Wrong", "description": "States <false> facts"},
+                    {"value": 2, "label": "Right", "description": "All facts check out"},
+                ],
+            }
+        ],
+    )
+    make_item(project, 1, kind="rubric")
+    client.force_login(alice)
+    lease, html = current_lease(client, project)
+    assert "Helpfulness" in html and "States &lt;false&gt; facts" in html and 'name="score-accuracy"' in html
+    client.post(url("queue-submit", project, lease.pk), {"score-accuracy": "2"}, **HX)
+    annotation = Annotation.objects.get(reviewer=alice)
+    assert annotation.payload["scores"] == {"accuracy": 2} and annotation.rubric_version.number == 2
+
+
+def test_rubric_page_explains_why_rubric_items_wait(client, alice, project):
+    make_item(project, 1, kind="rubric")
+    client.force_login(alice)
+    html = client.get(url("queue", project)).content.decode()
+    assert "no active rubric version" in html
+
+
+def test_preference_screen_shows_all_responses_in_stored_order(client, alice, project):
+    make_item(project, 1, kind="preference")
+    client.force_login(alice)
+    lease, html = current_lease(client, project)
+    first_shown = "Answer A1" if lease.display_order[0] == 0 else "Answer B1"
+    second_shown = "Answer B1" if first_shown == "Answer A1" else "Answer A1"
+    assert html.index(first_shown) < html.index(second_shown)
+    client.post(url("queue-submit", project, lease.pk), {"choice": "1", "strength": "clear"}, **HX)
+    payload = Annotation.objects.get(reviewer=alice).payload
+    assert payload["chosen"] == lease.display_order[0] and payload["rejected"] == lease.display_order[1]
+
+
+def test_history_shows_my_revisions_and_saving_adds_one(client, alice, project):
+    item = make_item(project, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "First take"}, **HX)
+    history = url("annotation-history", project, item.pk)
+    assert "First take" in client.get(history).content.decode()
+    response = client.post(history, {"action": "write", "answer": "Second take"})
+    assert response.status_code == 302
+    annotation = Annotation.objects.get(reviewer=alice)
+    assert annotation.revision == 2 and annotation.payload["answer"] == "Second take"
+    assert [r.payload["answer"] for r in annotation.revisions.order_by("number")] == ["First take", "Second take"]
+
+
+def test_queue_health_is_for_admins_only(client, alice, admin_user, project):
+    make_item(project, 1)
+    client.force_login(alice)
+    current_lease(client, project)
+    assert client.get(url("queue-health", project)).status_code == 403
+    client.force_login(admin_user)
+    html = client.get(url("queue-health", project)).content.decode()
+    assert "leases out" in html and "alice" in html
+    fragment = client.get(url("queue-health", project), **HX).content.decode()
+    assert fragment.lstrip().startswith('<div id="health"')
+
+
+def test_an_admin_expires_and_reassigns_leases_from_the_health_page(client, alice, bob, admin_user, project):
+    make_item(project, 1)
+    make_item(project, 2)
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    other = Lease.objects.filter(reviewer=alice, status="active").exclude(pk=lease.pk).get()
+    client.force_login(admin_user)
+    response = client.post(url("queue-lease-reassign", project, lease.pk), {"to": "bob"}, **HX)
+    assert "moved to bob" in response.content.decode()
+    assert Lease.objects.get(item=lease.item, reviewer=bob).status == "active"
+    response = client.post(url("queue-lease-expire", project, other.pk), **HX)
+    assert "expired" in response.content.decode()
+    other.refresh_from_db()
+    assert other.status == "expired"
+    client.force_login(alice)
+    assert client.post(url("queue-lease-expire", project, other.pk)).status_code == 403
+
+
+def test_the_project_page_has_a_start_reviewing_button(client, alice, project):
+    client.force_login(alice)
+    html = client.get(project.get_absolute_url()).content.decode()
+    assert "Start reviewing" in html and url("queue", project) in html
