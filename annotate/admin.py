@@ -1,6 +1,83 @@
 from django.contrib import admin
 
-from annotate.models import AgreementReport, RubricVersion
+from annotate.models import (
+    Adjudication,
+    AgreementReport,
+    Annotation,
+    Flag,
+    ImportBatch,
+    Item,
+    Lease,
+    Project,
+    RubricVersion,
+)
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    """Projects, their settings and their members (who may see and review them)."""
+
+    list_display = ["name", "slug", "overlap_k", "eval_share", "consensus_rule", "created_at"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["members"]
+    readonly_fields = ["created_by", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        obj.full_clean()
+        super().save_model(request, obj, form, change)
+
+
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Judgements and items change only through Goldset's services, which keep their history."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Item)
+class ItemAdmin(ViewOnlyAdmin):
+    list_display = ["id", "project", "kind", "split", "provenance", "is_check", "review_count"]
+    list_filter = ["project", "kind", "split", "provenance", "is_check"]
+    search_fields = ["prompt", "content_hash"]
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(ViewOnlyAdmin):
+    list_display = ["id", "item", "reviewer", "kind", "revision", "updated_at"]
+    list_filter = ["kind"]
+
+
+@admin.register(Lease)
+class LeaseAdmin(ViewOnlyAdmin):
+    list_display = ["id", "item", "reviewer", "status", "expires_at"]
+    list_filter = ["status"]
+
+
+@admin.register(ImportBatch)
+class ImportBatchAdmin(ViewOnlyAdmin):
+    list_display = ["id", "filename", "project", "status", "rows_imported", "rows_rejected", "created_at"]
+    list_filter = ["status"]
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(ViewOnlyAdmin):
+    list_display = ["id", "item", "adjudicator", "created_at"]
+
+
+@admin.register(Flag)
+class FlagAdmin(admin.ModelAdmin):
+    list_display = ["id", "item", "reviewer", "resolved", "created_at"]
+    list_filter = ["resolved"]
+    readonly_fields = ["item", "reviewer", "reason", "created_at"]
 
 
 @admin.register(RubricVersion)

@@ -28,6 +28,12 @@ ROLE_PERMISSIONS = {
         "annotate.add_importbatch",
         "annotate.add_rubric",
         "annotate.add_rubricversion",
+        "annotate.view_rubricversion",
+        "annotate.view_lease",
+        "annotate.view_importbatch",
+        "annotate.view_flag",
+        "annotate.change_flag",
+        "annotate.view_adjudication",
     ],
 }
 

@@ -30,6 +30,10 @@ def user_grant_role(*, user, role: str) -> None:
         raise ValueError(f"Unknown role {role!r}: choose one of {', '.join(roles.ROLES)}.")
     group = roles_ensure()[role]
     user.groups.add(group)
+    if role == roles.ADMIN and not user.is_staff:
+        # Goldset admins manage projects and members through the Django admin site.
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
     if hasattr(user, "_goldset_roles"):
         del user._goldset_roles
 
