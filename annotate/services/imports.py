@@ -1,0 +1,451 @@
+"""Item imports: store an upload, stream it through the parsers, write items in one transaction.
+
+An import runs in two streaming passes, so memory stays flat however big the file is:
+
+1. *Check*: every row is parsed and validated; good rows go to a temporary spool file, bad rows
+   are counted, the first ``MAX_REPORTED`` errors kept on the batch and every bad row written to a
+   rejected-rows file. Progress (``bytes_read``, ``rows_seen``) is committed every chunk.
+2. *Write* (only when the mode allows it): the spool is read back in chunks inside one
+   transaction; each chunk's content hashes are looked up in the project (one indexed query) so
+   duplicates, within the file or against earlier imports, are reported by line and never
+   inserted twice. Rows go in by ``executemany`` (SQLite) or ``COPY`` (PostgreSQL).
+
+Split scheme: an item goes to eval when
+``int(sha256(f"{split_seed}:{stratum}:{content_hash}")[:16], 16) / 2**64 < project.eval_share``,
+where the stratum is the item's kind. The draw is seeded (``project.split_seed``), independent per
+stratum (so each kind gets the eval share on its own, within sampling error), and depends on
+nothing else: the same content always lands in the same split, and an item once written is never
+updated, so a re-import never moves it. LLM-judged rows always go to train: eval data is human-made.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import math
+import pickle
+import shutil
+import tempfile
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.text import get_valid_filename
+
+from annotate import importers
+from annotate.models import ImportBatch, Item, Project, Provenance
+
+CHUNK_ROWS = 1000
+MAX_REPORTED = 200
+DEFAULT_INLINE_MAX_BYTES = 1024 * 1024
+
+
+def inline_max_bytes() -> int:
+    """Uploads up to this size are imported during the request; bigger ones go to the worker."""
+    return int(getattr(settings, "GOLDSET_IMPORT_INLINE_MAX_BYTES", DEFAULT_INLINE_MAX_BYTES))
+
+
+def imports_dir() -> Path:
+    return Path(settings.MEDIA_ROOT) / "imports"
+
+
+def split_for(*, split_seed: int, stratum: str, content_hash: str, eval_share: Decimal | float) -> str:
+    """The item's split: a seeded draw from its content hash and stratum only (see the module docstring)."""
+    digest = hashlib.sha256(f"{split_seed}:{stratum}:{content_hash}".encode()).hexdigest()
+    return "eval" if int(digest[:16], 16) / 2**64 < float(eval_share) else "train"
+
+
+def split_tolerance(*, n: int, share: float) -> float:
+    """How far a stratum's eval share may stray from the target: three standard errors, at least 2 points."""
+    if n == 0:
+        return 1.0
+    return max(0.02, 3 * math.sqrt(share * (1 - share) / n))
+
+
+# --- creating a batch --------------------------------------------------------------------------
+
+
+@transaction.atomic
+def import_batch_create(
+    *,
+    project: Project,
+    uploaded_by,
+    filename: str,
+    upload: IO[bytes] | None = None,
+    path: Path | None = None,
+    file_format: str = "",
+    mode: str = ImportBatch.Mode.ALL_OR_NOTHING,
+    provenance: str = Provenance.HUMAN,
+) -> ImportBatch:
+    """Record an import; an upload is copied under MEDIA_ROOT, a local path is read in place."""
+    file_format = file_format or importers.guess_format(filename)
+    if file_format not in importers.FORMATS:
+        raise ValidationError({"file_format": f"Unknown format {file_format!r}: use jsonl or csv."})
+    batch = ImportBatch(
+        project=project,
+        uploaded_by=uploaded_by,
+        filename=Path(filename).name[:255],
+        file_format=file_format,
+        mode=mode,
+        provenance=provenance,
+    )
+    batch.full_clean()
+    if upload is not None:
+        target = imports_dir() / "uploads" / f"{uuid.uuid4().hex}-{get_valid_filename(batch.filename) or 'upload'}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            if hasattr(upload, "chunks"):
+                for piece in upload.chunks():
+                    out.write(piece)
+            else:
+                shutil.copyfileobj(upload, out, 1024 * 1024)
+        path = target
+    if path is None:
+        raise ValueError("Give the upload or a path to read.")
+    batch.stored_path = str(path)
+    batch.bytes_total = Path(path).stat().st_size
+    batch.save()
+    return batch
+
+
+def import_batch_submit(
+    *,
+    project: Project,
+    uploaded_by,
+    upload: IO[bytes],
+    filename: str,
+    file_format: str = "",
+    mode: str = ImportBatch.Mode.ALL_OR_NOTHING,
+    provenance: str = Provenance.HUMAN,
+) -> ImportBatch:
+    """Store an upload and import it: inline when small, through the worker when big."""
+    from annotate.tasks import import_run
+
+    batch = import_batch_create(
+        project=project,
+        uploaded_by=uploaded_by,
+        filename=filename,
+        upload=upload,
+        file_format=file_format,
+        mode=mode,
+        provenance=provenance,
+    )
+    if batch.bytes_total > inline_max_bytes():
+        import_run.delay_on_commit(batch.id)
+        return batch
+    return import_batch_run(batch_id=batch.id)
+
+
+def import_batch_run(*, batch_id: int) -> ImportBatch:
+    """Claim a queued batch and import its file; a batch already claimed is left alone."""
+    claimed = ImportBatch.objects.filter(id=batch_id, status=ImportBatch.Status.QUEUED).update(
+        status=ImportBatch.Status.RUNNING
+    )
+    batch = ImportBatch.objects.select_related("project").get(id=batch_id)
+    if not claimed:
+        return batch
+    uploaded = Path(batch.stored_path)
+    try:
+        with open(uploaded, "rb") as fileobj:
+            import_file_run(batch=batch, fileobj=fileobj)
+    except OSError as exc:
+        _finish(batch, status=ImportBatch.Status.FAILED, message=f"The uploaded file could not be read: {exc}.")
+    finally:
+        # Uploads are copies made for this batch; a path given to the command is the user's own file.
+        if uploaded.is_relative_to(imports_dir() / "uploads"):
+            uploaded.unlink(missing_ok=True)
+    return batch
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+class _Rejected:
+    """The rejected-rows file: each bad row's original text with its line and errors."""
+
+    def __init__(self, batch: ImportBatch, header: list[str] | None):
+        self.batch = batch
+        self.header = header
+        self.path = imports_dir() / "rejected" / f"batch-{batch.id}-rejected.{batch.file_format}"
+        self.handle: IO[str] | None = None
+        self.writer: Any = None
+
+    def write(self, parsed: importers.ParsedRow) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+            if self.batch.file_format == "csv":
+                self.writer = csv.writer(self.handle)
+                self.writer.writerow(["line", "error", *(self.header or ["original"])])
+        errors = "; ".join(str(e) for e in parsed.errors)
+        if self.writer is not None:
+            self.writer.writerow([parsed.line, errors, *(parsed.raw_fields or [parsed.raw])])
+        else:
+            self.handle.write(json.dumps({"line": parsed.line, "error": errors, "original": parsed.raw}) + "\n")
+
+    def close(self) -> str:
+        if self.handle is None:
+            return ""
+        self.handle.close()
+        return str(self.path)
+
+
+def _progress(batch: ImportBatch, **fields) -> None:
+    for name, value in fields.items():
+        setattr(batch, name, value)
+    # A plain UPDATE outside the write transaction, so the progress page sees it at once.
+    ImportBatch.objects.filter(pk=batch.pk).update(**fields)
+
+
+def _finish(batch: ImportBatch, *, status: str, message: str, **fields) -> None:
+    fields.update(status=status, message=message, finished_at=timezone.now())
+    _progress(batch, **fields)
+
+
+def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int = CHUNK_ROWS) -> ImportBatch:
+    """Check every row of the file, then write the good ones in one transaction (see the module docstring)."""
+    project = batch.project
+    header = None
+    if batch.file_format == "csv" and fileobj.seekable():
+        header = importers.csv_header(fileobj)
+        fileobj.seek(0)
+    rejected = _Rejected(batch, header)
+    errors: list[dict] = []
+    rows_seen = bad = good = 0
+    end = 0
+    with tempfile.TemporaryFile() as spool:
+        try:
+            rows = importers.parse(
+                fileobj,
+                file_format=batch.file_format,
+                task_kinds=project.task_kinds,
+                default_provenance=batch.provenance,
+            )
+            for parsed in rows:
+                rows_seen += 1
+                end = parsed.end_offset
+                if parsed.ok:
+                    good += 1
+                    pickle.dump((parsed.line, parsed.row), spool, protocol=pickle.HIGHEST_PROTOCOL)
+                else:
+                    bad += 1
+                    if len(errors) < MAX_REPORTED:
+                        errors.extend(e.as_dict() for e in parsed.errors)
+                    rejected.write(parsed)
+                if rows_seen % chunk_rows == 0:
+                    _progress(batch, bytes_read=end, rows_seen=rows_seen)
+        except importers.FileInvalid as exc:
+            rejected.close()
+            _finish(
+                batch,
+                status=ImportBatch.Status.FAILED,
+                message=f"Nothing imported: {exc.error}.",
+                errors=[exc.error.as_dict()],
+            )
+            return batch
+        rejected_path = rejected.close()
+        _progress(
+            batch,
+            bytes_read=batch.bytes_total or end,
+            rows_seen=rows_seen,
+            rows_rejected=bad,
+            errors=errors[:MAX_REPORTED],
+            rejected_path=rejected_path,
+        )
+        if rows_seen == 0:
+            _finish(batch, status=ImportBatch.Status.FAILED, message="The file has no rows: nothing imported.")
+            return batch
+        if bad and batch.mode == ImportBatch.Mode.ALL_OR_NOTHING:
+            _finish(
+                batch,
+                status=ImportBatch.Status.FAILED,
+                message=(
+                    f"{bad} of {rows_seen} rows are bad, so nothing was imported. Fix them and import again, "
+                    "or choose 'import the good rows' to skip them."
+                ),
+            )
+            return batch
+        spool.seek(0)
+        _progress(batch, message=f"Writing {good} rows…")
+        try:
+            imported, duplicates, dup_report, strata = _write(batch, spool, chunk_rows=chunk_rows)
+        except Exception as exc:  # any failure rolls back and is reported in words
+            _finish(
+                batch,
+                status=ImportBatch.Status.FAILED,
+                message=f"The import stopped while writing ({exc}); the transaction was rolled back: nothing imported.",
+            )
+            return batch
+    summary = [f"Imported {imported} of {rows_seen} rows."]
+    if duplicates:
+        summary.append(f"{duplicates} duplicates not imported again.")
+    if bad:
+        summary.append(f"{bad} bad rows skipped (download them below).")
+    summary.append(_split_summary(strata, float(project.eval_share)))
+    _finish(
+        batch,
+        status=ImportBatch.Status.SUCCEEDED,
+        message=" ".join(summary),
+        rows_imported=imported,
+        duplicates=duplicates,
+        errors=errors[:MAX_REPORTED] + dup_report,
+    )
+    return batch
+
+
+def _split_summary(strata: dict[str, list[int]], share: float) -> str:
+    parts, warnings = [], []
+    for kind, (train, evals) in sorted(strata.items()):
+        n = train + evals
+        actual = evals / n if n else 0.0
+        parts.append(f"{kind} {train} train / {evals} eval ({actual:.1%})")
+        if abs(actual - share) > split_tolerance(n=n, share=share):
+            warnings.append(f"{kind}'s eval share {actual:.1%} is off the target {share:.0%}")
+    text = "Split: " + ", ".join(parts) + "." if parts else ""
+    if warnings:
+        text += " Warning: " + "; ".join(warnings) + " (a small or LLM-judged stratum can do this)."
+    return text
+
+
+def _read_spool(spool: IO[bytes], size: int) -> Iterator[list[tuple[int, dict]]]:
+    chunk = []
+    while True:
+        try:
+            chunk.append(pickle.load(spool))
+        except EOFError:
+            break
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@transaction.atomic
+def _write(batch: ImportBatch, spool: IO[bytes], *, chunk_rows: int):
+    project = batch.project
+    seed, share = project.split_seed, project.eval_share
+    strata: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    imported = duplicates = 0
+    dup_report: list[dict] = []
+    now = timezone.now()
+    insert = _Inserter(batch.id, project.id, now)
+    for chunk in _read_spool(spool, chunk_rows):
+        hashes = [row["content_hash"] for _, row in chunk]
+        known = {
+            h: (item_id, batch_id, line)
+            for h, item_id, batch_id, line in Item.objects.filter(project=project, content_hash__in=hashes).values_list(
+                "content_hash", "id", "import_batch_id", "source_line"
+            )
+        }
+        fresh = []
+        for line, row in chunk:
+            h = row["content_hash"]
+            if h in known:
+                duplicates += 1
+                item_id, batch_id, first_line = known[h]
+                if batch_id == batch.id:
+                    message = f"Duplicate of line {first_line} in this file (same normalized content); imported once."
+                else:
+                    message = (
+                        f"Already in the project as item #{item_id} (same normalized content); not imported again."
+                    )
+                if len(dup_report) < MAX_REPORTED:
+                    dup_report.append({"line": line, "field": "", "message": message, "kind": "duplicate"})
+                continue
+            if row["provenance"] == Provenance.LLM_JUDGED:
+                split = "train"
+            else:
+                split = split_for(split_seed=seed, stratum=row["kind"], content_hash=h, eval_share=share)
+            strata[row["kind"]][split == "eval"] += 1
+            known[h] = (None, batch.id, line)
+            fresh.append((line, row, split))
+        insert(fresh)
+        imported += len(fresh)
+    return imported, duplicates, dup_report, dict(strata)
+
+
+class _Inserter:
+    """Writes item rows straight to the table: COPY on PostgreSQL, executemany elsewhere.
+    The parsers have validated every field, so the ORM's per-object work is skipped."""
+
+    COLUMNS = (
+        "project_id",
+        "kind",
+        "prompt",
+        "messages",
+        "responses",
+        "metadata",
+        "provenance",
+        "content_hash",
+        "split",
+        "import_batch_id",
+        "source_line",
+        "is_check",
+        "is_calibration",
+        "created_at",
+    )
+
+    def __init__(self, batch_id: int, project_id: int, now):
+        self.batch_id, self.project_id, self.now = batch_id, project_id, now
+        self.table = connection.ops.quote_name(Item._meta.db_table)
+        self.columns = ", ".join(connection.ops.quote_name(c) for c in self.COLUMNS)
+
+    def values(self, fresh) -> Iterator[tuple]:
+        dumps = json.dumps
+        for line, row, split in fresh:
+            yield (
+                self.project_id,
+                row["kind"],
+                row["prompt"],
+                None if row["messages"] is None else dumps(row["messages"], ensure_ascii=False),
+                dumps(row["responses"], ensure_ascii=False),
+                dumps(row["metadata"], ensure_ascii=False),
+                row["provenance"],
+                row["content_hash"],
+                split,
+                self.batch_id,
+                line,
+                False,
+                False,
+                self.now,
+            )
+
+    def __call__(self, fresh) -> None:
+        if not fresh:
+            return
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                with cursor.cursor.copy(f"COPY {self.table} ({self.columns}) FROM STDIN") as copy:
+                    for values in self.values(fresh):
+                        copy.write_row(values)
+            else:
+                marks = ", ".join(["%s"] * len(self.COLUMNS))
+                if connection.vendor == "sqlite":
+                    now = connection.ops.adapt_datetimefield_value(self.now)
+                    rows = [(*v[:-1], now) for v in self.values(fresh)]
+                else:
+                    rows = list(self.values(fresh))
+                cursor.executemany(f"INSERT INTO {self.table} ({self.columns}) VALUES ({marks})", rows)
+
+
+def rejected_file_open(*, batch: ImportBatch) -> IO[bytes]:
+    """The rejected-rows file of a batch, opened for reading."""
+    if not batch.rejected_path:
+        raise FileNotFoundError("This import has no rejected rows.")
+    return open(batch.rejected_path, "rb")
+
+
+def sample_bytes(rows: list[dict]) -> bytes:
+    """JSONL bytes for rows (used by the demo and tests)."""
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return buffer.getvalue().encode()

@@ -1,0 +1,11 @@
+"""Celery tasks of the annotate app (queue "default"): ids in, services do the work."""
+
+from celery import shared_task
+
+
+@shared_task(acks_late=True)
+def import_run(batch_id: int) -> None:
+    """Import an uploaded file; a batch that is no longer queued (already claimed) is skipped."""
+    from annotate.services.imports import import_batch_run
+
+    import_batch_run(batch_id=batch_id)
