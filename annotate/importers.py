@@ -52,6 +52,8 @@ JSONL_KEYS = (
 )
 MESSAGE_ROLES = ("system", "user", "assistant")
 FORMATS = ("jsonl", "csv")
+PROVENANCES = tuple(Provenance.values)
+GOLD, PREFERENCE, RUBRIC = (str(k) for k in (TaskKind.GOLD, TaskKind.PREFERENCE, TaskKind.RUBRIC))
 
 
 @dataclass
@@ -289,8 +291,8 @@ def normalize_row(data: Any, *, default_provenance: str) -> dict[str, Any]:
             raise RowInvalid("messages", "has no user turn before the final assistant answer.")
 
     provenance = data.get("provenance") or default_provenance
-    if provenance not in Provenance.values:
-        raise RowInvalid("provenance", f"is {provenance!r}; use one of {', '.join(Provenance.values)}.")
+    if provenance not in PROVENANCES:
+        raise RowInvalid("provenance", f"is {provenance!r}; use one of {', '.join(PROVENANCES)}.")
 
     return {
         "prompt": prompt,
@@ -304,13 +306,12 @@ def normalize_row(data: Any, *, default_provenance: str) -> dict[str, Any]:
 
 def kind_for(row: dict[str, Any], task_kinds: Iterable[str]) -> str:
     """Preference when there are ≥2 responses and the project does preference; else gold; else rubric."""
-    kinds = set(task_kinds)
-    if len(row["responses"]) >= 2 and TaskKind.PREFERENCE in kinds:
-        return TaskKind.PREFERENCE
-    if TaskKind.GOLD in kinds:
-        return TaskKind.GOLD
-    if TaskKind.RUBRIC in kinds:
-        return TaskKind.RUBRIC
+    if len(row["responses"]) >= 2 and PREFERENCE in task_kinds:
+        return PREFERENCE
+    if GOLD in task_kinds:
+        return GOLD
+    if RUBRIC in task_kinds:
+        return RUBRIC
     raise RowInvalid(
         "responses",
         f"has {len(row['responses'])} response(s); this project only takes preference pairs, which need two or more.",
