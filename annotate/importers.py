@@ -215,7 +215,7 @@ def normalize_row(data: Any, *, default_provenance: str) -> dict[str, Any]:
     has_prompt = data.get("prompt") is not None
     has_messages = data.get("messages") is not None
     if has_prompt and has_messages:
-        raise RowInvalid("prompt", "give either prompt or messages, not both (messages carry the whole chat).")
+        raise RowInvalid("prompt", "Give either prompt or messages, not both (messages carry the whole chat).")
     if not has_prompt and not has_messages:
         raise RowInvalid("prompt", "is missing: give a prompt (text) or messages (chat turns).")
 
