@@ -11,7 +11,8 @@ Accepted shapes (JSONL keys, or CSV columns of the same names):
 - ``{"messages": [...]}``                         chat turns; a final assistant turn is the response
 - ``{"prompt", "responses": [...]}``              0..n responses, strings or ``{text, model}``
 
-plus optional ``metadata`` (object), ``provenance``, ``id`` and model labels ``response_model``,
+plus optional ``metadata`` (object), ``provenance``, ``kind`` (to choose among the project's task
+kinds instead of deciding from the row's shape), ``id`` and model labels ``response_model``,
 ``chosen_model``, ``rejected_model``. In CSV, ``responses``, ``messages`` and ``metadata`` hold JSON.
 
 Limits (documented in the README): a text field holds at most ``MAX_FIELD_CHARS`` characters,
@@ -45,6 +46,7 @@ JSONL_KEYS = (
     "rejected",
     "metadata",
     "provenance",
+    "kind",
     "id",
     "response_model",
     "chosen_model",
@@ -294,7 +296,12 @@ def normalize_row(data: Any, *, default_provenance: str) -> dict[str, Any]:
     if provenance not in PROVENANCES:
         raise RowInvalid("provenance", f"is {provenance!r}; use one of {', '.join(PROVENANCES)}.")
 
+    kind = data.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise RowInvalid("kind", f"must be a string, got {_type_name(kind)}.")
+
     return {
+        "kind": kind or None,
         "prompt": prompt,
         "messages": messages,
         "responses": responses,
@@ -305,7 +312,15 @@ def normalize_row(data: Any, *, default_provenance: str) -> dict[str, Any]:
 
 
 def kind_for(row: dict[str, Any], task_kinds: Iterable[str]) -> str:
-    """Preference when there are ≥2 responses and the project does preference; else gold; else rubric."""
+    """The row's own ``kind`` when given; else preference when there are ≥2 responses and the project
+    does preference; else gold; else rubric."""
+    asked = row.get("kind")
+    if asked is not None:
+        if asked not in task_kinds:
+            raise RowInvalid("kind", f"is {asked!r}; this project takes {', '.join(task_kinds)}.")
+        if asked == PREFERENCE and len(row["responses"]) < 2:
+            raise RowInvalid("kind", "is preference, which needs two or more responses.")
+        return asked
     if len(row["responses"]) >= 2 and PREFERENCE in task_kinds:
         return PREFERENCE
     if GOLD in task_kinds:

@@ -8,7 +8,7 @@ from annotate.importers import MAX_FIELD_CHARS, MAX_LINE_BYTES
 
 KINDS = ("gold", "preference", "rubric")
 ALLOWED = (
-    "prompt, messages, response, responses, chosen, rejected, metadata, provenance, id, "
+    "prompt, messages, response, responses, chosen, rejected, metadata, provenance, kind, id, "
     "response_model, chosen_model, rejected_model"
 )
 
@@ -105,6 +105,16 @@ def test_the_kind_follows_the_project_and_the_row_shape():
     assert one(pair, ("rubric",)).row["kind"] == "rubric"
     assert error_of(single, ("preference",)) == (
         "line 1: responses has 1 response(s); this project only takes preference pairs, which need two or more."
+    )
+
+
+def test_a_row_may_choose_its_kind_among_the_projects_kinds():
+    assert one({"prompt": "Q", "responses": ["a", "b"], "kind": "rubric"}).row["kind"] == "rubric"
+    assert error_of({"prompt": "Q", "response": "a", "kind": "rubric"}, ("gold",)) == (
+        "line 1: kind is 'rubric'; this project takes gold."
+    )
+    assert error_of({"prompt": "Q", "response": "a", "kind": "preference"}) == (
+        "line 1: kind is preference, which needs two or more responses."
     )
 
 
