@@ -73,3 +73,46 @@ def test_seed_demo_is_idempotent():
     assert (Item.objects.count(), ImportBatch.objects.count(), RubricVersion.objects.count()) == first
     assert Project.objects.filter(slug="support-assistant").count() == 1
     assert authenticate(username="reviewer3", password="reviewer3-demo") is not None
+
+
+def test_the_demo_command_runs_the_worker_and_server_and_stops_the_worker_on_exit(monkeypatch, capsys):
+    from annotate.management.commands import demo as demo_command
+
+    started, calls = [], []
+
+    class FakeWorker:
+        pid = 4242
+        returncode = None
+
+        def __init__(self, args, **kwargs):
+            started.append((args, kwargs))
+
+        def poll(self):
+            return self.returncode
+
+        def terminate(self):
+            calls.append("terminate")
+            self.returncode = 0
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+    real_call_command = demo_command.call_command
+
+    def fake_call_command(name, *args, **kwargs):
+        if name == "runserver":
+            calls.append(("runserver", args))
+            raise KeyboardInterrupt  # Ctrl-C
+        return real_call_command(name, *args, **kwargs)
+
+    monkeypatch.setattr(demo_command.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(demo_command, "call_command", fake_call_command)
+    call_command("demo", "--port", "8123")
+
+    ((args, kwargs),) = started
+    assert args[1:] == ["-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool=solo", "-l", "warning"]
+    assert kwargs["start_new_session"] is True
+    assert calls == [("runserver", ("127.0.0.1:8123",)), "terminate"]
+    out = capsys.readouterr().out
+    assert "Goldset demo at http://127.0.0.1:8123/" in out and "admin / admin-demo" in out
+    assert Project.objects.filter(slug="support-assistant").exists()
