@@ -26,6 +26,7 @@ import math
 import pickle
 import shutil
 import tempfile
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ from django.utils.text import get_valid_filename
 from annotate import importers
 from annotate.models import ImportBatch, Item, Project, Provenance
 
-CHUNK_ROWS = 1000
+CHUNK_ROWS = 2000
+PROGRESS_EVERY_S = 0.5
 MAX_REPORTED = 200
 DEFAULT_INLINE_MAX_BYTES = 1024 * 1024
 
@@ -221,6 +223,8 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
     errors: list[dict] = []
     rows_seen = bad = good = 0
     end = 0
+    last_progress = time.monotonic()
+    pending: list[tuple] = []
     with tempfile.TemporaryFile() as spool:
         try:
             rows = importers.parse(
@@ -234,14 +238,21 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
                 end = parsed.end_offset
                 if parsed.ok:
                     good += 1
-                    pickle.dump((parsed.line, parsed.row), spool, protocol=pickle.HIGHEST_PROTOCOL)
+                    pending.append(_record(parsed.line, parsed.row))
+                    if len(pending) == chunk_rows:
+                        pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        pending = []
                 else:
                     bad += 1
                     if len(errors) < MAX_REPORTED:
                         errors.extend(e.as_dict() for e in parsed.errors)
                     rejected.write(parsed)
-                if rows_seen % chunk_rows == 0:
+                if rows_seen % chunk_rows == 0 and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                    # Each progress write is a commit (an fsync on SQLite): once per chunk, at most twice a second.
                     _progress(batch, bytes_read=end, rows_seen=rows_seen)
+                    last_progress = time.monotonic()
+            if pending:
+                pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
         except importers.FileInvalid as exc:
             rejected.close()
             _finish(
@@ -276,7 +287,7 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
         spool.seek(0)
         _progress(batch, message=f"Writing {good} rows…")
         try:
-            imported, duplicates, dup_report, strata = _write(batch, spool, chunk_rows=chunk_rows)
+            imported, duplicates, dup_report, strata = _write(batch, spool)
         except Exception as exc:  # any failure rolls back and is reported in words
             _finish(
                 batch,
@@ -315,22 +326,36 @@ def _split_summary(strata: dict[str, list[int]], share: float) -> str:
     return text
 
 
-def _read_spool(spool: IO[bytes], size: int) -> Iterator[list[tuple[int, dict]]]:
-    chunk = []
+def _record(line: int, row: dict) -> tuple:
+    """A spooled row: JSON columns already encoded, so the write pass only inserts."""
+    dumps = json.dumps
+    messages = row["messages"]
+    return (
+        line,
+        row["kind"],
+        row["prompt"],
+        None if messages is None else dumps(messages, ensure_ascii=False),
+        dumps(row["responses"], ensure_ascii=False),
+        dumps(row["metadata"], ensure_ascii=False),
+        row["provenance"],
+        row["content_hash"],
+    )
+
+
+# Positions in a spooled record.
+LINE, KIND, PROMPT, MESSAGES, RESPONSES, METADATA, PROVENANCE, HASH = range(8)
+
+
+def _read_spool(spool: IO[bytes]) -> Iterator[list[tuple]]:
     while True:
         try:
-            chunk.append(pickle.load(spool))
+            yield pickle.load(spool)
         except EOFError:
-            break
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+            return
 
 
 @transaction.atomic
-def _write(batch: ImportBatch, spool: IO[bytes], *, chunk_rows: int):
+def _write(batch: ImportBatch, spool: IO[bytes]):
     project = batch.project
     seed, share = project.split_seed, project.eval_share
     strata: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -338,8 +363,8 @@ def _write(batch: ImportBatch, spool: IO[bytes], *, chunk_rows: int):
     dup_report: list[dict] = []
     now = timezone.now()
     insert = _Inserter(batch.id, project.id, now)
-    for chunk in _read_spool(spool, chunk_rows):
-        hashes = [row["content_hash"] for _, row in chunk]
+    for chunk in _read_spool(spool):
+        hashes = [record[HASH] for record in chunk]
         known = {
             h: (item_id, batch_id, line)
             for h, item_id, batch_id, line in Item.objects.filter(project=project, content_hash__in=hashes).values_list(
@@ -347,8 +372,8 @@ def _write(batch: ImportBatch, spool: IO[bytes], *, chunk_rows: int):
             )
         }
         fresh = []
-        for line, row in chunk:
-            h = row["content_hash"]
+        for record in chunk:
+            h, kind, line = record[HASH], record[KIND], record[LINE]
             if h in known:
                 duplicates += 1
                 item_id, batch_id, first_line = known[h]
@@ -361,13 +386,13 @@ def _write(batch: ImportBatch, spool: IO[bytes], *, chunk_rows: int):
                 if len(dup_report) < MAX_REPORTED:
                     dup_report.append({"line": line, "field": "", "message": message, "kind": "duplicate"})
                 continue
-            if row["provenance"] == Provenance.LLM_JUDGED:
+            if record[PROVENANCE] == Provenance.LLM_JUDGED:
                 split = "train"
             else:
-                split = split_for(split_seed=seed, stratum=row["kind"], content_hash=h, eval_share=share)
-            strata[row["kind"]][split == "eval"] += 1
+                split = split_for(split_seed=seed, stratum=kind, content_hash=h, eval_share=share)
+            strata[kind][split == "eval"] += 1
             known[h] = (None, batch.id, line)
-            fresh.append((line, row, split))
+            fresh.append((record, split))
         insert(fresh)
         imported += len(fresh)
     return imported, duplicates, dup_report, dict(strata)
@@ -400,23 +425,23 @@ class _Inserter:
         self.columns = ", ".join(connection.ops.quote_name(c) for c in self.COLUMNS)
 
     def values(self, fresh) -> Iterator[tuple]:
-        dumps = json.dumps
-        for line, row, split in fresh:
+        project_id, batch_id, now = self.project_id, self.batch_id, self.now
+        for r, split in fresh:
             yield (
-                self.project_id,
-                row["kind"],
-                row["prompt"],
-                None if row["messages"] is None else dumps(row["messages"], ensure_ascii=False),
-                dumps(row["responses"], ensure_ascii=False),
-                dumps(row["metadata"], ensure_ascii=False),
-                row["provenance"],
-                row["content_hash"],
+                project_id,
+                r[KIND],
+                r[PROMPT],
+                r[MESSAGES],
+                r[RESPONSES],
+                r[METADATA],
+                r[PROVENANCE],
+                r[HASH],
                 split,
-                self.batch_id,
-                line,
+                batch_id,
+                r[LINE],
                 False,
                 False,
-                self.now,
+                now,
             )
 
     def __call__(self, fresh) -> None:
