@@ -131,7 +131,8 @@ def pg_scratch(create: bool) -> None:
     import psycopg
 
     url = os.environ["DATABASE_URL"]
-    with psycopg.connect(url, autocommit=True) as conn:
+    # Connect to the maintenance database: the app database itself may not exist yet.
+    with psycopg.connect(url, dbname="postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
         if create:
             conn.execute(f"CREATE DATABASE {SCRATCH_DB}")

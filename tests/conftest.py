@@ -131,3 +131,9 @@ def write_once_enforced():
     writeonce.SQLITE_BYPASS.clear()
     yield
     writeonce.SQLITE_BYPASS.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Every test creates several users; PBKDF2's deliberate slowness would cost seconds per test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

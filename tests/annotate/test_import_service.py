@@ -70,6 +70,9 @@ def test_a_csv_file_imports_with_json_columns_and_model_labels(project):
     item = Item.objects.get(project=project)
     assert item.responses == [{"text": "Sure, done.", "model": "gpt-a"}, {"text": "No.", "model": "gpt-b"}]
     assert item.metadata["topic"] == "billing"
+    assert Item.objects.filter(metadata__topic="billing", responses__1__model="gpt-b").count() == 1, (
+        "real JSON, queryable"
+    )
     assert item.provenance == "distilled"
     assert item.source_line == 2
 
