@@ -16,7 +16,9 @@ class ImportForm(forms.Form):
         choices=[("", "From the file name (.jsonl / .csv)"), ("jsonl", "JSONL"), ("csv", "CSV")],
         required=False,
     )
-    mode = forms.ChoiceField(choices=ImportBatch.Mode.choices, initial=ImportBatch.Mode.ALL_OR_NOTHING)
+    mode = forms.ChoiceField(
+        choices=ImportBatch.Mode.choices, initial=ImportBatch.Mode.ALL_OR_NOTHING, widget=forms.RadioSelect
+    )
     provenance = forms.ChoiceField(
         choices=Provenance.choices,
         initial=Provenance.HUMAN,
