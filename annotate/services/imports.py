@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import pickle
 import shutil
@@ -42,6 +43,8 @@ from django.utils.text import get_valid_filename
 
 from annotate import importers
 from annotate.models import ImportBatch, Item, Project, Provenance
+
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2000
 PROGRESS_EVERY_S = 0.5
@@ -160,6 +163,11 @@ def import_batch_run(*, batch_id: int) -> ImportBatch:
             import_file_run(batch=batch, fileobj=fileobj)
     except OSError as exc:
         _finish(batch, status=ImportBatch.Status.FAILED, message=f"The uploaded file could not be read: {exc}.")
+    except Exception as exc:
+        # Never leave a batch RUNNING: the page would poll forever. The write pass is atomic, so
+        # nothing was imported.
+        logger.exception("Import batch %s failed", batch_id)
+        _finish(batch, status=ImportBatch.Status.FAILED, message=f"The import failed ({exc}); nothing imported.")
     finally:
         # Uploads are copies made for this batch; a path given to the command is the user's own file.
         if uploaded.is_relative_to(imports_dir() / "uploads"):
@@ -225,6 +233,7 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
     end = 0
     last_progress = time.monotonic()
     pending: list[tuple] = []
+    all_or_nothing = batch.mode == ImportBatch.Mode.ALL_OR_NOTHING
     with tempfile.TemporaryFile() as spool:
         try:
             rows = importers.parse(
@@ -238,6 +247,8 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
                 end = parsed.end_offset
                 if parsed.ok:
                     good += 1
+                    if bad and all_or_nothing:
+                        continue  # nothing will be written: only count and report from here on
                     pending.append(_record(parsed.line, parsed.row))
                     if len(pending) == chunk_rows:
                         pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
@@ -258,7 +269,7 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
             _finish(
                 batch,
                 status=ImportBatch.Status.FAILED,
-                message=f"Nothing imported: {exc.error}.",
+                message=f"Nothing imported: {exc.error}",
                 errors=[exc.error.as_dict()],
             )
             return batch
@@ -279,8 +290,9 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
                 batch,
                 status=ImportBatch.Status.FAILED,
                 message=(
-                    f"{bad} of {rows_seen} rows are bad, so nothing was imported. Fix them and import again, "
-                    "or choose 'import the good rows' to skip them."
+                    f"{bad} of {rows_seen} rows are bad, so nothing was imported. Fix them and import again, or "
+                    "import only the good rows ('Import the good rows' on the upload page, --skip-bad in the "
+                    "import_items command)."
                 ),
             )
             return batch
@@ -299,7 +311,7 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
     if duplicates:
         summary.append(f"{duplicates} duplicates not imported again.")
     if bad:
-        summary.append(f"{bad} bad rows skipped (download them below).")
+        summary.append(f"{bad} bad rows skipped (see the rejected-rows file).")
     summary.append(_split_summary(strata, float(project.eval_share)))
     _finish(
         batch,

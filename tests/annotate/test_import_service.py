@@ -216,6 +216,17 @@ def test_a_failure_while_writing_rolls_everything_back(project, monkeypatch):
     assert Item.objects.filter(project=project).count() == 0
 
 
+def test_an_unexpected_failure_marks_the_batch_failed_instead_of_leaving_it_running(project, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(imports.importers, "parse", broken)
+    batch = run(project, jsonl({"prompt": "a", "response": "b"}))
+    assert batch.status == ImportBatch.Status.FAILED
+    assert batch.message == "The import failed ('boom'); nothing imported."
+    assert batch.finished_at is not None
+
+
 def test_a_file_without_rows_fails_with_a_clear_message(project):
     batch = run(project, b"\n\n")
     assert batch.status == ImportBatch.Status.FAILED
