@@ -13,7 +13,6 @@ test or a curious admin can find them; reviewers are not shown metadata.
 """
 
 import random
-from collections.abc import Callable
 
 from annotate.importers import content_hash
 
@@ -47,7 +46,7 @@ PRODUCTS = [
     "yoga mat",
     "espresso grinder",
 ]
-OPENERS = ["", "Hi, ", "Hello! ", "Hey there, ", "Good morning. ", "Quick question: "]
+OPENERS = ["", "Hi! ", "Hello! ", "Hey there! ", "Good morning. ", "Quick question: "]
 CLOSERS = ["", " Thanks.", " Appreciate it.", " Any help is welcome.", " This is urgent."]
 
 
@@ -55,106 +54,189 @@ def _order(rng: random.Random) -> str:
     return f"NW-{rng.randint(100000, 999999)}"
 
 
-# Each topic: prompt templates, a correct answer, and a curt answer. Slots: {name} {product} {order} {days}.
-Topic = tuple[list[str], Callable[[dict], str], Callable[[dict], str]]
+# Each topic: (question, correct answer) templates and a curt answer. Slots: {name} {product} {order} {days}.
+Topic = tuple[list[tuple[str, str]], str]
+
+REFUND_WINDOW = "within 30 days of delivery"
 
 TOPICS: dict[str, Topic] = {
     "refunds": (
         [
-            "I returned my {product} (order {order}) last week. When will I get my money back?",
-            "Can I still get a refund on the {product} I bought {days} days ago?",
-            "How long do refunds take to reach my card? Order {order}.",
-            "The {product} arrived damaged. I want a refund, not a replacement.",
-            "What's your refund policy for a {product} that I opened but didn't use?",
+            (
+                "I returned my {product} (order {order}) last week. When will I get my money back?",
+                "Thanks for sending the {product} back. Once it reaches our warehouse, the refund for {order} goes to "
+                "your original payment method within 5-7 business days, and you'll get an email when it's issued.",
+            ),
+            (
+                "Can I still get a refund on the {product} I bought {days} days ago?",
+                "You can get a full refund " + REFUND_WINDOW + ". Start it from Orders > Return an item; the "
+                "refund reaches your original payment method 5-7 business days after we receive the {product}.",
+            ),
+            (
+                "How long do refunds take to reach my card? Order {order}.",
+                "Refunds go back to the card you paid with 5-7 business days after the return for {order} reaches "
+                "our warehouse. Some banks take another day or two to show it.",
+            ),
+            (
+                "The {product} arrived damaged. I want a refund, not a replacement.",
+                "I'm sorry your {product} arrived damaged. You're entitled to a full refund " + REFUND_WINDOW + "; "
+                "open Orders > Return an item, choose 'arrived damaged', and the prepaid label is free. The money "
+                "is back on your original payment method 5-7 business days after we receive it.",
+            ),
+            (
+                "What's your refund policy for a {product} that I opened but didn't use?",
+                "Opened items are fine: you can return the {product} for a full refund " + REFUND_WINDOW + ", as long "
+                "as it's unused and complete.",
+            ),
         ],
-        lambda s: (
-            f"I'm sorry about the trouble with your {s['product']}. You can get a full refund within 30 days of "
-            "delivery. Once the item reaches our warehouse, the refund goes back to your original payment "
-            "method within 5-7 business days; you'll get an email when it's issued."
-        ),
-        lambda s: "Refunds take 5-7 business days.",
+        "Refunds take 5-7 business days.",
     ),
     "order_status": (
         [
-            "Where is my order {order}? It's been {days} days.",
-            "My {product} still says 'processing'. Order {order}, is something wrong?",
-            "Can you tell me when order {order} will arrive?",
-            "Tracking for {order} hasn't updated since Tuesday.",
+            (
+                "Where is my order {order}? It's been {days} days.",
+                "I'm sorry for the wait. {order} left our warehouse and tracking normally appears within 24 hours of "
+                "dispatch; standard delivery takes 3-5 business days. If tracking hasn't moved by tomorrow evening, "
+                "reply here and I'll open a carrier trace.",
+            ),
+            (
+                "My {product} still says 'processing'. Order {order}, is something wrong?",
+                "Nothing is wrong: 'processing' means {order} is being packed. You'll get a tracking link by email "
+                "within 24 hours of dispatch.",
+            ),
+            (
+                "Can you tell me when order {order} will arrive?",
+                "{order} ships with standard delivery, which takes 3-5 business days from dispatch. The tracking link "
+                "in your confirmation email shows the carrier's estimate.",
+            ),
+            (
+                "Tracking for {order} hasn't updated since Tuesday.",
+                "Carriers sometimes skip scans between depots. If there's still no update for {order} after 2 business "
+                "days, I'll open a trace with the carrier and, if it's lost, send a replacement at no cost.",
+            ),
         ],
-        lambda s: (
-            f"Thanks for the order number. {s['order']} left our warehouse and tracking normally appears within "
-            "24 hours of dispatch. Standard delivery takes 3-5 business days; if there's no tracking update "
-            "by tomorrow evening, reply here and I'll open a carrier trace for you."
-        ),
-        lambda s: "It's shipped. Check tracking.",
+        "It's shipped. Check tracking.",
     ),
     "shipping": (
         [
-            "How long does express shipping take for a {product}?",
-            "Do you ship to Canada? I'd like to order a {product}.",
-            "Can I upgrade order {order} to express shipping?",
-            "What's the difference between standard and express delivery?",
+            (
+                "How long does express shipping take for a {product}?",
+                "Express delivery takes 1-2 business days from dispatch; standard takes 3-5. Orders placed before "
+                "2 pm usually leave the same day.",
+            ),
+            (
+                "Do you ship to Canada? I'd like to order a {product}.",
+                "Yes, we ship the {product} to Canada. Standard shipping takes 3-5 business days after customs; "
+                "duties are shown at checkout so there are no surprises on delivery.",
+            ),
+            (
+                "Can I upgrade order {order} to express shipping?",
+                "If {order} hasn't been dispatched yet, yes: I can upgrade it to express (1-2 business days). The "
+                "price difference is shown before you confirm.",
+            ),
+            (
+                "What's the difference between standard and express delivery?",
+                "Standard delivery takes 3-5 business days and express takes 1-2 business days from dispatch. "
+                "Both come with tracking.",
+            ),
         ],
-        lambda s: (
-            "Standard shipping takes 3-5 business days and express takes 1-2 business days from dispatch. "
-            f"If your {s['product']} hasn't been dispatched yet, I can upgrade the shipping for you; the price "
-            "difference is shown before you confirm."
-        ),
-        lambda s: "Express is 1-2 days.",
+        "Express is 1-2 days.",
     ),
     "account": (
         [
-            "I can't log in. The password reset link says it expired.",
-            "How do I turn on two-factor authentication?",
-            "I got an email with a login code I didn't ask for. Is my account hacked?",
-            "How do I change the email address on my account? I'm {name}.",
+            (
+                "I can't log in. The password reset link says it expired.",
+                "Reset links are valid for 1 hour. Request a fresh one from the login page and use it right away; "
+                "if it still fails, tell me and I'll send one manually.",
+            ),
+            (
+                "How do I turn on two-factor authentication?",
+                "Go to Account > Security and choose 'Turn on two-factor'. Scan the QR code with your authenticator "
+                "app and enter the 6-digit code it shows.",
+            ),
+            (
+                "I got an email with a login code I didn't ask for. Is my account hacked?",
+                "We never send login codes by email: codes come only from your authenticator app, so don't use that "
+                "code or click its links. To be safe, reset your password and check Account > Security for "
+                "unknown devices.",
+            ),
+            (
+                "How do I change the email address on my account? I'm {name}.",
+                "Hi {name}, open Account > Profile and choose 'Change email'. We'll send a confirmation link to the "
+                "new address; the change takes effect once you click it.",
+            ),
         ],
-        lambda s: (
-            "Reset links are valid for 1 hour, so request a fresh one from the login page and use it right away. "
-            "For extra safety, turn on two-factor authentication in Account > Security; codes come from your "
-            "authenticator app, never by email, so ignore any email that asks you for a code."
-        ),
-        lambda s: "Request a new link.",
+        "Check your account settings.",
     ),
     "billing": (
         [
-            "I was charged twice for order {order}!",
-            "Where can I download an invoice for my {product}?",
-            "Why is there a pending charge on my card for an order I cancelled?",
-            "Can I pay for a {product} in instalments?",
+            (
+                "I was charged twice for order {order}!",
+                "I understand how worrying that is. The second line for {order} is an authorization hold, not a "
+                "payment: it drops off your statement within 3-5 business days.",
+            ),
+            (
+                "Where can I download an invoice for my {product}?",
+                "Invoices for every order are in Account > Billing; choose the order with the {product} and click "
+                "'Download invoice'. I can also email it to you.",
+            ),
+            (
+                "Why is there a pending charge on my card for an order I cancelled?",
+                "A cancelled order can leave an authorization hold. It isn't a payment, and it disappears within "
+                "3-5 business days.",
+            ),
+            (
+                "Can I pay for a {product} in instalments?",
+                "Yes: choose 'Pay in 3' at checkout for orders over $50. There's no interest if each instalment is "
+                "paid on time.",
+            ),
         ],
-        lambda s: (
-            "I understand how worrying a double charge is. The second line is an authorization hold, not a "
-            "payment: it drops off your statement within 3-5 business days. Invoices for every order are in "
-            "Account > Billing, and I can email one to you if that's easier."
-        ),
-        lambda s: "It's a hold. It will go away.",
+        "It's a hold. It will go away.",
     ),
     "returns": (
         [
-            "How do I return a {product}? I don't have a printer for the label.",
-            "Can I exchange my {product} for a different size?",
-            "Do I have to pay for return shipping on order {order}?",
-            "It's been {days} days since delivery. Can I still return the {product}?",
+            (
+                "How do I return a {product}? I don't have a printer for the label.",
+                "Returns are free: open Orders > Return an item and choose the {product}. Pick 'QR code' instead of "
+                "a printed label and show it at the drop-off point. Returns are accepted " + REFUND_WINDOW + ".",
+            ),
+            (
+                "Can I exchange my {product} for a different size?",
+                "Yes, exchanges for another size are free " + REFUND_WINDOW + ". Choose 'Exchange' in Orders > "
+                "Return an item and we ship the new size as soon as the carrier scans your return.",
+            ),
+            (
+                "Do I have to pay for return shipping on order {order}?",
+                "No, returns are free: Orders > Return an item gives you a prepaid label for {order}, and returns are "
+                "accepted " + REFUND_WINDOW + ".",
+            ),
+            (
+                "It's been {days} days since delivery. Can I still return the {product}?",
+                "Returns are accepted " + REFUND_WINDOW + ". Start it from Orders > Return an item and the prepaid "
+                "label is free.",
+            ),
         ],
-        lambda s: (
-            f"Returns are free: open Orders > Return an item, choose the {s['product']}, and you'll get a prepaid "
-            "label (a QR code works at most drop-off points if you have no printer). Exchanges for another size "
-            "are free too, and returns are accepted within 30 days of delivery."
-        ),
-        lambda s: "Use the return form.",
+        "Use the return form.",
     ),
     "subscriptions": (
         [
-            "How do I cancel my Northwind Plus subscription?",
-            "If I cancel Northwind Plus today, do I lose free shipping immediately?",
-            "I was charged for Northwind Plus but I thought I cancelled. Help?",
+            (
+                "How do I cancel my Northwind Plus subscription?",
+                "You can cancel any time in Account > Plan. You keep the benefits until the end of the period you've "
+                "paid for, and you won't be charged again.",
+            ),
+            (
+                "If I cancel Northwind Plus today, do I lose free shipping immediately?",
+                "No: after you cancel, free shipping and the other Plus benefits continue until the end of the "
+                "period you've already paid for.",
+            ),
+            (
+                "I was charged for Northwind Plus but I thought I cancelled. Help?",
+                "I'm sorry about the confusion. Check Account > Plan: if the cancellation didn't go through, cancel "
+                "there now and reply with the charge date; a renewal charged after a cancellation request is refunded.",
+            ),
         ],
-        lambda s: (
-            "You can cancel any time in Account > Plan. Your benefits, including free shipping, continue until "
-            "the end of the period you've already paid for, and you won't be charged again after that."
-        ),
-        lambda s: "Cancel in settings.",
+        "Cancel in settings.",
     ),
 }
 
@@ -167,7 +249,7 @@ CHAT_OPENERS = [
 
 def _wrong_window(text: str, rng: random.Random) -> str:
     wrong = rng.choice(["14", "60"])
-    return text.replace("within 30 days", f"within {wrong} days")
+    return text.replace(REFUND_WINDOW, f"within {wrong} days of delivery")
 
 
 def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
@@ -185,25 +267,24 @@ def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
             raise ValueError(f"Cannot make {size} distinct demo rows from the templates; ask for fewer.")
         n = len(rows)
         topic = topics[n % len(topics)]
-        templates, good, curt = TOPICS[topic]
+        templates, curt = TOPICS[topic]
         slots = {
             "name": rng.choice(FIRST_NAMES),
             "product": rng.choice(PRODUCTS),
             "order": _order(rng),
             "days": rng.randint(2, 45),
         }
-        question = rng.choice(OPENERS) + rng.choice(templates).format(**slots) + rng.choice(CLOSERS)
-        correct = good(slots)
+        template, answer = rng.choice(templates)
+        question = rng.choice(OPENERS) + template.format(**slots) + rng.choice(CLOSERS)
+        correct = answer.format(**slots)
 
         # The second candidate carries this row's flaw, from one of the two flawed models.
         if n % 2 == 0:
             other, other_model, flaws = correct + " Thanks!", THANKS, ["ends_with_thanks"]
-        elif topic in ("refunds", "returns") and rng.random() < 0.6:
+        elif REFUND_WINDOW in correct and rng.random() < 0.7:
             other, other_model, flaws = _wrong_window(correct, rng), TERSE, ["wrong_refund_window"]
         else:
-            other, other_model, flaws = curt(slots), TERSE, ["curt"]
-        if flaws == ["wrong_refund_window"] and other == correct:
-            other, flaws = curt(slots), ["curt"]
+            other, other_model, flaws = curt, TERSE, ["curt"]
         pair = [({"text": correct, "model": GOOD}, []), ({"text": other, "model": other_model}, flaws)]
         rng.shuffle(pair)
         responses = [r for r, _ in pair]
