@@ -230,3 +230,18 @@ def test_the_project_page_links_admins_to_import(client, admin_user, alice, proj
         reverse("annotate:import-new", kwargs={"slug": project.slug})
         not in client.get(project.get_absolute_url()).content.decode()
     )
+
+
+def test_an_htmx_upload_with_errors_swaps_back_just_the_form_with_messages(client, admin_user, project):
+    client.force_login(admin_user)
+    response = client.post(
+        reverse("annotate:import-new", kwargs={"slug": project.slug}),
+        {"mode": "all_or_nothing", "provenance": "made_up"},
+        headers={"HX-Request": "true"},
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith('<form id="import-form"')
+    assert "This field is required." in html
+    assert "Select a valid choice. made_up is not one of the available choices." in html
+    assert not ImportBatch.objects.exists()
