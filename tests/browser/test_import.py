@@ -29,6 +29,7 @@ def test_an_admin_uploads_a_file_sees_upload_progress_and_the_result(
              () => sessionStorage.setItem("upload", document.getElementById("upload-progress").value)))"""
     )
     page.set_input_files("input[name=file]", str(path))
+    page.screenshot(path=str(screenshot_dir / "import-form.png"), full_page=True)
     page.click("text=Upload and import")
     page.wait_for_url(f"{live_server.url}/projects/{project.slug}/imports/*/")
     page.wait_for_selector("text=Imported 3000 of 3000 rows.")
@@ -38,6 +39,7 @@ def test_an_admin_uploads_a_file_sees_upload_progress_and_the_result(
     assert page.evaluate("sessionStorage.getItem('upload')") == "100"
     assert Item.objects.filter(project=project).count() == 3000
     page.click("text=See the items")
+    page.screenshot(path=str(screenshot_dir / "item-list.png"))
     assert page.locator("td", has_text="<b>Where is order 0?</b>").count() == 1, "HTML shown as text"
 
 
