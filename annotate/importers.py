@@ -457,6 +457,7 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
     """Yield one ParsedRow per CSV record; the first line is the header."""
     task_kinds = tuple(task_kinds)
     source = _CsvSource(fileobj)
+    # Above the row limit, so an over-long record gets this module's message, not csv's.
     csv.field_size_limit(MAX_LINE_BYTES * 2)
     reader = csv.reader(source)
     try:
@@ -483,6 +484,7 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
             )
         )
     start = source.line + 1
+    start_offset = source.offset
     source.current = []
     while True:
         try:
@@ -494,19 +496,26 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
             yield ParsedRow(
                 start, raw, source.offset, errors=[RowError(start, "", f"the record is not valid CSV: {exc}.")]
             )
-            start = source.line + 1
+            start, start_offset = source.line + 1, source.offset
             source.current = []
             continue
         number, end = start, source.offset
-        raw = "".join(source.current).rstrip("\r\n")
+        physical = source.current
         lines = range(start, source.line + 1)
-        start = source.line + 1
+        too_long = end - start_offset > MAX_LINE_BYTES
+        start, start_offset = source.line + 1, source.offset
         source.current = []
         if not values or all(v.strip() == "" for v in values):
             continue
-        parsed = ParsedRow(number, raw, end, raw_fields=values)
+        # The original text is only needed for a rejected row; the fields are kept for the rejected file.
+        parsed = ParsedRow(number, "", end, raw_fields=values)
         bad = [source.bad.pop(n) for n in lines if n in source.bad]
+        if too_long:
+            bad.insert(
+                0, f"the record is longer than {MAX_LINE_BYTES:,} bytes, the limit for one row. Shorten or split it."
+            )
         if bad:
+            parsed.raw = "".join(physical).rstrip("\r\n")[:1000]
             parsed.errors.append(RowError(number, "", bad[0]))
             yield parsed
             continue
@@ -518,6 +527,7 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
                     f"the record has {len(values)} columns but the header has {len(header)}; check the quoting.",
                 )
             )
+            parsed.raw = "".join(physical).rstrip("\r\n")[:1000]
             yield parsed
             continue
         try:
@@ -527,6 +537,8 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
             parsed.row = row
         except RowInvalid as exc:
             parsed.errors.append(RowError(number, exc.field, exc.message))
+        if parsed.errors:
+            parsed.raw = "".join(physical).rstrip("\r\n")[:1000]
         yield parsed
 
 

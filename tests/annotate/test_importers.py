@@ -282,6 +282,16 @@ def test_csv_errors_name_the_line_where_the_record_starts():
     assert str(rows[3].errors[0]) == "line 6: the record has 3 columns but the header has 2; check the quoting."
 
 
+def test_a_csv_record_over_the_byte_limit_is_refused():
+    long_cell = "x" * (MAX_LINE_BYTES // 2)
+    data = f'prompt,response\n"{long_cell}\n{long_cell}\n{long_cell}",a\nnext,b\n'.encode()
+    first, second = csv_rows(data)
+    assert str(first.errors[0]) == (
+        "line 2: the record is longer than 2,097,152 bytes, the limit for one row. Shorten or split it."
+    )
+    assert second.line == 5 and second.ok
+
+
 def test_a_csv_json_column_that_is_not_json_is_named():
     (row,) = csv_rows(b"prompt,metadata\nQ,{oops}\n")
     assert (
