@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
@@ -300,6 +300,18 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
         _progress(batch, message=f"Writing {good} rows…")
         try:
             imported, duplicates, dup_report, strata = _write(batch, spool)
+        except IntegrityError:
+            # item_unique_content_per_project caught what the per-chunk lookup could not see: a
+            # concurrent import of the same content committed in between.
+            _finish(
+                batch,
+                status=ImportBatch.Status.FAILED,
+                message=(
+                    "Another import added some of the same items while this one ran, so nothing was imported. "
+                    "Import the file again: items already in the project will be listed as duplicates."
+                ),
+            )
+            return batch
         except Exception as exc:  # any failure rolls back and is reported in words
             _finish(
                 batch,
@@ -474,7 +486,11 @@ class _Inserter:
             return
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                with cursor.cursor.copy(f"COPY {self.table} ({self.columns}) FROM STDIN") as copy:
+                # The raw psycopg cursor: wrap its errors so a unique violation is Django's IntegrityError.
+                with (
+                    connection.wrap_database_errors,
+                    cursor.cursor.copy(f"COPY {self.table} ({self.columns}) FROM STDIN") as copy,
+                ):
                     for values in self.values(fresh):
                         copy.write_row(values)
             else:

@@ -227,6 +227,19 @@ def test_an_unexpected_failure_marks_the_batch_failed_instead_of_leaving_it_runn
     assert batch.finished_at is not None
 
 
+def test_the_unique_constraint_stops_a_duplicate_the_lookup_missed_and_nothing_is_imported(project, monkeypatch):
+    run(project, jsonl({"prompt": "Refund policy?", "response": "30 days."}))
+    # As if a concurrent import committed this content between the lookup and the insert.
+    monkeypatch.setattr(imports, "_known_hashes", lambda project_id, hashes: {})
+    batch = run(
+        project,
+        jsonl({"prompt": "New question", "response": "a"}, {"prompt": "refund policy?", "response": "30 days."}),
+    )
+    assert batch.status == ImportBatch.Status.FAILED
+    assert batch.message.startswith("Another import added some of the same items while this one ran")
+    assert Item.objects.filter(project=project).count() == 1
+
+
 def test_a_file_without_rows_fails_with_a_clear_message(project):
     batch = run(project, b"\n\n")
     assert batch.status == ImportBatch.Status.FAILED
