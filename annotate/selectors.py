@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from annotate import roles
-from annotate.models import Item, Project
+from annotate.models import ImportBatch, Item, Project
 
 
 def project_list_for_user(*, user) -> QuerySet[Project]:
@@ -41,10 +41,8 @@ def item_counts(*, project: Project) -> dict[str, int]:
     }
 
 
-def import_batch_get_for_admin(*, user, slug: str, batch_id: int):
+def import_batch_get_for_admin(*, user, slug: str, batch_id: int) -> ImportBatch:
     """An import of the project, for admins; 404 when it belongs to another project."""
-    from annotate.models import ImportBatch
-
     project = project_get_for_admin(user=user, slug=slug)
     try:
         return ImportBatch.objects.select_related("project", "uploaded_by").get(project=project, id=batch_id)
@@ -52,7 +50,7 @@ def import_batch_get_for_admin(*, user, slug: str, batch_id: int):
         raise Http404("No such import.") from None
 
 
-def import_batch_list(*, project: Project, limit: int = 20):
+def import_batch_list(*, project: Project, limit: int = 20) -> QuerySet[ImportBatch]:
     """The project's latest imports, newest first."""
     return project.imports.select_related("uploaded_by").order_by("-created_at", "-id")[:limit]
 
