@@ -297,3 +297,13 @@ def test_a_200k_row_import_streams_in_bounded_memory(project, tmp_path):
     # Ten times the rows must not mean ten times the memory: the file, hashes and items are streamed.
     assert peak_big < 1.5 * peak_small, (peak_small, peak_big)
     assert peak_big < 30 * 1024 * 1024
+
+
+@pytest.mark.postgres
+def test_copy_writes_real_jsonb_on_postgresql(project):
+    from django.db import connection
+
+    run(project, jsonl({"prompt": "Q", "chosen": "a", "rejected": "b", "metadata": {"topic": "refunds"}}))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT jsonb_typeof(responses), jsonb_typeof(metadata), messages IS NULL FROM annotate_item")
+        assert cursor.fetchall() == [("array", "object", True)]
