@@ -382,13 +382,14 @@ def parse_jsonl(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_proven
     """Yield one ParsedRow per non-blank line of a JSONL file."""
     task_kinds = tuple(task_kinds)
     for number, raw, too_long, end in _physical_lines(fileobj):
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
         if too_long:
+            text = raw.decode("utf-8", "replace")
             yield ParsedRow(number, text + "…", end, errors=[_too_long(number)])
             continue
         if not raw.strip():
             continue
-        parsed = ParsedRow(number, text, end)
+        # The original text is only needed for a rejected row.
+        parsed = ParsedRow(number, "", end)
         try:
             decoded = _decode(raw, number)
             try:
@@ -400,6 +401,7 @@ def parse_jsonl(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_proven
             parsed.row = row
         except RowInvalid as exc:
             parsed.errors.append(RowError(number, exc.field, exc.message))
+            parsed.raw = raw.decode("utf-8", "replace").rstrip("\r\n")
         yield parsed
 
 
