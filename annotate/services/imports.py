@@ -4,7 +4,8 @@ An import runs in two streaming passes, so memory stays flat however big the fil
 
 1. *Check*: every row is parsed and validated; good rows go to a temporary spool file, bad rows
    are counted, the first ``MAX_REPORTED`` errors kept on the batch and every bad row written to a
-   rejected-rows file. Progress (``bytes_read``, ``rows_seen``) is committed every chunk.
+   rejected-rows file. Progress (``bytes_read``, ``rows_seen``) is committed at chunk boundaries,
+   at most twice a second (each commit is an fsync on SQLite).
 2. *Write* (only when the mode allows it): the spool is read back in chunks inside one
    transaction; each chunk's content hashes are looked up in the project (one indexed query) so
    duplicates, within the file or against earlier imports, are reported by line and never
