@@ -7,9 +7,12 @@ An import runs in two streaming passes, so memory stays flat however big the fil
    rejected-rows file. Progress (``bytes_read``, ``rows_seen``) is committed at chunk boundaries,
    at most twice a second (each commit is an fsync on SQLite).
 2. *Write* (only when the mode allows it): the spool is read back in chunks inside one
-   transaction; each chunk's content hashes are looked up in the project (one indexed query) so
-   duplicates, within the file or against earlier imports, are reported by line and never
-   inserted twice. Rows go in by ``executemany`` (SQLite) or ``COPY`` (PostgreSQL).
+   transaction. Duplicates, within the file or against earlier imports, are reported by line and
+   never inserted twice: on SQLite each chunk's content hashes are looked up first (one indexed
+   query) and the rest go in by ``executemany``; on PostgreSQL each chunk is COPied into a
+   temporary table and moved with ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, so the unique
+   index (item_unique_content_per_project) finds the duplicates while inserting, and only those
+   are looked up for the report.
 
 Split scheme: an item goes to eval when
 ``int(sha256(f"{split_seed}:{stratum}:{content_hash}")[:16], 16) / 2**64 < project.eval_share``,
@@ -406,30 +409,40 @@ def _write(batch: ImportBatch, spool: IO[bytes]):
         return _write_chunks(batch, spool)
 
 
+def _duplicate_message(batch: ImportBatch, found: tuple | None) -> str:
+    item_id, batch_id, first_line = found or (None, None, None)
+    if batch_id == batch.id:
+        return f"Duplicate of line {first_line} in this file (same normalized content); imported once."
+    if item_id is None:
+        return "Already in the project (same normalized content); not imported again."
+    return f"Already in the project as item #{item_id} (same normalized content); not imported again."
+
+
 def _write_chunks(batch: ImportBatch, spool: IO[bytes]):
     project = batch.project
     seed, share = project.split_seed, project.eval_share
     strata: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     imported = duplicates = 0
     dup_report: list[dict] = []
-    now = timezone.now()
-    insert = _Inserter(batch.id, project.id, now)
+    insert = _Inserter(batch.id, project.id, timezone.now())
+
+    def report(line: int, found: tuple | None) -> None:
+        nonlocal duplicates
+        duplicates += 1
+        if len(dup_report) < MAX_REPORTED:
+            message = _duplicate_message(batch, found)
+            dup_report.append({"line": line, "field": "", "message": message, "kind": "duplicate"})
+
     for chunk in _read_spool(spool):
-        known = _known_hashes(project.id, [record[HASH] for record in chunk])
+        # SQLite: look the chunk's hashes up first (cheap there). PostgreSQL: the insert itself
+        # skips what the unique index already holds (ON CONFLICT DO NOTHING), and only those rows
+        # are looked up for the report; probing the index twice per row would double the cost.
+        known = {} if insert.on_conflict else _known_hashes(project.id, [record[HASH] for record in chunk])
         fresh = []
         for record in chunk:
             h, kind, line = record[HASH], record[KIND], record[LINE]
             if h in known:
-                duplicates += 1
-                item_id, batch_id, first_line = known[h]
-                if batch_id == batch.id:
-                    message = f"Duplicate of line {first_line} in this file (same normalized content); imported once."
-                else:
-                    message = (
-                        f"Already in the project as item #{item_id} (same normalized content); not imported again."
-                    )
-                if len(dup_report) < MAX_REPORTED:
-                    dup_report.append({"line": line, "field": "", "message": message, "kind": "duplicate"})
+                report(line, known[h])
                 continue
             if record[PROVENANCE] == Provenance.LLM_JUDGED:
                 split = "train"
@@ -438,9 +451,18 @@ def _write_chunks(batch: ImportBatch, spool: IO[bytes]):
             strata[kind][split == "eval"] += 1
             known[h] = (None, batch.id, line)
             fresh.append((record, split))
-        insert(fresh)
-        imported += len(fresh)
-    return imported, duplicates, dup_report, dict(strata)
+        inserted = insert(fresh)
+        if inserted is not None and len(inserted) < len(fresh):
+            skipped = [(record, split) for record, split in fresh if record[HASH] not in inserted]
+            found = _known_hashes(project.id, [record[HASH] for record, _ in skipped])
+            for record, split in skipped:
+                strata[record[KIND]][split == "eval"] -= 1
+                report(record[LINE], found.get(record[HASH]))
+            imported += len(inserted)
+        else:
+            imported += len(fresh)
+    dup_report.sort(key=lambda d: d["line"])
+    return imported, duplicates, dup_report, {k: v for k, v in strata.items() if sum(v)}
 
 
 def _known_hashes(project_id: int, hashes: list[str]) -> dict[str, tuple]:
@@ -483,10 +505,13 @@ class _Inserter:
         "created_at",
     )
 
+    STAGE = "goldset_import_stage"
+
     def __init__(self, batch_id: int, project_id: int, now):
         self.batch_id, self.project_id, self.now = batch_id, project_id, now
         self.table = connection.ops.quote_name(Item._meta.db_table)
         self.columns = ", ".join(connection.ops.quote_name(c) for c in self.COLUMNS)
+        self.on_conflict = connection.vendor == "postgresql"
 
     def values(self, fresh) -> Iterator[tuple]:
         project_id, batch_id, now = self.project_id, self.batch_id, self.now
@@ -508,26 +533,42 @@ class _Inserter:
                 now,
             )
 
-    def __call__(self, fresh) -> None:
+    def __call__(self, fresh) -> set[str] | None:
+        """Insert the rows; on PostgreSQL return the content hashes actually inserted."""
         if not fresh:
-            return
+            return None
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # The raw psycopg cursor: wrap its errors so a unique violation is Django's IntegrityError.
-                with (
-                    connection.wrap_database_errors,
-                    cursor.cursor.copy(f"COPY {self.table} ({self.columns}) FROM STDIN") as copy,
-                ):
-                    for values in self.values(fresh):
-                        copy.write_row(values)
+            if self.on_conflict:
+                return self._copy_insert(cursor, fresh)
+            marks = ", ".join(["%s"] * len(self.COLUMNS))
+            if connection.vendor == "sqlite":
+                now = connection.ops.adapt_datetimefield_value(self.now)
+                rows = [(*v[:-1], now) for v in self.values(fresh)]
             else:
-                marks = ", ".join(["%s"] * len(self.COLUMNS))
-                if connection.vendor == "sqlite":
-                    now = connection.ops.adapt_datetimefield_value(self.now)
-                    rows = [(*v[:-1], now) for v in self.values(fresh)]
-                else:
-                    rows = list(self.values(fresh))
-                cursor.executemany(f"INSERT INTO {self.table} ({self.columns}) VALUES ({marks})", rows)
+                rows = list(self.values(fresh))
+            cursor.executemany(f"INSERT INTO {self.table} ({self.columns}) VALUES ({marks})", rows)
+        return None
+
+    def _copy_insert(self, cursor, fresh) -> set[str]:
+        # COPY into an index-free temporary table, then one INSERT ... SELECT that lets the unique
+        # index skip duplicates (COPY itself cannot). The stage lives until the transaction ends.
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.STAGE} ON COMMIT DROP AS "
+            f"SELECT {self.columns} FROM {self.table} WITH NO DATA"
+        )
+        cursor.execute(f"TRUNCATE {self.STAGE}")
+        # The raw psycopg cursor: wrap its errors as Django's.
+        with (
+            connection.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {self.STAGE} ({self.columns}) FROM STDIN") as copy,
+        ):
+            for values in self.values(fresh):
+                copy.write_row(values)
+        cursor.execute(
+            f"INSERT INTO {self.table} ({self.columns}) SELECT {self.columns} FROM {self.STAGE} "
+            "ON CONFLICT (project_id, content_hash) DO NOTHING RETURNING content_hash"
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def rejected_file_open(*, batch: ImportBatch) -> IO[bytes]:

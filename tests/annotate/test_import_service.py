@@ -227,7 +227,9 @@ def test_an_unexpected_failure_marks_the_batch_failed_instead_of_leaving_it_runn
     assert batch.finished_at is not None
 
 
-def test_the_unique_constraint_stops_a_duplicate_the_lookup_missed_and_nothing_is_imported(project, monkeypatch):
+def test_a_duplicate_the_lookup_missed_is_never_inserted_twice(project, monkeypatch):
+    from django.db import connection
+
     run(project, jsonl({"prompt": "Refund policy?", "response": "30 days."}))
     # As if a concurrent import committed this content between the lookup and the insert.
     monkeypatch.setattr(imports, "_known_hashes", lambda project_id, hashes: {})
@@ -235,9 +237,17 @@ def test_the_unique_constraint_stops_a_duplicate_the_lookup_missed_and_nothing_i
         project,
         jsonl({"prompt": "New question", "response": "a"}, {"prompt": "refund policy?", "response": "30 days."}),
     )
-    assert batch.status == ImportBatch.Status.FAILED
-    assert batch.message.startswith("Another import added some of the same items while this one ran")
-    assert Item.objects.filter(project=project).count() == 1
+    if connection.vendor == "postgresql":
+        # INSERT ... ON CONFLICT DO NOTHING: the unique index skips it and it is reported.
+        assert batch.status == ImportBatch.Status.SUCCEEDED
+        assert (batch.rows_imported, batch.duplicates) == (1, 1)
+        assert batch.errors[-1]["message"] == "Already in the project (same normalized content); not imported again."
+        assert Item.objects.filter(project=project).count() == 2
+    else:
+        # executemany: the unique constraint refuses it and the whole write rolls back.
+        assert batch.status == ImportBatch.Status.FAILED
+        assert batch.message.startswith("Another import added some of the same items while this one ran")
+        assert Item.objects.filter(project=project).count() == 1
 
 
 def test_a_file_without_rows_fails_with_a_clear_message(project):
