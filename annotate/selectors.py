@@ -9,7 +9,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from annotate import roles
-from annotate.models import Annotation, Flag, Item, Lease, Project, RubricVersion, TaskKind
+from annotate.models import Annotation, Flag, ImportBatch, Item, Lease, Project, RubricVersion, TaskKind
 
 
 def project_list_for_user(*, user) -> QuerySet[Project]:
@@ -242,3 +242,28 @@ def queue_health(*, project: Project, now=None) -> dict:
         "flags_open": Flag.objects.filter(item__project=project, resolved=False).count(),
         "now": now,
     }
+
+
+def import_batch_get_for_admin(*, user, slug: str, batch_id: int) -> ImportBatch:
+    """An import of the project, for admins; 404 when it belongs to another project."""
+    project = project_get_for_admin(user=user, slug=slug)
+    try:
+        return ImportBatch.objects.select_related("project", "uploaded_by").get(project=project, id=batch_id)
+    except ImportBatch.DoesNotExist:
+        raise Http404("No such import.") from None
+
+
+def import_batch_list(*, project: Project, limit: int = 20) -> QuerySet[ImportBatch]:
+    """The project's latest imports, newest first."""
+    return project.imports.select_related("uploaded_by").order_by("-created_at", "-id")[:limit]
+
+
+def item_list_for_user(*, user, slug: str, split: str = "", kind: str = "") -> tuple[Project, QuerySet[Item]]:
+    """The project's items a member may browse, optionally filtered by split and kind."""
+    project = project_get_for_user(user=user, slug=slug)
+    items = Item.objects.filter(project=project).order_by("id")
+    if split:
+        items = items.filter(split=split)
+    if kind:
+        items = items.filter(kind=kind)
+    return project, items

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate.views import adjudication, projects, queue, reports, rubrics
+from annotate.views import adjudication, imports, projects, queue, reports, rubrics
 
 app_name = "annotate"
 
@@ -75,4 +75,9 @@ urlpatterns = [
         queue.queue_lease_reassign,
         name="queue-lease-reassign",
     ),
+    path("projects/<slug:slug>/items/", imports.item_list, name="item-list"),
+    path("projects/<slug:slug>/imports/", imports.import_new, name="import-new"),
+    path("projects/<slug:slug>/imports/<int:batch_id>/", imports.import_detail, name="import-detail"),
+    path("projects/<slug:slug>/imports/<int:batch_id>/progress/", imports.import_progress, name="import-progress"),
+    path("projects/<slug:slug>/imports/<int:batch_id>/rejected/", imports.import_rejected, name="import-rejected"),
 ]

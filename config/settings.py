@@ -181,6 +181,8 @@ ARTIFACTS_DIR = Path(os.environ.get("GOLDSET_ARTIFACTS_DIR", VAR_DIR / "artifact
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # Uploads above this go to a temp file on disk instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Item imports up to this size run during the upload request; bigger ones go to the Celery worker.
+GOLDSET_IMPORT_INLINE_MAX_BYTES = int(os.environ.get("GOLDSET_IMPORT_INLINE_MAX_BYTES", str(1024 * 1024)))
 
 # --- Celery ----------------------------------------------------------------------------------
 # Agreement reports over more annotations than this are computed by a worker, with a progress bar.

@@ -1,0 +1,107 @@
+"""Import pages: upload (admins), a batch's live progress, its errors and rejected rows; the item list."""
+
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+
+from annotate import selectors
+from annotate.forms import ImportForm, ItemFilterForm
+from annotate.models import ImportBatch
+from annotate.services.imports import import_batch_submit
+
+ITEMS_PER_PAGE = 50
+
+
+@require_http_methods(["GET", "POST"])
+def import_new(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    form = ImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            batch = import_batch_submit(
+                project=project,
+                uploaded_by=request.user,
+                upload=data["file"],
+                filename=data["file"].name,
+                file_format=data["file_format"],
+                mode=data["mode"],
+                provenance=data["provenance"],
+            )
+        except (ValidationError, ValueError) as exc:
+            form.add_error(None, "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc))
+        else:
+            url = batch_url(batch)
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    context = {"project": project, "form": form, "batches": selectors.import_batch_list(project=project)}
+    if request.htmx:
+        return render(request, "annotate/import_new.html#import-form", context)
+    return render(request, "annotate/import_new.html", context, status=400 if form.errors else 200)
+
+
+def batch_url(batch: ImportBatch) -> str:
+    from django.urls import reverse
+
+    return reverse("annotate:import-detail", kwargs={"slug": batch.project.slug, "batch_id": batch.id})
+
+
+def _detail_context(batch: ImportBatch) -> dict:
+    errors = [e for e in batch.errors if e.get("kind") != "duplicate"]
+    duplicates = [e for e in batch.errors if e.get("kind") == "duplicate"]
+    done = batch.status in (ImportBatch.Status.SUCCEEDED, ImportBatch.Status.FAILED)
+    percent = 100 if done else int(100 * batch.bytes_read / batch.bytes_total) if batch.bytes_total else 0
+    return {
+        "project": batch.project,
+        "batch": batch,
+        "row_errors": errors,
+        "duplicate_rows": duplicates,
+        "done": done,
+        "percent": percent,
+    }
+
+
+@require_GET
+def import_detail(request: HttpRequest, slug: str, batch_id: int) -> HttpResponse:
+    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    return render(request, "annotate/import_detail.html", _detail_context(batch))
+
+
+@require_GET
+def import_progress(request: HttpRequest, slug: str, batch_id: int) -> HttpResponse:
+    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    context = _detail_context(batch)
+    response = render(request, "annotate/import_detail.html#import-progress", context)
+    if context["done"]:
+        # 286 tells htmx to stop polling; the final fragment (errors, downloads) is still swapped in.
+        return HttpResponseStopPolling(response.content)
+    return response
+
+
+@require_GET
+def import_rejected(request: HttpRequest, slug: str, batch_id: int) -> FileResponse:
+    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    if not batch.rejected_path or not Path(batch.rejected_path).exists():
+        raise Http404("This import has no rejected rows.")
+    name = f"{Path(batch.filename).stem}-rejected.{batch.file_format}"
+    return FileResponse(open(batch.rejected_path, "rb"), as_attachment=True, filename=name)  # noqa: SIM115
+
+
+@require_GET
+def item_list(request: HttpRequest, slug: str) -> HttpResponse:
+    form = ItemFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    project, items = selectors.item_list_for_user(
+        user=request.user, slug=slug, split=filters.get("split", ""), kind=filters.get("kind", "")
+    )
+    page = Paginator(items, ITEMS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"project": project, "form": form, "page": page, "query": query.urlencode()}
+    if request.htmx:
+        return render(request, "annotate/item_list.html#item-table", context)
+    return render(request, "annotate/item_list.html", context)
