@@ -305,17 +305,19 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
         _progress(batch, message=f"Writing {good} rows…")
         try:
             imported, duplicates, dup_report, strata = _write(batch, spool)
-        except IntegrityError:
-            # item_unique_content_per_project caught what the per-chunk lookup could not see: a
-            # concurrent import of the same content committed in between.
-            _finish(
-                batch,
-                status=ImportBatch.Status.FAILED,
-                message=(
+        except IntegrityError as exc:
+            if "content_hash" in str(exc) or "item_unique_content_per_project" in str(exc):
+                # item_unique_content_per_project caught what the per-chunk lookup could not see: a
+                # concurrent import of the same content committed in between.
+                message = (
                     "Another import added some of the same items while this one ran, so nothing was imported. "
                     "Import the file again: items already in the project will be listed as duplicates."
-                ),
-            )
+                )
+            else:
+                message = (
+                    f"The import stopped while writing ({exc}); the transaction was rolled back: nothing imported."
+                )
+            _finish(batch, status=ImportBatch.Status.FAILED, message=message)
             return batch
         except Exception as exc:  # any failure rolls back and is reported in words
             _finish(
@@ -502,6 +504,7 @@ class _Inserter:
         "source_line",
         "is_check",
         "is_calibration",
+        "review_count",
         "created_at",
     )
 
@@ -530,6 +533,7 @@ class _Inserter:
                 r[LINE],
                 False,
                 False,
+                0,
                 now,
             )
 
