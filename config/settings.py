@@ -130,7 +130,12 @@ if EMBEDDED:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
     }
-    DATABASES = {"default": _sqlite, "training": {**_sqlite, "TEST": {"MIRROR": "default"}}}
+    DATABASES = {
+        # The test database is a file too: an in-memory one uses SQLite's shared cache, whose table
+        # locks fail at once ("database table is locked") instead of waiting like file locks do.
+        "default": {**_sqlite, "TEST": {"NAME": str(VAR_DIR / "test_goldset.sqlite3")}},
+        "training": {**_sqlite, "TEST": {"MIRROR": "default"}},
+    }
 else:
     DATABASES = {
         "default": dj_database_url.parse(DATABASE_URL, conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60"))),
