@@ -11,6 +11,7 @@ from annotate.models import (
     Project,
     RubricVersion,
 )
+from config.admin import ReadOnlyAdmin
 
 
 @admin.register(Project)
@@ -30,46 +31,33 @@ class ProjectAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
-class ViewOnlyAdmin(admin.ModelAdmin):
-    """Judgements and items change only through Goldset's services, which keep their history."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Item)
-class ItemAdmin(ViewOnlyAdmin):
+class ItemAdmin(ReadOnlyAdmin):
     list_display = ["id", "project", "kind", "split", "provenance", "is_check", "review_count"]
     list_filter = ["project", "kind", "split", "provenance", "is_check"]
     search_fields = ["prompt", "content_hash"]
 
 
 @admin.register(Annotation)
-class AnnotationAdmin(ViewOnlyAdmin):
+class AnnotationAdmin(ReadOnlyAdmin):
     list_display = ["id", "item", "reviewer", "kind", "revision", "updated_at"]
     list_filter = ["kind"]
 
 
 @admin.register(Lease)
-class LeaseAdmin(ViewOnlyAdmin):
+class LeaseAdmin(ReadOnlyAdmin):
     list_display = ["id", "item", "reviewer", "status", "expires_at"]
     list_filter = ["status"]
 
 
 @admin.register(ImportBatch)
-class ImportBatchAdmin(ViewOnlyAdmin):
+class ImportBatchAdmin(ReadOnlyAdmin):
     list_display = ["id", "filename", "project", "status", "rows_imported", "rows_rejected", "created_at"]
     list_filter = ["status"]
 
 
 @admin.register(Adjudication)
-class AdjudicationAdmin(ViewOnlyAdmin):
+class AdjudicationAdmin(ReadOnlyAdmin):
     list_display = ["id", "item", "adjudicator", "created_at"]
 
 

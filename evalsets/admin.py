@@ -3,18 +3,8 @@ rejects it anyway)."""
 
 from django.contrib import admin
 
+from config.admin import ReadOnlyAdmin
 from evalsets.models import EvalRecord, EvalSetVersion
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(EvalSetVersion)
