@@ -4,7 +4,7 @@ import statistics
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -21,10 +21,13 @@ def project_list_for_user(*, user) -> QuerySet[Project]:
 
 def project_get_for_user(*, user, slug: str) -> Project:
     """The project, or 404 when it does not exist or the user is not a member (no existence leak)."""
-    try:
-        return project_list_for_user(user=user).get(slug=slug)
-    except Project.DoesNotExist:
-        raise Http404("No such project.") from None
+    # One query on every queue request: membership comes with the project row, and the user's
+    # groups are only looked up (for the admin case) when they are not a member.
+    membership = Project.members.through.objects.filter(project_id=OuterRef("pk"), user_id=user.pk)
+    project = Project.objects.filter(slug=slug).annotate(user_is_member=Exists(membership)).first()
+    if project is None or not (project.user_is_member or roles.is_admin(user)):
+        raise Http404("No such project.")
+    return project
 
 
 def project_get_for_admin(*, user, slug: str) -> Project:
@@ -139,7 +142,8 @@ def queue_blocked_reason(*, project: Project) -> str:
 def lease_get_for_reviewer(*, user, project: Project, lease_id: int) -> Lease:
     """One of the user's own leases in the project; 404 for anyone else's (no existence leak)."""
     try:
-        return Lease.objects.select_related("item").get(pk=lease_id, project=project, reviewer=user)
+        # No item: the views only need the lease's id and status; services lock and load what they use.
+        return Lease.objects.get(pk=lease_id, project=project, reviewer=user)
     except Lease.DoesNotExist:
         raise Http404("No such item in your queue.") from None
 
