@@ -14,6 +14,8 @@ expiry, submission and assignment free of deadlocks.
 """
 
 import random
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
@@ -62,6 +64,24 @@ def _commit_without_waiting_for_disk() -> None:
             cursor.execute("SET LOCAL synchronous_commit = off")
 
 
+_sqlite_writers = threading.RLock()
+
+
+@contextmanager
+def write_turn():
+    """On SQLite, let the queue's writing transactions of this process take turns on a lock.
+
+    SQLite admits one writer at a time (BEGIN IMMEDIATE) and makes the others poll with growing
+    sleeps (up to 100 ms each); a thread waiting on this lock is woken the moment the holder is
+    done. It only orders this process's threads: the database lock still serializes processes.
+    Reentrant, so a refill inside a submission takes it again freely. PostgreSQL needs no turns."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with _sqlite_writers:
+        yield
+
+
 def lease_expire_stale(*, project: Project | None = None, now: datetime | None = None) -> int:
     """Mark active leases past their expiry as expired, so their items go back into the queue."""
     now = now or timezone.now()
@@ -72,7 +92,7 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
     if not stale.exists():
         return 0
     outermost = not connection.in_atomic_block
-    with transaction.atomic():
+    with write_turn(), transaction.atomic():
         if outermost:
             _commit_without_waiting_for_disk()
         # SKIP LOCKED: a lease being submitted right now is left to its submitter.
@@ -203,7 +223,7 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
     outermost = not connection.in_atomic_block
     for _ in range(_PICK_ATTEMPTS):
         try:
-            with transaction.atomic():
+            with write_turn(), transaction.atomic():
                 if outermost:
                     _commit_without_waiting_for_disk()
                 item = _pick_any(project=project, reviewer=reviewer, blocked=blocked, passes=passes)
