@@ -130,9 +130,18 @@ def describe_payload(*, item: Item, payload: dict | None, criteria: list[dict] |
     return lines
 
 
-def queue_blocked_reason(*, project: Project) -> str:
-    """Why some of the project's items are not being served, in words for the queue page ("" when none)."""
-    if TaskKind.RUBRIC in (project.task_kinds or []) and rubric_version_active(project=project) is None:
+_LOOK_UP = object()
+
+
+def queue_blocked_reason(*, project: Project, active_version=_LOOK_UP) -> str:
+    """Why some of the project's items are not being served, in words for the queue page ("" when none).
+
+    ``active_version``: the project's active rubric version when the caller has just fetched it."""
+    if TaskKind.RUBRIC not in (project.task_kinds or []):
+        return ""
+    if active_version is _LOOK_UP:
+        active_version = rubric_version_active(project=project)
+    if active_version is None:
         return (
             "Rubric-scoring items are not being served: the project has no active rubric version yet. "
             "An admin has to activate one before they can be scored."
