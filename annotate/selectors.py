@@ -21,10 +21,14 @@ def project_list_for_user(*, user) -> QuerySet[Project]:
 
 def project_get_for_user(*, user, slug: str) -> Project:
     """The project, or 404 when it does not exist or the user is not a member (no existence leak)."""
-    try:
-        return project_list_for_user(user=user).get(slug=slug)
-    except Project.DoesNotExist:
-        raise Http404("No such project.") from None
+    # Members first, in one query (every queue request comes here); the user's groups are looked up
+    # only for someone who is not a member, who sees the project only as an admin.
+    project = Project.objects.filter(slug=slug, members=user).first()
+    if project is None and roles.is_admin(user):
+        project = Project.objects.filter(slug=slug).first()
+    if project is None:
+        raise Http404("No such project.")
+    return project
 
 
 def project_get_for_admin(*, user, slug: str) -> Project:
@@ -126,9 +130,18 @@ def describe_payload(*, item: Item, payload: dict | None, criteria: list[dict] |
     return lines
 
 
-def queue_blocked_reason(*, project: Project) -> str:
-    """Why some of the project's items are not being served, in words for the queue page ("" when none)."""
-    if TaskKind.RUBRIC in (project.task_kinds or []) and rubric_version_active(project=project) is None:
+_LOOK_UP = object()
+
+
+def queue_blocked_reason(*, project: Project, active_version=_LOOK_UP) -> str:
+    """Why some of the project's items are not being served, in words for the queue page ("" when none).
+
+    ``active_version``: the project's active rubric version when the caller has just fetched it."""
+    if TaskKind.RUBRIC not in (project.task_kinds or []):
+        return ""
+    if active_version is _LOOK_UP:
+        active_version = rubric_version_active(project=project)
+    if active_version is None:
         return (
             "Rubric-scoring items are not being served: the project has no active rubric version yet. "
             "An admin has to activate one before they can be scored."
@@ -139,7 +152,8 @@ def queue_blocked_reason(*, project: Project) -> str:
 def lease_get_for_reviewer(*, user, project: Project, lease_id: int) -> Lease:
     """One of the user's own leases in the project; 404 for anyone else's (no existence leak)."""
     try:
-        return Lease.objects.select_related("item").get(pk=lease_id, project=project, reviewer=user)
+        # No item: the views only need the lease's id and status; services lock and load what they use.
+        return Lease.objects.get(pk=lease_id, project=project, reviewer=user)
     except Lease.DoesNotExist:
         raise Http404("No such item in your queue.") from None
 

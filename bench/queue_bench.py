@@ -413,7 +413,7 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
 
 HEADER = (
     f"{'db':<10} {'revs':>4} {'mode':<9} {'annots':>7} {'ann/s':>7} "
-    f"{'next p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>24} {'web CPU ms/ann':>15} {'errors':>6}"
+    f"{'next p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>24} {'web CPU ms/ann':>15} {'client CPU':>10} {'errors':>6}"
 )
 
 
@@ -423,7 +423,8 @@ def print_row(row: dict) -> None:
 
     print(
         f"{row['db']:<10} {row['reviewers']:>4} {row['mode']:<9} {row['annotations']:>7} {row['per_s']:>7.1f} "
-        f"{fmt(row['next']):>22} {fmt(row['submit']):>24} {row['web_cpu_ms']:>15.1f} {row['errors']:>6}",
+        f"{fmt(row['next']):>22} {fmt(row['submit']):>24} {row['web_cpu_ms']:>15.1f} {row['client_cpu_ms']:>10.1f} "
+        f"{row['errors']:>6}",
         flush=True,
     )
     if row["first_error"]:

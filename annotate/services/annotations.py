@@ -204,12 +204,20 @@ def annotation_submit(*, lease_id: int, reviewer, data: Mapping, duration_ms=Non
     return annotation
 
 
-@transaction.atomic
 def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms=None):
     """Submit, then top up the reviewer's leases (current + prefetched), in one transaction: one commit per item.
 
     Returns (annotation, active leases oldest first). A failure while assigning rolls back to a
     savepoint and leaves the submission in place: the next request assigns instead."""
+    from annotate.services.queue import write_turn
+
+    with write_turn(), transaction.atomic():
+        return _submit_and_refill(
+            lease_id=lease_id, reviewer=reviewer, project=project, data=data, duration_ms=duration_ms
+        )
+
+
+def _submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms):
     from annotate.services.queue import lease_fill_for_reviewer, leases_active_for_reviewer
 
     annotation = annotation_submit(lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms)

@@ -212,7 +212,9 @@ def item_result_refresh(*, item: Item) -> ItemResult:
             result.status, result.payload = ItemResult.Status.DISPUTED, None
         else:
             result.status, result.payload = ItemResult.Status.CONSENSUS, payload
-    # An empty reviewer list is valid here (JSONField treats [] as blank).
-    result.full_clean(exclude=["reviewer_ids"])
+    # An empty reviewer list is valid here (JSONField treats [] as blank). The item and rubric version
+    # are foreign keys and the one result per item is a unique column: the database checks those, and
+    # validating them here would cost two queries on every submission.
+    result.full_clean(exclude=["reviewer_ids", "item", "rubric_version"], validate_unique=False)
     result.save()
     return result

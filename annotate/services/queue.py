@@ -14,11 +14,13 @@ expiry, submission and assignment free of deadlocks.
 """
 
 import random
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from annotate.models import Item, Lease, Project, TaskKind
@@ -62,6 +64,24 @@ def _commit_without_waiting_for_disk() -> None:
             cursor.execute("SET LOCAL synchronous_commit = off")
 
 
+_sqlite_writers = threading.RLock()
+
+
+@contextmanager
+def write_turn():
+    """On SQLite, let the queue's writing transactions of this process take turns on a lock.
+
+    SQLite admits one writer at a time (BEGIN IMMEDIATE) and makes the others poll with growing
+    sleeps (up to 100 ms each); a thread waiting on this lock is woken the moment the holder is
+    done. It only orders this process's threads: the database lock still serializes processes.
+    Reentrant, so a refill inside a submission takes it again freely. PostgreSQL needs no turns."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with _sqlite_writers:
+        yield
+
+
 def lease_expire_stale(*, project: Project | None = None, now: datetime | None = None) -> int:
     """Mark active leases past their expiry as expired, so their items go back into the queue."""
     now = now or timezone.now()
@@ -72,7 +92,7 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
     if not stale.exists():
         return 0
     outermost = not connection.in_atomic_block
-    with transaction.atomic():
+    with write_turn(), transaction.atomic():
         if outermost:
             _commit_without_waiting_for_disk()
         # SKIP LOCKED: a lease being submitted right now is left to its submitter.
@@ -82,7 +102,61 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
         )
 
 
+def _pick_sql(*, partial: bool, blocked: int, lock: str) -> str:
+    """The pick query for fresh (review_count = 0) or partly reviewed items, as SQL.
+
+    Written out rather than built with the ORM: it runs on every assignment, and compiling the
+    equivalent queryset (two subqueries, an annotation) cost more CPU than running it. The shape
+    is the one the indexes serve: ``review_count = 0 ORDER BY id`` reads the
+    (project, review_count, id) index in order, with no sort."""
+    kinds = f" AND {{t}}.kind NOT IN ({', '.join(['%s'] * blocked)})" if blocked else ""
+    base = "{t}.project_id = %s AND NOT {t}.is_calibration" + kinds
+    sql = (
+        "SELECT i.*, (SELECT l.id FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s LIMIT 1)"
+        " AS own_lease FROM annotate_item i WHERE "
+        + base.format(t="i")
+        + " AND NOT EXISTS (SELECT 1 FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s"
+        " AND l.status IN (%s, %s, %s))"
+    )
+    if partial:
+        window = (
+            "SELECT w.id FROM annotate_item w WHERE "
+            + base.format(t="w")
+            + " AND w.review_count >= 1 AND w.review_count < %s ORDER BY w.review_count DESC, w.id LIMIT %s"
+        )
+        sql += f" AND i.review_count >= 1 AND i.review_count < %s AND i.id IN ({window})"
+        sql += " ORDER BY i.review_count DESC, i.id"
+    else:
+        sql += " AND i.review_count = 0 ORDER BY i.id"
+    return sql + " LIMIT 1" + lock
+
+
+def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], partial: bool, wait: bool) -> Item | None:
+    lock = ""
+    if connection.features.has_select_for_update:
+        lock = " FOR UPDATE OF i" + ("" if wait else " SKIP LOCKED")
+    base = [project.pk, *(str(kind) for kind in blocked)]
+    seen = [Lease.Status.ACTIVE.value, Lease.Status.SUBMITTED.value, Lease.Status.SKIPPED.value]
+    params = [reviewer.pk, *base, reviewer.pk, *seen]
+    if partial:
+        params += [project.overlap_k, *base, project.overlap_k, PARTIAL_WINDOW]
+    sql = _pick_sql(partial=partial, blocked=len(blocked), lock=lock)
+    return next(iter(Item.objects.raw(sql, params)), None)
+
+
 def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait: bool) -> Item | None:
+    if not skipped:
+        # Items closest to completion first, so items get finished before new ones are started. The
+        # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
+        # their own half-done items at the head of the index, and scanning all of them on every pick
+        # would grow without bound. Past the window, fresh items (no live lease) come by id.
+        for partial in (True, False):
+            item = _pick_fresh_or_partial(
+                project=project, reviewer=reviewer, blocked=blocked, partial=partial, wait=wait
+            )
+            if item is not None:
+                return item
+        return None
     k = project.overlap_k
     items = Item.objects.filter(project=project, is_calibration=False)
     if blocked:
@@ -90,33 +164,11 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
     # Whether this reviewer already has a (skipped, expired or released) lease row to reuse.
     own = Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer)
     items = items.annotate(own_lease=Subquery(own.values("id")[:1]))
-    if skipped:
-        # Last pass: items this reviewer skipped, oldest skip first.
-        candidates = [
-            items.filter(review_count__lt=k, leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED).order_by(
-                "leases__updated_at", "id"
-            )
-        ]
-    else:
-        unseen = items.filter(
-            ~Exists(own.filter(status__in=[Lease.Status.ACTIVE, Lease.Status.SUBMITTED, Lease.Status.SKIPPED]))
-        )
-        # Items closest to completion first, so items get finished before new ones are started. The
-        # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
-        # their own half-done items at the head of the index, and scanning all of them on every pick
-        # would grow without bound. Past the window, fresh items (no live lease) come by id.
-        # review_count = 0 as an equality (not "< k"), so the index also gives the id order: no sort.
-        partial = items.filter(review_count__gte=1, review_count__lt=k)
-        window = partial.order_by("-review_count", "id").values("id")[:PARTIAL_WINDOW]
-        candidates = [
-            unseen.filter(review_count__gte=1, review_count__lt=k, id__in=window).order_by("-review_count", "id"),
-            unseen.filter(review_count=0).order_by("id"),
-        ]
-    for queryset in candidates:
-        item = queryset.select_for_update(skip_locked=not wait, of=("self",)).first()
-        if item is not None:
-            return item
-    return None
+    # Last pass: items this reviewer skipped, oldest skip first.
+    queryset = items.filter(
+        review_count__lt=k, leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED
+    ).order_by("leases__updated_at", "id")
+    return queryset.select_for_update(skip_locked=not wait, of=("self",)).first()
 
 
 def _pick_any(*, project: Project, reviewer, blocked: list[str], passes) -> Item | None:
@@ -171,7 +223,7 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
     outermost = not connection.in_atomic_block
     for _ in range(_PICK_ATTEMPTS):
         try:
-            with transaction.atomic():
+            with write_turn(), transaction.atomic():
                 if outermost:
                     _commit_without_waiting_for_disk()
                 item = _pick_any(project=project, reviewer=reviewer, blocked=blocked, passes=passes)

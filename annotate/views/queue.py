@@ -140,7 +140,10 @@ def _queue_context(request, project: Project, leases: list[Lease], **current_kwa
         "project": project,
         "current": _lease_card(project, leases[0], rubric, **current_kwargs) if leases else None,
         "prefetch": _lease_card(project, leases[1], rubric) if len(leases) > 1 else None,
-        "blocked_reason": selectors.queue_blocked_reason(project=project),
+        # The rubric version fetched above: looking it up again would cost a query per request.
+        "blocked_reason": selectors.queue_blocked_reason(project=project, active_version=rubric)
+        if TaskKind.RUBRIC in (project.task_kinds or [])
+        else "",
     }
 
 
