@@ -165,14 +165,13 @@ def version_activate(request: HttpRequest, slug: str, version_id: int) -> HttpRe
 def version_send_back(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     version = _version(project, version_id)
-    sent: list[int] = []
-    return _act(
-        request,
-        project,
-        version,
-        lambda: sent.append(services.rubric_items_send_back(version=version)),
-        "Items scored under older versions were sent back for re-review.",
-    )
+    try:
+        count = services.rubric_items_send_back(version=version)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{count} item(s) scored under older versions were sent back for re-review.")
+    return redirect(_version_url(project, version))
 
 
 def _calibration_card(request, project, version, item, *, saved=False, errors=None) -> dict:

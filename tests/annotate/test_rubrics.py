@@ -255,6 +255,8 @@ def test_the_version_page_offers_send_back_with_the_count(client, project, rubri
     new = activate_first(rubric, admin_user, alice, bob)
     page = login(client, admin_user).get(f"/projects/{project.slug}/rubrics/versions/{new.pk}/").content.decode()
     assert "Send 3 items back for re-review" in page
+    response = client.post(f"/projects/{project.slug}/rubrics/versions/{new.pk}/send-back/", follow=True)
+    assert "3 item(s) scored under older versions were sent back for re-review." in response.content.decode()
 
 
 def test_calibration_scores_are_saved_through_an_htmx_fragment(client, project, calibrating, alice):
