@@ -5,7 +5,7 @@ keeps ``Item.review_count`` (active + submitted leases) and rejects any lease wr
 it above ``project.overlap_k``; a unique constraint allows one lease row per (item, reviewer).
 This module only chooses well and locks so that those checks almost never fire:
 
-- PostgreSQL: the candidate item row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED``, so
+- PostgreSQL: the candidate item row is taken with ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED``, so
   concurrent reviewers walk past each other's picks instead of queueing behind them.
 - SQLite: every transaction is ``BEGIN IMMEDIATE`` (settings), so assignments run one at a time.
 
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
@@ -134,7 +134,10 @@ def _pick_sql(*, partial: bool, blocked: int, lock: str) -> str:
 def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], partial: bool, wait: bool) -> Item | None:
     lock = ""
     if connection.features.has_select_for_update:
-        lock = " FOR UPDATE OF i" + ("" if wait else " SKIP LOCKED")
+        # NO KEY UPDATE: the pick must not wait on the KEY SHARE locks that inserts referencing the
+        # item (annotations, revisions, leases) hold until their transaction ends. With FOR UPDATE a
+        # submit-and-refill waiting on an item whose reviewer waits on this one's item deadlocked.
+        lock = " FOR NO KEY UPDATE OF i" + ("" if wait else " SKIP LOCKED")
     base = [project.pk, *(str(kind) for kind in blocked)]
     seen = [Lease.Status.ACTIVE.value, Lease.Status.SUBMITTED.value, Lease.Status.SKIPPED.value]
     params = [reviewer.pk, *base, reviewer.pk, *seen]
@@ -168,7 +171,7 @@ def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait
     queryset = items.filter(
         review_count__lt=k, leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED
     ).order_by("leases__updated_at", "id")
-    return queryset.select_for_update(skip_locked=not wait, of=("self",)).first()
+    return queryset.select_for_update(skip_locked=not wait, of=("self",), no_key=True).first()
 
 
 def _pick_any(*, project: Project, reviewer, blocked: list[str], passes) -> Item | None:
@@ -232,6 +235,11 @@ def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None 
                     return _take(item=item, reviewer=reviewer, now=now)
         except IntegrityError:
             # The same reviewer took it from another tab, or the cap trigger fired: pick again.
+            continue
+        except OperationalError as exc:
+            # PostgreSQL broke a lock cycle by failing this pick; its savepoint rolled back: pick again.
+            if getattr(exc.__cause__, "sqlstate", None) != "40P01":
+                raise
             continue
         # Nothing eligible: stale leases may be holding the last slots; reap (committed) and retry once.
         if reaped or not lease_expire_stale(project=project, now=now):

@@ -136,3 +136,37 @@ def test_the_written_out_pick_skips_items_locked_by_another_reviewer(project, al
     assert item is not None and item.pk != first.pk
     assert getattr(item, "own_lease", "missing") is None
     assert not Lease.objects.filter(reviewer=bob).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_submission_in_flight_does_not_hide_its_item_from_the_next_reviewer(project, alice, bob):
+    """An uncommitted annotation holds a KEY SHARE lock on its item until it commits; the pick takes
+    FOR NO KEY UPDATE, which does not conflict with it (FOR UPDATE did, and deadlocked under load)."""
+    from django.db import transaction
+
+    from annotate.models import Annotation
+    from annotate.services.queue import lease_next_for_reviewer
+
+    make_items(project, 1)
+    item = Item.objects.get(project=project)
+    inserted = threading.Event()
+    release = threading.Event()
+
+    def submission_in_flight():
+        with transaction.atomic():
+            Annotation.objects.create(item=item, reviewer=alice, kind=item.kind, payload={"action": "write"})
+            inserted.set()
+            release.wait(5)
+            transaction.set_rollback(True)
+        connection.close()
+
+    holder = threading.Thread(target=submission_in_flight)
+    holder.start()
+    try:
+        assert inserted.wait(5)
+        lease = lease_next_for_reviewer(project=project, reviewer=bob)
+    finally:
+        release.set()
+        holder.join(5)
+    assert lease is not None and lease.item_id == item.pk
