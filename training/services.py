@@ -306,18 +306,23 @@ def _again_check(job: TrainingJob, verb: str) -> None:
         raise ValidationError(snapshot_untrainable_reason(job.snapshot))
 
 
-def training_job_retry(*, job: TrainingJob, created_by) -> TrainingJob:
-    """Queue a fresh job with the same snapshot, base model and config."""
-    _again_check(job, "retried")
-    config = TrainingConfig.from_dict(job.config)
+def _job_again(job: TrainingJob, *, created_by, resume_from: str = "") -> TrainingJob:
+    """A new queued job with the same snapshot, base model and config as ``job``."""
     return _job_insert(
         snapshot=job.snapshot,
         base_model=job.base_model,
-        config=config,
+        config=TrainingConfig.from_dict(job.config),
         created_by=created_by,
         preflight=job.preflight,
         retry_of=job,
+        resume_from=resume_from,
     )
+
+
+def training_job_retry(*, job: TrainingJob, created_by) -> TrainingJob:
+    """Queue a fresh job with the same snapshot, base model and config."""
+    _again_check(job, "retried")
+    return _job_again(job, created_by=created_by)
 
 
 def training_job_resume(*, job: TrainingJob, created_by) -> TrainingJob:
@@ -328,16 +333,7 @@ def training_job_resume(*, job: TrainingJob, created_by) -> TrainingJob:
             f"Job {job.pk} saved no checkpoint before it stopped (one is saved every "
             f"{job.config.get('save_steps')} steps): retry it from the start instead."
         )
-    config = TrainingConfig.from_dict(job.config)
-    return _job_insert(
-        snapshot=job.snapshot,
-        base_model=job.base_model,
-        config=config,
-        created_by=created_by,
-        preflight=job.preflight,
-        retry_of=job,
-        resume_from=job.output_dir,
-    )
+    return _job_again(job, created_by=created_by, resume_from=job.output_dir)
 
 
 def training_jobs_fail_stale(*, stale_after_s: float, using: str = "default") -> list[int]:
