@@ -6,15 +6,21 @@ it above ``project.overlap_k``; a unique constraint allows one lease row per (it
 This module only chooses well and locks so that those checks almost never fire:
 
 - PostgreSQL: the candidate item row is taken with ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED``, so
-  concurrent reviewers walk past each other's picks instead of queueing behind them.
+  concurrent reviewers walk past each other's picks instead of queueing behind them. A pick never
+  waits on an item lock: when every candidate is held by someone mid-assignment it sleeps briefly
+  and looks again (see ``_candidates_held``). Waiting on the lock instead let two refills, each
+  holding the item it had just picked, wait on each other's item: a deadlock.
 - SQLite: every transaction is ``BEGIN IMMEDIATE`` (settings), so assignments run one at a time.
 
-Lock order everywhere is lease row, then item row (the trigger's counter update), which keeps
-expiry, submission and assignment free of deadlocks.
+Lock order everywhere is lease row, then item row (the trigger's counter update); a transaction
+that writes leases of several items (the reaper, a rubric send-back) is alone in doing so (see
+``lease_bulk_write_turn``), which
+keeps expiry, submission and assignment free of deadlocks.
 """
 
 import random
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -35,6 +41,10 @@ PARTIAL_WINDOW = 500
 # Stale leases only delay their items' second reviews, so looking for them once per few seconds is enough.
 REAP_EVERY_S = 5.0
 _PICK_ATTEMPTS = 5
+# How long a pick keeps looking while every candidate is locked by other reviewers' assignments
+# (each holds its lock for one short transaction), and the pause between looks.
+HELD_WAIT_S = 3.0
+_HELD_PAUSES_S = (0.002, 0.005, 0.01, 0.02, 0.04)
 # Checked by the database (foreign keys) or set by this module: full_clean would only add queries.
 LEASE_DB_CHECKED = ["project", "item", "reviewer", "display_order"]
 
@@ -82,6 +92,28 @@ def write_turn():
         yield
 
 
+# Any fixed key: transactions that write leases of many items take turns on it (PostgreSQL
+# advisory locks are per database).
+_BULK_LEASE_LOCK_KEY = 0x601D5E7
+
+
+def lease_bulk_write_turn(*, wait: bool) -> bool:
+    """Take this transaction's turn to write leases of many items (PostgreSQL); False if busy and not waiting.
+
+    Such a write (reaping stale leases, sending items back) updates the leases of many items, so
+    the lease trigger locks those item rows in whatever order the update visits them; two of them
+    sharing items could each hold one and want the other's. One at a time removes that cycle. Call
+    it first in the transaction, before any lease or item lock is held."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_BULK_LEASE_LOCK_KEY])
+            return True
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_BULK_LEASE_LOCK_KEY])
+        return cursor.fetchone()[0]
+
+
 def lease_expire_stale(*, project: Project | None = None, now: datetime | None = None) -> int:
     """Mark active leases past their expiry as expired, so their items go back into the queue."""
     now = now or timezone.now()
@@ -95,6 +127,8 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
     with write_turn(), transaction.atomic():
         if outermost:
             _commit_without_waiting_for_disk()
+        if not lease_bulk_write_turn(wait=False):
+            return 0  # another bulk write is under way; the next call reaps
         # SKIP LOCKED: a lease being submitted right now is left to its submitter.
         ids = list(stale.select_for_update(skip_locked=True).values_list("id", flat=True)[:REAP_BATCH])
         return Lease.objects.filter(id__in=ids, status=Lease.Status.ACTIVE).update(
@@ -131,13 +165,12 @@ def _pick_sql(*, partial: bool, blocked: int, lock: str) -> str:
     return sql + " LIMIT 1" + lock
 
 
-def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], partial: bool, wait: bool) -> Item | None:
+def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], partial: bool) -> Item | None:
     lock = ""
-    if connection.features.has_select_for_update:
-        # NO KEY UPDATE: the pick must not wait on the KEY SHARE locks that inserts referencing the
-        # item (annotations, revisions, leases) hold until their transaction ends. With FOR UPDATE a
-        # submit-and-refill waiting on an item whose reviewer waits on this one's item deadlocked.
-        lock = " FOR NO KEY UPDATE OF i" + ("" if wait else " SKIP LOCKED")
+    if connection.features.has_select_for_update_skip_locked:
+        # NO KEY UPDATE: the pick must not conflict with the KEY SHARE locks that inserts referencing
+        # the item (annotations, revisions, leases) hold until their transaction ends.
+        lock = " FOR NO KEY UPDATE OF i SKIP LOCKED"
     base = [project.pk, *(str(kind) for kind in blocked)]
     seen = [Lease.Status.ACTIVE.value, Lease.Status.SUBMITTED.value, Lease.Status.SKIPPED.value]
     params = [reviewer.pk, *base, reviewer.pk, *seen]
@@ -147,39 +180,45 @@ def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], pa
     return next(iter(Item.objects.raw(sql, params)), None)
 
 
-def _pick(*, project: Project, reviewer, blocked: list[str], skipped: bool, wait: bool) -> Item | None:
-    if not skipped:
-        # Items closest to completion first, so items get finished before new ones are started. The
-        # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
-        # their own half-done items at the head of the index, and scanning all of them on every pick
-        # would grow without bound. Past the window, fresh items (no live lease) come by id.
-        for partial in (True, False):
-            item = _pick_fresh_or_partial(
-                project=project, reviewer=reviewer, blocked=blocked, partial=partial, wait=wait
-            )
-            if item is not None:
-                return item
-        return None
-    k = project.overlap_k
-    items = Item.objects.filter(project=project, is_calibration=False)
+def _eligible(*, project: Project, reviewer, blocked: list[str]):
+    """Items this reviewer could be given if no other transaction held them (skipped ones included)."""
+    items = Item.objects.filter(project=project, is_calibration=False, review_count__lt=project.overlap_k)
     if blocked:
         items = items.exclude(kind__in=blocked)
-    # Whether this reviewer already has a (skipped, expired or released) lease row to reuse.
-    own = Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer)
-    items = items.annotate(own_lease=Subquery(own.values("id")[:1]))
-    # Last pass: items this reviewer skipped, oldest skip first.
-    queryset = items.filter(
-        review_count__lt=k, leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED
-    ).order_by("leases__updated_at", "id")
-    return queryset.select_for_update(skip_locked=not wait, of=("self",), no_key=True).first()
+    return items.exclude(
+        pk__in=Lease.objects.filter(reviewer=reviewer, status__in=LIVE, project=project).values("item_id")
+    )
 
 
-def _pick_any(*, project: Project, reviewer, blocked: list[str], passes) -> Item | None:
-    for skipped, wait in passes:
-        item = _pick(project=project, reviewer=reviewer, blocked=blocked, skipped=skipped, wait=wait)
+def _pick(*, project: Project, reviewer, blocked: list[str]) -> Item | None:
+    """Lock and return the best item for this reviewer that nobody else holds locked right now."""
+    # Items closest to completion first, so items get finished before new ones are started. The
+    # partly reviewed ones are looked for in a bounded window: a reviewer working alone piles up
+    # their own half-done items at the head of the index, and scanning all of them on every pick
+    # would grow without bound. Past the window, fresh items (no live lease) come by id.
+    for partial in (True, False):
+        item = _pick_fresh_or_partial(project=project, reviewer=reviewer, blocked=blocked, partial=partial)
         if item is not None:
             return item
-    return None
+    # Last pass: items this reviewer skipped, oldest skip first.
+    own = Lease.objects.filter(item=OuterRef("pk"), reviewer=reviewer)
+    queryset = (
+        _eligible(project=project, reviewer=reviewer, blocked=blocked)
+        .annotate(own_lease=Subquery(own.values("id")[:1]))
+        .filter(leases__reviewer=reviewer, leases__status=Lease.Status.SKIPPED)
+        .order_by("leases__updated_at", "id")
+    )
+    return queryset.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
+
+
+def _candidates_held(*, project: Project, reviewer, blocked: list[str]) -> bool:
+    """Whether the pick came back empty only because other transactions hold the candidates.
+
+    A locked item may still have room when its holder is done (k > 1, or a skip gives a slot back),
+    so "nothing left" would be wrong then. A plain read, without locks, tells the two apart."""
+    if not connection.features.has_select_for_update_skip_locked:
+        return False  # SQLite: assignments run one at a time, nothing is ever held
+    return _eligible(project=project, reviewer=reviewer, blocked=blocked).exists()
 
 
 _last_reap: dict[int, float] = {}
@@ -210,41 +249,50 @@ def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     return lease
 
 
-def lease_next_for_reviewer(*, project: Project, reviewer, now: datetime | None = None) -> Lease | None:
-    """Lease the best item for this reviewer (closest to completion, skipped ones last); None when none is left."""
+def lease_next_for_reviewer(
+    *, project: Project, reviewer, now: datetime | None = None, wait_for_held: bool = True
+) -> Lease | None:
+    """Lease the best item for this reviewer (closest to completion, skipped ones last); None when none is left.
+
+    With ``wait_for_held`` it keeps looking for a few seconds while every candidate is locked by
+    another reviewer's assignment; a caller whose transaction already holds a picked item passes
+    False (it only wants a prefetch, and two such callers would wait on each other)."""
     now = now or timezone.now()
-    # Its own transaction: the item rows its trigger touched are unlocked before the pick waits on any.
+    # Its own transaction: the item rows its trigger touched are unlocked before the pick runs.
     # At most every few seconds per process; when the pick finds nothing it reaps at once and retries.
     reaped = _reap_due(project.pk, now.timestamp()) and lease_expire_stale(project=project, now=now) >= 0
     blocked = _blocked_kinds(project)
-    # SKIP LOCKED passes first, so concurrent reviewers walk past each other's picks. Only when every
-    # candidate is locked does a pass wait for the lock: the holder may leave the item with room
-    # (k > 1), and answering "nothing left" then would be wrong. SQLite serializes instead.
-    passes = [(False, False), (True, False)]
-    if connection.features.has_select_for_update_skip_locked:
-        passes += [(False, True), (True, True)]
     outermost = not connection.in_atomic_block
-    for _ in range(_PICK_ATTEMPTS):
+    deadline = time.monotonic() + (HELD_WAIT_S if wait_for_held else 0.0)
+    pauses = iter(_HELD_PAUSES_S)
+    attempts = 0
+    while attempts < _PICK_ATTEMPTS:
         try:
             with write_turn(), transaction.atomic():
                 if outermost:
                     _commit_without_waiting_for_disk()
-                item = _pick_any(project=project, reviewer=reviewer, blocked=blocked, passes=passes)
+                item = _pick(project=project, reviewer=reviewer, blocked=blocked)
                 if item is not None:
                     item.project = project
                     return _take(item=item, reviewer=reviewer, now=now)
         except IntegrityError:
             # The same reviewer took it from another tab, or the cap trigger fired: pick again.
+            attempts += 1
             continue
         except OperationalError as exc:
             # PostgreSQL broke a lock cycle by failing this pick; its savepoint rolled back: pick again.
             if getattr(exc.__cause__, "sqlstate", None) != "40P01":
                 raise
+            attempts += 1
+            continue
+        if time.monotonic() < deadline and _candidates_held(project=project, reviewer=reviewer, blocked=blocked):
+            time.sleep(next(pauses, _HELD_PAUSES_S[-1]) * random.uniform(0.5, 1.5))
             continue
         # Nothing eligible: stale leases may be holding the last slots; reap (committed) and retry once.
         if reaped or not lease_expire_stale(project=project, now=now):
             return None
         reaped = True
+        attempts += 1
     return None
 
 
@@ -264,10 +312,16 @@ def lease_fill_for_reviewer(*, project: Project, reviewer, depth: int = PREFETCH
     Called outside a transaction, each new lease commits on its own, so no lock is held across picks."""
     now = timezone.now()
     leases = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
+    in_transaction = connection.in_atomic_block
+    picked = 0
     while len(leases) < depth:
-        lease = lease_next_for_reviewer(project=project, reviewer=reviewer, now=now)
+        # Inside a caller's transaction each new lease keeps its item locked until the end: only the
+        # first pick may wait for held candidates, so two such fills never wait on each other.
+        wait_for_held = not (in_transaction and picked)
+        lease = lease_next_for_reviewer(project=project, reviewer=reviewer, now=now, wait_for_held=wait_for_held)
         if lease is None:
             break
+        picked += 1
         leases.append(lease)
     return leases
 

@@ -32,6 +32,7 @@ from annotate.models import (
     RubricVersion,
     TaskKind,
 )
+from annotate.services.queue import lease_bulk_write_turn
 
 SCALES = ("nominal", "ordinal", "interval", "binary")
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
@@ -406,6 +407,7 @@ def rubric_items_send_back_preview(*, version: RubricVersion) -> dict[str, int]:
 @transaction.atomic
 def rubric_items_send_back(*, version: RubricVersion) -> int:
     """Send items scored under older versions back to their reviewers for re-review; returns the item count."""
+    lease_bulk_write_turn(wait=True)
     version = RubricVersion.objects.select_related("rubric__project").get(pk=version.pk)
     if version.status != RubricVersion.Status.ACTIVE:
         raise ValidationError(f"Version {version.number} is {version.status}: only the active version can send back.")

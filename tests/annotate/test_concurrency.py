@@ -169,3 +169,118 @@ def test_the_database_caps_raw_concurrent_lease_inserts_at_k(project, django_use
     assert all(isinstance(e, IntegrityError) and "overlap k" in str(e) for e in errors)
     item.refresh_from_db()
     assert item.review_count == Lease.objects.filter(item=item).count() == project.overlap_k
+
+
+def _items(project, n):
+    return Item.objects.bulk_create(
+        Item(project=project, kind="gold", prompt=f"Q{n}", content_hash=f"q{n}", split="train") for n in range(n)
+    )
+
+
+def test_two_refills_each_holding_a_picked_item_never_wait_on_each_other(project, django_user_model):
+    """The deadlock this guards against: each refill, inside its submission's transaction, held the
+    item it had just picked and waited for the other's to prefetch a second one."""
+    from django.db import transaction
+
+    from annotate.services.queue import lease_fill_for_reviewer
+
+    project.overlap_k = 2
+    project.save()
+    _items(project, 2)
+    one, two = _reviewers(project, django_user_model, n=2)
+    both_picked, both_refilled = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
+    filled: dict[str, list] = {}
+    errors: list[Exception] = []
+
+    def refill(user):
+        try:
+            with transaction.atomic():
+                filled[user.username] = [lease_fill_for_reviewer(project=project, reviewer=user, depth=1)]
+                both_picked.wait()
+                # Each holds one item locked; the second pick finds the other's item held by a live transaction.
+                filled[user.username].append(lease_fill_for_reviewer(project=project, reviewer=user, depth=2))
+                both_refilled.wait()  # neither commits before both have tried
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=refill, args=(user,)) for user in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a refill waited on the other's item"
+    assert errors == []
+    # Each got the item nobody held, then no prefetch while the other item was held: nothing to wait for.
+    assert [len(batch) for batch in filled["x00"]] == [1, 1]
+    assert [len(batch) for batch in filled["x01"]] == [1, 1]
+    assert {filled["x00"][0][0].item_id, filled["x01"][0][0].item_id} == set(Item.objects.values_list("pk", flat=True))
+
+
+def test_a_pick_waits_for_a_held_item_that_still_has_room_instead_of_saying_nothing_is_left(project, django_user_model):
+    from django.db import transaction
+
+    from annotate.services.queue import lease_next_for_reviewer
+
+    project.overlap_k = 2
+    project.save()
+    (only,) = _items(project, 1)
+    holder, waiter = _reviewers(project, django_user_model, n=2)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                lease_next_for_reviewer(project=project, reviewer=holder)  # locks the one item, takes 1 of 2 slots
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    try:
+        lease = lease_next_for_reviewer(project=project, reviewer=waiter)
+    finally:
+        release.set()
+        thread.join(10)
+    assert lease is not None and lease.item_id == only.pk
+    only.refresh_from_db()
+    assert only.review_count == 2
+
+
+def test_a_pick_says_nothing_is_left_once_the_holder_takes_the_last_slot(project, django_user_model):
+    from django.db import transaction
+
+    from annotate.services.queue import lease_next_for_reviewer
+
+    project.overlap_k = 1
+    project.save()
+    _items(project, 1)
+    holder, waiter = _reviewers(project, django_user_model, n=2)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                lease_next_for_reviewer(project=project, reviewer=holder)
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    try:
+        lease = lease_next_for_reviewer(project=project, reviewer=waiter)
+        assert release.is_set(), "answered before the holder committed: it must look again once the lock is gone"
+    finally:
+        release.set()
+        thread.join(10)
+    assert lease is None
+    assert Lease.objects.filter(status="active").count() == 1

@@ -129,7 +129,7 @@ def test_the_written_out_pick_skips_items_locked_by_another_reviewer(project, al
     try:
         assert locked.wait(5)
         with transaction.atomic():
-            item = _pick(project=project, reviewer=bob, blocked=[], skipped=False, wait=False)
+            item = _pick(project=project, reviewer=bob, blocked=[])
     finally:
         release.set()
         holder.join(5)
