@@ -1,10 +1,12 @@
 """Review-queue cost per annotation, in one process: SQL queries per request and where the CPU goes.
 
 Seeds a scratch SQLite database (or the PostgreSQL one in ``--pg-url``) with one project and a few
-thousand items, logs one reviewer in through the test client (a real session row, as in production),
-and runs ``--cycles`` GET next -> POST submit cycles the way queue.js does (htmx headers). It prints
-the queries of one steady-state cycle, grouped by request, and the CPU time per cycle; with
-``--profile`` also the top functions by cumulative time (cProfile).
+thousand items, logs one reviewer in (a real session row, as in production), and runs ``--cycles``
+GET next -> POST submit cycles the way queue.js does (htmx headers, CSRF header), calling the WSGI
+application the way gunicorn does (not the test client, whose template signals cost more than the
+views). It prints the queries of one steady-state cycle, grouped by request, the Django CPU time per
+cycle and, on PostgreSQL, the CPU its server process spent; with ``--profile`` also the top functions
+by cumulative time (cProfile).
 
     python bench/queue_profile.py                       # SQLite, 2000 items, 200 cycles
     python bench/queue_profile.py --profile --cycles 300
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_RE = re.compile(r'id="queue-current".*?data-lease="(\d+)"', re.S)
@@ -75,12 +77,11 @@ def run(args) -> int:
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext, setup_test_environment
+    from django.test.utils import CaptureQueriesContext
 
     from annotate.models import Item
     from annotate.services.projects import project_add_members, project_create, roles_ensure, user_grant_role
 
-    setup_test_environment()
     call_command("migrate", verbosity=0)
     roles_ensure()
     user = get_user_model().objects.create_user(username="profiler", password="profile-password-1")
@@ -98,25 +99,25 @@ def run(args) -> int:
         )
         for n in range(args.items)
     )
-    client = Client(enforce_csrf_checks=False)
+    client = Client()
     assert client.login(username="profiler", password="profile-password-1")
-    hx = {"HTTP_HX_REQUEST": "true"}
+    call = wsgi_caller(session=client.cookies["sessionid"].value)
     next_url = f"/projects/{project.slug}/queue/next/"
 
     def cycle(capture: dict | None = None):
         with CaptureQueriesContext(connection) as q_next:
-            html = client.get(next_url, **hx).content.decode()
+            status, html = call("GET", next_url)
         lease = LEASE_RE.search(html).group(1)
         prefetch = PREFETCH_RE.search(html)
         body = {"action": "write", "answer": f"answer {lease}", "duration_ms": "1500"}
         body["have"] = prefetch.group(1) if prefetch else ""
         with CaptureQueriesContext(connection) as q_submit:
-            response = client.post(f"/projects/{project.slug}/queue/leases/{lease}/submit/", body, **hx)
-        assert response.status_code == 200, response.content[:300]
+            status, submitted = call("POST", f"/projects/{project.slug}/queue/leases/{lease}/submit/", body)
+        assert status.startswith("200"), submitted[:300]
         if capture is not None:
             capture["next"] = [q["sql"] for q in q_next.captured_queries]
             capture["submit"] = [q["sql"] for q in q_submit.captured_queries]
-            capture["bytes"] = (len(html), len(response.content))
+            capture["bytes"] = (len(html), len(submitted))
 
     for _ in range(20):  # warm up: templates, url resolvers, first leases
         cycle()
@@ -129,7 +130,9 @@ def run(args) -> int:
             print(f"    {sql[:150]}")
     print(f"  response bytes: next {sample['bytes'][0]}, submit {sample['bytes'][1]}")
 
+    backend = postgres_backend_cpu(connection)
     profiler = cProfile.Profile() if args.profile else None
+    b0 = backend()
     t0, c0 = time.perf_counter(), time.process_time()
     if profiler:
         profiler.enable()
@@ -138,9 +141,11 @@ def run(args) -> int:
     if profiler:
         profiler.disable()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    database = backend() - b0
     print(
-        f"{args.cycles} cycles (next + submit): {1000 * cpu / args.cycles:.2f} ms CPU and "
-        f"{1000 * wall / args.cycles:.2f} ms wall per annotation (client and server in one process)"
+        f"{args.cycles} cycles (next + submit): {1000 * cpu / args.cycles:.2f} ms Django CPU and "
+        f"{1000 * wall / args.cycles:.2f} ms wall per annotation"
+        + (f"; PostgreSQL's server process {1000 * database / args.cycles:.2f} ms CPU" if database else "")
     )
     if profiler:
         out = io.StringIO()
@@ -148,6 +153,68 @@ def run(args) -> int:
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(rows)
         print(out.getvalue())
     return 0
+
+
+def wsgi_caller(*, session: str):
+    """Call the WSGI application the way gunicorn does, as one logged-in browser tab using htmx."""
+    from django.core.wsgi import get_wsgi_application
+    from django.middleware.csrf import _get_new_csrf_string
+
+    app = get_wsgi_application()
+    token = _get_new_csrf_string()
+    cookie = f"sessionid={session}; csrftoken={token}"
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[str, str]:
+        data = urlencode(body or {}).encode()
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "HTTP_HOST": "127.0.0.1:8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_COOKIE": cookie,
+            "HTTP_HX_REQUEST": "true",
+            "HTTP_X_CSRFTOKEN": token,
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "CONTENT_LENGTH": str(len(data)),
+            "wsgi.input": io.BytesIO(data),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+        started: list[str] = []
+        chunks = app(environ, lambda status, headers, exc_info=None: started.append(status))
+        try:
+            payload = b"".join(chunks).decode()
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        return started[0], payload
+
+    return call
+
+
+def postgres_backend_cpu(connection):
+    """A function returning the CPU seconds this connection's PostgreSQL server process has used (0 elsewhere)."""
+    if connection.vendor != "postgresql":
+        return lambda: 0.0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():  # a server on another machine
+        return lambda: 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return read
 
 
 if __name__ == "__main__":

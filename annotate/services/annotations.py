@@ -13,7 +13,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
-from annotate.services.consensus import item_result_refresh
+from annotate.services.consensus import item_result_refresh, item_result_refresh_in_transaction
 
 MAX_ANSWER_CHARS = 50_000
 MAX_NOTE_CHARS = 2_000
@@ -151,19 +151,36 @@ def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, dis
 
 
 @transaction.atomic
-def annotation_submit(*, lease_id: int, reviewer, data: Mapping, duration_ms=None) -> Annotation:
-    """Record the reviewer's judgement for a leased item (a new revision if they reviewed it before)."""
+def annotation_submit(
+    *, lease_id: int, reviewer, data: Mapping, duration_ms=None, project: Project | None = None
+) -> Annotation:
+    """Record the reviewer's judgement for a leased item (a new revision if they reviewed it before).
+
+    With ``project`` (already loaded by the view) the lease must belong to it and the project is not
+    read again; a lease that is not the reviewer's in that project raises ``Lease.DoesNotExist``."""
+    return _submit_in_transaction(
+        lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms, project=project
+    )
+
+
+def _submit_in_transaction(*, lease_id: int, reviewer, data: Mapping, duration_ms, project: Project | None):
+    # No savepoint of its own (two round trips each): its caller's transaction rolls back as a whole.
     from annotate.selectors import rubric_version_active
 
     now = timezone.now()
+    leases = Lease.objects.select_for_update(of=("self",))
+    if project is None:
+        leases = leases.select_related("item__project")
+    else:
+        leases = leases.select_related("item").filter(project=project)
     try:
-        lease = (
-            Lease.objects.select_for_update(of=("self",))
-            .select_related("item__project")
-            .get(pk=lease_id, reviewer=reviewer)
-        )
+        lease = leases.get(pk=lease_id, reviewer=reviewer)
     except Lease.DoesNotExist:
+        if project is not None:
+            raise
         raise ValidationError("This item is not leased to you: reload the queue to get your current item.") from None
+    if project is not None:
+        lease.item.project = project
     if lease.status == Lease.Status.SUBMITTED:
         raise ValidationError(
             "You already submitted this item. To change your answer, open it from your recent annotations."
@@ -200,15 +217,16 @@ def annotation_submit(*, lease_id: int, reviewer, data: Mapping, duration_ms=Non
         display_order=lease.display_order,
         duration_ms=_duration_ms(lease=lease, now=now, reported=duration_ms),
     )
-    item_result_refresh(item=item)
+    item_result_refresh_in_transaction(item=item)
     return annotation
 
 
 def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms=None):
     """Submit, then top up the reviewer's leases (current + prefetched), in one transaction: one commit per item.
 
-    Returns (annotation, active leases oldest first). A failure while assigning rolls back to a
-    savepoint and leaves the submission in place: the next request assigns instead."""
+    Returns (annotation, active leases oldest first). A failure while assigning rolls back the pick's
+    savepoint and leaves the submission in place: the next request assigns instead. Raises
+    ``Lease.DoesNotExist`` when the lease is not the reviewer's in this project."""
     from annotate.services.queue import write_turn
 
     with write_turn(), transaction.atomic():
@@ -220,10 +238,13 @@ def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, d
 def _submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms):
     from annotate.services.queue import lease_fill_for_reviewer, leases_active_for_reviewer
 
-    annotation = annotation_submit(lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms)
+    annotation = _submit_in_transaction(
+        lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms, project=project
+    )
     try:
-        with transaction.atomic():
-            leases = lease_fill_for_reviewer(project=project, reviewer=reviewer)
+        # Every write of the fill runs in a savepoint of its own (one per pick), so an error there
+        # leaves this transaction usable; an outer savepoint would only add two round trips.
+        leases = lease_fill_for_reviewer(project=project, reviewer=reviewer)
     except DatabaseError:
         leases = leases_active_for_reviewer(project=project, reviewer=reviewer)
     return annotation, leases

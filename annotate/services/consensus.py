@@ -182,10 +182,27 @@ def latest_version_annotations(annotations: list[Annotation]) -> tuple[list[Anno
     return [a for a in annotations if a.rubric_version_id == newest.pk], newest
 
 
+def _item_result_locked(item: Item) -> ItemResult:
+    """The item's result row, created if missing, locked until the end of the transaction.
+
+    An upsert rather than get_or_create: the row is created or locked in one statement, with no
+    savepoint to guard a racing insert (two first submissions of one item meet in ON CONFLICT). The
+    lock serializes concurrent refreshes of one item, so the later one reads both annotations."""
+    ItemResult.objects.bulk_create(
+        [ItemResult(item=item, kind=item.kind)], update_conflicts=True, unique_fields=["item"], update_fields=["item"]
+    )
+    return ItemResult.objects.select_for_update().get(item=item)
+
+
 @transaction.atomic
 def item_result_refresh(*, item: Item) -> ItemResult:
     """Recompute an item's result from its latest annotations (call after every submission)."""
-    result, _ = ItemResult.objects.select_for_update().get_or_create(item=item, defaults={"kind": item.kind})
+    return item_result_refresh_in_transaction(item=item)
+
+
+def item_result_refresh_in_transaction(*, item: Item) -> ItemResult:
+    """``item_result_refresh`` for a caller already in a transaction: no savepoint of its own."""
+    result = _item_result_locked(item)
     if result.status == ItemResult.Status.ADJUDICATED:
         return result
     project = item.project

@@ -7,7 +7,7 @@ prefetched card in at once and never waits on the server between items.
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -205,20 +205,24 @@ def queue_progress(request, slug: str) -> HttpResponse:
 @require_POST
 def queue_submit(request, slug: str, lease_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
-    lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
     try:
+        # The service locks the lease by id, reviewer and project: someone else's lease is a 404 (no
+        # existence leak) without a lookup of its own here.
         _, leases = annotation_services.annotation_submit_and_refill(
-            lease_id=lease.pk,
+            lease_id=lease_id,
             reviewer=request.user,
             project=project,
             data=request.POST,
             duration_ms=request.POST.get("duration_ms"),
         )
+    except Lease.DoesNotExist:
+        raise Http404("No such item in your queue.") from None
     except ValidationError as exc:
         fields, general = _errors(exc)
         if request.htmx:
             message = " ".join(general + list(fields.values()))
-            return _alert(request, message, event="goldset:submit-failed", detail={"lease": lease.pk})
+            return _alert(request, message, event="goldset:submit-failed", detail={"lease": lease_id})
+        lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
         leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
         leases = [lease] + [other for other in leases if other.pk != lease.pk] if lease.status == "active" else leases
         return _page(
@@ -226,7 +230,7 @@ def queue_submit(request, slug: str, lease_id: int) -> HttpResponse:
         )
     if not request.htmx:
         return redirect("annotate:queue", slug=project.slug)
-    return _prefetch_response(request, project, leases, "goldset:submitted", {"lease": lease.pk})
+    return _prefetch_response(request, project, leases, "goldset:submitted", {"lease": lease_id})
 
 
 @require_POST

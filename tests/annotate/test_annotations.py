@@ -209,7 +209,8 @@ def test_an_expired_lease_on_a_full_item_is_refused_without_losing_the_others(pr
 
 def test_every_submission_refreshes_the_item_result(project, alice, bob):
     item = make_item(project, 1)
-    with mock.patch("annotate.services.annotations.item_result_refresh", wraps=annotations.item_result_refresh) as spy:
+    refresh = annotations.item_result_refresh_in_transaction
+    with mock.patch("annotate.services.annotations.item_result_refresh_in_transaction", wraps=refresh) as spy:
         submit(lease_for(project, alice), action="write", answer="same")
         submit(lease_for(project, bob), action="write", answer="same")
     assert spy.call_count == 2

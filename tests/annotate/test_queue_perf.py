@@ -19,7 +19,7 @@ NEXT_QUERY_BUDGET = 5
 # The above plus the lease lock, the annotation and its revision, the item result, and the refill's rubric
 # check, pick and insert, with their savepoints (inside a test's transaction, savepoints stand in for
 # BEGIN/COMMIT); it was 34 (and next 7) before the group, rubric, item-result and project checks were trimmed.
-SUBMIT_QUERY_BUDGET = 31
+SUBMIT_QUERY_BUDGET = 10
 
 
 def make_items(project, count):
