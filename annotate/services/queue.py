@@ -30,6 +30,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from annotate.models import Item, Lease, Project, TaskKind
+from config import rawsql
 
 LIVE = (Lease.Status.ACTIVE, Lease.Status.SUBMITTED)
 # Items a reviewer holds at once: the one on screen and the prefetched one behind it.
@@ -296,14 +297,46 @@ def lease_next_for_reviewer(
     return None
 
 
+def _leases_with_items(where: str, params: list, *, order: str = "", lock: bool = False) -> list[Lease]:
+    """Leases matching ``where`` (over ``l``) with their items loaded, in one written-out query (see rawsql)."""
+    sql = (
+        f"SELECT {rawsql.columns(Lease, 'l')}, {rawsql.columns(Item, 'i')} FROM {rawsql.table(Lease)} l "
+        f"JOIN {rawsql.table(Item)} i ON i.id = l.item_id WHERE {where}{order}"
+    )
+    if lock:
+        sql += rawsql.lock_clause("l")
+    width = rawsql.width(Lease)
+    leases = []
+    for row in rawsql.fetch(sql, params):
+        lease = rawsql.load(Lease, row)
+        lease.item = rawsql.load(Item, row, width)
+        leases.append(lease)
+    return leases
+
+
 def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | None = None) -> list[Lease]:
     """The reviewer's unexpired active leases in the order they were taken (the first is on screen)."""
     now = now or timezone.now()
-    return list(
-        Lease.objects.filter(project=project, reviewer=reviewer, status=Lease.Status.ACTIVE, expires_at__gt=now)
-        .select_related("item")
-        .order_by("expires_at", "id")
+    leases = _leases_with_items(
+        "l.project_id = %s AND l.reviewer_id = %s AND l.status = %s AND l.expires_at > %s",
+        [project.pk, reviewer.pk, Lease.Status.ACTIVE.value, rawsql.param(now)],
+        order=" ORDER BY l.expires_at, l.id",
     )
+    for lease in leases:
+        lease.project = project
+    return leases
+
+
+def lease_for_submit(*, lease_id: int, reviewer, project: Project) -> Lease | None:
+    """The reviewer's lease in this project with its item, locked for the submission; None if there is none."""
+    leases = _leases_with_items(
+        "l.id = %s AND l.reviewer_id = %s AND l.project_id = %s", [lease_id, reviewer.pk, project.pk], lock=True
+    )
+    if not leases:
+        return None
+    lease = leases[0]
+    lease.project = lease.item.project = project
+    return lease
 
 
 def lease_fill_for_reviewer(*, project: Project, reviewer, depth: int = PREFETCH_DEPTH) -> list[Lease]:

@@ -1,0 +1,80 @@
+"""Hot reads as written-out SQL, loaded into model instances the way the ORM would.
+
+Every review-queue request runs the same handful of reads (the session, the user, the project, the
+reviewer's leases), and compiling each through the ORM cost more CPU than running it: the
+reviewer's leases with their items took 2.6 ms to compile and load on SQLite and 0.1 ms to run
+(4.1 ms and 0.5 ms on PostgreSQL). Here the column lists are built once per model from its fields
+(a renamed column cannot drift), values pass through Django's own converters (JSON, datetimes,
+booleans on SQLite), and instances come from ``Model.from_db`` as from a queryset. Only reads run
+on every queue request use this; everything else uses the ORM.
+"""
+
+from collections.abc import Iterable, Sequence
+from functools import cache
+
+from django.db import connection
+from django.db.models import Model
+
+
+@cache
+def _concrete(model: type[Model]) -> tuple:
+    fields = tuple(model._meta.concrete_fields)
+    return fields, tuple(f.attname for f in fields)
+
+
+def columns(model: type[Model], alias: str) -> str:
+    """The model's columns, qualified by ``alias``, in field order: ``l."id", l."item_id", ...``."""
+    quote = connection.ops.quote_name
+    return ", ".join(f"{alias}.{quote(f.column)}" for f in _concrete(model)[0])
+
+
+def table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+@cache
+def _converters(model: type[Model], alias: str) -> tuple:
+    # Keyed by connection alias (one vendor each): the converters differ between SQLite and PostgreSQL.
+    fields = _concrete(model)[0]
+    out = []
+    for field in fields:
+        col = field.get_col(model._meta.db_table)
+        funcs = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        out.append((col, tuple(funcs)))
+    return tuple(out)
+
+
+def load(model: type[Model], row: Sequence, start: int = 0):
+    """An instance of ``model`` from ``row[start:]`` (its columns as ``columns()`` lists them)."""
+    attnames = _concrete(model)[1]
+    values = list(row[start : start + len(attnames)])
+    for index, (col, funcs) in enumerate(_converters(model, connection.alias)):
+        value = values[index]
+        for func in funcs:
+            value = func(value, col, connection)
+        values[index] = value
+    return model.from_db(connection.alias, attnames, values)
+
+
+def width(model: type[Model]) -> int:
+    return len(_concrete(model)[1])
+
+
+def fetch(sql: str, params: Iterable) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(params))
+        return cursor.fetchall()
+
+
+def lock_clause(alias: str) -> str:
+    """``FOR UPDATE OF <alias>`` where the database locks rows (PostgreSQL); SQLite serializes writers instead."""
+    return f" FOR UPDATE OF {alias}" if connection.features.has_select_for_update_of else ""
+
+
+def param(value):
+    """A datetime (or other value) adapted for a hand-written query, as the ORM would adapt it."""
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
