@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
 from annotate.services.consensus import item_result_refresh, item_result_refresh_in_transaction
+from config import rawsql
 
 MAX_ANSWER_CHARS = 50_000
 MAX_NOTE_CHARS = 2_000
@@ -128,7 +129,12 @@ def _duration_ms(*, lease: Lease, now: datetime, reported) -> int:
 
 
 def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, display_order, duration_ms) -> Annotation:
-    annotation = Annotation.objects.select_for_update().filter(item=item, reviewer=reviewer).first()
+    sql = (
+        f"SELECT {rawsql.columns(Annotation, 'a')} FROM {rawsql.table(Annotation)} a "
+        "WHERE a.item_id = %s AND a.reviewer_id = %s" + rawsql.lock_clause("a")
+    )
+    rows = rawsql.fetch(sql, [item.pk, reviewer.pk])
+    annotation = rawsql.load(Annotation, rows[0]) if rows else None
     if annotation is None:
         annotation = Annotation(item=item, reviewer=reviewer, kind=item.kind, revision=1)
     else:
@@ -166,21 +172,24 @@ def annotation_submit(
 def _submit_in_transaction(*, lease_id: int, reviewer, data: Mapping, duration_ms, project: Project | None):
     # No savepoint of its own (two round trips each): its caller's transaction rolls back as a whole.
     from annotate.selectors import rubric_version_active
+    from annotate.services.queue import lease_for_submit
 
     now = timezone.now()
-    leases = Lease.objects.select_for_update(of=("self",))
     if project is None:
-        leases = leases.select_related("item__project")
+        try:
+            lease = (
+                Lease.objects.select_for_update(of=("self",))
+                .select_related("item__project")
+                .get(pk=lease_id, reviewer=reviewer)
+            )
+        except Lease.DoesNotExist:
+            raise ValidationError(
+                "This item is not leased to you: reload the queue to get your current item."
+            ) from None
     else:
-        leases = leases.select_related("item").filter(project=project)
-    try:
-        lease = leases.get(pk=lease_id, reviewer=reviewer)
-    except Lease.DoesNotExist:
-        if project is not None:
-            raise
-        raise ValidationError("This item is not leased to you: reload the queue to get your current item.") from None
-    if project is not None:
-        lease.item.project = project
+        lease = lease_for_submit(lease_id=lease_id, reviewer=reviewer, project=project)
+        if lease is None:
+            raise Lease.DoesNotExist(f"No lease {lease_id} of {reviewer} in {project}.")
     if lease.status == Lease.Status.SUBMITTED:
         raise ValidationError(
             "You already submitted this item. To change your answer, open it from your recent annotations."

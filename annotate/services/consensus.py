@@ -29,6 +29,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Annotation, ConsensusRule, Item, ItemResult, RubricVersion, TaskKind
+from config import rawsql
 
 NUMERIC_SCALES = ("ordinal", "interval")
 
@@ -185,13 +186,31 @@ def latest_version_annotations(annotations: list[Annotation]) -> tuple[list[Anno
 def _item_result_locked(item: Item) -> ItemResult:
     """The item's result row, created if missing, locked until the end of the transaction.
 
-    An upsert rather than get_or_create: the row is created or locked in one statement, with no
-    savepoint to guard a racing insert (two first submissions of one item meet in ON CONFLICT). The
-    lock serializes concurrent refreshes of one item, so the later one reads both annotations."""
-    ItemResult.objects.bulk_create(
-        [ItemResult(item=item, kind=item.kind)], update_conflicts=True, unique_fields=["item"], update_fields=["item"]
+    One upsert that returns the row, rather than get_or_create: no savepoint to guard a racing insert
+    (two first submissions of one item meet in ON CONFLICT, and the second waits for the first's
+    commit), and no second read. The lock serializes concurrent refreshes of one item, so the later
+    one reads both annotations."""
+    item_column = ItemResult._meta.get_field("item").column
+    sql = (
+        f"INSERT INTO {rawsql.table(ItemResult)} ({item_column}, kind, status, reviewer_ids, updated_at) "
+        f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT ({item_column}) DO UPDATE SET {item_column} = EXCLUDED.{item_column} "
+        f"RETURNING {rawsql.columns(ItemResult, rawsql.table(ItemResult))}"
     )
-    return ItemResult.objects.select_for_update().get(item=item)
+    params = [item.pk, item.kind, ItemResult.Status.PENDING.value, "[]", rawsql.param(timezone.now())]
+    (row,) = rawsql.fetch(sql, params)
+    result = rawsql.load(ItemResult, row)
+    result.item = item
+    return result
+
+
+def _annotations_of(item: Item) -> list[Annotation]:
+    if item.kind == TaskKind.RUBRIC:  # the rubric versions decide which reviews count
+        return list(Annotation.objects.filter(item=item).select_related("rubric_version").order_by("reviewer_id"))
+    sql = (
+        f"SELECT {rawsql.columns(Annotation, 'a')} FROM {rawsql.table(Annotation)} a "
+        "WHERE a.item_id = %s ORDER BY a.reviewer_id"
+    )
+    return [rawsql.load(Annotation, row) for row in rawsql.fetch(sql, [item.pk])]
 
 
 @transaction.atomic
@@ -206,7 +225,7 @@ def item_result_refresh_in_transaction(*, item: Item) -> ItemResult:
     if result.status == ItemResult.Status.ADJUDICATED:
         return result
     project = item.project
-    annotations = list(Annotation.objects.filter(item=item).select_related("rubric_version").order_by("reviewer_id"))
+    annotations = _annotations_of(item)
     version = None
     if item.kind == TaskKind.RUBRIC:
         annotations, version = latest_version_annotations(annotations)
