@@ -169,6 +169,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
+# Django's database sessions and model backend, with the per-request reads written out (config.rawsql).
+AUTHENTICATION_BACKENDS = ["config.auth.ModelBackend"]
+SESSION_ENGINE = "config.sessions"
 LOGIN_REDIRECT_URL = "annotate:project-list"
 LOGOUT_REDIRECT_URL = "login"
 

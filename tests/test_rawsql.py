@@ -1,0 +1,105 @@
+"""The written-out hot reads load exactly what the ORM would, and the session and user reads keep Django's rules."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from annotate.models import Item, Lease
+from annotate.selectors import project_get_for_user
+from annotate.services import queue
+from config import rawsql
+from config.auth import ModelBackend
+from config.sessions import SessionStore
+
+pytestmark = pytest.mark.django_db
+
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def test_leases_with_items_load_the_same_values_as_the_orm(project, alice):
+    Item.objects.create(
+        project=project,
+        kind="preference",
+        prompt="Which is kinder?",
+        messages=[{"role": "user", "content": "Hi"}],
+        responses=[{"text": "a", "model": "m1"}, {"text": "b"}],
+        metadata={"topic": "refunds", "n": 3, "nested": {"ok": True}},
+        content_hash="h-raw",
+        split="eval",
+    )
+    lease = queue.lease_next_for_reviewer(project=project, reviewer=alice)
+    (loaded,) = queue.leases_active_for_reviewer(project=project, reviewer=alice)
+    orm = Lease.objects.select_related("item").get(pk=lease.pk)
+    assert _fields(loaded) == _fields(orm)
+    assert _fields(loaded.item) == _fields(orm.item)
+    # Types, not just equality: JSON is decoded, datetimes are aware, booleans are booleans (SQLite stores 0/1).
+    assert isinstance(loaded.item.metadata, dict) and loaded.item.metadata["nested"] == {"ok": True}
+    assert loaded.expires_at.tzinfo is not None
+    assert loaded.item.is_calibration is False
+    assert loaded._state.adding is False and loaded._state.db == "default"
+
+
+def test_only_the_reviewers_unexpired_active_leases_come_back_in_order(project, alice, bob):
+    for n in range(3):
+        Item.objects.create(project=project, kind="gold", prompt=f"P{n}", content_hash=f"o{n}", split="train")
+    first = queue.lease_next_for_reviewer(project=project, reviewer=alice)
+    second = queue.lease_next_for_reviewer(project=project, reviewer=alice)
+    queue.lease_next_for_reviewer(project=project, reviewer=bob)
+    assert [lease.pk for lease in queue.leases_active_for_reviewer(project=project, reviewer=alice)] == [
+        first.pk,
+        second.pk,
+    ]
+    Lease.objects.filter(pk=first.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert [lease.pk for lease in queue.leases_active_for_reviewer(project=project, reviewer=alice)] == [second.pk]
+
+
+def test_a_project_is_found_for_its_members_only(project, alice, mallory):
+    found = project_get_for_user(user=alice, slug=project.slug)
+    assert model_to_dict(found) == model_to_dict(type(project).objects.get(pk=project.pk))
+    from django.http import Http404
+
+    with pytest.raises(Http404):
+        project_get_for_user(user=mallory, slug=project.slug)
+    with pytest.raises(Http404):
+        project_get_for_user(user=alice, slug="no-such-project")
+
+
+def test_a_live_session_loads_and_an_expired_one_does_not():
+    store = SessionStore()
+    store["who"] = "alice"
+    store.create()
+    assert SessionStore(session_key=store.session_key)["who"] == "alice"
+    Session.objects.filter(session_key=store.session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+    expired = SessionStore(session_key=store.session_key)
+    assert expired.get("who") is None
+    assert expired.session_key is None  # a new session will be created, as Django's own store does
+
+
+def test_the_backend_returns_active_users_only_and_refuses_bad_ids(alice):
+    backend = ModelBackend()
+    assert _fields(backend.get_user(str(alice.pk))) == _fields(get_user_model().objects.get(pk=alice.pk))
+    assert backend.get_user("not-a-number") is None
+    assert backend.get_user(10**9) is None
+    alice.is_active = False
+    alice.save()
+    assert backend.get_user(alice.pk) is None
+
+
+def test_a_login_through_the_form_uses_these_reads(client, alice):
+    alice.set_password("a-long-password-1")
+    alice.save()
+    response = client.post("/login/", {"username": alice.username, "password": "a-long-password-1"})
+    assert response.status_code == 302
+    assert client.session["_auth_user_backend"] == "config.auth.ModelBackend"
+    assert client.get("/").status_code == 200
+
+
+def test_column_lists_follow_the_models_fields():
+    assert rawsql.width(Lease) == len(Lease._meta.concrete_fields)
+    assert rawsql.columns(Lease, "l").count("l.") == rawsql.width(Lease)
