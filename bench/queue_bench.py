@@ -10,7 +10,9 @@ session, then loops GET next -> POST submit, in two modes:
 - paced:  a 1 s pause after each submission (a realistic load); reviewers start at random
           offsets within the first second instead of in lockstep.
 
-It prints p50/p95/p99 latency of next and submit, annotations/s, and at the end checks the
+It prints p50/p95/p99 latency of next and submit, annotations/s, the CPU per annotation of the web
+server, of PostgreSQL (its server processes, when it runs on this machine) and of the load generator,
+and at the end checks the
 k-invariant in the database (no item above k active+submitted leases, counters equal to the rows,
 every acknowledged submission stored exactly once).
 
@@ -287,6 +289,19 @@ def cpu_seconds(root_pid: int) -> float:
     return total / tick
 
 
+def postgres_server_pid(url: str) -> int | None:
+    """The PostgreSQL postmaster's pid when the server runs on this machine (its backends are its children)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    stat = Path(f"/proc/{backend}/stat")
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -340,6 +355,7 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
         f"in {time.monotonic() - t0:.1f} s",
         flush=True,
     )
+    db_pid = postgres_server_pid(env["DATABASE_URL"]) if "DATABASE_URL" in env else None
     port = free_port()
     server = subprocess.Popen(
         [
@@ -379,12 +395,14 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
                     threading.Thread(target=reviewer_loop, args=(c, stop_at, pause, stats, lock)) for c in clients[:n]
                 ]
                 web_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+                db_cpu = cpu_seconds(db_pid) if db_pid else 0.0
                 for t in threads:
                     t.start()
                 for t in threads:
                     t.join()
                 elapsed = time.monotonic() - start
                 web_cpu, client_cpu = cpu_seconds(server.pid) - web_cpu, time.process_time() - client_cpu
+                db_cpu = (cpu_seconds(db_pid) - db_cpu) if db_pid else float("nan")
                 acknowledged += stats.acknowledged
                 rows.append(
                     {
@@ -397,6 +415,7 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
                         "submit": [percentile(stats.submit_ms, p) for p in (50, 95, 99)],
                         "web_cpu_ms": 1000 * web_cpu / max(stats.acknowledged, 1),
                         "client_cpu_ms": 1000 * client_cpu / max(stats.acknowledged, 1),
+                        "db_cpu_ms": 1000 * db_cpu / max(stats.acknowledged, 1),
                         "errors": len(stats.errors),
                         "first_error": stats.errors[0] if stats.errors else "",
                     }
@@ -413,7 +432,8 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
 
 HEADER = (
     f"{'db':<10} {'revs':>4} {'mode':<9} {'annots':>7} {'ann/s':>7} "
-    f"{'next p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>24} {'web CPU ms/ann':>15} {'client CPU':>10} {'errors':>6}"
+    f"{'next p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>24} {'web CPU ms/ann':>15} {'PG CPU':>7} "
+    f"{'client CPU':>10} {'errors':>6}"
 )
 
 
@@ -423,7 +443,8 @@ def print_row(row: dict) -> None:
 
     print(
         f"{row['db']:<10} {row['reviewers']:>4} {row['mode']:<9} {row['annotations']:>7} {row['per_s']:>7.1f} "
-        f"{fmt(row['next']):>22} {fmt(row['submit']):>24} {row['web_cpu_ms']:>15.1f} {row['client_cpu_ms']:>10.1f} "
+        f"{fmt(row['next']):>22} {fmt(row['submit']):>24} {row['web_cpu_ms']:>15.1f} "
+        f"{row['db_cpu_ms']:>7.1f} {row['client_cpu_ms']:>10.1f} "
         f"{row['errors']:>6}",
         flush=True,
     )
