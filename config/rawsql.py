@@ -24,11 +24,21 @@ def _concrete(model: type[Model]) -> tuple:
 
 def columns(model: type[Model], alias: str) -> str:
     """The model's columns, qualified by ``alias``, in field order: ``l."id", l."item_id", ...``."""
+    return _columns(model, alias, connection.vendor)
+
+
+@cache
+def _columns(model: type[Model], alias: str, vendor: str) -> str:
     quote = connection.ops.quote_name
     return ", ".join(f"{alias}.{quote(f.column)}" for f in _concrete(model)[0])
 
 
 def table(model: type[Model]) -> str:
+    return _table(model, connection.vendor)
+
+
+@cache
+def _table(model: type[Model], vendor: str) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 

@@ -147,8 +147,8 @@ def _pick_sql(*, partial: bool, blocked: int, lock: str) -> str:
     kinds = f" AND {{t}}.kind NOT IN ({', '.join(['%s'] * blocked)})" if blocked else ""
     base = "{t}.project_id = %s AND NOT {t}.is_calibration" + kinds
     sql = (
-        "SELECT i.*, (SELECT l.id FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s LIMIT 1)"
-        " AS own_lease FROM annotate_item i WHERE "
+        f"SELECT {rawsql.columns(Item, 'i')}, (SELECT l.id FROM annotate_lease l WHERE l.item_id = i.id"
+        " AND l.reviewer_id = %s LIMIT 1) AS own_lease FROM annotate_item i WHERE "
         + base.format(t="i")
         + " AND NOT EXISTS (SELECT 1 FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s"
         " AND l.status IN (%s, %s, %s))"
@@ -178,7 +178,12 @@ def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], pa
     if partial:
         params += [project.overlap_k, *base, project.overlap_k, PARTIAL_WINDOW]
     sql = _pick_sql(partial=partial, blocked=len(blocked), lock=lock)
-    return next(iter(Item.objects.raw(sql, params)), None)
+    rows = rawsql.fetch(sql, params)
+    if not rows:
+        return None
+    item = rawsql.load(Item, rows[0])
+    item.own_lease = rows[0][-1]
+    return item
 
 
 def _eligible(*, project: Project, reviewer, blocked: list[str]):
