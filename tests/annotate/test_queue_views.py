@@ -111,6 +111,21 @@ def test_a_reviewer_cannot_submit_on_someone_elses_lease(client, alice, bob, pro
     assert not Annotation.objects.exists()
 
 
+def test_a_lease_cannot_be_submitted_through_another_projects_url(client, alice, project):
+    from annotate.services.projects import project_add_members, project_create
+
+    other = project_create(name="Other", slug="other", task_kinds=["gold"], overlap_k=2)
+    project_add_members(project=other, users=[alice])
+    make_item(other, 1)
+    client.force_login(alice)
+    lease, _ = current_lease(client, other)
+    response = client.post(url("queue-submit", project, lease.pk), {"action": "write", "answer": "x"}, **HX)
+    assert response.status_code == 404
+    assert not Annotation.objects.exists()
+    lease.refresh_from_db()
+    assert lease.status == "active"
+
+
 def test_blind_review_hides_other_answers_in_page_fragment_and_history(client, alice, bob, project):
     item = make_item(project, 1)
     client.force_login(alice)
