@@ -268,7 +268,10 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def cpu_seconds(root_pid: int) -> float:
-    """CPU time (user+system) of a process and its descendants so far, from /proc (0.0 where there is none)."""
+    """CPU time (user+system) of a process and its descendants so far, from /proc (0.0 where there is none).
+
+    Children that have exited count too (the root's cutime/cstime), so a PostgreSQL backend or a
+    gunicorn worker that ends during a run does not take its CPU time out of the tally."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     stats = {}
     for entry in Path("/proc").glob("[0-9]*/stat"):
@@ -276,16 +279,21 @@ def cpu_seconds(root_pid: int) -> float:
             fields = entry.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        stats[int(entry.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        stats[int(entry.parent.name)] = (
+            int(fields[1]),
+            int(fields[11]) + int(fields[12]),
+            int(fields[13]) + int(fields[14]),
+        )
     wanted, total, changed = {root_pid}, 0, True
     while changed:
         changed = False
-        for pid, (ppid, _) in stats.items():
+        for pid, (ppid, _, _) in stats.items():
             if ppid in wanted and pid not in wanted:
                 wanted.add(pid)
                 changed = True
     for pid in wanted:
-        total += stats.get(pid, (0, 0))[1]
+        total += stats.get(pid, (0, 0, 0))[1]
+    total += stats.get(root_pid, (0, 0, 0))[2]
     return total / tick
 
 
