@@ -32,6 +32,11 @@ from django.utils import timezone
 from annotate.models import Item, Lease, Project, TaskKind
 from config import rawsql
 
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite's busy handler alone serializes writers across processes
+    fcntl = None
+
 LIVE = (Lease.Status.ACTIVE, Lease.Status.SUBMITTED)
 # Items a reviewer holds at once: the one on screen and the prefetched one behind it.
 PREFETCH_DEPTH = 2
@@ -76,20 +81,48 @@ def _commit_without_waiting_for_disk() -> None:
 
 
 _sqlite_writers = threading.RLock()
+_turns = threading.local()
+
+
+@contextmanager
+def _process_turn():
+    """Across processes: an exclusive lock on a file beside the database, held by the outermost turn.
+
+    A process blocked on it is woken by the kernel the moment the holder lets go, where SQLite's own
+    busy handler would have it sleep and poll (1, 2, 5 ... 100 ms). Where there is no flock (Windows)
+    or no database file (in memory), SQLite's lock alone serializes, as before."""
+    depth = getattr(_turns, "depth", 0)
+    name = str(connection.settings_dict.get("NAME") or "")
+    if depth or fcntl is None or not name or name == ":memory:" or name.startswith("file:"):
+        _turns.depth = depth + 1
+        try:
+            yield
+        finally:
+            _turns.depth = depth
+        return
+    with open(name + ".queue-turn", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _turns.depth = 1
+        try:
+            yield
+        finally:
+            _turns.depth = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
 def write_turn():
-    """On SQLite, let the queue's writing transactions of this process take turns on a lock.
+    """On SQLite, let the queue's writing transactions take turns, within and across processes.
 
     SQLite admits one writer at a time (BEGIN IMMEDIATE) and makes the others poll with growing
-    sleeps (up to 100 ms each); a thread waiting on this lock is woken the moment the holder is
-    done. It only orders this process's threads: the database lock still serializes processes.
-    Reentrant, so a refill inside a submission takes it again freely. PostgreSQL needs no turns."""
+    sleeps (up to 100 ms each), which left the CPU idle under load while writers slept. Threads of
+    this process queue on a lock and processes on a file lock (see ``_process_turn``); each waiter
+    is woken the moment the holder is done. Reentrant, so a refill inside a submission takes it
+    again freely. PostgreSQL needs no turns."""
     if connection.vendor != "sqlite":
         yield
         return
-    with _sqlite_writers:
+    with _sqlite_writers, _process_turn():
         yield
 
 

@@ -106,6 +106,32 @@ def test_write_turns_nest_within_one_thread_and_order_threads_on_sqlite():
     assert waited is (connection.vendor == "sqlite")
 
 
+def test_on_sqlite_a_write_turn_waits_for_another_process_holding_the_turn_file():
+    """Another process's turn is an flock on a file beside the database (a second open file
+    description stands in for it here); the waiter wakes as soon as it is released."""
+    import fcntl
+
+    entered = threading.Event()
+    name = str(connection.settings_dict["NAME"])
+
+    def take_turn():
+        with write_turn():
+            entered.set()
+
+    if connection.vendor != "sqlite":  # PostgreSQL: no turns, nothing to wait for
+        take_turn()
+        assert entered.is_set()
+        return
+    with open(name + ".queue-turn", "a+b") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=take_turn, daemon=True)
+        waiter.start()
+        assert not entered.wait(0.3), "took the turn while another process held it"
+        fcntl.flock(other_process, fcntl.LOCK_UN)
+    waiter.join(5)
+    assert entered.is_set()
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_the_written_out_pick_skips_items_locked_by_another_reviewer(project, alice, bob):
