@@ -218,49 +218,13 @@ def test_two_refills_each_holding_a_picked_item_never_wait_on_each_other(project
     assert {filled["x00"][0][0].item_id, filled["x01"][0][0].item_id} == set(Item.objects.values_list("pk", flat=True))
 
 
-def test_a_pick_waits_for_a_held_item_that_still_has_room_instead_of_saying_nothing_is_left(project, django_user_model):
+def _pick_while_another_reviewer_holds(project, holder, waiter):
+    """``waiter`` picks while ``holder``'s open transaction has just leased (and locked) an item; the
+    holder commits 0.3 s later. Returns the waiter's lease and whether it answered only after that."""
     from django.db import transaction
 
     from annotate.services.queue import lease_next_for_reviewer
 
-    project.overlap_k = 2
-    project.save()
-    (only,) = _items(project, 1)
-    holder, waiter = _reviewers(project, django_user_model, n=2)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        try:
-            with transaction.atomic():
-                lease_next_for_reviewer(project=project, reviewer=holder)  # locks the one item, takes 1 of 2 slots
-                held.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert held.wait(10)
-    threading.Timer(0.3, release.set).start()
-    try:
-        lease = lease_next_for_reviewer(project=project, reviewer=waiter)
-    finally:
-        release.set()
-        thread.join(10)
-    assert lease is not None and lease.item_id == only.pk
-    only.refresh_from_db()
-    assert only.review_count == 2
-
-
-def test_a_pick_says_nothing_is_left_once_the_holder_takes_the_last_slot(project, django_user_model):
-    from django.db import transaction
-
-    from annotate.services.queue import lease_next_for_reviewer
-
-    project.overlap_k = 1
-    project.save()
-    _items(project, 1)
-    holder, waiter = _reviewers(project, django_user_model, n=2)
     held, release = threading.Event(), threading.Event()
 
     def hold():
@@ -278,9 +242,30 @@ def test_a_pick_says_nothing_is_left_once_the_holder_takes_the_last_slot(project
     threading.Timer(0.3, release.set).start()
     try:
         lease = lease_next_for_reviewer(project=project, reviewer=waiter)
-        assert release.is_set(), "answered before the holder committed: it must look again once the lock is gone"
+        answered_after_release = release.is_set()
     finally:
         release.set()
         thread.join(10)
+    return lease, answered_after_release
+
+
+def test_a_pick_waits_for_a_held_item_that_still_has_room_instead_of_saying_nothing_is_left(project, django_user_model):
+    project.overlap_k = 2
+    project.save()
+    (only,) = _items(project, 1)
+    holder, waiter = _reviewers(project, django_user_model, n=2)
+    lease, _ = _pick_while_another_reviewer_holds(project, holder, waiter)  # the holder takes 1 of 2 slots
+    assert lease is not None and lease.item_id == only.pk
+    only.refresh_from_db()
+    assert only.review_count == 2
+
+
+def test_a_pick_says_nothing_is_left_once_the_holder_takes_the_last_slot(project, django_user_model):
+    project.overlap_k = 1
+    project.save()
+    _items(project, 1)
+    holder, waiter = _reviewers(project, django_user_model, n=2)
+    lease, answered_after_release = _pick_while_another_reviewer_holds(project, holder, waiter)
+    assert answered_after_release, "answered before the holder committed: it must look again once the lock is gone"
     assert lease is None
     assert Lease.objects.filter(status="active").count() == 1
