@@ -10,6 +10,7 @@ on every queue request use this; everything else uses the ORM.
 """
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from functools import cache
 
 from django.db import connection
@@ -83,8 +84,6 @@ def lock_clause(alias: str) -> str:
 
 def param(value):
     """A datetime (or other value) adapted for a hand-written query, as the ORM would adapt it."""
-    from datetime import datetime
-
     if isinstance(value, datetime):
         return connection.ops.adapt_datetimefield_value(value)
     return value

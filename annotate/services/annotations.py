@@ -175,21 +175,11 @@ def _submit_in_transaction(*, lease_id: int, reviewer, data: Mapping, duration_m
     from annotate.services.queue import lease_for_submit
 
     now = timezone.now()
-    if project is None:
-        try:
-            lease = (
-                Lease.objects.select_for_update(of=("self",))
-                .select_related("item__project")
-                .get(pk=lease_id, reviewer=reviewer)
-            )
-        except Lease.DoesNotExist:
-            raise ValidationError(
-                "This item is not leased to you: reload the queue to get your current item."
-            ) from None
-    else:
-        lease = lease_for_submit(lease_id=lease_id, reviewer=reviewer, project=project)
-        if lease is None:
-            raise Lease.DoesNotExist(f"No lease {lease_id} of {reviewer} in {project}.")
+    lease = lease_for_submit(lease_id=lease_id, reviewer=reviewer, project=project)
+    if lease is None and project is not None:
+        raise Lease.DoesNotExist(f"No lease {lease_id} of {reviewer} in {project}.")
+    if lease is None:
+        raise ValidationError("This item is not leased to you: reload the queue to get your current item.")
     if lease.status == Lease.Status.SUBMITTED:
         raise ValidationError(
             "You already submitted this item. To change your answer, open it from your recent annotations."

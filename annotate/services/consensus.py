@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from django.db import transaction
+from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
 from annotate.models import Annotation, ConsensusRule, Item, ItemResult, RubricVersion, TaskKind
@@ -204,13 +205,14 @@ def _item_result_locked(item: Item) -> ItemResult:
 
 
 def _annotations_of(item: Item) -> list[Annotation]:
-    if item.kind == TaskKind.RUBRIC:  # the rubric versions decide which reviews count
-        return list(Annotation.objects.filter(item=item).select_related("rubric_version").order_by("reviewer_id"))
     sql = (
         f"SELECT {rawsql.columns(Annotation, 'a')} FROM {rawsql.table(Annotation)} a "
         "WHERE a.item_id = %s ORDER BY a.reviewer_id"
     )
-    return [rawsql.load(Annotation, row) for row in rawsql.fetch(sql, [item.pk])]
+    annotations = [rawsql.load(Annotation, row) for row in rawsql.fetch(sql, [item.pk])]
+    if item.kind == TaskKind.RUBRIC:  # the rubric versions decide which reviews count
+        prefetch_related_objects(annotations, "rubric_version")
+    return annotations
 
 
 @transaction.atomic

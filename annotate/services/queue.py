@@ -93,21 +93,17 @@ def _process_turn():
     or no database file (in memory), SQLite's lock alone serializes, as before."""
     depth = getattr(_turns, "depth", 0)
     name = str(connection.settings_dict.get("NAME") or "")
-    if depth or fcntl is None or not name or name == ":memory:" or name.startswith("file:"):
-        _turns.depth = depth + 1
-        try:
+    outermost = depth == 0 and fcntl is not None and name not in ("", ":memory:") and not name.startswith("file:")
+    _turns.depth = depth + 1
+    try:
+        if not outermost:
             yield
-        finally:
-            _turns.depth = depth
-        return
-    with open(name + ".queue-turn", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _turns.depth = 1
-        try:
+            return
+        with open(name + ".queue-turn", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # let go when the file closes
             yield
-        finally:
-            _turns.depth = 0
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        _turns.depth = depth
 
 
 @contextmanager
@@ -365,15 +361,16 @@ def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | No
     return leases
 
 
-def lease_for_submit(*, lease_id: int, reviewer, project: Project) -> Lease | None:
-    """The reviewer's lease in this project with its item, locked for the submission; None if there is none."""
-    leases = _leases_with_items(
-        "l.id = %s AND l.reviewer_id = %s AND l.project_id = %s", [lease_id, reviewer.pk, project.pk], lock=True
-    )
+def lease_for_submit(*, lease_id: int, reviewer, project: Project | None = None) -> Lease | None:
+    """The reviewer's lease (in ``project`` when given) with its item, locked for the submission; None if none."""
+    where, params = "l.id = %s AND l.reviewer_id = %s", [lease_id, reviewer.pk]
+    if project is not None:
+        where, params = where + " AND l.project_id = %s", [*params, project.pk]
+    leases = _leases_with_items(where, params, lock=True)
     if not leases:
         return None
     lease = leases[0]
-    lease.project = lease.item.project = project
+    lease.project = lease.item.project = project or Project.objects.get(pk=lease.project_id)
     return lease
 
 
