@@ -9,13 +9,14 @@ cycle and, on PostgreSQL, the CPU its server process spent; with ``--profile`` a
 by cumulative time (cProfile).
 
     python bench/queue_profile.py                       # SQLite, 2000 items, 200 cycles
-    python bench/queue_profile.py --profile --cycles 300
+    python bench/queue_profile.py --profile --cycles 300 --reviewers 32   # the bench's mix of reviewers
     python bench/queue_profile.py --pg-url postgres://goldset:goldset@127.0.0.1:5432/goldset_bench_profile
 """
 
 import argparse
 import cProfile
 import io
+import itertools
 import os
 import pstats
 import re
@@ -23,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -35,12 +37,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument(
+        "--reviewers", type=int, default=1, help="Reviewers taking turns, one cycle each (the bench's mix is 32)."
+    )
     parser.add_argument("--profile", action="store_true", help="Print the top functions by cumulative time.")
     parser.add_argument("--pg-url", default="", help="Scratch PostgreSQL database (dropped and recreated).")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="goldset-profile-"))
-    os.environ.update(GOLDSET_VAR_DIR=str(tmp), SECRET_KEY="profile-secret-key", GOLDSET_DEBUG="0")
+    # One connection for the whole run, so the CPU of its server process can be read off it.
+    os.environ.update(
+        GOLDSET_VAR_DIR=str(tmp), SECRET_KEY="profile-secret-key", GOLDSET_DEBUG="0", CONN_MAX_AGE="86400"
+    )
     os.environ.pop("REDIS_URL", None)
     if args.pg_url:
         import psycopg
@@ -84,10 +92,14 @@ def run(args) -> int:
 
     call_command("migrate", verbosity=0)
     roles_ensure()
-    user = get_user_model().objects.create_user(username="profiler", password="profile-password-1")
-    user_grant_role(user=user, role="reviewer")
+    users = [
+        get_user_model().objects.create_user(username=f"profiler{n}", password="profile-password-1")
+        for n in range(args.reviewers)
+    ]
+    for user in users:
+        user_grant_role(user=user, role="reviewer")
     project = project_create(name="Profile", slug="profile", task_kinds=["gold"], overlap_k=2)
-    project_add_members(project=project, users=[user])
+    project_add_members(project=project, users=users)
     Item.objects.bulk_create(
         Item(
             project=project,
@@ -99,19 +111,24 @@ def run(args) -> int:
         )
         for n in range(args.items)
     )
-    client = Client()
-    assert client.login(username="profiler", password="profile-password-1")
-    call = wsgi_caller(session=client.cookies["sessionid"].value)
+    callers = []
+    for user in users:
+        client = Client()
+        assert client.login(username=user.username, password="profile-password-1")
+        callers.append(wsgi_caller(session=client.cookies["sessionid"].value))
+    turns = itertools.cycle(callers)
     next_url = f"/projects/{project.slug}/queue/next/"
 
     def cycle(capture: dict | None = None):
-        with CaptureQueriesContext(connection) as q_next:
+        # Queries are captured only when asked: the debug cursor that records them costs CPU of its own.
+        call = next(turns)
+        with CaptureQueriesContext(connection) if capture is not None else nullcontext() as q_next:
             status, html = call("GET", next_url)
         lease = LEASE_RE.search(html).group(1)
         prefetch = PREFETCH_RE.search(html)
         body = {"action": "write", "answer": f"answer {lease}", "duration_ms": "1500"}
         body["have"] = prefetch.group(1) if prefetch else ""
-        with CaptureQueriesContext(connection) as q_submit:
+        with CaptureQueriesContext(connection) if capture is not None else nullcontext() as q_submit:
             status, submitted = call("POST", f"/projects/{project.slug}/queue/leases/{lease}/submit/", body)
         assert status.startswith("200"), submitted[:300]
         if capture is not None:
@@ -119,7 +136,7 @@ def run(args) -> int:
             capture["submit"] = [q["sql"] for q in q_submit.captured_queries]
             capture["bytes"] = (len(html), len(submitted))
 
-    for _ in range(20):  # warm up: templates, url resolvers, first leases
+    for _ in range(20 * len(users)):  # warm up: templates, url resolvers, first leases
         cycle()
     sample: dict = {}
     cycle(sample)
@@ -150,7 +167,9 @@ def run(args) -> int:
     if profiler:
         out = io.StringIO()
         rows = int(os.environ.get("PROFILE_ROWS", "45"))
-        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(rows)
+        if os.environ.get("PROFILE_DUMP"):
+            profiler.dump_stats(os.environ["PROFILE_DUMP"])
+        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(rows)
         print(out.getvalue())
     return 0
 

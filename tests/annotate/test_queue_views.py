@@ -318,3 +318,19 @@ def test_the_project_page_has_a_start_reviewing_button(client, alice, project):
     client.force_login(alice)
     html = client.get(project.get_absolute_url()).content.decode()
     assert "Start reviewing" in html and url("queue", project) in html
+
+
+@pytest.mark.parametrize("slug", ["918273645", "p-918273645-1"])
+def test_card_urls_match_the_url_conf_whatever_the_slug(client, alice, project, slug):
+    # The per-lease URLs are built from patterns reversed once per project; a slug holding digits
+    # (even the placeholder's) must not change them.
+    project.slug = slug
+    project.save(update_fields=["slug"])
+    make_item(project, 1)
+    client.force_login(alice)
+    lease, html = current_lease(client, project)
+    card = re.search(r'<form class="task-card[^>]*>', html).group(0)
+    assert f'action="{url("queue-submit", project, lease.pk)}"' in card
+    assert f'data-skip-url="{url("queue-skip", project, lease.pk)}"' in card
+    assert f'data-flag-url="{url("queue-flag", project, lease.pk)}"' in card
+    assert f'formaction="{url("queue-undo", project)}"' in html
