@@ -87,3 +87,45 @@ def param(value):
     if isinstance(value, datetime):
         return connection.ops.adapt_datetimefield_value(value)
     return value
+
+
+# --- Writes ------------------------------------------------------------------------------------------
+# The queue's per-submission writes, as the ORM's save() would issue them (auto_now fields set by
+# the fields themselves, values prepared by them) without compiling a query each time. No model
+# here has save() overrides or signal receivers that these would skip.
+
+
+def _prepared(obj: Model, fields, *, add: bool) -> list:
+    return [f.get_db_prep_save(f.pre_save(obj, add), connection) for f in fields]
+
+
+@cache
+def _insert_sql(model: type[Model], vendor: str) -> tuple[str, tuple]:
+    fields = tuple(f for f in _concrete(model)[0] if not f.primary_key)
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {table(model)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}"
+    )
+    return sql, fields
+
+
+def insert(obj: Model) -> Model:
+    """INSERT a new instance (its pk is the database's) and set its pk, as ``obj.save()`` would."""
+    sql, fields = _insert_sql(type(obj), connection.vendor)
+    obj.pk = fetch(sql, _prepared(obj, fields, add=True))[0][0]
+    obj._state.adding, obj._state.db = False, connection.alias
+    return obj
+
+
+def update(obj: Model, update_fields: Sequence[str]) -> None:
+    """UPDATE the named fields of a saved instance, as ``save(update_fields=...)`` (auto_now ones refreshed)."""
+    model = type(obj)
+    fields = [model._meta.get_field(name) for name in update_fields]
+    quote = connection.ops.quote_name
+    sql = (
+        f"UPDATE {table(model)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
+        f"WHERE {quote(model._meta.pk.column)} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*_prepared(obj, fields, add=False), obj.pk])

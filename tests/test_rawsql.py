@@ -103,3 +103,27 @@ def test_a_login_through_the_form_uses_these_reads(client, alice):
 def test_column_lists_follow_the_models_fields():
     assert rawsql.width(Lease) == len(Lease._meta.concrete_fields)
     assert rawsql.columns(Lease, "l").count("l.") == rawsql.width(Lease)
+
+
+def test_insert_stores_what_save_would_and_sets_the_pk(project, alice):
+    item = Item.objects.create(project=project, kind="gold", prompt="p", responses=[], content_hash="h-ins")
+    expires = timezone.now() + timedelta(minutes=5)
+    written = rawsql.insert(Lease(project=project, item=item, reviewer=alice, display_order=[1, 0], expires_at=expires))
+    assert written.pk is not None and not written._state.adding
+    stored = Lease.objects.get(pk=written.pk)
+    assert _fields(stored) == _fields(written)  # the auto_now fields were set on the instance, as by save()
+    assert stored.status == "active" and stored.display_order == [1, 0] and stored.created_at is not None
+
+
+def test_update_writes_only_the_named_fields_and_refreshes_auto_now(project, alice):
+    item = Item.objects.create(project=project, kind="gold", prompt="p", responses=[], content_hash="h-upd")
+    lease = Lease.objects.create(
+        project=project, item=item, reviewer=alice, display_order=[0], expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    before = Lease.objects.get(pk=lease.pk)
+    lease.status, lease.submitted_at, lease.display_order = "submitted", timezone.now(), [9]
+    rawsql.update(lease, ["status", "submitted_at", "updated_at"])
+    after = Lease.objects.get(pk=lease.pk)
+    assert after.status == "submitted" and after.submitted_at == lease.submitted_at
+    assert after.display_order == [0]  # not named: untouched
+    assert after.updated_at > before.updated_at and after.updated_at == lease.updated_at

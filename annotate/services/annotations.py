@@ -7,9 +7,10 @@ reviewer saw them); payloads store indices into ``Item.responses`` (see annotate
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import cache
 
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
@@ -128,32 +129,59 @@ def _duration_ms(*, lease: Lease, now: datetime, reported) -> int:
     return max(0, min(value, longest))
 
 
-def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, display_order, duration_ms) -> Annotation:
-    sql = (
-        f"SELECT {rawsql.columns(Annotation, 'a')} FROM {rawsql.table(Annotation)} a "
-        "WHERE a.item_id = %s AND a.reviewer_id = %s" + rawsql.lock_clause("a")
+@cache
+def _upsert_sql(vendor: str) -> tuple[str, tuple]:
+    """One statement that creates the reviewer's annotation or moves it to its next revision, returning the row."""
+    fields = tuple(f for f in Annotation._meta.concrete_fields if not f.primary_key)
+    quote = connection.ops.quote_name
+    table = rawsql.table(Annotation)
+    kept = {"item", "reviewer", "created_at"}
+    updates = ", ".join(
+        f"{quote(f.column)} = {table}.{quote(f.column)} + 1"
+        if f.name == "revision"
+        else f"{quote(f.column)} = EXCLUDED.{quote(f.column)}"
+        for f in fields
+        if f.name not in kept
     )
-    rows = rawsql.fetch(sql, [item.pk, reviewer.pk])
-    annotation = rawsql.load(Annotation, rows[0]) if rows else None
-    if annotation is None:
-        annotation = Annotation(item=item, reviewer=reviewer, kind=item.kind, revision=1)
-    else:
-        annotation.revision += 1
-    annotation.payload = payload
-    annotation.rubric_version = rubric_version
-    annotation.display_order = display_order
-    annotation.duration_ms = duration_ms
+    sql = (
+        f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({quote('item_id')}, {quote('reviewer_id')}) DO UPDATE SET {updates} "
+        f"RETURNING {rawsql.columns(Annotation, table)}"
+    )
+    return sql, fields
+
+
+def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, display_order, duration_ms) -> Annotation:
+    """Store the reviewer's judgement as their annotation's next revision (the first creates the annotation).
+
+    The annotation row is written and returned by one upsert, which also locks it: two submissions
+    of one reviewer for one item take turns, and each gets its own revision number."""
+    annotation = Annotation(
+        item=item,
+        reviewer=reviewer,
+        kind=item.kind,
+        revision=1,
+        payload=payload,
+        rubric_version=rubric_version,
+        display_order=display_order,
+        duration_ms=duration_ms,
+    )
     # Foreign keys are checked by the database; full_clean on them would only add queries.
     annotation.full_clean(
         exclude=["item", "reviewer", "rubric_version", "display_order"],
         validate_unique=False,
         validate_constraints=False,
     )
-    annotation.save()
-    AnnotationRevision.objects.create(
-        annotation=annotation, number=annotation.revision, payload=payload, rubric_version=rubric_version
+    sql, fields = _upsert_sql(connection.vendor)
+    values = [f.get_db_prep_save(f.pre_save(annotation, True), connection) for f in fields]
+    (row,) = rawsql.fetch(sql, values)
+    stored = rawsql.load(Annotation, row)
+    stored.item, stored.reviewer, stored.rubric_version = item, reviewer, rubric_version
+    rawsql.insert(
+        AnnotationRevision(annotation=stored, number=stored.revision, payload=payload, rubric_version=rubric_version)
     )
-    return annotation
+    return stored
 
 
 @transaction.atomic
@@ -171,11 +199,19 @@ def annotation_submit(
 
 def _submit_in_transaction(*, lease_id: int, reviewer, data: Mapping, duration_ms, project: Project | None):
     # No savepoint of its own (two round trips each): its caller's transaction rolls back as a whole.
-    from annotate.selectors import rubric_version_active
     from annotate.services.queue import lease_for_submit
 
-    now = timezone.now()
     lease = lease_for_submit(lease_id=lease_id, reviewer=reviewer, project=project)
+    return _submit_locked(
+        lease=lease, lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms, project=project
+    )
+
+
+def _submit_locked(*, lease: Lease | None, lease_id: int, reviewer, data: Mapping, duration_ms, project):
+    """The submission of a lease already read and locked (None: not the reviewer's)."""
+    from annotate.selectors import rubric_version_active
+
+    now = timezone.now()
     if lease is None and project is not None:
         raise Lease.DoesNotExist(f"No lease {lease_id} of {reviewer} in {project}.")
     if lease is None:
@@ -199,10 +235,10 @@ def _submit_in_transaction(*, lease_id: int, reviewer, data: Mapping, duration_m
     lease.submitted_at = now
     try:
         if was_active:  # active -> submitted keeps the item's count: the trigger cannot refuse it
-            lease.save(update_fields=["status", "submitted_at", "updated_at"])
+            rawsql.update(lease, ["status", "submitted_at", "updated_at"])
         else:
             with transaction.atomic():
-                lease.save(update_fields=["status", "submitted_at", "updated_at"])
+                rawsql.update(lease, ["status", "submitted_at", "updated_at"])
     except IntegrityError:
         raise ValidationError(
             "Your lease on this item expired and other reviewers have since completed it: "
@@ -235,17 +271,20 @@ def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, d
 
 
 def _submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms):
-    from annotate.services.queue import lease_fill_for_reviewer, leases_active_for_reviewer
+    from annotate.services.queue import lease_fill_for_reviewer, lease_for_submit_with_queue
 
-    annotation = _submit_in_transaction(
-        lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms, project=project
+    lease, active = lease_for_submit_with_queue(
+        lease_id=lease_id, reviewer=reviewer, project=project, now=timezone.now()
+    )
+    annotation = _submit_locked(
+        lease=lease, lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms, project=project
     )
     try:
         # Every write of the fill runs in a savepoint of its own (one per pick), so an error there
         # leaves this transaction usable; an outer savepoint would only add two round trips.
-        leases = lease_fill_for_reviewer(project=project, reviewer=reviewer)
+        leases = lease_fill_for_reviewer(project=project, reviewer=reviewer, active=active)
     except DatabaseError:
-        leases = leases_active_for_reviewer(project=project, reviewer=reviewer)
+        leases = active
     return annotation, leases
 
 

@@ -280,7 +280,10 @@ def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     # Uniqueness and the overlap cap are the database's job (constraint + trigger) under concurrency;
     # an item with no candidate responses has an empty display order, which is valid.
     lease.full_clean(exclude=LEASE_DB_CHECKED, validate_unique=False, validate_constraints=False)
-    lease.save()
+    if lease.pk is None:
+        rawsql.insert(lease)  # every assignment: the ORM's save() would compile the same INSERT each time
+    else:
+        lease.save()
     return lease
 
 
@@ -374,12 +377,38 @@ def lease_for_submit(*, lease_id: int, reviewer, project: Project | None = None)
     return lease
 
 
-def lease_fill_for_reviewer(*, project: Project, reviewer, depth: int = PREFETCH_DEPTH) -> list[Lease]:
+def lease_for_submit_with_queue(
+    *, lease_id: int, reviewer, project: Project, now: datetime
+) -> tuple[Lease | None, list[Lease]]:
+    """``lease_for_submit`` and the reviewer's other unexpired active leases in the project, in one locked read.
+
+    The refill after a submission needs those leases anyway; reading them with the submitted one
+    saves a round trip. They are locked too (a reviewer's own leases, in one stable order)."""
+    leases = _leases_with_items(
+        "l.reviewer_id = %s AND l.project_id = %s AND (l.id = %s OR (l.status = %s AND l.expires_at > %s))",
+        [reviewer.pk, project.pk, lease_id, Lease.Status.ACTIVE.value, rawsql.param(now)],
+        order=" ORDER BY l.expires_at, l.id",
+        lock=True,
+    )
+    target = None
+    for lease in leases:
+        lease.project = lease.item.project = project
+        if lease.pk == lease_id:
+            target = lease
+    return target, [lease for lease in leases if lease.pk != lease_id]
+
+
+def lease_fill_for_reviewer(
+    *, project: Project, reviewer, depth: int = PREFETCH_DEPTH, active: list[Lease] | None = None
+) -> list[Lease]:
     """Top the reviewer's active leases up to ``depth`` (current + prefetched) and return them, oldest first.
 
+    ``active``: those leases when the caller has just read them (otherwise they are read here).
     Called outside a transaction, each new lease commits on its own, so no lock is held across picks."""
     now = timezone.now()
-    leases = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
+    if active is None:
+        active = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
+    leases = list(active)
     in_transaction = connection.in_atomic_block
     picked = 0
     while len(leases) < depth:
