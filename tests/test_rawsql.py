@@ -127,3 +127,17 @@ def test_update_writes_only_the_named_fields_and_refreshes_auto_now(project, ali
     assert after.status == "submitted" and after.submitted_at == lease.submitted_at
     assert after.display_order == [0]  # not named: untouched
     assert after.updated_at > before.updated_at and after.updated_at == lease.updated_at
+
+
+@pytest.mark.postgres
+def test_the_hot_reads_are_prepared_once_per_connection_on_postgresql(project, alice):
+    from django.db import connection
+
+    Item.objects.create(project=project, kind="gold", prompt="p", responses=[], content_hash="h-prep")
+    queue.lease_next_for_reviewer(project=project, reviewer=alice)
+    for _ in range(6):  # psycopg prepares a statement on its fifth run on a connection
+        queue.leases_active_for_reviewer(project=project, reviewer=alice)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any('FROM "annotate_lease" l JOIN "annotate_item" i' in sql for sql in prepared), prepared

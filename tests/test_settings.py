@@ -76,6 +76,17 @@ def test_database_url_switches_to_postgresql_with_the_trainer_as_second_login(tm
     assert s["training_user"] == "goldset_trainer"
     assert s["training_mirror"] == "default"
     assert s["secret_key"] == "not-secret"
+    assert s["options"] == {"server_side_binding": "True", "prepare_threshold": "5"}
+
+
+def test_prepared_statements_can_be_turned_off_for_a_pooler_and_url_options_are_kept(tmp_path):
+    s = settings_for(
+        tmp_path,
+        DATABASE_URL="postgres://goldset:goldset@127.0.0.1:5432/goldset_x?sslmode=require",
+        SECRET_KEY="not-secret",
+        GOLDSET_PG_PREPARE="0",
+    )
+    assert s["options"] == {"sslmode": "require", "server_side_binding": "True"}
 
 
 def test_outside_the_embedded_demo_a_missing_secret_key_stops_with_a_clear_message(tmp_path):
