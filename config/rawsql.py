@@ -100,20 +100,28 @@ def _prepared(obj: Model, fields, *, add: bool) -> list:
 
 
 @cache
-def _insert_sql(model: type[Model], vendor: str) -> tuple[str, tuple]:
+def _insert_sql(model: type[Model], vendor: str, skip_conflict: bool) -> tuple[str, tuple]:
     fields = tuple(f for f in _concrete(model)[0] if not f.primary_key)
     quote = connection.ops.quote_name
     sql = (
         f"INSERT INTO {table(model)} ({', '.join(quote(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}"
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+        + (" ON CONFLICT DO NOTHING" if skip_conflict else "")
+        + f" RETURNING {quote(model._meta.pk.column)}"
     )
     return sql, fields
 
 
-def insert(obj: Model) -> Model:
-    """INSERT a new instance (its pk is the database's) and set its pk, as ``obj.save()`` would."""
-    sql, fields = _insert_sql(type(obj), connection.vendor)
-    obj.pk = fetch(sql, _prepared(obj, fields, add=True))[0][0]
+def insert(obj: Model, *, skip_conflict: bool = False) -> Model | None:
+    """INSERT a new instance (its pk is the database's) and set its pk, as ``obj.save()`` would.
+
+    With ``skip_conflict`` a row that would break a unique constraint is not inserted (and no error
+    aborts the transaction): None comes back instead of the instance."""
+    sql, fields = _insert_sql(type(obj), connection.vendor, skip_conflict)
+    rows = fetch(sql, _prepared(obj, fields, add=True))
+    if not rows:
+        return None
+    obj.pk = rows[0][0]
     obj._state.adding, obj._state.db = False, connection.alias
     return obj
 

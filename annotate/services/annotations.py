@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from functools import cache
 
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
@@ -259,9 +259,10 @@ def _submit_locked(*, lease: Lease | None, lease_id: int, reviewer, data: Mappin
 def annotation_submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mapping, duration_ms=None):
     """Submit, then top up the reviewer's leases (current + prefetched), in one transaction: one commit per item.
 
-    Returns (annotation, active leases oldest first). A failure while assigning rolls back the pick's
-    savepoint and leaves the submission in place: the next request assigns instead. Raises
-    ``Lease.DoesNotExist`` when the lease is not the reviewer's in this project."""
+    Returns (annotation, active leases oldest first). The refill's writes are built not to fail (see
+    ``lease_next_for_reviewer``); if one did, the whole submission fails and nothing of it is kept,
+    so the reviewer's lease is still active and they can submit again. Raises ``Lease.DoesNotExist``
+    when the lease is not the reviewer's in this project."""
     from annotate.services.queue import write_turn
 
     with write_turn(), transaction.atomic():
@@ -279,12 +280,9 @@ def _submit_and_refill(*, lease_id: int, reviewer, project: Project, data: Mappi
     annotation = _submit_locked(
         lease=lease, lease_id=lease_id, reviewer=reviewer, data=data, duration_ms=duration_ms, project=project
     )
-    try:
-        # Every write of the fill runs in a savepoint of its own (one per pick), so an error there
-        # leaves this transaction usable; an outer savepoint would only add two round trips.
-        leases = lease_fill_for_reviewer(project=project, reviewer=reviewer, active=active)
-    except DatabaseError:
-        leases = active
+    # No savepoint around the refill: catching an error of it here would let this transaction commit
+    # without the writes the error undid. It fails as a whole instead.
+    leases = lease_fill_for_reviewer(project=project, reviewer=reviewer, active=active)
     return annotation, leases
 
 

@@ -266,7 +266,8 @@ def _reap_due(project_id: int, now: float) -> bool:
     return True
 
 
-def _take(*, item: Item, reviewer, now: datetime) -> Lease:
+def _take(*, item: Item, reviewer, now: datetime) -> Lease | None:
+    """Lease a picked (locked) item to the reviewer; None when their other tab leased it a moment ago."""
     expires_at = now + timedelta(minutes=item.project.lease_minutes)
     own = getattr(item, "own_lease", None)
     lease = Lease.objects.get(pk=own) if own else None
@@ -281,9 +282,10 @@ def _take(*, item: Item, reviewer, now: datetime) -> Lease:
     # an item with no candidate responses has an empty display order, which is valid.
     lease.full_clean(exclude=LEASE_DB_CHECKED, validate_unique=False, validate_constraints=False)
     if lease.pk is None:
-        rawsql.insert(lease)  # every assignment: the ORM's save() would compile the same INSERT each time
-    else:
-        lease.save()
+        # Every assignment: the ORM's save() would compile the same INSERT each time. The one lease
+        # per (item, reviewer) is the unique constraint's to keep: a conflict inserts nothing.
+        return rawsql.insert(lease, skip_conflict=True)
+    lease.save()
     return lease
 
 
@@ -306,20 +308,31 @@ def lease_next_for_reviewer(
     attempts = 0
     while attempts < _PICK_ATTEMPTS:
         try:
-            with write_turn(), transaction.atomic():
+            # Inside a caller's transaction (a submission's refill) no savepoint: its two round trips
+            # guarded writes that cannot fail here. The pick locks the item and re-checks its count
+            # under that lock, so the cap trigger has nothing to refuse, and a lease the reviewer
+            # took in another tab meanwhile is a conflict the insert skips (see _take). Anything else
+            # fails the caller's transaction as a whole, which is then retried, never half-kept.
+            with write_turn(), transaction.atomic(savepoint=False):
                 if outermost:
                     _commit_without_waiting_for_disk()
                 item = _pick(project=project, reviewer=reviewer, blocked=blocked)
                 if item is not None:
                     item.project = project
-                    return _take(item=item, reviewer=reviewer, now=now)
+                    lease = _take(item=item, reviewer=reviewer, now=now)
+                    if lease is not None:
+                        return lease
+                    attempts += 1
+                    continue
         except IntegrityError:
-            # The same reviewer took it from another tab, or the cap trigger fired: pick again.
+            # The cap trigger fired (or another tab's lease): pick again, in a new transaction.
+            if not outermost:
+                raise
             attempts += 1
             continue
         except OperationalError as exc:
-            # PostgreSQL broke a lock cycle by failing this pick; its savepoint rolled back: pick again.
-            if getattr(exc.__cause__, "sqlstate", None) != "40P01":
+            # PostgreSQL broke a lock cycle by failing this pick: pick again, in a new transaction.
+            if not outermost or getattr(exc.__cause__, "sqlstate", None) != "40P01":
                 raise
             attempts += 1
             continue
@@ -486,4 +499,7 @@ def lease_reassign(*, lease_id: int, project: Project, to_reviewer) -> Lease:
         )
     lease.status = Lease.Status.EXPIRED
     lease.save(update_fields=["status", "updated_at"])
-    return _take(item=lease.item, reviewer=to_reviewer, now=timezone.now())
+    item = lease.item
+    # Their earlier lease on the item (expired, released or skipped), if any, is the row to reuse.
+    item.own_lease = Lease.objects.filter(item=item, reviewer=to_reviewer).values_list("id", flat=True).first()
+    return _take(item=item, reviewer=to_reviewer, now=timezone.now())

@@ -174,6 +174,29 @@ def test_an_admin_can_reassign_an_active_lease(project, alice, bob):
     assert item.review_count == 1
 
 
+def test_reassigning_to_someone_whose_lease_on_the_item_expired_reuses_their_row(project, alice, bob):
+    item = make_item(project, 1)
+    old = take(project, bob)
+    queue.lease_expire(lease_id=old.pk, project=project)
+    lease = take(project, alice)
+    assert lease.item == item
+    moved = queue.lease_reassign(lease_id=lease.pk, project=project, to_reviewer=bob)
+    assert moved.pk == old.pk and moved.status == Lease.Status.ACTIVE
+    assert Lease.objects.filter(item=item, reviewer=bob).count() == 1
+    item.refresh_from_db()
+    assert item.review_count == 1
+
+
+def test_a_lease_the_reviewer_already_holds_is_skipped_without_breaking_the_transaction(project, alice):
+    # Their other tab leased the item between this pick's read and its insert: nothing is inserted,
+    # no error aborts the caller's transaction (a submission), and the pick moves on.
+    item = make_item(project, 1)
+    take(project, alice)
+    with transaction.atomic():
+        assert queue._take(item=item, reviewer=alice, now=timezone.now()) is None
+        assert Lease.objects.filter(item=item, reviewer=alice).count() == 1  # the transaction still works
+
+
 def test_reassigning_to_a_non_member_is_refused(project, alice, mallory):
     make_item(project, 1)
     lease = take(project, alice)
