@@ -301,13 +301,13 @@ def postgres_server_pid(url: str) -> int | None:
     """The PostgreSQL postmaster's pid when the server runs on this machine (its backends are its children)."""
     import psycopg
 
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url) as conn:  # read while the backend lives: it exits with the connection
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    stat = Path(f"/proc/{backend}/stat")
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+        stat = Path(f"/proc/{backend}/stat")
+        try:
+            return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
 
 
 def free_port() -> int:
