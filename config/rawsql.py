@@ -126,8 +126,8 @@ def insert(obj: Model, *, skip_conflict: bool = False) -> Model | None:
     return obj
 
 
-def update(obj: Model, update_fields: Sequence[str]) -> None:
-    """UPDATE the named fields of a saved instance, as ``save(update_fields=...)`` (auto_now ones refreshed)."""
+def update_statement(obj: Model, update_fields: Sequence[str]) -> tuple[str, list]:
+    """The UPDATE of ``update(obj, update_fields)`` and its parameters, to run or to embed in a larger statement."""
     model = type(obj)
     fields = [model._meta.get_field(name) for name in update_fields]
     quote = connection.ops.quote_name
@@ -135,5 +135,11 @@ def update(obj: Model, update_fields: Sequence[str]) -> None:
         f"UPDATE {table(model)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
         f"WHERE {quote(model._meta.pk.column)} = %s"
     )
+    return sql, [*_prepared(obj, fields, add=False), obj.pk]
+
+
+def update(obj: Model, update_fields: Sequence[str]) -> None:
+    """UPDATE the named fields of a saved instance, as ``save(update_fields=...)`` (auto_now ones refreshed)."""
+    sql, params = update_statement(obj, update_fields)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*_prepared(obj, fields, add=False), obj.pk])
+        cursor.execute(sql, params)

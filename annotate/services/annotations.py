@@ -13,8 +13,23 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from annotate.models import Annotation, AnnotationRevision, Flag, Item, Lease, Project, RubricVersion, TaskKind
-from annotate.services.consensus import item_result_refresh, item_result_refresh_in_transaction
+from annotate.models import (
+    Annotation,
+    AnnotationRevision,
+    Flag,
+    Item,
+    ItemResult,
+    Lease,
+    Project,
+    RubricVersion,
+    TaskKind,
+)
+from annotate.services.consensus import (
+    item_result_load,
+    item_result_lock_statement,
+    item_result_refresh,
+    item_result_refresh_in_transaction,
+)
 from config import rawsql
 
 MAX_ANSWER_CHARS = 50_000
@@ -152,11 +167,32 @@ def _upsert_sql(vendor: str) -> tuple[str, tuple]:
     return sql, fields
 
 
-def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, display_order, duration_ms) -> Annotation:
+@cache
+def _revision_from_upsert_sql(vendor: str) -> str:
+    """The revision INSERT fed by the annotation upsert's RETURNING row (``a``), for PostgreSQL's WITH."""
+    quote = connection.ops.quote_name
+    fields = [f for f in AnnotationRevision._meta.concrete_fields if not f.primary_key]
+    fed = {"annotation": "a.id", "number": "a.revision"}
+    # Cast: a parameter in a SELECT list has no type of its own for PostgreSQL to infer.
+    values = [fed.get(f.name) or f"CAST(%s AS {f.db_type(connection)})" for f in fields]
+    return (
+        f"INSERT INTO {rawsql.table(AnnotationRevision)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"SELECT {', '.join(values)} FROM a"
+    )
+
+
+def _append_revision(
+    *, item: Item, reviewer, payload: dict, rubric_version, display_order, duration_ms, submitting: Lease | None = None
+) -> tuple[Annotation, ItemResult | None]:
     """Store the reviewer's judgement as their annotation's next revision (the first creates the annotation).
 
     The annotation row is written and returned by one upsert, which also locks it: two submissions
-    of one reviewer for one item take turns, and each gets its own revision number."""
+    of one reviewer for one item take turns, and each gets its own revision number. ``submitting``:
+    the lease to mark submitted with it. On PostgreSQL the lease update, the upsert, the revision and
+    the lock of the item's result row go to the server as one statement (WITH ... INSERT ...
+    RETURNING): one round trip, not four. Returns the annotation and that locked result row (None
+    where it was not taken here). The result's refresh reads the item's annotations in a later
+    statement, so it sees every submission committed before the lock was granted."""
     annotation = Annotation(
         item=item,
         reviewer=reviewer,
@@ -173,15 +209,32 @@ def _append_revision(*, item: Item, reviewer, payload: dict, rubric_version, dis
         validate_unique=False,
         validate_constraints=False,
     )
-    sql, fields = _upsert_sql(connection.vendor)
+    revision = AnnotationRevision(number=0, payload=payload, rubric_version=rubric_version)
+    fed = ("annotation", "number")  # from the upsert's row
+    revision_fields = [f for f in AnnotationRevision._meta.concrete_fields if not f.primary_key and f.name not in fed]
+    upsert, fields = _upsert_sql(connection.vendor)
     values = [f.get_db_prep_save(f.pre_save(annotation, True), connection) for f in fields]
-    (row,) = rawsql.fetch(sql, values)
+    if connection.vendor == "postgresql":
+        sql, params = f"WITH a AS ({upsert}), r AS ({_revision_from_upsert_sql(connection.vendor)})", [*values]
+        params += [f.get_db_prep_save(f.pre_save(revision, True), connection) for f in revision_fields]
+        if submitting is not None:
+            lease_sql, lease_params = rawsql.update_statement(submitting, ["status", "submitted_at", "updated_at"])
+            sql, params = f"{sql}, l AS ({lease_sql})", [*params, *lease_params]
+        result_sql, result_params = item_result_lock_statement(item)
+        sql, params = f"{sql}, ir AS ({result_sql})", [*params, *result_params]
+        (row,) = rawsql.fetch(f"{sql} SELECT a.*, ir.* FROM a, ir", params)
+        result = item_result_load(item, row, rawsql.width(Annotation))
+    else:
+        result = None
+        if submitting is not None:
+            rawsql.update(submitting, ["status", "submitted_at", "updated_at"])
+        (row,) = rawsql.fetch(upsert, values)
     stored = rawsql.load(Annotation, row)
     stored.item, stored.reviewer, stored.rubric_version = item, reviewer, rubric_version
-    rawsql.insert(
-        AnnotationRevision(annotation=stored, number=stored.revision, payload=payload, rubric_version=rubric_version)
-    )
-    return stored
+    if connection.vendor != "postgresql":
+        revision.annotation, revision.number = stored, stored.revision
+        rawsql.insert(revision)
+    return stored, result
 
 
 @transaction.atomic
@@ -234,9 +287,7 @@ def _submit_locked(*, lease: Lease | None, lease_id: int, reviewer, data: Mappin
     lease.status = Lease.Status.SUBMITTED
     lease.submitted_at = now
     try:
-        if was_active:  # active -> submitted keeps the item's count: the trigger cannot refuse it
-            rawsql.update(lease, ["status", "submitted_at", "updated_at"])
-        else:
+        if not was_active:  # taking an expired lease back: the cap trigger may refuse it
             with transaction.atomic():
                 rawsql.update(lease, ["status", "submitted_at", "updated_at"])
     except IntegrityError:
@@ -244,15 +295,17 @@ def _submit_locked(*, lease: Lease | None, lease_id: int, reviewer, data: Mappin
             "Your lease on this item expired and other reviewers have since completed it: "
             "your answer was not stored. Press Next for a new item."
         ) from None
-    annotation = _append_revision(
+    annotation, result = _append_revision(
         item=item,
         reviewer=reviewer,
         payload=payload,
         rubric_version=rubric_version,
         display_order=lease.display_order,
         duration_ms=_duration_ms(lease=lease, now=now, reported=duration_ms),
+        # active -> submitted keeps the item's count: the trigger cannot refuse it, so it goes with the upsert.
+        submitting=lease if was_active else None,
     )
-    item_result_refresh_in_transaction(item=item)
+    item_result_refresh_in_transaction(item=item, locked=result)
     return annotation
 
 
@@ -304,7 +357,7 @@ def annotation_revise(*, item_id: int, reviewer, data: Mapping) -> Annotation:
     payload = annotation_payload_parse(
         item=item, display_order=annotation.display_order, data=data, rubric_version=rubric_version
     )
-    annotation = _append_revision(
+    annotation, result = _append_revision(
         item=item,
         reviewer=reviewer,
         payload=payload,
@@ -312,7 +365,7 @@ def annotation_revise(*, item_id: int, reviewer, data: Mapping) -> Annotation:
         display_order=annotation.display_order,
         duration_ms=annotation.duration_ms,
     )
-    item_result_refresh(item=item)
+    item_result_refresh_in_transaction(item=item, locked=result)
     return annotation
 
 

@@ -184,24 +184,32 @@ def latest_version_annotations(annotations: list[Annotation]) -> tuple[list[Anno
     return [a for a in annotations if a.rubric_version_id == newest.pk], newest
 
 
-def _item_result_locked(item: Item) -> ItemResult:
-    """The item's result row, created if missing, locked until the end of the transaction.
-
-    One upsert that returns the row, rather than get_or_create: no savepoint to guard a racing insert
-    (two first submissions of one item meet in ON CONFLICT, and the second waits for the first's
-    commit), and no second read. The lock serializes concurrent refreshes of one item, so the later
-    one reads both annotations."""
+def item_result_lock_statement(item: Item) -> tuple[str, list]:
+    """The upsert that creates the item's result row if missing and locks it, returning the row (see below)."""
     item_column = ItemResult._meta.get_field("item").column
     sql = (
         f"INSERT INTO {rawsql.table(ItemResult)} ({item_column}, kind, status, reviewer_ids, updated_at) "
         f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT ({item_column}) DO UPDATE SET {item_column} = EXCLUDED.{item_column} "
         f"RETURNING {rawsql.columns(ItemResult, rawsql.table(ItemResult))}"
     )
-    params = [item.pk, item.kind, ItemResult.Status.PENDING.value, "[]", rawsql.param(timezone.now())]
-    (row,) = rawsql.fetch(sql, params)
-    result = rawsql.load(ItemResult, row)
+    return sql, [item.pk, item.kind, ItemResult.Status.PENDING.value, "[]", rawsql.param(timezone.now())]
+
+
+def item_result_load(item: Item, row, start: int = 0) -> ItemResult:
+    result = rawsql.load(ItemResult, row, start)
     result.item = item
     return result
+
+
+def _item_result_locked(item: Item) -> ItemResult:
+    """The item's result row, created if missing, locked until the end of the transaction.
+
+    One upsert that returns the row, rather than get_or_create: no savepoint to guard a racing insert
+    (two first submissions of one item meet in ON CONFLICT, and the second waits for the first's
+    commit), and no second read. The lock serializes concurrent refreshes of one item, so the later
+    one reads both annotations (in a statement of its own, after the lock: a new snapshot)."""
+    (row,) = rawsql.fetch(*item_result_lock_statement(item))
+    return item_result_load(item, row)
 
 
 def _annotations_of(item: Item) -> list[Annotation]:
@@ -221,9 +229,11 @@ def item_result_refresh(*, item: Item) -> ItemResult:
     return item_result_refresh_in_transaction(item=item)
 
 
-def item_result_refresh_in_transaction(*, item: Item) -> ItemResult:
-    """``item_result_refresh`` for a caller already in a transaction: no savepoint of its own."""
-    result = _item_result_locked(item)
+def item_result_refresh_in_transaction(*, item: Item, locked: ItemResult | None = None) -> ItemResult:
+    """``item_result_refresh`` for a caller already in a transaction: no savepoint of its own.
+
+    ``locked``: the result row when the caller has already locked it (``item_result_lock_statement``)."""
+    result = locked if locked is not None else _item_result_locked(item)
     if result.status == ItemResult.Status.ADJUDICATED:
         return result
     project = item.project

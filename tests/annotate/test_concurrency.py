@@ -269,3 +269,32 @@ def test_a_pick_says_nothing_is_left_once_the_holder_takes_the_last_slot(project
     assert answered_after_release, "answered before the holder committed: it must look again once the lock is gone"
     assert lease is None
     assert Lease.objects.filter(status="active").count() == 1
+
+
+def test_simultaneous_submissions_of_one_item_both_count_in_its_result(project, django_user_model):
+    """The second submission's refresh reads the first one's annotation: the item is decided, every time."""
+    from annotate.models import ItemResult
+    from annotate.services.annotations import annotation_submit
+    from annotate.services.queue import lease_next_for_reviewer
+
+    for round_ in range(5):
+        item = Item.objects.create(
+            project=project, kind="gold", prompt="p", responses=[], content_hash=f"both-{round_}", split="train"
+        )
+        users = django_user_model.objects.bulk_create(
+            [django_user_model(username=f"s{round_}-{i}", password="x") for i in range(project.overlap_k)]
+        )
+        project.members.add(*users)
+        leases = {u.pk: lease_next_for_reviewer(project=project, reviewer=u) for u in users}
+        assert all(lease.item_id == item.pk for lease in leases.values())
+
+        def submit(user):
+            return annotation_submit(
+                lease_id=leases[user.pk].pk, reviewer=user, data={"action": "write", "answer": "Same answer."}
+            )
+
+        results, errors = _race(users, submit)
+        assert errors == []
+        result = ItemResult.objects.get(item=item)
+        assert result.status == ItemResult.Status.CONSENSUS, (round_, result.status, result.reviewer_ids)
+        assert sorted(result.reviewer_ids) == sorted(u.pk for u in users)
