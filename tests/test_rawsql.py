@@ -141,3 +141,26 @@ def test_the_hot_reads_are_prepared_once_per_connection_on_postgresql(project, a
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
     assert any('FROM "annotate_lease" l JOIN "annotate_item" i' in sql for sql in prepared), prepared
+
+
+def test_the_project_and_queue_read_matches_the_two_reads_it_replaces(project, alice, bob, mallory, admin_user):
+    from django.http import Http404
+
+    from annotate.selectors import project_and_queue_for_user
+
+    found, leases = project_and_queue_for_user(user=alice, slug=project.slug)
+    assert model_to_dict(found) == model_to_dict(project_get_for_user(user=alice, slug=project.slug))
+    assert leases == []  # a member with nothing leased: the outer join's empty side is not a lease
+    for n in range(3):
+        Item.objects.create(project=project, kind="gold", prompt=f"p{n}", responses=[], content_hash=f"h-pq{n}")
+    queue.lease_fill_for_reviewer(project=project, reviewer=alice)
+    queue.lease_next_for_reviewer(project=project, reviewer=bob)
+    found, leases = project_and_queue_for_user(user=alice, slug=project.slug)
+    expected = queue.leases_active_for_reviewer(project=project, reviewer=alice)
+    assert [lease.pk for lease in leases] == [lease.pk for lease in expected] and len(leases) == 2
+    assert [_fields(lease) for lease in leases] == [_fields(lease) for lease in expected]
+    assert [_fields(lease.item) for lease in leases] == [_fields(lease.item) for lease in expected]
+    project.members.remove(admin_user)  # an admin who is not a member sees the project, with no queue read
+    assert project_and_queue_for_user(user=admin_user, slug=project.slug) == (project, None)
+    with pytest.raises(Http404):
+        project_and_queue_for_user(user=mallory, slug=project.slug)

@@ -51,6 +51,8 @@ _PICK_ATTEMPTS = 5
 # (each holds its lock for one short transaction), and the pause between looks.
 HELD_WAIT_S = 3.0
 _HELD_PAUSES_S = (0.002, 0.005, 0.01, 0.02, 0.04)
+# The order of a reviewer's active leases: the first is on screen, the next is prefetched behind it.
+ACTIVE_LEASES_ORDER = " ORDER BY l.expires_at, l.id"
 # Checked by the database (foreign keys) or set by this module: full_clean would only add queries.
 LEASE_DB_CHECKED = ["project", "item", "reviewer", "display_order"]
 
@@ -370,7 +372,7 @@ def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | No
     leases = _leases_with_items(
         "l.project_id = %s AND l.reviewer_id = %s AND l.status = %s AND l.expires_at > %s",
         [project.pk, reviewer.pk, Lease.Status.ACTIVE.value, rawsql.param(now)],
-        order=" ORDER BY l.expires_at, l.id",
+        order=ACTIVE_LEASES_ORDER,
     )
     for lease in leases:
         lease.project = project
@@ -400,7 +402,7 @@ def lease_for_submit_with_queue(
     leases = _leases_with_items(
         "l.reviewer_id = %s AND l.project_id = %s AND (l.id = %s OR (l.status = %s AND l.expires_at > %s))",
         [reviewer.pk, project.pk, lease_id, Lease.Status.ACTIVE.value, rawsql.param(now)],
-        order=" ORDER BY l.expires_at, l.id",
+        order=ACTIVE_LEASES_ORDER,
         lock=True,
     )
     target = None

@@ -210,10 +210,14 @@ def _alert(request, message: str, *, event: str = "", detail: dict | None = None
     return response
 
 
+def _project_and_filled_queue(request, slug: str) -> tuple[Project, list[Lease]]:
+    project, active = selectors.project_and_queue_for_user(user=request.user, slug=slug)
+    return project, queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user, active=active)
+
+
 @require_GET
 def queue_page(request, slug: str) -> HttpResponse:
-    project = selectors.project_get_for_user(user=request.user, slug=slug)
-    leases = queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user)
+    project, leases = _project_and_filled_queue(request, slug)
     if request.htmx:
         return render(request, QUEUE + "#cards", _queue_context(request, project, leases))
     return _page(request, project, leases)
@@ -221,8 +225,7 @@ def queue_page(request, slug: str) -> HttpResponse:
 
 @require_GET
 def queue_next(request, slug: str) -> HttpResponse:
-    project = selectors.project_get_for_user(user=request.user, slug=slug)
-    leases = queue_services.lease_fill_for_reviewer(project=project, reviewer=request.user)
+    project, leases = _project_and_filled_queue(request, slug)
     return render(request, QUEUE + "#cards", _queue_context(request, project, leases))
 
 

@@ -288,7 +288,7 @@ def test_simultaneous_submissions_of_one_item_both_count_in_its_result(project, 
         leases = {u.pk: lease_next_for_reviewer(project=project, reviewer=u) for u in users}
         assert all(lease.item_id == item.pk for lease in leases.values())
 
-        def submit(user):
+        def submit(user, leases=leases):
             return annotation_submit(
                 lease_id=leases[user.pk].pk, reviewer=user, data={"action": "write", "answer": "Same answer."}
             )
