@@ -181,8 +181,12 @@ def _pick_sql(*, partial: bool, blocked: int, lock: str) -> str:
         f"SELECT {rawsql.columns(Item, 'i')}, (SELECT l.id FROM annotate_lease l WHERE l.item_id = i.id"
         " AND l.reviewer_id = %s LIMIT 1) AS own_lease FROM annotate_item i WHERE "
         + base.format(t="i")
-        + " AND NOT EXISTS (SELECT 1 FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s"
-        " AND l.status IN (%s, %s, %s))"
+        # The reviewer's own lease on the item, by the (item, reviewer) unique index, as a per-row lookup.
+        # Written as NOT EXISTS, PostgreSQL planned an anti-join that, on statistics from when the
+        # lease table was small, read all the reviewer's leases for every candidate (184 ms for a
+        # reviewer with 1,200 leases, against 2 ms).
+        + " AND COALESCE((SELECT l.status FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s),"
+        " '') NOT IN (%s, %s, %s)"
     )
     if partial:
         window = (
