@@ -41,16 +41,13 @@ def project_and_queue_for_user(*, user, slug: str, now=None) -> tuple[Project, l
     from annotate.services.queue import ACTIVE_LEASES_ORDER
 
     now = now or timezone.now()
-    field = Project._meta.get_field("members")
-    through = field.remote_field.through
-    quote = connection.ops.quote_name
+    join, member = _members_join()
     sql = (
         f"SELECT {rawsql.columns(Project, 'p')}, {rawsql.columns(Lease, 'l')}, {rawsql.columns(Item, 'i')} "
-        f"FROM {rawsql.table(Project)} p JOIN {rawsql.table(through)} m "
-        f"ON m.{quote(field.m2m_column_name())} = p.id "
+        f"FROM {rawsql.table(Project)} p {join} "
         f"LEFT JOIN {rawsql.table(Lease)} l ON l.project_id = p.id AND l.reviewer_id = %s AND l.status = %s "
         f"AND l.expires_at > %s LEFT JOIN {rawsql.table(Item)} i ON i.id = l.item_id "
-        f"WHERE p.slug = %s AND m.{quote(field.m2m_reverse_name())} = %s{ACTIVE_LEASES_ORDER}"
+        f"WHERE p.slug = %s AND {member} = %s{ACTIVE_LEASES_ORDER}"
     )
     rows = rawsql.fetch(sql, [user.pk, Lease.Status.ACTIVE.value, rawsql.param(now), slug, user.pk])
     if not rows:
@@ -68,15 +65,18 @@ def project_and_queue_for_user(*, user, slug: str, now=None) -> tuple[Project, l
     return project, leases
 
 
-def _project_of_member(*, user_id, slug: str) -> Project | None:
+def _members_join() -> tuple[str, str]:
+    """The join of projects ``p`` to their members ``m``, and the column that holds the member's user id."""
     field = Project._meta.get_field("members")
-    through = field.remote_field.through
     quote = connection.ops.quote_name
-    sql = (
-        f"SELECT {rawsql.columns(Project, 'p')} FROM {rawsql.table(Project)} p JOIN {rawsql.table(through)} m "
-        f"ON m.{quote(field.m2m_column_name())} = p.id "
-        f"WHERE p.slug = %s AND m.{quote(field.m2m_reverse_name())} = %s"
-    )
+    join = f"JOIN {rawsql.table(field.remote_field.through)} m ON m.{quote(field.m2m_column_name())} = p.id"
+    return join, f"m.{quote(field.m2m_reverse_name())}"
+
+
+def _project_of_member(*, user_id, slug: str) -> Project | None:
+    join, member = _members_join()
+    sql = f"SELECT {rawsql.columns(Project, 'p')} FROM {rawsql.table(Project)} p {join} "
+    sql += f"WHERE p.slug = %s AND {member} = %s"
     rows = rawsql.fetch(sql, [slug, user_id])
     return rawsql.load(Project, rows[0]) if rows else None
 
