@@ -168,17 +168,19 @@ def _upsert_sql(vendor: str) -> tuple[str, tuple]:
 
 
 @cache
-def _revision_from_upsert_sql(vendor: str) -> str:
-    """The revision INSERT fed by the annotation upsert's RETURNING row (``a``), for PostgreSQL's WITH."""
+def _revision_from_upsert_sql(vendor: str) -> tuple[str, tuple]:
+    """The revision INSERT fed by the annotation upsert's RETURNING row (``a``), for PostgreSQL's WITH,
+    and the revision fields it takes as parameters."""
     quote = connection.ops.quote_name
     fields = [f for f in AnnotationRevision._meta.concrete_fields if not f.primary_key]
     fed = {"annotation": "a.id", "number": "a.revision"}
     # Cast: a parameter in a SELECT list has no type of its own for PostgreSQL to infer.
     values = [fed.get(f.name) or f"CAST(%s AS {f.db_type(connection)})" for f in fields]
-    return (
+    sql = (
         f"INSERT INTO {rawsql.table(AnnotationRevision)} ({', '.join(quote(f.column) for f in fields)}) "
         f"SELECT {', '.join(values)} FROM a"
     )
+    return sql, tuple(f for f in fields if f.name not in fed)
 
 
 def _append_revision(
@@ -210,30 +212,29 @@ def _append_revision(
         validate_constraints=False,
     )
     revision = AnnotationRevision(number=0, payload=payload, rubric_version=rubric_version)
-    fed = ("annotation", "number")  # from the upsert's row
-    revision_fields = [f for f in AnnotationRevision._meta.concrete_fields if not f.primary_key and f.name not in fed]
     upsert, fields = _upsert_sql(connection.vendor)
-    values = [f.get_db_prep_save(f.pre_save(annotation, True), connection) for f in fields]
+    params = rawsql.prepared(annotation, fields, add=True)
+    result = None
     if connection.vendor == "postgresql":
-        sql, params = f"WITH a AS ({upsert}), r AS ({_revision_from_upsert_sql(connection.vendor)})", [*values]
-        params += [f.get_db_prep_save(f.pre_save(revision, True), connection) for f in revision_fields]
+        revision_sql, revision_fields = _revision_from_upsert_sql(connection.vendor)
+        sql = f"WITH a AS ({upsert}), r AS ({revision_sql})"
+        params += rawsql.prepared(revision, revision_fields, add=True)
         if submitting is not None:
             lease_sql, lease_params = rawsql.update_statement(submitting, ["status", "submitted_at", "updated_at"])
             sql, params = f"{sql}, l AS ({lease_sql})", [*params, *lease_params]
         result_sql, result_params = item_result_lock_statement(item)
-        sql, params = f"{sql}, ir AS ({result_sql})", [*params, *result_params]
-        (row,) = rawsql.fetch(f"{sql} SELECT a.*, ir.* FROM a, ir", params)
+        sql, params = f"{sql}, ir AS ({result_sql}) SELECT a.*, ir.* FROM a, ir", [*params, *result_params]
+        (row,) = rawsql.fetch(sql, params)
         result = item_result_load(item, row, rawsql.width(Annotation))
+        stored = rawsql.load(Annotation, row)
     else:
-        result = None
         if submitting is not None:
             rawsql.update(submitting, ["status", "submitted_at", "updated_at"])
-        (row,) = rawsql.fetch(upsert, values)
-    stored = rawsql.load(Annotation, row)
-    stored.item, stored.reviewer, stored.rubric_version = item, reviewer, rubric_version
-    if connection.vendor != "postgresql":
+        (row,) = rawsql.fetch(upsert, params)
+        stored = rawsql.load(Annotation, row)
         revision.annotation, revision.number = stored, stored.revision
         rawsql.insert(revision)
+    stored.item, stored.reviewer, stored.rubric_version = item, reviewer, rubric_version
     return stored, result
 
 
