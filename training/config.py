@@ -43,15 +43,21 @@ class TrainingConfig:
     learning_rate: float = _f(2e-4, "Peak learning rate of the SFT phase.")
     dpo_learning_rate: float = _f(5e-6, "Peak learning rate of the DPO phase.")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule (any transformers scheduler name).")
-    warmup_ratio: float = _f(0.03, "Share of the steps spent warming the learning rate up.")
+    warmup_ratio: float = _f(
+        0.03, "Share of the steps spent warming the learning rate up (at least one step when above 0)."
+    )
     weight_decay: float = _f(0.0, "Weight decay on the LoRA weights.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    optimizer: str = _f("adamw_torch", "Optimizer (e.g. adamw_torch, paged_adamw_8bit).")
+    optimizer: str = _f(
+        "adamw_torch_fused", "Optimizer (e.g. adamw_torch_fused: one kernel per step; paged_adamw_8bit)."
+    )
     epochs: float = _f(1.0, "Passes over the snapshot (ignored when max_steps > 0).")
     max_steps: int = _f(0, "Stop after this many optimizer steps; 0 = train for `epochs`.")
     batch_size: int | str = _f(AUTO, "Micro-batch per device (sequences for SFT, pairs for DPO), or auto.")
     gradient_accumulation: int = _f(1, "Micro-batches per optimizer step.")
-    max_length: int = _f(1024, "Longest sequence in tokens (prompt + answer); longer ones are truncated.")
+    max_length: int = _f(
+        1024, "Longest sequence in tokens (prompt + answer); a longer prompt is cut from the left, never the answer."
+    )
     packing: bool = _f(True, "SFT: pack short examples into full-length rows, padding-free (no cross-attention).")
     gradient_checkpointing: str = _f(AUTO, "Recompute activations to save memory: auto, on or off.")
     liger_kernel: str = _f(AUTO, "Fused Triton kernels from liger-kernel (GPU only): auto, on or off.")
@@ -62,6 +68,9 @@ class TrainingConfig:
     logging_steps: int = _f(5, "Write progress (loss, lr, grad norm, tokens/s) every this many steps.")
     save_steps: int = _f(50, "Save a resumable checkpoint every this many steps.")
     save_total_limit: int = _f(2, "Checkpoints kept on disk (the newest ones).")
+    stall_after_s: int = _f(
+        0, "Fail the job when no step finishes for this many seconds; 0 = auto (10x its median step, 5 min at least)."
+    )
 
     def __post_init__(self) -> None:
         problems = list(self.problems())
@@ -102,6 +111,8 @@ class TrainingConfig:
         for name in ("gradient_checkpointing", "liger_kernel"):
             if getattr(self, name) not in TRI_STATE:
                 yield f"{name} must be auto, on or off (got {getattr(self, name)!r})."
+        if self.stall_after_s < 0:
+            yield f"stall_after_s must be 0 (auto) or a number of seconds (got {self.stall_after_s})."
         for name in ("logging_steps", "save_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 yield f"{name} must be at least 1 (got {getattr(self, name)})."
