@@ -1,9 +1,11 @@
 """Multi-GPU training: the gpu task starts ``accelerate launch`` (DDP, one process per GPU) on this module.
 
-Each rank runs ``runner.run`` on the same spec; rank 0 reports through files the parent task tails
-(``events.jsonl``: progress, log lines and checkpoints) and the parent asks for a stop by creating
-``stop``. So the ranks stay Django-free and the task remains the only bridge to the database.
-Ranks agree on stopping with an all-reduce, so no rank waits alone in a collective.
+Each rank binds to its own GPU, joins the process group and runs ``runner.run`` on the same spec (rank 0
+decides the settings for all: ``training.ranks``); rank 0 reports through files the parent task tails
+(``events.jsonl``: progress, steps, log lines and checkpoints) and the parent asks for a stop by
+creating ``stop``. So the ranks stay Django-free and the task remains the only bridge to the database.
+Ranks agree on stopping with an all-reduce, so no rank waits alone in a collective; ranks that hang
+anyway (a collective that never completes) are killed by the parent once the job is failed as stalled.
 
     python -m training.launch SPEC.json          # what each rank runs
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,21 +32,12 @@ def accelerate_command(*, num_processes: int, spec_path: Path, cpu: bool = False
     """The ``accelerate launch`` command line for a job spec (DDP across ``num_processes`` GPUs).
 
     A free rendezvous port per job, so two gpu workers on one machine never collide on the default one.
-    On a CPU-only machine accelerate's ``--cpu`` runs a single process, so several processes go through
-    torchrun (gloo backend) instead: the same DDP code path, which is how it is tested without a GPU.
+    On a CPU-only machine ``--multi_gpu`` still starts one process per rank (torchrun underneath) and the
+    ranks join a gloo process group (accelerate's ``--cpu`` would run a single process): the same
+    launcher and DDP code path, which is how it is tested without a GPU.
     """
-    if cpu and num_processes > 1:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(num_processes),
-        ]
-        return command + ["-m", "training.launch", str(spec_path)]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
-    command += ["--cpu"] if cpu else (["--multi_gpu"] if num_processes > 1 else [])
+    command += ["--multi_gpu"] if num_processes > 1 else (["--cpu"] if cpu else [])
     command += ["--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
     command += ["--main_process_port", str(port or free_port())]
     return command + ["-m", "training.launch", str(spec_path)]
@@ -73,6 +67,13 @@ class FileSink:
     def heartbeat(self) -> None:
         self._emit("heartbeat")
 
+    def advanced(self, *, phase: str, step: int, total_steps: int, seconds: float | None) -> None:
+        self.last_step = step
+        self._emit("advanced", phase=phase, step=step, total_steps=total_steps, seconds=seconds)
+
+    def idle(self) -> None:
+        self._emit("idle")
+
     def should_stop(self) -> bool:
         wanted = self.stop.exists()
         import torch.distributed as dist
@@ -80,8 +81,9 @@ class FileSink:
         if dist.is_available() and dist.is_initialized():
             import torch
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            flag = torch.tensor([1 if wanted else 0], device=device)
+            from training.ranks import device_name
+
+            flag = torch.tensor([1 if wanted else 0], device=device_name())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             wanted = bool(flag.item())
         return wanted
@@ -91,7 +93,7 @@ def run_distributed(
     *, spec: dict, workdir: Path, num_processes: int, sink, cpu: bool = False, poll_s: float = 0.5
 ) -> dict:
     """Run the spec under accelerate launch, forwarding rank 0's events to ``sink``; returns the result dict."""
-    from training.runner import TrainingError
+    from training.errors import TrainingError
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +109,7 @@ def run_distributed(
         stdout=output,
         stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,  # its own process group: the ranks can be killed together
     )
     offset = 0
     while True:
@@ -122,28 +125,47 @@ def run_distributed(
                 sink.progress(event["row"])
             elif event["kind"] == "log":
                 sink.log(event["line"])
-            elif event["kind"] == "checkpoint" and hasattr(sink, "checkpoint"):
+            elif event["kind"] == "checkpoint":
                 sink.checkpoint(event["path"])
+            elif event["kind"] == "advanced":
+                sink.advanced(
+                    phase=event["phase"],
+                    step=event["step"],
+                    total_steps=event["total_steps"],
+                    seconds=event["seconds"],
+                )
+            elif event["kind"] == "idle":
+                sink.idle()
         if finished:
             break
         sink.heartbeat()
+        if getattr(sink, "abandoned", False):
+            # The job was failed under us (stalled ranks, say): free the GPUs rather than wait on a hang.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            output.close()
+            raise TrainingError("The job was failed while its ranks ran (see above); they were stopped.")
         if sink.should_stop():
             stop.touch()
         time.sleep(poll_s)
     output.close()
     if proc.returncode != 0 or not result.exists():
         tail = (workdir / "launch.log").read_text(errors="replace").strip().splitlines()[-5:]
-        error = json.loads(result.read_text()).get("error") if result.exists() else None
-        raise TrainingError(error or f"accelerate launch exited with status {proc.returncode}: " + " | ".join(tail))
+        outcome = json.loads(result.read_text()) if result.exists() else {}
+        raise TrainingError(
+            outcome.get("error") or f"accelerate launch exited with status {proc.returncode}: " + " | ".join(tail),
+            checkpoint=outcome.get("checkpoint", ""),
+        )
     return json.loads(result.read_text())
 
 
 def main(spec_path: str) -> None:
-    from training import runner
+    from training import ranks, runner
     from training.config import TrainingConfig
 
     spec = json.loads(Path(spec_path).read_text())
-    rank = int(os.environ.get("RANK", "0"))
+    rank = ranks.rank()
+    ranks.start()
     sink = FileSink(spec["events"], spec["stop"], rank)
     try:
         outcome = runner.run(
@@ -157,7 +179,7 @@ def main(spec_path: str) -> None:
         )
     except runner.TrainingError as exc:
         if rank == 0:
-            Path(spec["result"]).write_text(json.dumps({"error": str(exc)}))
+            Path(spec["result"]).write_text(json.dumps({"error": str(exc), "checkpoint": exc.checkpoint}))
         raise SystemExit(1) from exc
     if rank == 0:
         Path(spec["result"]).write_text(
