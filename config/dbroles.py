@@ -18,6 +18,8 @@ TRAINER_GRANTS: dict[str, str] = {
     # The gpu worker claims, heartbeats and finishes its job row, and appends progress rows.
     "training_trainingjob": "SELECT, UPDATE",
     "training_jobprogress": "SELECT, INSERT",
+    # The preflight worker claims a preflight, reports its progress and records the result.
+    "training_trainingpreflight": "SELECT, UPDATE",
 }
 
 

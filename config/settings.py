@@ -214,6 +214,8 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     # The stale-heartbeat check must not wait behind a training run on the gpu queue.
     "training.tasks.training_jobs_fail_stale": {"queue": "default"},
+    # Needs the training extra and the base models but no GPU: its own workers, so it never waits behind a run.
+    "training.tasks.training_preflight_run": {"queue": "preflight"},
     "training.tasks.*": {"queue": "gpu"},
 }
 CELERY_TASK_IGNORE_RESULT = True
@@ -238,6 +240,8 @@ else:
 TRAINING_HEARTBEAT_S = float(os.environ.get("GOLDSET_TRAINING_HEARTBEAT_S", "30"))
 # A running job with no heartbeat for this long is failed by the periodic check (run Celery beat).
 TRAINING_STALE_AFTER_S = float(os.environ.get("GOLDSET_TRAINING_STALE_AFTER_S", "300"))
+# A running job whose step has not advanced for max(this, 10x its median step) is failed as stalled.
+TRAINING_STALL_FLOOR_S = float(os.environ.get("GOLDSET_TRAINING_STALL_FLOOR_S", "300"))
 TRAINING_HEARTBEAT_THREAD = env_bool("GOLDSET_TRAINING_HEARTBEAT_THREAD", True)
 TRAINING_CANCEL_POLL_S = float(os.environ.get("GOLDSET_TRAINING_CANCEL_POLL_S", "1"))
 # GPUs per job ("auto": all the worker sees); above 1 the job trains through `accelerate launch` (DDP).

@@ -106,6 +106,12 @@ class TrainingJob(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    step_advanced_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a training step last finished; empty while none is due (loading)."
+    )
+    stall_after_s = models.FloatField(
+        null=True, blank=True, help_text="Seconds without a step after which the running job counts as stalled."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -129,6 +135,65 @@ class TrainingJob(models.Model):
         from django.urls import reverse
 
         return reverse("training:job-detail", kwargs={"job_id": self.pk})
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class TrainingPreflight(models.Model):
+    """A job's config checked against its base model and snapshot on a worker, before the job is queued.
+
+    The web side creates it and reads it; the worker claims it, reports progress and records the result.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+
+    FINISHED = (Status.PASSED, Status.FAILED)
+
+    snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="preflights")
+    base_model = models.CharField(max_length=500, help_text="A local directory or a hub id.")
+    method = models.CharField(max_length=16, choices=TrainingJob.Method.choices)
+    config = models.JSONField(help_text="training.config.TrainingConfig as a dict.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="0..1 while running.")
+    stage = models.CharField(max_length=200, blank=True, help_text="What the worker is doing now.")
+    message = models.TextField(blank=True, help_text="Why it failed, in words a person can act on.")
+    result = models.JSONField(default=dict, blank=True, help_text="{ok, errors, warnings, samples, stats}.")
+    worker = models.CharField(max_length=200, blank=True)
+    job = models.OneToOneField(
+        TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="preflight_run"
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True, help_text="The worker's last word.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["queued", "running", "passed", "failed"]),
+                name="trainingpreflight_status_known",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="failed") | ~models.Q(message=""),
+                name="trainingpreflight_failed_has_reason",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Preflight {self.pk} ({self.method}, {self.status})"
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("training:preflight-detail", kwargs={"preflight_id": self.pk})
 
     @property
     def is_finished(self) -> bool:

@@ -1,23 +1,23 @@
-"""Catch a bad job in seconds, not an hour in: check the config against the model and render the
-first batch through the chat template, marking which tokens carry loss.
+"""Catch a bad job in seconds, not an hour in: check the config against the model, fit every example into
+max_length the way the runner will, and render the first examples through the chat template, marking
+which tokens carry loss.
 
-Loads the tokenizer and the model's config only (the model is built on the meta device: no weights,
-no memory). Runs in a subprocess of the web process (``python -m training.preflight``) so the web
-process never imports torch.
+Runs on a worker (the ``training_preflight_run`` task), never in the web process: it needs the training
+extra and the model files. Loads the tokenizer and the model's config only (the model is built on the
+meta device: no weights, no memory).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
+from training import examples
 from training.config import TrainingConfig
 
 SAMPLE_EXAMPLES = 2
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+Progress = Callable[[float, str], None]
 
 
 def _linear_names(model_config) -> list[str]:
@@ -31,31 +31,34 @@ def _linear_names(model_config) -> list[str]:
     return sorted(names)
 
 
-def _render(tokenizer, prompt: list[dict], completion: str, max_length: int) -> dict:
-    """Token pieces with a loss flag, the way TRL tokenizes a conversational prompt–completion pair."""
-    prompt_ids = list(
-        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    )
-    full_ids = list(
-        tokenizer.apply_chat_template(
-            prompt + [{"role": "assistant", "content": completion}], tokenize=True, return_dict=True
-        )["input_ids"]
-    )
-    if tokenizer.eos_token_id is not None and (not full_ids or full_ids[-1] != tokenizer.eos_token_id):
-        full_ids.append(tokenizer.eos_token_id)
-    kept = full_ids[:max_length]
-    pieces = [{"text": tokenizer.decode([tid]), "loss": i >= len(prompt_ids)} for i, tid in enumerate(kept)]
+def _pieces(tokenizer, rendered: examples.Rendered, index: int) -> list[dict]:
+    ids = rendered.sequences[index]
+    return [{"text": tokenizer.decode([tid]), "loss": i >= rendered.prompt_len} for i, tid in enumerate(ids)]
+
+
+def _sample(tokenizer, example: examples.Example, fitted: examples.Fitted, *, kind: str, index: int, side=None):
+    rendered = fitted.rendered
     return {
-        "pieces": pieces,
-        "tokens": len(full_ids),
-        "prompt_tokens": len(prompt_ids),
-        "loss_tokens": max(0, len(kept) - len(prompt_ids)),
-        "truncated": len(full_ids) > max_length,
+        "kind": kind,
+        **({"side": side} if side else {}),
+        "source_item_id": example.source_item_id,
+        "status": fitted.status,
+        "pieces": _pieces(tokenizer, rendered, index),
+        "tokens": len(rendered.sequences[index]),
+        "original_tokens": fitted.original_tokens,
+        "prompt_tokens": rendered.prompt_len,
+        "loss_tokens": rendered.loss_tokens()[index],
+        "truncated": fitted.status == examples.TRUNCATED,
     }
 
 
-def check(*, base_model: str, config: dict, records: list[dict]) -> dict:
+def _failed(errors: list[str], stats: dict | None = None) -> dict:
+    return {"ok": False, "errors": errors, "warnings": [], "samples": [], "stats": stats or {}}
+
+
+def check(*, base_model: str, config: dict, records: list[dict], progress: Progress | None = None) -> dict:
     """Return {ok, errors, warnings, samples, stats}; errors say what is wrong and how to fix it."""
+    report = progress or (lambda share, stage: None)
     errors: list[str] = []
     warnings: list[str] = []
     samples: list[dict] = []
@@ -63,24 +66,21 @@ def check(*, base_model: str, config: dict, records: list[dict]) -> dict:
     try:
         cfg = TrainingConfig.from_dict(config)
     except (TypeError, ValueError) as exc:
-        return {"ok": False, "errors": [str(exc)], "warnings": [], "samples": [], "stats": {}}
+        return _failed([str(exc)])
 
     from transformers import AutoConfig, AutoTokenizer
 
+    report(0.05, "reading the base model's config and tokenizer")
     try:
         model_config = AutoConfig.from_pretrained(base_model)
         tokenizer = AutoTokenizer.from_pretrained(base_model)
     except (OSError, ValueError) as exc:
-        return {
-            "ok": False,
-            "errors": [
+        return _failed(
+            [
                 f"Cannot read the base model {base_model!r} ({exc.__class__.__name__}: {str(exc)[:300]}). Give a "
                 f"local directory with config.json and tokenizer files, or a hub id the gpu worker can reach."
-            ],
-            "warnings": [],
-            "samples": [],
-            "stats": {},
-        }
+            ]
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -91,6 +91,7 @@ def check(*, base_model: str, config: dict, records: list[dict]) -> dict:
         errors.append(f"max length {cfg.max_length} exceeds the model's {limit}: set max_length to {limit} or less.")
 
     if cfg.target_modules != ["all-linear"]:
+        report(0.1, "listing the model's linear layers")
         linear = _linear_names(model_config)
         missing = [m for m in cfg.target_modules if m not in linear]
         stats["linear_modules"] = linear
@@ -106,80 +107,50 @@ def check(*, base_model: str, config: dict, records: list[dict]) -> dict:
         )
         return {"ok": False, "errors": errors, "warnings": warnings, "samples": samples, "stats": stats}
 
-    sft = [r for r in records if r["kind"] == "sft" or (r["kind"] == "dpo" and cfg.sft_on_chosen)]
-    dpo = [r for r in records if r["kind"] == "dpo"]
-    stats["sft_examples"] = len(sft) if "sft" in cfg.phases else 0
-    stats["dpo_pairs"] = len(dpo) if "dpo" in cfg.phases else 0
-    if "sft" in cfg.phases and not sft:
-        errors.append("The snapshot has no SFT examples (gold answers): choose DPO, or a snapshot with gold answers.")
-    if "dpo" in cfg.phases and not dpo:
-        errors.append("The snapshot has no DPO pairs (preferences): choose SFT, or a snapshot with preference pairs.")
+    fits: dict[str, dict] = {}
+    phases = [(p, examples.phase_examples(records, phase=p, sft_on_chosen=cfg.sft_on_chosen)) for p in cfg.phases]
+    stats["sft_examples"] = len(dict(phases).get("sft", []))
+    stats["dpo_pairs"] = len(dict(phases).get("dpo", []))
+    for phase, phase_examples in phases:
+        if not phase_examples:
+            what = "SFT examples (gold answers)" if phase == "sft" else "DPO pairs (preferences)"
+            other = "DPO" if phase == "sft" else "SFT"
+            errors.append(f"The snapshot has no {what}: choose {other}, or a snapshot that has them.")
+            continue
+        fit = examples.FitReport()
+        start = 0.15 + 0.8 * (len(fits) / len(phases))
+        span = 0.8 / len(phases)
 
-    lost = truncated = 0
-    for r in sft[:200] if "sft" in cfg.phases else []:
-        answer = r["completion"] if r["kind"] == "sft" else r["chosen"]
-        rendered = _render(tokenizer, r["messages"], answer, cfg.max_length)
-        truncated += rendered["truncated"]
-        lost += rendered["loss_tokens"] == 0
-        if len(samples) < SAMPLE_EXAMPLES:
-            samples.append({"kind": "sft", "source_item_id": r.get("source_item_id"), **rendered})
-    for i, r in enumerate(dpo[:200] if "dpo" in cfg.phases else []):
-        for side in ("chosen", "rejected"):
-            rendered = _render(tokenizer, r["messages"], r[side], cfg.max_length)
-            truncated += rendered["truncated"]
-            lost += rendered["loss_tokens"] == 0
-            if i == 0:  # the first pair, both sides
-                samples.append({"kind": "dpo", "side": side, "source_item_id": r.get("source_item_id"), **rendered})
-    if lost:
-        errors.append(
-            f"{lost} example(s) lose their whole answer at max_length {cfg.max_length} (the prompt alone fills it): "
-            f"raise max_length or shorten those prompts."
-        )
-    elif truncated:
-        warnings.append(f"{truncated} example(s) are longer than max_length {cfg.max_length} and will be cut.")
+        def step(done: int, total: int, phase=phase, start=start, span=span) -> None:
+            report(start + span * done / total, f"fitting {phase.upper()} examples into {cfg.max_length} tokens")
+
+        for i, (example, fitted) in enumerate(
+            examples.fit_examples(tokenizer, phase_examples, max_length=cfg.max_length, progress=step)
+        ):
+            fit.add(fitted.status, example.source_item_id)
+            if i < SAMPLE_EXAMPLES and fitted.status != examples.LEFT_OUT:
+                if phase == "sft":
+                    samples.append(_sample(tokenizer, example, fitted, kind="sft", index=0))
+                elif i == 0:  # the first pair, both sides
+                    for index, side in enumerate(("chosen", "rejected")):
+                        samples.append(_sample(tokenizer, example, fitted, kind="dpo", index=index, side=side))
+        fits[phase] = fit.as_dict()
+        if fit.left_out == fit.examples:
+            errors.append(
+                f"Every {phase.upper()} example is longer than max_length {cfg.max_length} even with its prompt cut "
+                f"(the answer, or the system turn, alone fills it): raise max_length or shorten the answers."
+            )
+        elif fit.left_out:
+            warnings.append(
+                f"{fit.left_out} {phase.upper()} example(s) will be left out: their answer does not fit whole in "
+                f"max_length {cfg.max_length} (items {', '.join(map(str, fit.left_out_items[:10]))}"
+                f"{', …' if fit.left_out > 10 else ''})."
+            )
+        if fit.prompt_truncated:
+            warnings.append(
+                f"{fit.prompt_truncated} {phase.upper()} example(s) are longer than max_length {cfg.max_length}: "
+                f"their prompt is cut from the left (the system turn and the whole answer stay)."
+            )
+    stats["fit"] = fits
+    report(1.0, "done")
     return {"ok": not errors, "errors": errors, "warnings": warnings, "samples": samples, "stats": stats}
-
-
-def check_in_subprocess(*, base_model: str, config: dict, records: list[dict], timeout: int = 300) -> dict:
-    """Run ``check`` in a fresh interpreter, so the caller never imports torch."""
-    payload = json.dumps({"base_model": base_model, "config": config, "records": records})
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "training.preflight"],
-            input=payload,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=root,
-        )
-    except subprocess.TimeoutExpired:
-        return {
-            "ok": False,
-            "errors": [f"The preflight took longer than {timeout}s: is the model path on a slow disk?"],
-            "warnings": [],
-            "samples": [],
-            "stats": {},
-        }
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {
-            "ok": False,
-            "errors": ["The preflight crashed: " + " | ".join(tail)],
-            "warnings": [],
-            "samples": [],
-            "stats": {},
-        }
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def main() -> None:
-    data = json.loads(sys.stdin.read())
-    result = check(base_model=data["base_model"], config=data["config"], records=data["records"])
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from annotate import roles
-from training.models import JobProgress, TrainingJob, TrainingSnapshot
+from training.config import TrainingConfig, config_help
+from training.errors import TRAINING_MODULES
+from training.models import JobProgress, TrainingJob, TrainingPreflight, TrainingSnapshot
 
 
 def require_admin(user) -> None:
@@ -58,6 +62,11 @@ def job_get_for_admin(*, user, job_id: int) -> TrainingJob:
     return job
 
 
+def job_cancel_requested(*, job_id: int, using: str) -> bool:
+    """Whether someone asked this job to stop (the gpu worker polls it between steps)."""
+    return TrainingJob.objects.using(using).filter(pk=job_id, cancel_requested=True).exists()
+
+
 def job_eta(job: TrainingJob, rows: list[JobProgress] | None = None, now=None) -> timedelta | None:
     """Time left in the current phase, from the pace between its progress rows (model loading excluded)."""
     if job.status != TrainingJob.Status.RUNNING or not job.step or not job.total_steps or not job.started_at:
@@ -71,41 +80,167 @@ def job_eta(job: TrainingJob, rows: list[JobProgress] | None = None, now=None) -
     return timedelta(seconds=round((per_step * max(0, job.total_steps - job.step)).total_seconds()))
 
 
-def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 180) -> dict:
-    """Polyline points per phase for an inline SVG loss chart (no JavaScript needed)."""
+def _ticks(low: float, high: float, count: int = 3) -> list[float]:
+    if high == low:
+        return [low]
+    return [low + (high - low) * i / (count - 1) for i in range(count)]
+
+
+def _step_label(value: float) -> str:
+    return str(round(value))
+
+
+def _loss_label(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 200) -> dict:
+    """One inline SVG panel per phase (SFT and DPO losses live on different scales), with labelled axes."""
+    left, right, top, bottom = 56, 12, 24, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
     points = [(r.phase, r.step, r.loss) for r in rows if r.loss is not None and math.isfinite(r.loss)]
-    if not points:
-        return {"series": [], "width": width, "height": height}
-    phases = list(dict.fromkeys(p for p, _, _ in points))
-    # Phases run one after another: lay them out side by side on one x axis.
-    offsets, x = {}, 0
-    for phase in phases:
-        offsets[phase] = x
-        x += max(s for p, s, _ in points if p == phase)
-    xmax = max(x, 1)
-    ymin = min(v for _, _, v in points)
-    ymax = max(v for _, _, v in points)
-    span = (ymax - ymin) or 1.0
-    pad = 8
-    series = []
-    for phase in phases:
-        coords = [
-            (pad + (offsets[phase] + s) / xmax * (width - 2 * pad), pad + (ymax - v) / span * (height - 2 * pad))
-            for p, s, v in points
-            if p == phase
-        ]
-        series.append({"phase": phase, "points": " ".join(f"{a:.1f},{b:.1f}" for a, b in coords)})
-    return {"series": series, "width": width, "height": height, "ymin": ymin, "ymax": ymax}
+    panels = []
+    for phase in dict.fromkeys(p for p, _, _ in points):
+        mine = [(s, v) for p, s, v in points if p == phase]
+        xmin, xmax = min(s for s, _ in mine), max(s for s, _ in mine)
+        ymin, ymax = min(v for _, v in mine), max(v for _, v in mine)
+        xspan, yspan = (xmax - xmin) or 1, (ymax - ymin) or 1.0
+
+        def x(step, xmin=xmin, xspan=xspan):
+            return left + (step - xmin) / xspan * plot_w
+
+        def y(value, ymin=ymin, yspan=yspan):
+            return top + (1 - (value - ymin) / yspan) * plot_h
+
+        panels.append(
+            {
+                "phase": phase,
+                "title": f"{phase.upper()} loss",
+                "points": " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in mine),
+                "x_ticks": [{"at": round(x(t), 1), "label": _step_label(t)} for t in _ticks(xmin, xmax)],
+                "y_ticks": [{"at": round(y(t), 1), "label": _loss_label(t)} for t in _ticks(ymin, ymax)],
+                "ymin": ymin,
+                "ymax": ymax,
+                "last": mine[-1],
+            }
+        )
+    return {
+        "panels": panels,
+        "width": width,
+        "height": height,
+        "plot": {"left": left, "right": width - right, "top": top, "bottom": height - bottom},
+        "x_title": {"x": left + plot_w / 2, "y": height - 4},
+        "y_title": {"x": 14, "y": top + plot_h / 2},
+    }
+
+
+METRICS_PER_PAGE = 25
+
+
+def job_metrics_page(job: TrainingJob, page_number) -> Page:
+    """Every logged step of a job, newest first, one page at a time."""
+    rows = job.progress.order_by("-id")
+    return Paginator(rows, METRICS_PER_PAGE).get_page(page_number)
+
+
+def job_config_rows(job: TrainingJob) -> list[dict]:
+    """The job's config as rows for a table: name, value, default, whether it differs, and its help."""
+    helps = config_help()
+    defaults = TrainingConfig().to_dict()
+    rows = []
+    for name, value in job.config.items():
+        default = defaults.get(name)
+        shown = ", ".join(value) if isinstance(value, list) else value
+        rows.append(
+            {"name": name, "value": shown, "default": default, "changed": value != default, "help": helps.get(name, "")}
+        )
+    return rows
+
+
+def _gib(value) -> str:
+    return f"{value / 2**30:.1f} GiB" if value else "—"
+
+
+def manifest_summary(manifest: dict) -> list[tuple[str, str]]:
+    """The manifest's facts an admin checks first, as (label, value) rows; the full JSON stays below them."""
+    if not manifest:
+        return []
+    code = manifest.get("code_version") or {}
+    base = manifest.get("base_model") or {}
+    hardware = manifest.get("hardware") or {}
+    rows = [
+        (
+            "Code",
+            " · ".join(
+                filter(
+                    None,
+                    [
+                        f"goldset {code['goldset']}" if code.get("goldset") else None,
+                        f"commit {code['git_commit'][:12]}" if code.get("git_commit") else None,
+                        "with local changes" if code.get("git_dirty") else None,
+                    ],
+                )
+            )
+            or "unknown",
+        ),
+        (
+            "Base model",
+            f"{base.get('path') or base.get('id')} · "
+            + (f"sha256 {base['sha256'][:16]}…" if base.get("sha256") else f"revision {base.get('revision') or '?'}"),
+        ),
+        (
+            "Hardware",
+            ", ".join(g["name"] for g in hardware.get("gpus") or []) or f"CPU ({hardware.get('cpu_count')} cores)",
+        ),
+        (
+            "CUDA / driver",
+            f"CUDA {hardware.get('cuda') or '—'}, cuDNN {hardware.get('cudnn') or '—'}, "
+            f"driver {hardware.get('driver') or '—'}",
+        ),
+    ]
+    for phase, metrics in (manifest.get("metrics") or {}).items():
+        if "reused_from" in metrics:
+            rows.append((phase.upper(), f"reused from {metrics['reused_from']}"))
+            continue
+        batch = metrics.get("batch") or {}
+        fit = metrics.get("fit") or {}
+        rows.append(
+            (
+                phase.upper(),
+                f"{metrics.get('steps')} steps, global batch {batch.get('global')} "
+                f"({batch.get('per_device')} per device × {batch.get('gradient_accumulation')} accumulation × "
+                f"{batch.get('processes')} process(es)), warmup {metrics.get('warmup_steps')} step(s), "
+                f"adapter weights {metrics.get('adapter_dtype')}, peak {_gib(metrics.get('peak_gpu_bytes'))}",
+            )
+        )
+        rows.append(
+            (
+                f"{phase.upper()} examples",
+                f"{fit.get('examples', metrics.get('examples'))} in the snapshot: {fit.get('prompt_truncated', 0)} "
+                f"with the prompt cut from the left, {fit.get('left_out', 0)} left out (answer longer than max_length)",
+            )
+        )
+    return rows
+
+
+def preflight_get_for_admin(*, user, preflight_id: int) -> TrainingPreflight:
+    require_admin(user)
+    try:
+        return TrainingPreflight.objects.select_related("snapshot", "job").get(pk=preflight_id)
+    except TrainingPreflight.DoesNotExist:
+        raise Http404("No such preflight.") from None
+
+
+def training_extra_installed() -> bool:
+    """Whether this process could import the training stack (checked without importing it)."""
+    return all(importlib.util.find_spec(name) is not None for name in TRAINING_MODULES)
 
 
 def job_progress_context(job: TrainingJob) -> dict:
     rows = list(job.progress.order_by("id"))
-    last = rows[-1] if rows else None
     percent = round(100 * job.step / job.total_steps) if job.total_steps else (100 if job.status == "succeeded" else 0)
     return {
         "job": job,
-        "rows": rows[-10:],
-        "last": last,
         "percent": percent,
         "eta": job_eta(job, rows),
         "chart": loss_chart(rows),

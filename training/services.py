@@ -8,11 +8,19 @@ from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from annotate.models import Item, ItemResult, Project, Provenance, Split, TaskKind
 from training.config import TrainingConfig
-from training.models import JobProgress, SnapshotCheck, SnapshotRecord, TrainingJob, TrainingSnapshot
+from training.models import (
+    JobProgress,
+    SnapshotCheck,
+    SnapshotRecord,
+    TrainingJob,
+    TrainingPreflight,
+    TrainingSnapshot,
+)
 
 APPROVED = (ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED)
 LOG_TAIL_LINES = 200
@@ -224,38 +232,58 @@ def training_config_parse(*, method: str, config: dict) -> TrainingConfig:
         raise ValidationError(str(exc)) from exc
 
 
-def _preflight(**kwargs) -> dict:
-    from training.preflight import check_in_subprocess
-
-    return check_in_subprocess(**kwargs)
-
-
-def training_job_preflight(*, snapshot: TrainingSnapshot, base_model: str, config: TrainingConfig) -> dict:
-    """Check the config against the model and render the first batch (in a subprocess: no torch here)."""
-    records = snapshot_records_as_dicts(snapshot.pk)
-    return _preflight(base_model=base_model, config=config.to_dict(), records=records)
-
-
-def training_job_create(
-    *, snapshot: TrainingSnapshot, base_model: str, method: str, config: dict, created_by, run_preflight: bool = True
-) -> TrainingJob:
-    """Validate, preflight and queue a training job on the gpu queue.
-
-    Not one transaction end to end on purpose: the preflight takes seconds and must not hold a
-    write lock; the insert and the enqueue are atomic together (``_job_insert``).
-    """
+def _trainable_inputs(*, snapshot: TrainingSnapshot, base_model: str) -> str:
     if not snapshot_is_trainable(snapshot):
         raise ValidationError(snapshot_untrainable_reason(snapshot))
     base_model = (base_model or "").strip()
     if not base_model:
         raise ValidationError({"base_model": "Give the base model: a local directory or a hub id."})
+    return base_model
+
+
+@transaction.atomic
+def training_preflight_request(
+    *, snapshot: TrainingSnapshot, base_model: str, method: str, config: dict, created_by
+) -> TrainingPreflight:
+    """Validate a job's inputs and queue its preflight on a worker (the web process never loads a model)."""
+    base_model = _trainable_inputs(snapshot=snapshot, base_model=base_model)
     parsed = training_config_parse(method=method, config=config)
-    preflight = training_job_preflight(snapshot=snapshot, base_model=base_model, config=parsed) if run_preflight else {}
-    if preflight and not preflight.get("ok"):
-        raise ValidationError(preflight.get("errors") or ["The preflight failed."], code="preflight")
-    return _job_insert(
-        snapshot=snapshot, base_model=base_model, config=parsed, created_by=created_by, preflight=preflight
+    preflight = TrainingPreflight(
+        snapshot=snapshot,
+        base_model=base_model,
+        method=parsed.method,
+        config=parsed.to_dict(),
+        created_by=created_by,
     )
+    preflight.full_clean()
+    preflight.save()
+    from training.tasks import training_preflight_run
+
+    training_preflight_run.delay_on_commit(preflight.pk)
+    return preflight
+
+
+@transaction.atomic
+def training_job_create(*, preflight: TrainingPreflight, created_by) -> TrainingJob:
+    """Queue the job a passed preflight checked, on the gpu queue; a preflight queues one job at most."""
+    preflight = TrainingPreflight.objects.select_for_update().get(pk=preflight.pk)
+    if preflight.job_id is not None:
+        raise ValidationError(f"Job {preflight.job_id} was already queued from this preflight.")
+    if preflight.status != TrainingPreflight.Status.PASSED:
+        raise ValidationError(
+            f"Preflight {preflight.pk} is {preflight.status}: only a passed preflight can queue its job."
+        )
+    base_model = _trainable_inputs(snapshot=preflight.snapshot, base_model=preflight.base_model)
+    job = _job_insert(
+        snapshot=preflight.snapshot,
+        base_model=base_model,
+        config=TrainingConfig.from_dict(preflight.config),
+        created_by=created_by,
+        preflight=preflight.result,
+    )
+    preflight.job = job
+    preflight.save(update_fields=["job"])
+    return job
 
 
 @transaction.atomic
@@ -336,44 +364,93 @@ def training_job_resume(*, job: TrainingJob, created_by) -> TrainingJob:
     return _job_again(job, created_by=created_by, resume_from=job.output_dir)
 
 
+def _resume_hint(job: TrainingJob) -> str:
+    return "resume it from its last checkpoint or retry it" if job.last_checkpoint else "retry it"
+
+
 def training_jobs_fail_stale(*, stale_after_s: float, using: str = "default") -> list[int]:
-    """Mark running jobs whose worker stopped sending heartbeats as failed, saying so."""
+    """Fail running jobs whose worker went silent (no heartbeat) or whose training stopped moving (no step)."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=stale_after_s)
     failed = []
-    stale = TrainingJob.objects.using(using).filter(status=TrainingJob.Status.RUNNING, heartbeat_at__lt=cutoff)
-    for job in stale.only("id", "heartbeat_at", "worker", "last_checkpoint"):
+    running = TrainingJob.objects.using(using).filter(status=TrainingJob.Status.RUNNING)
+    for job in running.filter(heartbeat_at__lt=cutoff).only("id", "heartbeat_at", "worker", "last_checkpoint"):
         last = job.heartbeat_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-        how = "resume it from its last checkpoint or retry it" if job.last_checkpoint else "retry it"
         reason = (
             f"Lost the worker's heartbeat: none since {last} (more than {int(stale_after_s)}s) from "
             f"{job.worker or 'the gpu worker'}. The worker probably died (killed, out of memory, or the machine "
-            f"restarted); {how}."
+            f"restarted); {_resume_hint(job)}."
         )
-        done = (
-            TrainingJob.objects.using(using)
-            .filter(pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at__lt=cutoff)
-            .update(status=TrainingJob.Status.FAILED, error=reason, finished_at=now)
+        done = running.filter(pk=job.pk, heartbeat_at__lt=cutoff).update(
+            status=TrainingJob.Status.FAILED, error=reason, finished_at=now
+        )
+        if done:
+            failed.append(job.pk)
+    watched = running.filter(heartbeat_at__gte=cutoff, step_advanced_at__isnull=False, stall_after_s__isnull=False)
+    for job in watched.only("id", "step_advanced_at", "stall_after_s", "phase", "step", "total_steps", "worker"):
+        idle = (now - job.step_advanced_at).total_seconds()
+        if idle <= job.stall_after_s:
+            continue
+        reason = (
+            f"Stalled: no training step finished for {int(idle)}s ({job.phase.upper()} step {job.step} of "
+            f"{job.total_steps}; the limit is {int(job.stall_after_s)}s, set by stall_after_s or 10x the median "
+            f"step). {job.worker or 'The gpu worker'} is alive but training does not move: a hang in data loading, "
+            f"in a collective between GPUs, or in I/O. Restart the gpu worker, then {_resume_hint(job)}."
+        )
+        # Unless a step lands meanwhile.
+        done = running.filter(pk=job.pk, step_advanced_at=job.step_advanced_at).update(
+            status=TrainingJob.Status.FAILED, error=reason, finished_at=now
         )
         if done:
             failed.append(job.pk)
     return failed
 
 
+def training_preflights_fail_stale(*, stale_after_s: float, using: str = "default") -> list[int]:
+    """Fail preflights whose worker stopped reporting (the page would otherwise wait forever)."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stale_after_s)
+    stale = TrainingPreflight.objects.using(using).filter(
+        status=TrainingPreflight.Status.RUNNING, updated_at__lt=cutoff
+    )
+    ids = list(stale.values_list("id", flat=True))
+    stale.filter(pk__in=ids).update(
+        status=TrainingPreflight.Status.FAILED,
+        message=(
+            f"The preflight's worker stopped reporting (nothing for more than {int(stale_after_s)}s): it probably "
+            f"died. Start the preflight again."
+        ),
+        finished_at=now,
+    )
+    return ids
+
+
 # --- jobs, gpu worker side (trainer role: SELECT/UPDATE on the job, INSERT on progress) -------------
+# Every write the worker makes to its job row goes through one of these, and only while the job runs.
 
 
-def training_job_claim(*, job_id: int, worker: str, using: str) -> bool:
+def training_job_claim(*, job_id: int, worker: str, output_dir: str, using: str) -> bool:
     """Move a queued job to running; False when someone else has it or it was cancelled meanwhile."""
     now = timezone.now()
     return bool(
         TrainingJob.objects.using(using)
         .filter(pk=job_id, status=TrainingJob.Status.QUEUED, cancel_requested=False)
-        .update(status=TrainingJob.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
+        .update(
+            status=TrainingJob.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker, output_dir=output_dir
+        )
     )
 
 
+HEARTBEAT_FIELDS = frozenset(
+    {"phase", "step", "total_steps", "epoch", "loss", "log_tail", "step_advanced_at", "stall_after_s"}
+)
+
+
 def training_job_heartbeat(*, job_id: int, using: str, **fields) -> bool:
+    """Prove the worker is alive, with the job's latest step; False once the job no longer runs."""
+    unknown = set(fields) - HEARTBEAT_FIELDS
+    if unknown:
+        raise ValueError(f"A heartbeat cannot write {', '.join(sorted(unknown))}.")
     return bool(
         TrainingJob.objects.using(using)
         .filter(pk=job_id, status=TrainingJob.Status.RUNNING)
@@ -381,17 +458,43 @@ def training_job_heartbeat(*, job_id: int, using: str, **fields) -> bool:
     )
 
 
+def training_job_checkpoint(*, job_id: int, path: str, using: str) -> bool:
+    """Record the newest resumable checkpoint of a running job."""
+    return bool(
+        TrainingJob.objects.using(using)
+        .filter(pk=job_id, status=TrainingJob.Status.RUNNING)
+        .update(last_checkpoint=path)
+    )
+
+
 def training_job_progress_add(*, job_id: int, row: dict, using: str) -> None:
+    """Append one progress row (step metrics) of a job."""
     JobProgress.objects.using(using).bulk_create(
         [JobProgress(job_id=job_id, **row)],
         ignore_conflicts=True,  # a resumed phase may log a step again
     )
 
 
-def training_job_finish(*, job_id: int, status: str, using: str, error: str = "", **fields) -> bool:
+def training_job_finish(
+    *,
+    job_id: int,
+    status: str,
+    using: str,
+    error: str = "",
+    manifest: dict | None = None,
+    last_checkpoint: str = "",
+    log_tail: str | None = None,
+) -> bool:
     """Record how a running job ended; a job already failed by the stale check stays failed."""
     if status == TrainingJob.Status.FAILED and not error:
         error = "The job failed without a reason: see the log tail."
+    fields: dict = {"step_advanced_at": None}
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    if manifest is not None:
+        fields["manifest"] = manifest
+    if last_checkpoint:
+        fields["last_checkpoint"] = last_checkpoint
     try:
         return bool(
             TrainingJob.objects.using(using)
@@ -400,3 +503,46 @@ def training_job_finish(*, job_id: int, status: str, using: str, error: str = ""
         )
     except IntegrityError:
         return False
+
+
+# --- preflights, worker side (trainer role on a gpu box: SELECT/UPDATE on the preflight) ------------
+
+
+def training_preflight_claim(*, preflight_id: int, worker: str, using: str) -> bool:
+    """Move a queued preflight to running; False when another worker has it."""
+    now = timezone.now()
+    return bool(
+        TrainingPreflight.objects.using(using)
+        .filter(pk=preflight_id, status=TrainingPreflight.Status.QUEUED)
+        .update(status=TrainingPreflight.Status.RUNNING, started_at=now, updated_at=now, worker=worker)
+    )
+
+
+def training_preflight_progress(*, preflight_id: int, progress: float, stage: str, using: str) -> bool:
+    """Report how far a running preflight got."""
+    return bool(
+        TrainingPreflight.objects.using(using)
+        .filter(pk=preflight_id, status=TrainingPreflight.Status.RUNNING)
+        .update(progress=max(0.0, min(1.0, progress)), stage=stage[:200], updated_at=timezone.now())
+    )
+
+
+def training_preflight_finish(*, preflight_id: int, result: dict, using: str, message: str = "") -> bool:
+    """Record a running preflight's result: passed when it found no error, failed (saying why) otherwise."""
+    passed = bool(result.get("ok")) and not message
+    if not passed and not message:
+        message = " ".join(result.get("errors") or []) or "The preflight failed without a reason."
+    now = timezone.now()
+    return bool(
+        TrainingPreflight.objects.using(using)
+        .filter(pk=preflight_id, status=TrainingPreflight.Status.RUNNING)
+        .update(
+            status=TrainingPreflight.Status.PASSED if passed else TrainingPreflight.Status.FAILED,
+            progress=1.0 if passed else F("progress"),
+            stage="",
+            result=result,
+            message=message,
+            updated_at=now,
+            finished_at=now,
+        )
+    )

@@ -1,15 +1,19 @@
 """Celery tasks: the only bridge between the database and the Django-free trainer.
 
-``training_job_run`` runs on the gpu queue (one worker process per GPU, ``--concurrency 1``) and talks
-to the database only through ``training_db()``, which is the trainer role on the gpu worker.
+``training_job_run`` runs on the gpu queue (one worker process per GPU, ``--concurrency 1``);
+``training_preflight_run`` on the preflight queue (a worker with the training extra and the base models,
+no GPU needed, so a preflight never waits behind a training run). Both talk to the database only through
+``training_db()`` (the trainer role on a gpu box) and write only through ``training.services``.
 ``training_jobs_fail_stale`` runs periodically (Celery beat) on the default queue.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import socket
+import statistics
 import threading
 import time
 import traceback
@@ -19,66 +23,111 @@ from pathlib import Path
 from celery import shared_task
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 
 from training.db import training_db
+from training.errors import TRAINING_MODULES, TrainingError, missing_extra_message
 
 log = logging.getLogger(__name__)
 
+# A step that takes this many times the median step counts as stalled (unless the job sets stall_after_s).
+STALL_FACTOR = 10
+STEP_TIMES_KEPT = 200
+
 
 class DbSink:
-    """Progress sink that writes to the job row and the progress table, throttled."""
+    """Progress sink that writes to the job row and the progress table (through the services), throttled.
 
-    def __init__(self, job_id: int, using: str, log_path: Path):
-        from training import services
+    Besides progress it keeps the step clock: when the last step finished, and after how long without
+    one the job counts as stalled (``stall_after_s`` of the config, or STALL_FACTOR times the median
+    step, never below ``GOLDSET_TRAINING_STALL_FLOOR_S``). The periodic check reads both from the row.
+    """
+
+    def __init__(self, job_id: int, using: str, log_path: Path, *, stall_after_s: float = 0):
+        from training import selectors, services
 
         self.services = services
+        self.selectors = selectors
         self.job_id = job_id
         self.using = using
         self.lines: deque[str] = deque(maxlen=services.LOG_TAIL_LINES)
         self.log_path = log_path
+        self.configured_stall_s = stall_after_s
+        self.abandoned = False  # the job stopped running under this worker (failed as stalled, say)
+        self._step_seconds: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
+        self._step_fields: dict = {}
         self._last_beat = 0.0
         self._last_stop_check = 0.0
         self._stop = False
         self._dirty_log = False
 
-    def _job(self):
-        from training.models import TrainingJob
+    def stall_limit(self) -> float:
+        if self.configured_stall_s:
+            return float(self.configured_stall_s)
+        median = statistics.median(self._step_seconds) if self._step_seconds else 0.0
+        return max(settings.TRAINING_STALL_FLOOR_S, STALL_FACTOR * median)
 
-        return TrainingJob.objects.using(self.using).filter(pk=self.job_id)
+    def _beat(self, **fields) -> None:
+        if self._dirty_log:
+            fields["log_tail"] = "\n".join(self.lines)
+        alive = self.services.training_job_heartbeat(job_id=self.job_id, using=self.using, **fields)
+        self._last_beat = time.monotonic()
+        self._dirty_log = False
+        if not alive and not self.abandoned:
+            self.abandoned = True
+            self.log("the job no longer runs (failed or finished elsewhere): stopping at the next step")
+
+    def _flush_steps(self) -> dict:
+        fields, self._step_fields = self._step_fields, {}
+        return fields
 
     def progress(self, row: dict) -> None:
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v) for k, v in row.items()
         }
         self.services.training_job_progress_add(job_id=self.job_id, row=clean, using=self.using)
-        self.services.training_job_heartbeat(
-            job_id=self.job_id,
-            using=self.using,
-            phase=row["phase"],
-            step=row["step"],
-            total_steps=row["total_steps"],
-            epoch=row["epoch"],
-            loss=row["loss"] if row["loss"] is None or math.isfinite(row["loss"]) else None,
-            log_tail="\n".join(self.lines),
-        )
-        self._last_beat = time.monotonic()
-        self._dirty_log = False
+        loss = row["loss"] if row["loss"] is None or math.isfinite(row["loss"]) else None
+        self._dirty_log = True
+        fields = {
+            **self._flush_steps(),
+            "phase": row["phase"],
+            "step": row["step"],
+            "total_steps": row["total_steps"],
+            "epoch": row["epoch"],
+            "loss": loss,
+        }
+        self._beat(**fields)
 
     def should_stop(self) -> bool:
         # One cheap query per second at most; a step of a real model takes longer than that anyway.
         now = time.monotonic()
         if not self._stop and now - self._last_stop_check >= settings.TRAINING_CANCEL_POLL_S:
             self._last_stop_check = now
-            self._stop = self._job().filter(cancel_requested=True).exists()
-        return self._stop
+            self._stop = self.selectors.job_cancel_requested(job_id=self.job_id, using=self.using)
+        return self._stop or self.abandoned
 
     def heartbeat(self) -> None:
-        now = time.monotonic()
-        if now - self._last_beat >= settings.TRAINING_HEARTBEAT_S / 3:
-            self._last_beat = now
-            extra = {"log_tail": "\n".join(self.lines)} if self._dirty_log else {}
-            self.services.training_job_heartbeat(job_id=self.job_id, using=self.using, **extra)
-            self._dirty_log = False
+        if time.monotonic() - self._last_beat >= settings.TRAINING_HEARTBEAT_S / 3:
+            self._beat(**self._flush_steps())
+
+    def advanced(self, *, phase: str, step: int, total_steps: int, seconds: float | None) -> None:
+        if seconds is not None:
+            self._step_seconds.append(seconds)
+        self._step_fields = {
+            "phase": phase,
+            "step": step,
+            "total_steps": total_steps,
+            "step_advanced_at": timezone.now(),
+            "stall_after_s": self.stall_limit(),
+        }
+        if seconds is None:  # a phase's loop starts: watch from now on, at once
+            self._beat(**self._flush_steps())
+        else:
+            self.heartbeat()
+
+    def idle(self) -> None:
+        # At once: a stale "last step" left on the row would fail a long model load as stalled.
+        self._beat(**{**self._flush_steps(), "step_advanced_at": None, "stall_after_s": None})
 
     def log(self, line: str) -> None:
         stamped = f"{time.strftime('%H:%M:%S')} {line}"
@@ -88,18 +137,24 @@ class DbSink:
             fh.write(stamped + "\n")
 
     def checkpoint(self, path: str) -> None:
-        self._job().update(last_checkpoint=path)
+        self.services.training_job_checkpoint(job_id=self.job_id, path=path, using=self.using)
 
 
-def _heartbeat_thread(job_id: int, using: str, stop: threading.Event) -> None:
-    """Beats while the main thread loads a model or saves, when no step callback runs for a while."""
+def _heartbeat_thread(sink: DbSink, stop: threading.Event) -> None:
+    """Beats while the main thread loads a model or saves, when no step callback runs for a while.
+
+    It beats whether training moves or not, which is why the stall check watches the step clock instead.
+    """
     from training import services
 
     try:
         while not stop.wait(settings.TRAINING_HEARTBEAT_S / 3):
-            services.training_job_heartbeat(job_id=job_id, using=using)
+            if not services.training_job_heartbeat(job_id=sink.job_id, using=sink.using):
+                sink.abandoned = True
+                log.warning("job %s no longer runs: its heartbeat thread stops", sink.job_id)
+                return
     except Exception:  # noqa: BLE001 — a failed beat must not kill training; the stale check will notice
-        log.exception("heartbeat of job %s failed", job_id)
+        log.exception("heartbeat of job %s failed", sink.job_id)
     finally:
         connections.close_all()
 
@@ -113,6 +168,52 @@ def _db_role(using: str) -> str:
         return cursor.fetchone()[0]
 
 
+class _Refused(Exception):
+    pass
+
+
+def _missing_extra(exc: BaseException) -> bool:
+    name = getattr(exc, "name", None) or ""
+    return isinstance(exc, ImportError) and name.split(".")[0] in TRAINING_MODULES
+
+
+def _failure(exc: Exception, sink: DbSink) -> tuple[str, str]:
+    """(reason for the job page, last good checkpoint) of a failed run."""
+    if isinstance(exc, TrainingError):
+        return str(exc), exc.checkpoint
+    if isinstance(exc, _Refused):
+        return str(exc), ""
+    if _missing_extra(exc):
+        return missing_extra_message(exc, where=f"the gpu worker {socket.gethostname()}"), ""
+    for line in traceback.format_exc().splitlines()[-12:]:
+        sink.log(line)
+    return f"{exc.__class__.__name__}: {exc}", ""
+
+
+def _provenance(job, snapshot, check) -> dict:
+    return {
+        "job_id": job.pk,
+        "retry_of": job.retry_of_id,
+        "resumed_from": job.resume_from or None,
+        "snapshot": {
+            "id": snapshot.pk,
+            "name": snapshot.name,
+            "sha256": snapshot.sha256,
+            "sft_count": snapshot.sft_count,
+            "dpo_count": snapshot.dpo_count,
+            "sources": snapshot.sources,
+            "filters": snapshot.filters,
+        },
+        "contamination_check": {
+            "id": check.pk,
+            "passed": check.passed,
+            "threshold": check.threshold,
+            "checked_at": check.checked_at.isoformat(),
+        },
+        "evalset_versions_checked": check.evalset_versions,
+    }
+
+
 @shared_task(acks_late=True)
 def training_job_run(job_id: int) -> str:
     """Claim a queued job, train it and record how it ended."""
@@ -120,20 +221,19 @@ def training_job_run(job_id: int) -> str:
     from training.models import TrainingJob, TrainingSnapshot
 
     using = training_db()
-    worker = f"{socket.gethostname()}"
-    if not services.training_job_claim(job_id=job_id, worker=worker, using=using):
+    worker = socket.gethostname()
+    output_dir = Path(settings.ARTIFACTS_DIR) / f"job-{job_id}"
+    if not services.training_job_claim(job_id=job_id, worker=worker, output_dir=str(output_dir), using=using):
         return "not claimed"
     job = TrainingJob.objects.using(using).get(pk=job_id)
-    output_dir = Path(settings.ARTIFACTS_DIR) / f"job-{job_id}"
     output_dir.mkdir(parents=True, exist_ok=True)
-    sink = DbSink(job_id, using, output_dir / "train.log")
+    sink = DbSink(job_id, using, output_dir / "train.log", stall_after_s=job.config.get("stall_after_s") or 0)
     sink.log(f"job {job_id} claimed by {worker}; database role: {_db_role(using)}")
-    TrainingJob.objects.using(using).filter(pk=job_id).update(output_dir=str(output_dir))
 
     stop = threading.Event()
     beat = None
     if settings.TRAINING_HEARTBEAT_THREAD:
-        beat = threading.Thread(target=_heartbeat_thread, args=(job_id, using, stop), daemon=True)
+        beat = threading.Thread(target=_heartbeat_thread, args=(sink, stop), daemon=True)
         beat.start()
     try:
         # Defence in depth: the web side refuses to queue an untrainable snapshot, the worker refuses to train it.
@@ -142,43 +242,17 @@ def training_job_run(job_id: int) -> str:
             raise _Refused(services.snapshot_untrainable_reason(snapshot, using=using))
         check = services.snapshot_latest_check(snapshot, using=using)
         records = services.snapshot_records_as_dicts(snapshot.pk, using=using)
-        provenance = {
-            "job_id": job_id,
-            "retry_of": job.retry_of_id,
-            "resumed_from": job.resume_from or None,
-            "snapshot": {
-                "id": snapshot.pk,
-                "name": snapshot.name,
-                "sha256": snapshot.sha256,
-                "sft_count": snapshot.sft_count,
-                "dpo_count": snapshot.dpo_count,
-                "sources": snapshot.sources,
-                "filters": snapshot.filters,
-            },
-            "contamination_check": {
-                "id": check.pk,
-                "passed": check.passed,
-                "threshold": check.threshold,
-                "checked_at": check.checked_at.isoformat(),
-            },
-            "evalset_versions_checked": check.evalset_versions,
-        }
+        provenance = _provenance(job, snapshot, check)
         result = _train(job, records=records, output_dir=output_dir, sink=sink, provenance=provenance)
     except Exception as exc:  # noqa: BLE001 — every failure must reach the job page
-        from training.runner import TrainingError
-
-        if isinstance(exc, TrainingError | _Refused):
-            reason = str(exc)
-        else:
-            reason = f"{exc.__class__.__name__}: {exc}"
-            for line in traceback.format_exc().splitlines()[-12:]:
-                sink.log(line)
+        reason, checkpoint = _failure(exc, sink)
         sink.log(f"failed: {reason}")
         services.training_job_finish(
             job_id=job_id,
             status=TrainingJob.Status.FAILED,
             using=using,
             error=reason[:5000],
+            last_checkpoint=checkpoint,
             log_tail="\n".join(sink.lines),
         )
         return "failed"
@@ -199,10 +273,6 @@ def training_job_run(job_id: int) -> str:
     return status
 
 
-class _Refused(Exception):
-    pass
-
-
 def gpus_per_job() -> int:
     """GPUs one job trains on: GOLDSET_TRAINING_GPUS, or every GPU this worker sees ("auto")."""
     wanted = settings.TRAINING_GPUS
@@ -215,13 +285,13 @@ def gpus_per_job() -> int:
 
 def _train(job, *, records: list[dict], output_dir: Path, sink: DbSink, provenance: dict) -> dict:
     """Train in this process on one device, or through accelerate launch (DDP) on several GPUs."""
-    import json
-
     from training.config import TrainingConfig
 
     gpus = gpus_per_job()
     launcher = settings.TRAINING_LAUNCHER
     if launcher == "accelerate" or (launcher == "auto" and gpus > 1):
+        import torch
+
         from training import launch
 
         records_path = output_dir / "records.json"
@@ -235,8 +305,6 @@ def _train(job, *, records: list[dict], output_dir: Path, sink: DbSink, provenan
             "resume_from": job.resume_from or None,
             "provenance": provenance,
         }
-        import torch
-
         return launch.run_distributed(
             spec=spec, workdir=output_dir / "launch", num_processes=gpus, sink=sink, cpu=not torch.cuda.is_available()
         )
@@ -254,10 +322,47 @@ def _train(job, *, records: list[dict], output_dir: Path, sink: DbSink, provenan
     return {"status": result.status, "manifest": result.manifest, "last_checkpoint": result.last_checkpoint}
 
 
+@shared_task(acks_late=True)
+def training_preflight_run(preflight_id: int) -> str:
+    """Check a job's config against its base model and snapshot, reporting progress on the preflight row."""
+    from training import services
+    from training.models import TrainingPreflight
+
+    using = training_db()
+    worker = socket.gethostname()
+    if not services.training_preflight_claim(preflight_id=preflight_id, worker=worker, using=using):
+        return "not claimed"
+    preflight = TrainingPreflight.objects.using(using).get(pk=preflight_id)
+    last_report = [0.0]
+
+    def progress(share: float, stage: str) -> None:
+        now = time.monotonic()
+        if share >= 1 or now - last_report[0] >= 0.5:
+            last_report[0] = now
+            services.training_preflight_progress(preflight_id=preflight_id, progress=share, stage=stage, using=using)
+
+    message = ""
+    try:
+        from training.preflight import check
+
+        records = services.snapshot_records_as_dicts(preflight.snapshot_id, using=using)
+        result = check(base_model=preflight.base_model, config=preflight.config, records=records, progress=progress)
+    except Exception as exc:  # noqa: BLE001 — every failure must reach the preflight page
+        if _missing_extra(exc):
+            message = missing_extra_message(exc, where=f"the preflight worker {worker}")
+        else:
+            log.exception("preflight %s crashed", preflight_id)
+            message = f"The preflight crashed: {exc.__class__.__name__}: {exc}"
+        result = {"ok": False, "errors": [message], "warnings": [], "samples": [], "stats": {}}
+    services.training_preflight_finish(preflight_id=preflight_id, result=result, message=message, using=using)
+    return "passed" if result["ok"] and not message else "failed"
+
+
 @shared_task
 def training_jobs_fail_stale(stale_after_s: float | None = None) -> list[int]:
-    """Periodic: fail running jobs whose worker has not sent a heartbeat for a while."""
+    """Periodic: fail running jobs whose worker went silent or whose steps stopped, and orphaned preflights."""
     from training import services
 
     limit = stale_after_s if stale_after_s is not None else settings.TRAINING_STALE_AFTER_S
+    services.training_preflights_fail_stale(stale_after_s=limit)
     return services.training_jobs_fail_stale(stale_after_s=limit)

@@ -1,4 +1,4 @@
-"""Training pages: snapshots, the job form with its preflight, the jobs queue and a live job page."""
+"""Training pages: snapshots, the job form, its preflight (run on a worker), the jobs queue and a live job page."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.middleware import HtmxDetails
 
 from training import selectors, services
+from training.errors import INSTALL_HINT
 from training.forms import JobForm, SnapshotForm
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
 
 
 def _errors(exc: ValidationError) -> list[str]:
@@ -70,14 +77,25 @@ def job_list(request: HttpRequest) -> HttpResponse:
     return render(request, template, {"jobs": jobs})
 
 
+def _initial_from(preflight) -> dict:
+    """The form's values of an earlier preflight, to change what it found wrong."""
+    config = dict(preflight.config)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = ", ".join(config["target_modules"])
+    return {**config, "snapshot": preflight.snapshot_id, "base_model": preflight.base_model, "method": preflight.method}
+
+
 @require_http_methods(["GET", "POST"])
-def job_new(request: HttpRequest) -> HttpResponse:
+def job_new(request: HtmxHttpRequest) -> HttpResponse:
     selectors.require_admin(request.user)
     initial = {"snapshot": request.GET.get("snapshot")}
+    if request.GET.get("preflight", "").isdigit():
+        earlier = selectors.preflight_get_for_admin(user=request.user, preflight_id=int(request.GET["preflight"]))
+        initial = _initial_from(earlier)
     form = JobForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            job = services.training_job_create(
+            preflight = services.training_preflight_request(
                 snapshot=form.cleaned_data["snapshot"],
                 base_model=form.cleaned_data["base_model"],
                 method=form.cleaned_data["method"],
@@ -88,21 +106,51 @@ def job_new(request: HttpRequest) -> HttpResponse:
             for message in _errors(exc):
                 form.add_error(None, message)
         else:
-            messages.success(request, f"Job {job.pk} passed its preflight and is queued.")
-            return redirect(job)
-    return render(request, "training/job_form.html", {"form": form})
+            url = preflight.get_absolute_url()
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    context = {"form": form, "extra_installed": selectors.training_extra_installed(), "install_hint": INSTALL_HINT}
+    return render(request, "training/job_form.html", context, status=400 if form.errors else 200)
 
 
 @require_GET
 @vary_on_headers("HX-Request")
-def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+def preflight_detail(request: HtmxHttpRequest, preflight_id: int) -> HttpResponse:
+    preflight = selectors.preflight_get_for_admin(user=request.user, preflight_id=preflight_id)
+    context = {"preflight": preflight, "percent": round(100 * preflight.progress)}
+    if request.htmx:
+        response = render(request, "training/preflight_detail.html#preflight-progress", context)
+        # The final state (errors, or the preview and the queue button) is still swapped in, then polling stops.
+        return HttpResponseStopPolling(response.content) if preflight.is_finished else response
+    return render(request, "training/preflight_detail.html", context)
+
+
+@require_POST
+def preflight_queue(request: HtmxHttpRequest, preflight_id: int) -> HttpResponse:
+    preflight = selectors.preflight_get_for_admin(user=request.user, preflight_id=preflight_id)
+    try:
+        job = services.training_job_create(preflight=preflight, created_by=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(_errors(exc)))
+        return redirect(preflight)
+    messages.success(request, f"Job {job.pk} passed its preflight and is queued.")
+    return redirect(job)
+
+
+@require_GET
+@vary_on_headers("HX-Request", "HX-Target")
+def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
-    context = selectors.job_progress_context(job)
+    metrics = selectors.job_metrics_page(job, request.GET.get("page"))
+    if request.htmx and request.htmx.target == "job-metrics":
+        context = {"job": job, "metrics": metrics, "finished": job.is_finished}
+        return render(request, "training/job_detail.html#job-metrics", context)
+    context = {**selectors.job_progress_context(job), "metrics": metrics}
     if request.htmx:
         response = render(request, "training/job_detail.html#job-progress", context)
-        if job.is_finished:
-            response.status_code = 286  # htmx: swap this last state in, then stop polling
-        return response
+        # The last state is still swapped in, then htmx stops polling.
+        return HttpResponseStopPolling(response.content) if job.is_finished else response
+    context["config_rows"] = selectors.job_config_rows(job)
+    context["manifest_rows"] = selectors.manifest_summary(job.manifest)
     return render(request, "training/job_detail.html", context)
 
 

@@ -110,7 +110,18 @@ def test_the_demo_command_runs_the_worker_and_server_and_stops_the_worker_on_exi
     call_command("demo", "--port", "8123")
 
     ((args, kwargs),) = started
-    assert args[1:] == ["-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool=solo", "-l", "warning"]
+    assert args[1:] == [
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "-Q",
+        "default,gpu,preflight",
+        "--pool=solo",
+        "-l",
+        "warning",
+    ]
     assert kwargs["start_new_session"] is True
     assert calls == [("runserver", ("127.0.0.1:8123",)), "terminate"]
     out = capsys.readouterr().out

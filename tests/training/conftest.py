@@ -101,3 +101,17 @@ def trainable_snapshot(approved_data, admin_user):
         evalset_versions=[{"id": 1, "name": "support-eval v1", "sha256": "e" * 64}],
     )
     return snapshot
+
+
+def queue_job(snapshot, base_model, admin, *, method="sft", **config):
+    """Request a preflight, run it here as the preflight worker would, then queue the job it passed."""
+    from training import services
+    from training.tasks import training_preflight_run
+
+    preflight = services.training_preflight_request(
+        snapshot=snapshot, base_model=base_model, method=method, config={**FAST, **config}, created_by=admin
+    )
+    outcome = training_preflight_run(preflight.pk)
+    preflight.refresh_from_db()
+    assert outcome == "passed", preflight.message
+    return services.training_job_create(preflight=preflight, created_by=admin)

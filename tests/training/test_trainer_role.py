@@ -30,7 +30,7 @@ def test_the_trainer_role_updates_its_job_and_appends_progress(trainable_snapsho
         snapshot=trainable_snapshot, base_model="m", config=config, created_by=admin_user, preflight={}
     )
     assert _as_trainer("SELECT current_user") == [("goldset_trainer",)]
-    assert services.training_job_claim(job_id=job.pk, worker="w", using="training")
+    assert services.training_job_claim(job_id=job.pk, worker="w", output_dir="/artifacts/job-1", using="training")
     services.training_job_progress_add(
         job_id=job.pk,
         using="training",
@@ -49,6 +49,26 @@ def test_the_trainer_role_updates_its_job_and_appends_progress(trainable_snapsho
     )
     assert TrainingJob.objects.get(pk=job.pk).status == "running"
     assert _as_trainer("SELECT count(*) FROM training_snapshotrecord") == [(8,)]
+
+
+@pytest.mark.postgres
+def test_the_trainer_role_runs_a_preflight_through_its_services(trainable_snapshot, admin_user):
+    from training import services
+    from training.models import TrainingPreflight
+
+    preflight = services.training_preflight_request(
+        snapshot=trainable_snapshot, base_model="m", method="sft", config={}, created_by=admin_user
+    )
+    assert services.training_preflight_claim(preflight_id=preflight.pk, worker="w", using="training")
+    assert services.training_preflight_progress(preflight_id=preflight.pk, progress=0.5, stage="s", using="training")
+    assert services.training_preflight_finish(preflight_id=preflight.pk, result={"ok": True}, using="training")
+    assert TrainingPreflight.objects.get(pk=preflight.pk).status == "passed"
+    for sql in (
+        "DELETE FROM training_trainingpreflight",
+        "INSERT INTO training_trainingpreflight (base_model) VALUES ('x')",
+    ):
+        with pytest.raises(DatabaseError, match="permission denied"):
+            _as_trainer(sql)
 
 
 @pytest.mark.postgres

@@ -10,35 +10,50 @@ from django.urls import reverse
 
 from tests.training.conftest import FAST
 from training import services
-from training.models import JobProgress, TrainingJob
+from training.models import JobProgress, TrainingJob, TrainingPreflight
 
 pytestmark = pytest.mark.django_db
+
+PASSED = {
+    "ok": True,
+    "errors": [],
+    "samples": [
+        {
+            "kind": "sft",
+            "source_item_id": 1,
+            "tokens": 3,
+            "original_tokens": 3,
+            "loss_tokens": 1,
+            "truncated": False,
+            "pieces": [{"text": "<b>hi", "loss": False}, {"text": "yes", "loss": True}],
+        }
+    ],
+    "stats": {
+        "sft_examples": 8,
+        "fit": {"sft": {"examples": 8, "kept": 6, "prompt_truncated": 1, "left_out": 1, "left_out_items": [41]}},
+    },
+    "warnings": ["1 SFT example(s) will be left out: their answer does not fit whole in max_length 128 (items 41)."],
+}
+
+
+def finish_preflight(preflight, result) -> TrainingPreflight:
+    """What the preflight worker does (its services, on the default connection)."""
+    services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
+    services.training_preflight_finish(preflight_id=preflight.pk, result=result, using="default")
+    preflight.refresh_from_db()
+    return preflight
+
+
+def requested(snapshot, admin, base_model="/models/tiny", **config) -> TrainingPreflight:
+    return services.training_preflight_request(
+        snapshot=snapshot, base_model=base_model, method="sft", config={**FAST, **config}, created_by=admin
+    )
 
 
 @pytest.fixture
 def job(trainable_snapshot, admin_user):
-    config = services.training_config_parse(method="sft", config=FAST)
-    return services._job_insert(
-        snapshot=trainable_snapshot,
-        base_model="/models/tiny",
-        config=config,
-        created_by=admin_user,
-        preflight={
-            "ok": True,
-            "samples": [
-                {
-                    "kind": "sft",
-                    "source_item_id": 1,
-                    "tokens": 3,
-                    "loss_tokens": 1,
-                    "truncated": False,
-                    "pieces": [{"text": "<b>hi", "loss": False}, {"text": "yes", "loss": True}],
-                }
-            ],
-            "stats": {"sft_examples": 8},
-            "warnings": [],
-        },
-    )
+    preflight = finish_preflight(requested(trainable_snapshot, admin_user), PASSED)
+    return services.training_job_create(preflight=preflight, created_by=admin_user)
 
 
 def running(job, **fields):
@@ -69,13 +84,8 @@ def test_the_nav_shows_training_to_admins_only(client, admin_user, alice):
 
 
 def test_the_jobs_page_shows_each_waiting_jobs_place(client, admin_user, job, trainable_snapshot):
-    other = services._job_insert(
-        snapshot=trainable_snapshot,
-        base_model="m2",
-        config=services.training_config_parse(method="sft", config={}),
-        created_by=admin_user,
-        preflight={},
-    )
+    preflight = finish_preflight(requested(trainable_snapshot, admin_user, base_model="m2"), PASSED)
+    other = services.training_job_create(preflight=preflight, created_by=admin_user)
     client.force_login(admin_user)
     page = client.get(reverse("training:job-list")).content.decode()
     assert page.count('class="queue-place"') == 2 and "1 (next)" in page
@@ -84,26 +94,99 @@ def test_the_jobs_page_shows_each_waiting_jobs_place(client, admin_user, job, tr
     assert f"#{other.pk}" in fragment.content.decode() and "<html" not in fragment.content.decode()
 
 
+def progress(job, phase, step, loss, **extra):
+    defaults = {"total_steps": 6, "learning_rate": 1e-3, "grad_norm": 0.5, "tokens_per_second": 1000}
+    return JobProgress.objects.create(job=job, phase=phase, step=step, loss=loss, **{**defaults, **extra})
+
+
 def test_the_job_page_shows_progress_eta_chart_and_the_escaped_log_tail(client, admin_user, job):
     running(job, phase="sft", step=2, total_steps=6, loss=1.5, log_tail="step 2 <script>alert(1)</script>")
     for step, loss in ((1, 2.0), (2, 1.5)):
-        JobProgress.objects.create(
-            job=job,
-            phase="sft",
-            step=step,
-            total_steps=6,
-            loss=loss,
-            learning_rate=1e-3,
-            grad_norm=0.5,
-            tokens_per_second=1000,
-        )
+        progress(job, "sft", step, loss)
     client.force_login(admin_user)
     page = client.get(job.get_absolute_url()).content.decode()
     assert 'aria-valuenow="33"' in page and "ETA" in page
-    assert "<polyline" in page and 'class="loss-sft"' in page
+    assert "<polyline" in page and 'class="loss-chart loss-sft"' in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
     assert '<span class="tok loss">yes</span>' in page and "&lt;b&gt;hi" in page  # preflight preview, escaped
     assert 'hx-trigger="every 2s"' in page
+
+
+def test_sft_and_dpo_losses_get_their_own_panel_with_labelled_axes(client, admin_user, job):
+    running(job, phase="dpo", step=4, total_steps=4)
+    for step, loss in ((2, 2.4), (4, 1.9)):
+        progress(job, "sft", step, loss)
+    for step, loss in ((2, 0.69), (4, 0.52)):
+        progress(job, "dpo", step, loss, reward_margin=0.1 * step, reward_accuracy=0.75)
+    client.force_login(admin_user)
+    page = client.get(job.get_absolute_url()).content.decode()
+    panels = page.split('<figure class="loss-chart')[1:]
+    assert [p.split('"', 1)[0] for p in panels] == [" loss-sft", " loss-dpo"]
+    expected = (("SFT loss", "2.4", "1.9"), ("DPO loss", "0.69", "0.52"))
+    for panel, (title, top, bottom) in zip(panels, expected, strict=True):
+        assert f">{title}</text>" in panel and ">Step</text>" in panel and ">Loss</text>" in panel
+        # Each panel is scaled to its own losses: its own top and bottom tick labels.
+        assert f">{top}</text>" in panel and f">{bottom}</text>" in panel
+
+
+def test_the_metrics_table_pages_through_every_logged_step(client, admin_user, job):
+    running(job, phase="sft", step=60, total_steps=60)
+    for step in range(1, 61):
+        progress(job, "sft", step, 3.0 - step / 100, total_steps=60)
+    client.force_login(admin_user)
+    page = client.get(job.get_absolute_url()).content.decode()
+    table = page.split('<section id="job-metrics"')[1].split("</section>")[0]
+    assert "60 logged steps, newest first" in table and "Page 1 of 3" in table
+    assert "<td>SFT</td><td>60</td>" in table and "<td>SFT</td><td>36</td>" in table
+    assert "<td>SFT</td><td>35</td>" not in table
+    assert 'hx-trigger="every 5s"' in table  # the newest page follows a running job
+    older = client.get(job.get_absolute_url() + "?page=3", headers={"HX-Request": "true", "HX-Target": "job-metrics"})
+    body = older.content.decode()
+    assert body.lstrip().startswith('<section id="job-metrics"') and "<html" not in body
+    assert "Page 3 of 3" in body and "<td>SFT</td><td>1</td>" in body and "<td>SFT</td><td>11</td>" not in body
+    assert "every 5s" not in body  # an older page stays put
+    assert "Page 2 of 3" in client.get(job.get_absolute_url() + "?page=2").content.decode()
+
+
+def test_the_config_shows_as_a_table_with_what_each_setting_does(client, admin_user, job):
+    client.force_login(admin_user)
+    page = client.get(job.get_absolute_url()).content.decode()
+    config = page.split('<table class="table config-table">')[1].split("</table>")[0]
+    assert '<code>lora_r</code></td><td>16</td><td class="muted">LoRA rank.</td>' in config
+    assert '<code>max_steps</code></td><td>6 <span class="muted">(default 0)</span>' in config
+    assert "<code>target_modules</code></td><td>all-linear</td>" in config
+    assert "{&#x27;" not in page  # no Python dict repr
+
+
+def test_the_manifest_summary_names_code_batch_warmup_truncation_and_cuda(client, admin_user, job):
+    manifest = {
+        "job_id": job.pk,
+        "code_version": {"goldset": "0.1.0", "git_commit": "a" * 40, "git_dirty": False},
+        "base_model": {"source": "local", "path": "/models/tiny", "sha256": "b" * 64},
+        "hardware": {"gpus": [{"name": "NVIDIA H200"}], "cuda": "13.0", "cudnn": 91002, "driver": "580.82"},
+        "metrics": {
+            "sft": {
+                "steps": 6,
+                "batch": {"per_device": 8, "gradient_accumulation": 2, "processes": 4, "global": 64},
+                "warmup_steps": 1,
+                "adapter_dtype": "float32",
+                "peak_gpu_bytes": 3 * 2**30,
+                "fit": {"examples": 8, "prompt_truncated": 2, "left_out": 1},
+            }
+        },
+        "evalset_versions_checked": [{"name": "support-eval v1"}],
+    }
+    TrainingJob.objects.filter(pk=job.pk).update(status="succeeded", manifest=manifest)
+    client.force_login(admin_user)
+    page = client.get(job.get_absolute_url()).content.decode()
+    summary = page.split('<table class="table manifest-summary">')[1].split("</table>")[0]
+    assert "goldset 0.1.0 · commit aaaaaaaaaaaa" in summary
+    assert "/models/tiny · sha256 bbbbbbbbbbbbbbbb" in summary
+    assert "CUDA 13.0, cuDNN 91002, driver 580.82" in summary and "NVIDIA H200" in summary
+    assert "global batch 64 (8 per device × 2 accumulation × 4 process(es)), warmup 1 step(s)" in summary
+    assert "adapter weights float32, peak 3.0 GiB" in summary
+    assert "8 in the snapshot: 2 with the prompt cut from the left, 1 left out" in summary
+    assert "support-eval v1" in summary
 
 
 def test_the_progress_fragment_polls_until_the_job_ends_then_stops_polling(client, admin_user, job):
@@ -130,34 +213,94 @@ def test_cancel_from_the_page_marks_a_running_job_to_stop(client, admin_user, jo
     assert "stopping at the next step" in client.get(job.get_absolute_url()).content.decode()
 
 
-def test_the_form_shows_preflight_errors_and_queues_nothing(client, admin_user, trainable_snapshot, monkeypatch):
-    monkeypatch.setattr(
-        services,
-        "_preflight",
-        lambda **kw: {
-            "ok": False,
-            "errors": ["max length 8192 exceeds the model's 4096: set max_length to 4096 or less."],
-        },
-    )
-    client.force_login(admin_user)
-    data = {"snapshot": trainable_snapshot.pk, "base_model": "/models/x", "method": "sft"}
+def form_data(client, snapshot, **changes) -> dict:
+    data = {"snapshot": snapshot.pk, "base_model": "/models/x", "method": "sft"}
     form = client.get(reverse("training:job-new")).context["form"]
     for name in form.fields:
         if name not in data and form.fields[name].initial is not None:
             initial = form.fields[name].initial
             data[name] = ", ".join(initial) if isinstance(initial, list) else initial
-    data = {k: v for k, v in data.items() if v is not False}
-    data["max_length"] = 8192
-    response = client.post(reverse("training:job-new"), data)
-    assert response.status_code == 200
-    assert "max length 8192 exceeds the model&#x27;s 4096" in response.content.decode()
+    return {k: v for k, v in {**data, **changes}.items() if v is not False}
+
+
+def test_the_form_queues_a_preflight_on_a_worker_and_its_page_shows_progress_then_errors(
+    client, admin_user, trainable_snapshot, django_capture_on_commit_callbacks, monkeypatch
+):
+    from training.tasks import training_preflight_run
+
+    sent = []
+    monkeypatch.setattr(training_preflight_run, "apply_async", lambda args, kwargs=None, **kw: sent.append(args))
+    client.force_login(admin_user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("training:job-new"), form_data(client, trainable_snapshot, max_length=8192))
+    preflight = TrainingPreflight.objects.get()
+    assert response.status_code == 302 and response.url == preflight.get_absolute_url()
+    assert sent == [(preflight.pk,)]  # to the preflight queue: the request itself loads no model
+    assert preflight.status == "queued" and preflight.config["max_length"] == 8192
     assert TrainingJob.objects.count() == 0
-    monkeypatch.setattr(services, "_preflight", lambda **kw: {"ok": True, "errors": [], "samples": []})
-    data["max_length"] = 1024
-    response = client.post(reverse("training:job-new"), data)
+
+    page = client.get(preflight.get_absolute_url()).content.decode()
+    assert "waiting for a preflight worker" in page and 'hx-trigger="every 1s"' in page
+    services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
+    services.training_preflight_progress(
+        preflight_id=preflight.pk, progress=0.4, stage="fitting SFT examples into 8192 tokens", using="default"
+    )
+    fragment = client.get(preflight.get_absolute_url(), headers={"HX-Request": "true"})
+    body = fragment.content.decode()
+    assert fragment.status_code == 200 and body.lstrip().startswith('<section id="preflight-progress"')
+    assert 'aria-valuenow="40"' in body and "fitting SFT examples" in body and "<html" not in body
+
+    error = "max length 8192 exceeds the model's 4096: set max_length to 4096 or less."
+    services.training_preflight_finish(
+        preflight_id=preflight.pk, result={"ok": False, "errors": [error]}, using="default"
+    )
+    final = client.get(preflight.get_absolute_url(), headers={"HX-Request": "true"})
+    assert final.status_code == 286  # htmx swaps the final state in, then stops polling
+    body = final.content.decode()
+    assert "max length 8192 exceeds the model&#x27;s 4096" in body and "every 1s" not in body
+    assert "Queue the job" not in body
+    retry = client.get(reverse("training:job-new") + f"?preflight={preflight.pk}")
+    assert retry.context["form"].initial["max_length"] == 8192  # the form comes back as it was, to fix
+    assert client.post(reverse("training:preflight-queue", args=[preflight.pk])).status_code == 302
+    assert TrainingJob.objects.count() == 0
+
+
+def test_a_passed_preflight_shows_its_findings_and_queues_the_job_once(client, admin_user, trainable_snapshot):
+    preflight = finish_preflight(requested(trainable_snapshot, admin_user), PASSED)
+    client.force_login(admin_user)
+    page = client.get(preflight.get_absolute_url()).content.decode()
+    assert "Queue the job" in page and "every 1s" not in page
+    assert "1 SFT example(s) will be left out" in page and "(items 41)" in page
+    assert '<span class="tok loss">yes</span>' in page and "&lt;b&gt;hi" in page
+    response = client.post(reverse("training:preflight-queue", args=[preflight.pk]))
     job = TrainingJob.objects.get()
     assert response.status_code == 302 and response.url == job.get_absolute_url()
-    assert job.config["max_length"] == 1024 and job.config["batch_size"] == "auto" and job.config["packing"] is True
+    assert job.config == preflight.config and job.preflight == PASSED
+    again = client.post(reverse("training:preflight-queue", args=[preflight.pk]), follow=True)
+    assert f"Job {job.pk} was already queued from this preflight" in again.content.decode()
+    assert TrainingJob.objects.count() == 1
+    assert f"Job #{job.pk} is queued" in client.get(preflight.get_absolute_url()).content.decode()
+
+
+def test_reviewers_cannot_see_or_queue_a_preflight(client, alice, admin_user, trainable_snapshot):
+    preflight = finish_preflight(requested(trainable_snapshot, admin_user), PASSED)
+    client.force_login(alice)
+    assert client.get(preflight.get_absolute_url()).status_code == 403
+    assert client.post(reverse("training:preflight-queue", args=[preflight.pk])).status_code == 403
+    assert TrainingJob.objects.count() == 0
+
+
+def test_without_the_training_extra_the_form_says_which_command_installs_it(client, admin_user, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    client.force_login(admin_user)
+    page = client.get(reverse("training:job-new")).content.decode()
+    assert "The training extra is not installed on this web server" in page
+    assert "pip install torch==2.13.0 -e &#x27;.[train]&#x27;" in page
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert "training extra is not installed" not in client.get(reverse("training:job-new")).content.decode()
 
 
 def test_a_snapshot_is_frozen_from_its_page(client, admin_user, approved_data):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.conftest import FAST
-from tests.training.worker import start_worker, stop_worker, wait_for
+from tests.training.worker import queue_on_worker, start_worker, stop_worker, wait_for
 from training import services
 from training.models import TrainingJob
 
@@ -28,12 +28,12 @@ def job_state(job_id):
 def test_sft_and_dpo_jobs_run_end_to_end_on_the_worker_as_the_trainer_role(
     worker, trainable_snapshot, tiny_model, admin_user
 ):
-    sft = services.training_job_create(
-        snapshot=trainable_snapshot, base_model=tiny_model, method="sft", config=FAST, created_by=admin_user
+    # The preflights run on the worker too, as the trainer role: the web side never loads the model.
+    sft, dpo = (
+        queue_on_worker(trainable_snapshot, tiny_model, admin_user, log_path=worker["log"], method=m, config=FAST)
+        for m in ("sft", "dpo")
     )
-    dpo = services.training_job_create(
-        snapshot=trainable_snapshot, base_model=tiny_model, method="dpo", config=FAST, created_by=admin_user
-    )
+    assert sft.preflight["ok"] and sft.preflight["stats"]["fit"]["sft"]["kept"] == 8
     for job in (sft, dpo):
         done = wait_for(
             lambda job=job: job_state(job.pk).is_finished and job_state(job.pk),
@@ -52,12 +52,12 @@ def test_sft_and_dpo_jobs_run_end_to_end_on_the_worker_as_the_trainer_role(
 def test_cancel_stops_a_running_job_on_the_worker_and_keeps_its_checkpoint(
     worker, trainable_snapshot, tiny_model, admin_user
 ):
-    job = services.training_job_create(
-        snapshot=trainable_snapshot,
-        base_model=tiny_model,
-        method="sft",
+    job = queue_on_worker(
+        trainable_snapshot,
+        tiny_model,
+        admin_user,
+        log_path=worker["log"],
         config={**FAST, "max_steps": 5000, "save_steps": 4},
-        created_by=admin_user,
     )
     wait_for(
         lambda: job_state(job.pk).progress.filter(step__gte=6).exists(),

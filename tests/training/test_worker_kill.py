@@ -7,8 +7,7 @@ import time
 import pytest
 
 from tests.training.conftest import FAST
-from tests.training.worker import start_worker, stop_worker, wait_for
-from training import services
+from tests.training.worker import queue_on_worker, start_worker, stop_worker, wait_for
 from training.models import TrainingJob
 
 pytestmark = [pytest.mark.postgres, pytest.mark.training, pytest.mark.django_db(transaction=True)]
@@ -22,12 +21,12 @@ def test_a_killed_workers_job_is_failed_by_the_stale_heartbeat_check(
     log_path = tmp_path / "worker.log"
     proc = start_worker(tmp_path, log_path)
     try:
-        job = services.training_job_create(
-            snapshot=trainable_snapshot,
-            base_model=tiny_model,
-            method="sft",
+        job = queue_on_worker(
+            trainable_snapshot,
+            tiny_model,
+            admin_user,
+            log_path=log_path,
             config={**FAST, "max_steps": 100000, "save_steps": 5},
-            created_by=admin_user,
         )
         wait_for(
             lambda: TrainingJob.objects.get(pk=job.pk).last_checkpoint,

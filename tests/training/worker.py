@@ -14,17 +14,22 @@ from django.db import connections
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def purge_gpu_queue() -> None:
+QUEUES = ("gpu", "preflight")
+
+
+def purge_queues() -> None:
     """Drop messages a previous run left behind, so they cannot start this run's jobs."""
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        # The queue may not exist yet.
-        with contextlib.suppress(Exception):
-            conn.default_channel.queue_purge("gpu")
+        for queue in QUEUES:
+            # The queue may not exist yet.
+            with contextlib.suppress(Exception):
+                conn.default_channel.queue_purge(queue)
 
 
-def start_worker(artifacts: Path, log_path: Path) -> subprocess.Popen:
+def start_worker(artifacts: Path, log_path: Path, *, app: str = "config", env: dict | None = None) -> subprocess.Popen:
+    """A gpu and preflight worker (one process, as on a small GPU box), logged in as the trainer role."""
     env = {
         **os.environ,
         "GOLDSET_DB_NAME": connections["default"].settings_dict["NAME"],
@@ -35,8 +40,9 @@ def start_worker(artifacts: Path, log_path: Path) -> subprocess.Popen:
         "GOLDSET_TRAINING_CANCEL_POLL_S": "0.2",
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(ROOT),
+        **(env or {}),
     }
-    purge_gpu_queue()
+    purge_queues()
     log = log_path.open("w")
     return subprocess.Popen(
         [
@@ -44,10 +50,10 @@ def start_worker(artifacts: Path, log_path: Path) -> subprocess.Popen:
             "-m",
             "celery",
             "-A",
-            "config",
+            app,
             "worker",
             "-Q",
-            "gpu",
+            ",".join(QUEUES),
             "--pool=solo",
             "--concurrency=1",
             "-l",
@@ -62,6 +68,31 @@ def start_worker(artifacts: Path, log_path: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def kill_worker(proc: subprocess.Popen) -> None:
+    """For a worker that cannot stop cleanly (its training thread hangs)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def queue_on_worker(snapshot, base_model, admin, *, log_path: Path, method: str = "sft", config: dict):
+    """Request the preflight, let the worker run it, then queue the job it passed."""
+    from training import services
+    from training.models import TrainingPreflight
+
+    preflight = services.training_preflight_request(
+        snapshot=snapshot, base_model=base_model, method=method, config=config, created_by=admin
+    )
+    done = wait_for(
+        lambda: (p := TrainingPreflight.objects.get(pk=preflight.pk)).is_finished and p,
+        timeout=180,
+        what=f"preflight {preflight.pk} on the worker",
+        log_path=log_path,
+    )
+    assert done.status == "passed", done.message
+    return services.training_job_create(preflight=done, created_by=admin)
 
 
 def stop_worker(proc: subprocess.Popen) -> None:

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 
 from annotate.management.commands.seed_demo import DEMO_USERS
 
-WORKER_ARGS = ["-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool=solo", "-l", "warning"]
+WORKER_ARGS = ["-m", "celery", "-A", "config", "worker", "-Q", "default,gpu,preflight", "--pool=solo", "-l", "warning"]
 
 
 def _stop_on_sigterm(signum, frame):
@@ -32,7 +32,7 @@ class Command(BaseCommand):
         if not no_worker:
             # Its own session, so Ctrl-C reaches only this process, which then stops the worker once, cleanly.
             worker = subprocess.Popen([sys.executable, *WORKER_ARGS], cwd=settings.BASE_DIR, start_new_session=True)
-            self.stdout.write(f"Celery worker started (pid {worker.pid}, queues default and gpu).")
+            self.stdout.write(f"Celery worker started (pid {worker.pid}, queues default, gpu and preflight).")
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
         url = f"http://{addr}:{port}/"
         self.stdout.write(self.style.SUCCESS(f"Goldset demo at {url}"))
