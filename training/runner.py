@@ -13,6 +13,7 @@ ends with ``write_manifest``.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -167,6 +168,12 @@ def keep_adapter_fp32(model) -> str:
     so in a low-lr DPO phase most lora_A elements would never move. The optimizer is built after this.
     """
     cast_adapter_dtype(model, adapter_name="default")
+    if isinstance(model, PeftModel) and "ref" in model.peft_config:
+        # SFT → DPO: TRL copied the SFT adapter into the frozen "ref" one before rounding "default" to bf16;
+        # taking the exact values back keeps the policy equal to its reference at the first step.
+        for name, param in model.named_parameters():
+            if ".default." in name:
+                param.data.copy_(model.get_parameter(name.replace(".default.", ".ref.")).data)
     dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
     return ",".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
 
@@ -511,7 +518,7 @@ def build_manifest(
     checkpoint: str,
     started: float,
 ) -> dict:
-    return {
+    manifest = {
         **(provenance or {}),
         "status": status,
         "code_version": code_version(),
@@ -526,6 +533,18 @@ def build_manifest(
         "started_at": started,
         "finished_at": time.time(),
     }
+    return finite(manifest)
+
+
+def finite(value):
+    """The manifest with every NaN or infinity as None: JSON has no such numbers (PostgreSQL refuses them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def write_manifest(manifest: dict, target: Path) -> None:

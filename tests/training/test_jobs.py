@@ -109,9 +109,12 @@ def test_a_dpo_job_records_reward_margins_and_accuracy(trainable_snapshot, tiny_
 
 
 def test_sft_then_dpo_trains_dpo_on_the_sft_adapter(trainable_snapshot, tiny_model, in_process, admin_user):
-    job = create(trainable_snapshot, tiny_model, admin_user, method="sft_dpo")
+    job = create(trainable_snapshot, tiny_model, admin_user, method="sft_dpo", logging_steps=1)
     assert run(job) == "succeeded", job.error
     assert set(job.progress.values_list("phase", flat=True)) == {"sft", "dpo"}
+    # The DPO policy starts exactly at its reference, the SFT adapter (not a bf16-rounded copy of it).
+    first = job.progress.filter(phase="dpo").order_by("step").first()
+    assert first.step == 1 and abs(first.loss - math.log(2)) < 1e-6 and first.reward_margin == 0
     assert set(job.manifest["metrics"]) == {"sft", "dpo"}
     adapter = Path(job.output_dir) / "adapter"
     assert not (adapter / "ref").exists()  # the frozen reference copy is not shipped

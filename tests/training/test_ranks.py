@@ -80,7 +80,11 @@ def test_ranks_with_different_free_memory_train_with_the_settings_rank_0_chose_f
     }
     assert results[0]["error"] == results[1]["error"] and "for its weights alone" in results[0]["error"]
     assert [r["copied_here"] for r in results] == [True, False] and {r["seen"] for r in results} == {"once"}
-    assert results[0]["everyone"] == results[1]["everyone"] == [
-        {"rank": 0, "batch": alone[1].batch_size},
-        {"rank": 1, "batch": alone[1].batch_size},
-    ]
+    assert (
+        results[0]["everyone"]
+        == results[1]["everyone"]
+        == [
+            {"rank": 0, "batch": alone[1].batch_size},
+            {"rank": 1, "batch": alone[1].batch_size},
+        ]
+    )

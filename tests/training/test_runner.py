@@ -151,3 +151,58 @@ def test_the_trainer_sees_every_answer_whole_with_the_prompt_cut_from_the_left(t
             assert len(ids) <= max_length and len(example["prompt_ids"] + example["rejected_ids"]) <= max_length
         # The whole answer and its end-of-turn token carry loss: the model learns to stop.
         assert tokenizer.decode(learnt) == answer + "<|end|>" and learnt[-1] == end
+
+
+def test_tokens_per_second_and_step_times_leave_checkpoint_saving_out(monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from training import callbacks
+
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    sink = MemorySink()
+    callback = callbacks.ProgressCallback(sink, phase="sft")
+    state = SimpleNamespace(global_step=0, max_steps=3, epoch=0.0, num_input_tokens_seen=0)
+    args, control = SimpleNamespace(output_dir="/out"), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    for step, (at, tokens) in enumerate([(1.0, 100), (2.0, 200)], start=1):
+        clock[0], state.global_step, state.num_input_tokens_seen = at, step, tokens
+        callback.on_step_end(args, state, control)
+    callback.on_log(args, state, control, logs={"loss": 2.0, "learning_rate": 1e-3})
+    clock[0] = 12.0  # a 10 s checkpoint save after step 2
+    callback.on_save(args, state, control)
+    clock[0], state.global_step, state.num_input_tokens_seen = 13.0, 3, 300
+    callback.on_step_end(args, state, control)
+    callback.on_log(args, state, control, logs={"loss": 1.9, "learning_rate": 1e-3})
+    assert [row["tokens_per_second"] for row in sink.rows] == [100.0, 100.0]  # not 100 / 11 s
+    assert [seconds for _, _, seconds in sink.steps] == [None, 1.0, 1.0, 1.0]
+    assert sink.checkpoints == ["/out/checkpoint-2"]
+
+
+def test_a_base_model_changed_between_phases_fails_the_job_instead_of_being_recorded(tiny_model, tmp_path):
+    import shutil
+
+    from training import runner
+    from training.errors import TrainingError
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+
+    class EditsTheBase(MemorySink):
+        def log(self, line: str) -> None:
+            super().log(line)
+            if line.startswith("[sft] warmup"):  # the SFT phase is done; someone edits the base model
+                with (base / "config.json").open("a") as fh:
+                    fh.write("\n")
+
+    records = [*sft_records(4), {**sft_records(1)[0], "kind": "dpo", "chosen": "Yes.", "rejected": "No."}]
+    with pytest.raises(TrainingError, match="changed while the job ran"):
+        runner.run(
+            base_model=str(base),
+            config=config(method="sft_dpo", max_steps=1),
+            records=records,
+            output_dir=tmp_path / "out",
+            sink=EditsTheBase(),
+        )
