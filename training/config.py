@@ -33,7 +33,7 @@ class TrainingConfig:
     load_in_4bit: bool = _f(True, "Load the base model in 4 bits (QLoRA). Off: LoRA on a bf16/fp32 base.")
     quant_type: str = _f("nf4", "4-bit data type: nf4 (normal float, the QLoRA default) or fp4.")
     double_quant: bool = _f(True, "Quantize the quantization constants too (saves ~0.4 bit per weight).")
-    compute_dtype: str = _f("bfloat16", "dtype of the matrix multiplies and of the LoRA weights.")
+    compute_dtype: str = _f("bfloat16", "dtype of the matrix multiplies (the LoRA weights themselves stay fp32).")
     # --- LoRA -----------------------------------------------------------------------------------
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA scaling numerator (the update is scaled by alpha / r).")

@@ -147,9 +147,11 @@ def job_config_rows(job: TrainingJob) -> list[dict]:
     """The job's config as rows for a table: name, value, default, whether it differs, and its help."""
     helps = config_help()
     defaults = TrainingConfig().to_dict()
+    # The dataclass's order (related settings together), not the database's: jsonb keeps its own key order.
+    names = [*defaults, *(name for name in job.config if name not in defaults)]
     rows = []
-    for name, value in job.config.items():
-        default = defaults.get(name)
+    for name in (n for n in names if n in job.config):
+        value, default = job.config[name], defaults.get(name)
         shown = ", ".join(value) if isinstance(value, list) else value
         rows.append(
             {"name": name, "value": shown, "default": default, "changed": value != default, "help": helps.get(name, "")}

@@ -156,6 +156,8 @@ def test_the_config_shows_as_a_table_with_what_each_setting_does(client, admin_u
     assert '<code>max_steps</code></td><td>6 <span class="muted">(default 0)</span>' in config
     assert "<code>target_modules</code></td><td>all-linear</td>" in config
     assert "{&#x27;" not in page  # no Python dict repr
+    names = [row.split("</code>")[0] for row in config.split("<code>")[1:]]
+    assert names[:3] == ["method", "load_in_4bit", "quant_type"]  # in the config's own order
 
 
 def test_the_manifest_summary_names_code_batch_warmup_truncation_and_cuda(client, admin_user, job):
