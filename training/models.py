@@ -145,15 +145,17 @@ class TrainingPreflight(models.Model):
     """A job's config checked against its base model and snapshot on a worker, before the job is queued.
 
     The web side creates it and reads it; the worker claims it, reports progress and records the result.
+    The background-work shape: status, progress, message (what the worker is doing, or why it failed),
+    started/finished; ``succeeded`` means the preflight passed (found no error).
     """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
-        PASSED = "passed", "Passed"
+        SUCCEEDED = "succeeded", "Passed"
         FAILED = "failed", "Failed"
 
-    FINISHED = (Status.PASSED, Status.FAILED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)
 
     snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="preflights")
     base_model = models.CharField(max_length=500, help_text="A local directory or a hub id.")
@@ -161,8 +163,7 @@ class TrainingPreflight(models.Model):
     config = models.JSONField(help_text="training.config.TrainingConfig as a dict.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0, help_text="0..1 while running.")
-    stage = models.CharField(max_length=200, blank=True, help_text="What the worker is doing now.")
-    message = models.TextField(blank=True, help_text="Why it failed, in words a person can act on.")
+    message = models.TextField(blank=True, help_text="What the worker is doing, or why it failed.")
     result = models.JSONField(default=dict, blank=True, help_text="{ok, errors, warnings, samples, stats}.")
     worker = models.CharField(max_length=200, blank=True)
     job = models.OneToOneField(
@@ -178,7 +179,7 @@ class TrainingPreflight(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(status__in=["queued", "running", "passed", "failed"]),
+                condition=models.Q(status__in=["queued", "running", "succeeded", "failed"]),
                 name="trainingpreflight_status_known",
             ),
             models.CheckConstraint(

@@ -269,7 +269,7 @@ def training_job_create(*, preflight: TrainingPreflight, created_by) -> Training
     preflight = TrainingPreflight.objects.select_for_update().get(pk=preflight.pk)
     if preflight.job_id is not None:
         raise ValidationError(f"Job {preflight.job_id} was already queued from this preflight.")
-    if preflight.status != TrainingPreflight.Status.PASSED:
+    if preflight.status != TrainingPreflight.Status.SUCCEEDED:
         raise ValidationError(
             f"Preflight {preflight.pk} is {preflight.status}: only a passed preflight can queue its job."
         )
@@ -518,12 +518,12 @@ def training_preflight_claim(*, preflight_id: int, worker: str, using: str) -> b
     )
 
 
-def training_preflight_progress(*, preflight_id: int, progress: float, stage: str, using: str) -> bool:
-    """Report how far a running preflight got."""
+def training_preflight_progress(*, preflight_id: int, progress: float, message: str, using: str) -> bool:
+    """Report how far a running preflight got, and what it is doing."""
     return bool(
         TrainingPreflight.objects.using(using)
         .filter(pk=preflight_id, status=TrainingPreflight.Status.RUNNING)
-        .update(progress=max(0.0, min(1.0, progress)), stage=stage[:200], updated_at=timezone.now())
+        .update(progress=max(0.0, min(1.0, progress)), message=message[:500], updated_at=timezone.now())
     )
 
 
@@ -537,9 +537,8 @@ def training_preflight_finish(*, preflight_id: int, result: dict, using: str, me
         TrainingPreflight.objects.using(using)
         .filter(pk=preflight_id, status=TrainingPreflight.Status.RUNNING)
         .update(
-            status=TrainingPreflight.Status.PASSED if passed else TrainingPreflight.Status.FAILED,
+            status=TrainingPreflight.Status.SUCCEEDED if passed else TrainingPreflight.Status.FAILED,
             progress=1.0 if passed else F("progress"),
-            stage="",
             result=result,
             message=message,
             updated_at=now,

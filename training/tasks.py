@@ -339,7 +339,7 @@ def training_preflight_run(preflight_id: int) -> str:
         now = time.monotonic()
         if share >= 1 or now - last_report[0] >= 0.5:
             last_report[0] = now
-            services.training_preflight_progress(preflight_id=preflight_id, progress=share, stage=stage, using=using)
+            services.training_preflight_progress(preflight_id=preflight_id, progress=share, message=stage, using=using)
 
     message = ""
     try:
@@ -355,7 +355,7 @@ def training_preflight_run(preflight_id: int) -> str:
             message = f"The preflight crashed: {exc.__class__.__name__}: {exc}"
         result = {"ok": False, "errors": [message], "warnings": [], "samples": [], "stats": {}}
     services.training_preflight_finish(preflight_id=preflight_id, result=result, message=message, using=using)
-    return "passed" if result["ok"] and not message else "failed"
+    return "succeeded" if result["ok"] and not message else "failed"
 
 
 @shared_task

@@ -71,7 +71,7 @@ def test_the_preflight_page_shows_the_workers_progress_then_queues_the_job(
     # The worker's side, through its services: the open page follows without a reload.
     services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
     services.training_preflight_progress(
-        preflight_id=preflight.pk, progress=0.5, stage="fitting SFT examples into 1024 tokens", using="default"
+        preflight_id=preflight.pk, progress=0.5, message="fitting SFT examples into 1024 tokens", using="default"
     )
     page.locator("#preflight-progress", has_text="fitting SFT examples").wait_for(timeout=10000)
     assert page.locator("#preflight-progress .progress").get_attribute("aria-valuenow") == "50"

@@ -113,5 +113,5 @@ def queue_job(snapshot, base_model, admin, *, method="sft", **config):
     )
     outcome = training_preflight_run(preflight.pk)
     preflight.refresh_from_db()
-    assert outcome == "passed", preflight.message
+    assert outcome == "succeeded", preflight.message
     return services.training_job_create(preflight=preflight, created_by=admin)

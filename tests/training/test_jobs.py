@@ -174,7 +174,7 @@ def test_a_config_that_does_not_fit_the_model_fails_its_preflight_and_cannot_be_
 
 def test_a_passed_preflight_queues_one_job_only(trainable_snapshot, tiny_model, admin_user):
     preflight = preflight_of(trainable_snapshot, tiny_model, admin_user)
-    assert preflight.status == "passed" and preflight.progress == 1.0 and preflight.result["ok"]
+    assert preflight.status == "succeeded" and preflight.progress == 1.0 and preflight.result["ok"]
     job = services.training_job_create(preflight=preflight, created_by=admin_user)
     assert job.status == "queued" and job.preflight == preflight.result and job.config == preflight.config
     with pytest.raises(ValidationError, match=f"Job {job.pk} was already queued from this preflight"):
@@ -453,7 +453,7 @@ def test_long_examples_lose_prompt_turns_never_answer_tokens_and_both_are_counte
     SnapshotCheck.objects.create(snapshot=snapshot, passed=True, threshold=0.5)
 
     preflight = preflight_of(snapshot, tiny_model, admin_user, max_length=48)
-    assert preflight.status == "passed", preflight.message
+    assert preflight.status == "succeeded", preflight.message
     fit = preflight.result["stats"]["fit"]["sft"]
     assert (fit["examples"], fit["kept"], fit["prompt_truncated"], fit["left_out"]) == (5, 1, 3, 1)
     assert fit["left_out_items"] == [too_long.pk]

@@ -60,9 +60,9 @@ def test_the_trainer_role_runs_a_preflight_through_its_services(trainable_snapsh
         snapshot=trainable_snapshot, base_model="m", method="sft", config={}, created_by=admin_user
     )
     assert services.training_preflight_claim(preflight_id=preflight.pk, worker="w", using="training")
-    assert services.training_preflight_progress(preflight_id=preflight.pk, progress=0.5, stage="s", using="training")
+    assert services.training_preflight_progress(preflight_id=preflight.pk, progress=0.5, message="s", using="training")
     assert services.training_preflight_finish(preflight_id=preflight.pk, result={"ok": True}, using="training")
-    assert TrainingPreflight.objects.get(pk=preflight.pk).status == "passed"
+    assert TrainingPreflight.objects.get(pk=preflight.pk).status == "succeeded"
     for sql in (
         "DELETE FROM training_trainingpreflight",
         "INSERT INTO training_trainingpreflight (base_model) VALUES ('x')",

@@ -245,7 +245,7 @@ def test_the_form_queues_a_preflight_on_a_worker_and_its_page_shows_progress_the
     assert "waiting for a preflight worker" in page and 'hx-trigger="every 1s"' in page
     services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
     services.training_preflight_progress(
-        preflight_id=preflight.pk, progress=0.4, stage="fitting SFT examples into 8192 tokens", using="default"
+        preflight_id=preflight.pk, progress=0.4, message="fitting SFT examples into 8192 tokens", using="default"
     )
     fragment = client.get(preflight.get_absolute_url(), headers={"HX-Request": "true"})
     body = fragment.content.decode()

@@ -91,7 +91,7 @@ def queue_on_worker(snapshot, base_model, admin, *, log_path: Path, method: str 
         what=f"preflight {preflight.pk} on the worker",
         log_path=log_path,
     )
-    assert done.status == "passed", done.message
+    assert done.status == "succeeded", done.message
     return services.training_job_create(preflight=done, created_by=admin)
 
 
