@@ -9,6 +9,8 @@ Payload shapes (``Annotation.payload``, ``AnnotationRevision.payload``, ``ItemRe
                "strength": "slight"|"clear"|None, "rationale": str}
                (indices into ``Item.responses``, never display positions)
 - rubric:     {"response_index": int|None, "scores": {criterion_key: value}}
+
+``annotate/payloads.py`` has them as typed values.
 """
 
 from decimal import Decimal
@@ -139,6 +141,11 @@ class Item(models.Model):
     prompt = models.TextField(help_text="Plain-text prompt, or the chat rendered as text when messages are given.")
     messages = models.JSONField(null=True, blank=True, help_text="Chat turns [{role, content}], if any.")
     responses = models.JSONField(default=list, help_text="Candidate responses [{text, model}].")
+    rubric_response = models.PositiveSmallIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Rubric items: the index into responses of the response reviewers score, in any display order.",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     provenance = models.CharField(max_length=32, choices=Provenance.choices, default=Provenance.HUMAN)
     content_hash = models.CharField(max_length=64, help_text="sha256 of the normalized prompt and responses.")
@@ -174,6 +181,16 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.prompt[:60]}"
+
+    def clean(self) -> None:
+        if self.responses and self.rubric_response >= len(self.responses):
+            last = len(self.responses) - 1
+            raise ValidationError({"rubric_response": f"Name one of the responses, 0 to {last}."})
+
+    @property
+    def scored_response_index(self) -> int | None:
+        """The response a rubric review of this item scores (None when the item has no responses)."""
+        return self.rubric_response if self.responses else None
 
 
 class Rubric(models.Model):

@@ -20,14 +20,14 @@ from django.db.models import Count
 from django.utils import timezone
 
 from annotate import agreement as ag
-from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
-from annotate.services.consensus import (
+from annotate.consensus import (
     agreement_with,
     criteria_by_key,
     gold_category,
     normalize_text,
     preference_category,
 )
+from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
 
 Progress = Callable[[float, str], None]
 LEVEL_OF_MEASUREMENT = {"nominal": "nominal", "binary": "nominal", "ordinal": "ordinal", "interval": "interval"}

@@ -4,12 +4,11 @@ import statistics
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.db.models import Count, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from annotate import roles
+from annotate import queue_sql, roles
 from annotate.models import Annotation, Flag, ImportBatch, Item, Lease, Project, RubricVersion, TaskKind
 from config import rawsql
 
@@ -38,46 +37,53 @@ def project_and_queue_for_user(*, user, slug: str, now=None) -> tuple[Project, l
     with their items, oldest first, in one written-out query: every "next" request needs both.
 
     The leases are None when they were not read (an admin who is not a member)."""
-    from annotate.services.queue import ACTIVE_LEASES_ORDER
-
-    now = now or timezone.now()
-    join, member = _members_join()
-    sql = (
-        f"SELECT {rawsql.columns(Project, 'p')}, {rawsql.columns(Lease, 'l')}, {rawsql.columns(Item, 'i')} "
-        f"FROM {rawsql.table(Project)} p {join} "
-        f"LEFT JOIN {rawsql.table(Lease)} l ON l.project_id = p.id AND l.reviewer_id = %s AND l.status = %s "
-        f"AND l.expires_at > %s LEFT JOIN {rawsql.table(Item)} i ON i.id = l.item_id "
-        f"WHERE p.slug = %s AND {member} = %s{ACTIVE_LEASES_ORDER}"
-    )
-    rows = rawsql.fetch(sql, [user.pk, Lease.Status.ACTIVE.value, rawsql.param(now), slug, user.pk])
+    rows = rawsql.fetch(*queue_sql.project_and_queue(user_id=user.pk, slug=slug, now=now or timezone.now()))
     if not rows:
         return project_get_for_user(user=user, slug=slug), None
     project = rawsql.load(Project, rows[0])
-    at_lease, at_item = rawsql.width(Project), rawsql.width(Project) + rawsql.width(Lease)
-    leases = []
-    for row in rows:
-        if row[at_lease] is None:  # a member with no active lease: the outer join's empty side
-            continue
-        lease = rawsql.load(Lease, row, at_lease)
-        lease.item = rawsql.load(Item, row, at_item)
-        lease.project = lease.item.project = project
-        leases.append(lease)
+    at_lease = rawsql.width(Project)
+    leases = [
+        _lease_with_item(row, at_lease, project)
+        for row in rows
+        if row[at_lease] is not None  # a member with no active lease: the outer join's empty side
+    ]
     return project, leases
 
 
-def _members_join() -> tuple[str, str]:
-    """The join of projects ``p`` to their members ``m``, and the column that holds the member's user id."""
-    field = Project._meta.get_field("members")
-    quote = connection.ops.quote_name
-    join = f"JOIN {rawsql.table(field.remote_field.through)} m ON m.{quote(field.m2m_column_name())} = p.id"
-    return join, f"m.{quote(field.m2m_reverse_name())}"
+def project_and_lease_for_user(*, user, slug: str, lease_id: int) -> tuple[Project, Lease]:
+    """The project and one of the user's own leases in it, with its item, in one query; 404 for anyone else's
+    lease (no existence leak) or a project the user may not see."""
+    rows = rawsql.fetch(*queue_sql.project_and_lease(user_id=user.pk, slug=slug, lease_id=lease_id))
+    if not rows or not (rows[0][-1] or roles.is_admin(user)):
+        raise Http404("No such item in your queue.")
+    project = rawsql.load(Project, rows[0])
+    return project, _lease_with_item(rows[0], rawsql.width(Project), project)
+
+
+def _lease_with_item(row, start: int, project: Project | None = None) -> Lease:
+    lease = rawsql.load(Lease, row, start)
+    lease.item = rawsql.load(Item, row, start + rawsql.width(Lease))
+    if project is not None:
+        lease.project = lease.item.project = project
+    return lease
+
+
+def leases_load(sql: str, params) -> list[Lease]:
+    """Leases with their items from a ``queue_sql.leases_with_items`` statement."""
+    return [_lease_with_item(row, 0) for row in rawsql.fetch(sql, params)]
+
+
+def leases_active_for_reviewer(*, project: Project, reviewer, now=None) -> list[Lease]:
+    """The reviewer's unexpired active leases in the order they were taken (the first is on screen)."""
+    sql, params = queue_sql.leases_active(project_id=project.pk, reviewer_id=reviewer.pk, now=now or timezone.now())
+    leases = leases_load(sql, params)
+    for lease in leases:
+        lease.project = lease.item.project = project
+    return leases
 
 
 def _project_of_member(*, user_id, slug: str) -> Project | None:
-    join, member = _members_join()
-    sql = f"SELECT {rawsql.columns(Project, 'p')} FROM {rawsql.table(Project)} p {join} "
-    sql += f"WHERE p.slug = %s AND {member} = %s"
-    rows = rawsql.fetch(sql, [slug, user_id])
+    rows = rawsql.fetch(*queue_sql.project_of_member(user_id=user_id, slug=slug))
     return rawsql.load(Project, rows[0]) if rows else None
 
 

@@ -10,7 +10,7 @@ submission go the same way (see "Writes" below). Only statements run on every qu
 this; everything else uses the ORM.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 
@@ -72,9 +72,10 @@ def width(model: type[Model]) -> int:
     return len(_concrete(model)[1])
 
 
-def fetch(sql: str, params: Iterable) -> list[tuple]:
+def fetch(sql: str, params: Mapping | Iterable) -> list[tuple]:
+    """Run a statement with named (a mapping) or positional parameters and return its rows."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, list(params))
+        cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
         return cursor.fetchall()
 
 

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from annotate.models import Item, ItemResult
-from annotate.services.annotations import annotation_submit
 from annotate.services.imports import import_batch_submit
 from annotate.services.projects import project_add_members, project_create
 from annotate.services.queue import lease_next_for_reviewer
 from evalsets.models import EvalRecord
 from evalsets.services import evalset_freeze, snapshot_contamination_check
+from tests.factories import submit
 from training.models import SnapshotRecord
 from training.services import snapshot_create, snapshot_is_trainable
 
@@ -50,7 +50,7 @@ def _work_the_queue(project, reviewer) -> int:
         good = next(i for i, r in enumerate(item.responses) if "step by step" in r["text"])
         position = str(lease.display_order.index(good) + 1)
         data = {"action": "accept", "source": position} if item.kind == "gold" else {"choice": position}
-        annotation_submit(lease_id=lease.pk, reviewer=reviewer, data=data)
+        submit(lease, **data)
         done += 1
     return done
 

@@ -7,8 +7,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate import roles
+from annotate.consensus import agreement_with, criteria_by_key, latest_version_annotations
 from annotate.models import Adjudication, Annotation, Item, ItemResult, TaskKind
-from annotate.services.consensus import agreement_with, criteria_by_key, latest_version_annotations
 
 GOLD_ACTIONS = ("accept", "edit", "write", "unusable")
 PREFERENCE_CHOICES = ("response", "tie", "both_bad")

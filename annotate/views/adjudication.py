@@ -8,9 +8,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from annotate import selectors
+from annotate.consensus import latest_version_annotations
 from annotate.models import Adjudication, Annotation, ItemResult
 from annotate.services.adjudication import adjudication_record
-from annotate.services.consensus import latest_version_annotations
 
 
 def queue(request: HttpRequest, slug: str) -> HttpResponse:
