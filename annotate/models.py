@@ -20,6 +20,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
 
+from config.background import BackgroundWork
+
 
 class TaskKind(models.TextChoices):
     GOLD = "gold", "Gold answer"
@@ -351,24 +353,14 @@ class Adjudication(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
 
-class AgreementReport(models.Model):
+class AgreementReport(BackgroundWork):
     """A computed agreement report, cached by a fingerprint of the data it was built from.
     Large projects compute it in a Celery task that writes progress here."""
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="agreement_reports")
     rubric_version = models.ForeignKey(RubricVersion, null=True, blank=True, on_delete=models.CASCADE)
     fingerprint = models.CharField(max_length=64, help_text="Annotation count and last change the report covers.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    progress = models.FloatField(default=0.0, help_text="0..1 while running.")
-    stage = models.CharField(max_length=200, blank=True)
     result = models.JSONField(null=True, blank=True)
-    message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

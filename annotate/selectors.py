@@ -1,15 +1,28 @@
 """Reads for the annotate app, with permission built in."""
 
+import hashlib
 import statistics
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Max, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from annotate import queue_sql, roles
-from annotate.models import Annotation, Flag, ImportBatch, Item, Lease, Project, RubricVersion, TaskKind
+from annotate.models import (
+    AgreementReport,
+    Annotation,
+    Flag,
+    ImportBatch,
+    Item,
+    ItemResult,
+    Lease,
+    Project,
+    RubricVersion,
+    TaskKind,
+)
+from annotate.reports import report_rubric_version
 from config import rawsql
 
 
@@ -144,8 +157,6 @@ def item_get_for_adjudication(*, user, slug: str, item_id: int) -> Item:
 
 def disputed_items(*, project: Project):
     """Disputed results waiting for an adjudicator, oldest first."""
-    from annotate.models import ItemResult
-
     return (
         ItemResult.objects.filter(item__project=project, status=ItemResult.Status.DISPUTED)
         .select_related("item")
@@ -337,3 +348,59 @@ def item_list_for_user(*, user, slug: str, split: str = "", kind: str = "") -> t
     if kind:
         items = items.filter(kind=kind)
     return project, items
+
+
+# --- Agreement reports ---------------------------------------------------------------------------------
+
+
+def report_fingerprint(*, project: Project, rubric_version: RubricVersion | None) -> tuple[str, int]:
+    """A digest of what the report depends on, and the number of annotations it covers."""
+    annotations = Annotation.objects.filter(item__project=project, item__is_calibration=False).aggregate(
+        n=Count("id"), last=Max("updated_at")
+    )
+    results = ItemResult.objects.filter(item__project=project).aggregate(n=Count("id"), last=Max("updated_at"))
+    checks = Item.objects.filter(project=project, is_check=True).aggregate(n=Count("id"), last=Max("id"))
+    state = (
+        f"{annotations['n']}|{annotations['last']}|{results['n']}|{results['last']}|{checks['n']}|{checks['last']}"
+        f"|{rubric_version.pk if rubric_version else ''}|{project.score_tolerance}"
+    )
+    return hashlib.sha256(state.encode()).hexdigest(), annotations["n"]
+
+
+def agreement_report_for_fingerprint(
+    *, project: Project, rubric_version: RubricVersion | None, fingerprint: str
+) -> AgreementReport | None:
+    """The report made for exactly this state of the data, unless it failed."""
+    return (
+        AgreementReport.objects.filter(project=project, rubric_version=rubric_version, fingerprint=fingerprint)
+        .exclude(status=AgreementReport.Status.FAILED)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def agreement_report_current(
+    *, project: Project, rubric_version: RubricVersion | None = None
+) -> tuple[RubricVersion | None, AgreementReport | None, AgreementReport | None]:
+    """For the report page (reads only): the rubric version it covers, the report of the data as it is now
+    (None when none was made yet), and the newest report of any state (the latest failure included)."""
+    version = report_rubric_version(project=project, rubric_version=rubric_version)
+    fingerprint, _ = report_fingerprint(project=project, rubric_version=version)
+    current = agreement_report_for_fingerprint(project=project, rubric_version=version, fingerprint=fingerprint)
+    latest = (
+        AgreementReport.objects.filter(project=project, rubric_version=version).order_by("-created_at", "-id").first()
+    )
+    return version, current, latest
+
+
+def rubric_version_get(*, project: Project, version_id) -> RubricVersion:
+    """A rubric version of the project, or 404."""
+    try:
+        return RubricVersion.objects.select_related("rubric").get(pk=int(version_id), rubric__project=project)
+    except (TypeError, ValueError, RubricVersion.DoesNotExist):
+        raise Http404("No such rubric version in this project.") from None
+
+
+def rubric_versions_of(*, project: Project) -> QuerySet[RubricVersion]:
+    """Every rubric version of the project, by rubric and number."""
+    return RubricVersion.objects.filter(rubric__project=project).select_related("rubric")

@@ -46,6 +46,7 @@ urlpatterns = [
     path("projects/<slug:slug>/checks/", rubrics.checks, name="checks"),
     # Agreement report
     path("projects/<slug:slug>/report/", reports.report, name="report"),
+    path("projects/<slug:slug>/report/compute/", reports.report_compute, name="report-compute"),
     path("projects/<slug:slug>/report/refresh/", reports.report_refresh, name="report-refresh"),
     path("projects/<slug:slug>/report.csv", reports.report_csv, name="report-csv"),
     path("projects/<slug:slug>/report.json", reports.report_json, name="report-json"),
