@@ -4,13 +4,16 @@ import hashlib
 import statistics
 from datetime import timedelta
 
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Max, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from annotate import queue_sql, roles
+from annotate.consensus import latest_version_annotations
 from annotate.models import (
+    Adjudication,
     AgreementReport,
     Annotation,
     Flag,
@@ -19,6 +22,8 @@ from annotate.models import (
     ItemResult,
     Lease,
     Project,
+    Rubric,
+    RubricSignoff,
     RubricVersion,
     TaskKind,
 )
@@ -404,3 +409,109 @@ def rubric_version_get(*, project: Project, version_id) -> RubricVersion:
 def rubric_versions_of(*, project: Project) -> QuerySet[RubricVersion]:
     """Every rubric version of the project, by rubric and number."""
     return RubricVersion.objects.filter(rubric__project=project).select_related("rubric")
+
+
+# --- Rubrics, calibration and check items -----------------------------------------------------------------
+
+
+def rubric_list_for_project(*, project: Project) -> QuerySet[Rubric]:
+    """The project's rubrics with their versions and sign-offs."""
+    return Rubric.objects.filter(project=project).prefetch_related("versions__signoffs")
+
+
+def rubric_get(*, project: Project, rubric_id: int) -> Rubric:
+    """A rubric of the project, or 404."""
+    try:
+        return Rubric.objects.get(pk=rubric_id, project=project)
+    except Rubric.DoesNotExist:
+        raise Http404("No such rubric in this project.") from None
+
+
+def rubric_version_latest(*, rubric: Rubric) -> RubricVersion | None:
+    return rubric.versions.order_by("-number").first()
+
+
+def calibration_reviewers(*, project: Project) -> QuerySet:
+    """Members who score: everyone on the project in the reviewer group."""
+    return (
+        get_user_model().objects.filter(goldset_projects=project, groups__name=roles.REVIEWER).distinct().order_by("id")
+    )
+
+
+def calibration_items(*, project: Project) -> QuerySet[Item]:
+    return Item.objects.filter(project=project, is_calibration=True, kind=TaskKind.RUBRIC).order_by("id")
+
+
+def calibration_item_get(*, project: Project, item_id: int) -> Item:
+    try:
+        return calibration_items(project=project).get(pk=item_id)
+    except Item.DoesNotExist:
+        raise Http404("No such calibration item.") from None
+
+
+def member_by_username(*, project: Project, username: str):
+    """A member of the project by username, or None."""
+    return project.members.filter(username=username).first()
+
+
+def rubric_signoffs(*, version: RubricVersion) -> QuerySet[RubricSignoff]:
+    """Who signed a version off, in order."""
+    return RubricSignoff.objects.filter(version=version).select_related("reviewer").order_by("created_at")
+
+
+def project_has_member(*, project: Project, user) -> bool:
+    return project.members.filter(pk=user.pk).exists()
+
+
+def calibration_scores_of(*, item: Item, user, version: RubricVersion) -> dict:
+    """The user's own calibration scores of an item under a version ({} when none)."""
+    mine = Annotation.objects.filter(item=item, reviewer=user, rubric_version=version).first()
+    return (mine.payload.get("scores") or {}) if mine else {}
+
+
+def item_get_in_project(*, project: Project, item_id) -> Item:
+    """An item of the project, or 404 (also for an id that is not a number)."""
+    try:
+        return Item.objects.get(pk=int(item_id), project=project)
+    except (TypeError, ValueError, Item.DoesNotExist):
+        raise Http404(f"Item {item_id!r} is not an item of this project.") from None
+
+
+def check_items(*, project: Project) -> QuerySet[Item]:
+    """The project's known-answer check items, newest first."""
+    return Item.objects.filter(project=project, is_check=True).order_by("-id")
+
+
+def check_item_candidates(*, project: Project, limit: int = 50) -> QuerySet[ItemResult]:
+    """Decided items an admin may turn into check items (their agreed answer becomes the known one)."""
+    return ItemResult.objects.filter(
+        item__project=project,
+        item__is_check=False,
+        item__is_calibration=False,
+        status__in=[ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED],
+    ).select_related("item")[:limit]
+
+
+# --- Adjudication ---------------------------------------------------------------------------------------
+
+
+def adjudication_view_of(*, item: Item) -> dict:
+    """Everything an adjudicator weighs for one item: the reviews that count, the result and earlier decisions."""
+    annotations = list(Annotation.objects.filter(item=item).select_related("reviewer", "rubric_version"))
+    version = None
+    if item.kind == TaskKind.RUBRIC:
+        annotations, version = latest_version_annotations(annotations)
+    return {
+        "annotations": sorted(annotations, key=lambda a: a.reviewer.get_username()),
+        "criteria": version.criteria if version else [],
+        "result": ItemResult.objects.filter(item=item).first(),
+        "history": Adjudication.objects.filter(item=item).select_related("adjudicator").order_by("-created_at"),
+    }
+
+
+def annotation_of_item(*, item: Item, annotation_id) -> Annotation:
+    """One review of the item (for an adjudicator adopting it), or ValidationError naming what to do."""
+    try:
+        return Annotation.objects.get(pk=int(annotation_id), item=item)
+    except (TypeError, ValueError, Annotation.DoesNotExist):
+        raise ValidationError("Choose one of the reviews shown, or write your own decision.") from None

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate.views import adjudication, imports, projects, queue, reports, rubrics
+from annotate.views import adjudication, checks, imports, projects, queue, reports, rubrics
 
 app_name = "annotate"
 
@@ -43,7 +43,7 @@ urlpatterns = [
         rubrics.calibration_score,
         name="calibration-score",
     ),
-    path("projects/<slug:slug>/checks/", rubrics.checks, name="checks"),
+    path("projects/<slug:slug>/checks/", checks.checks, name="checks"),
     # Agreement report
     path("projects/<slug:slug>/report/", reports.report, name="report"),
     path("projects/<slug:slug>/report/compute/", reports.report_compute, name="report-compute"),

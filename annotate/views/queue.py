@@ -8,7 +8,6 @@ prefetched card in at once and never waits on the server between items.
 from functools import lru_cache
 from typing import NamedTuple
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -356,9 +355,9 @@ def queue_lease_expire(request, slug: str, lease_id: int) -> HttpResponse:
 def queue_lease_reassign(request, slug: str, lease_id: int) -> HttpResponse:
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     username = request.POST.get("to", "").strip()
-    to_reviewer = get_user_model().objects.filter(username=username).first()
+    to_reviewer = selectors.member_by_username(project=project, username=username)
     if to_reviewer is None:
-        return _health(request, project, alert=f"No user named {username!r}: pick a member from the list.", status=400)
+        return _health(request, project, alert=f"{username!r} is not a member of this project: pick a member from the list.", status=400)
     try:
         queue_services.lease_reassign(lease_id=lease_id, project=project, to_reviewer=to_reviewer)
     except (ValidationError, Lease.DoesNotExist) as exc:
