@@ -27,6 +27,7 @@ from annotate.models import (
     RubricVersion,
     TaskKind,
 )
+from annotate.payloads import GoldAction, PreferenceChoice
 from annotate.reports import report_rubric_version
 from config import rawsql
 
@@ -180,15 +181,15 @@ def describe_payload(*, item: Item, payload: dict | None, criteria: list[dict] |
             return f"#{i + 1}: {str(responses[i].get('text', ''))[:300]}"
         return "–"
 
-    if item.kind == "gold":
+    if item.kind == TaskKind.GOLD:
         lines = [("Action", str(payload.get("action")))]
-        if payload.get("action") == "accept":
+        if payload.get("action") == GoldAction.ACCEPT:
             lines.append(("Accepted", response(payload.get("source_index"))))
         if payload.get("answer"):
             lines.append(("Answer", str(payload["answer"])))
-    elif item.kind == "preference":
+    elif item.kind == TaskKind.PREFERENCE:
         lines = [("Choice", str(payload.get("choice")))]
-        if payload.get("choice") == "response":
+        if payload.get("choice") == PreferenceChoice.RESPONSE:
             lines += [("Chosen", response(payload.get("chosen"))), ("Rejected", response(payload.get("rejected")))]
             if payload.get("strength"):
                 lines.append(("Strength", str(payload["strength"])))

@@ -357,7 +357,8 @@ def queue_lease_reassign(request, slug: str, lease_id: int) -> HttpResponse:
     username = request.POST.get("to", "").strip()
     to_reviewer = selectors.member_by_username(project=project, username=username)
     if to_reviewer is None:
-        return _health(request, project, alert=f"{username!r} is not a member of this project: pick a member from the list.", status=400)
+        alert = f"{username!r} is not a member of this project: pick a member from the list."
+        return _health(request, project, alert=alert, status=400)
     try:
         queue_services.lease_reassign(lease_id=lease_id, project=project, to_reviewer=to_reviewer)
     except (ValidationError, Lease.DoesNotExist) as exc:
