@@ -141,10 +141,9 @@ if EMBEDDED:
     }
 else:
     # Parameters bound by the server, and statements run five times on a connection prepared there:
-    # the queue's few hot statements are then planned once per connection instead of on every run
-    # (the pick's plan cost PostgreSQL four times its execution). PostgreSQL's CPU per review cycle
-    # fell by ~40%. Behind a pooler in transaction mode (pgbouncer) prepared statements do not
-    # survive between transactions: set GOLDSET_PG_PREPARE=0 there.
+    # the queue's few hot statements are then planned once per connection instead of on every run,
+    # and planning the pick costs more than running it. Behind a pooler in transaction mode
+    # (pgbouncer) prepared statements do not survive between transactions: set GOLDSET_PG_PREPARE=0 there.
     _PG_OPTIONS = {"server_side_binding": True}
     if os.environ.get("GOLDSET_PG_PREPARE", "1") != "0":
         _PG_OPTIONS["prepare_threshold"] = 5
