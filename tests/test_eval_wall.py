@@ -17,8 +17,8 @@ from django.db import DatabaseError, connections, router, transaction
 from django.test import override_settings
 
 from config.routers import EvalWallError, EvalWallRouter
-from tests.conftest import ON_POSTGRES
 from evalsets.models import EvalRecord, EvalSetVersion
+from tests.conftest import ON_POSTGRES
 from training.models import TrainingSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
