@@ -180,6 +180,16 @@ def project(db, alice, bob, carol, judge, admin_user):
     return project
 
 
+def superuser_url() -> str:
+    """A superuser login to the test database (CI and the dev machines trust local connections)."""
+    if os.environ.get("GOLDSET_TEST_PG_ADMIN_URL"):
+        return os.environ["GOLDSET_TEST_PG_ADMIN_URL"]
+    from django.db import connections
+
+    sd = connections["default"].settings_dict
+    return f"postgres://postgres@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
+
+
 def login(client, user):
     client.force_login(user)
     return client

@@ -18,7 +18,7 @@ from django.test import override_settings
 
 from config.routers import EvalWallError, EvalWallRouter
 from evalsets.models import EvalRecord, EvalSetVersion
-from tests.conftest import ON_POSTGRES
+from tests.conftest import ON_POSTGRES, superuser_url
 from training.models import TrainingSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,21 +71,13 @@ def test_ensure_trainer_role_is_idempotent_and_leaves_no_privilege_on_evalsets()
         assert cursor.fetchone()[0] is True
 
 
-def _superuser_url() -> str:
-    """A superuser login to the test database (CI and the dev machines trust local connections)."""
-    if os.environ.get("GOLDSET_TEST_PG_ADMIN_URL"):
-        return os.environ["GOLDSET_TEST_PG_ADMIN_URL"]
-    sd = connections["default"].settings_dict
-    return f"postgres://postgres@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True, databases=["default", "owner"])
 def test_ensure_trainer_role_creates_a_missing_role_through_an_admin_login():
     import psycopg
 
     role = f"goldset_trainer_t{uuid.uuid4().hex[:8]}"
-    admin_url = _superuser_url()
+    admin_url = superuser_url()
     try:
         with override_settings(TRAINER_ROLE=role):
             call_command("ensure_trainer_role", "--password", "s3cret", "--admin-url", admin_url, stdout=StringIO())
