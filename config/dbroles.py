@@ -41,6 +41,7 @@ APP_READ_ONLY = frozenset({"django_migrations"})
 APP_DML = "SELECT, INSERT, UPDATE, DELETE"
 APP_WRITE_ONCE = "SELECT, INSERT"
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+COLUMN_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "REFERENCES")
 RELKINDS = ("r", "p", "v", "m", "f")
 
 
@@ -226,13 +227,19 @@ def audit_roles(connection) -> list[str]:
         foreign = sorted(f"{what} (owned by {who})" for what, who in cursor.fetchall() if who != owner)
         if foreign:
             problems.append(f"Not owned by {owner!r}: {', '.join(foreign[:10])}{' …' if len(foreign) > 10 else ''}.")
-        for table in sorted(tables):
-            for role in (app, trainer, "public"):
-                cursor.execute(
-                    "SELECT p FROM unnest(%s::text[]) AS p WHERE pg_catalog.has_table_privilege(%s, %s::regclass, p)",
-                    [list(TABLE_PRIVILEGES), role, f"{quote(connection, schema)}.{quote(connection, table)}"],
-                )
-                held = {row[0] for row in cursor.fetchall()}
+        for role in (app, trainer, "public"):
+            # Table-level privileges, and column-level ones (a GRANT UPDATE (col) is a write all the same).
+            cursor.execute(
+                "SELECT c.relname, p FROM pg_catalog.pg_class c, unnest(%s::text[]) AS p "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = ANY(%s) "
+                "AND (pg_catalog.has_table_privilege(%s, c.oid, p) OR (p = ANY(%s) "
+                "AND pg_catalog.has_any_column_privilege(%s, c.oid, p)))",
+                [list(TABLE_PRIVILEGES), list(RELKINDS), role, list(COLUMN_PRIVILEGES), role],
+            )
+            held: dict[str, set[str]] = {}
+            for table, privilege in cursor.fetchall():
+                held.setdefault(table, set()).add(privilege)
+            for table, privileges in sorted(held.items()):
                 if role == app:
                     allowed = {"SELECT"} if table in APP_READ_ONLY else {"SELECT", "INSERT"}
                     if table not in APP_READ_ONLY and table not in write_once:
@@ -241,14 +248,8 @@ def audit_roles(connection) -> list[str]:
                     allowed = {p.strip() for p in TRAINER_GRANTS.get(table, "").split(",") if p.strip()}
                 else:
                     allowed = set()
-                if held - allowed:
-                    problems.append(f"Role {role!r} holds {', '.join(sorted(held - allowed))} on {table}.")
-            cursor.execute(
-                "SELECT pg_catalog.has_any_column_privilege(%s, %s::regclass, 'SELECT, INSERT, UPDATE, REFERENCES')",
-                [trainer, f"{quote(connection, schema)}.{quote(connection, table)}"],
-            )
-            if cursor.fetchone()[0] and table not in TRAINER_GRANTS:
-                problems.append(f"Role {trainer!r} holds column privileges on {table}.")
+                if privileges - allowed:
+                    problems.append(f"Role {role!r} holds {', '.join(sorted(privileges - allowed))} on {table}.")
         declared = declared_write_once_tables() & set(tables)
         cursor.execute(
             "SELECT c.relname, t.tgname, t.tgenabled FROM pg_catalog.pg_trigger t "

@@ -54,6 +54,14 @@ def progress_fields() -> list[str]:
     return [f.name for f in JobProgress._meta.concrete_fields if f.name not in PROGRESS_OWN]
 
 
+def _progress_unique_step() -> str:
+    """The name of the constraint that keeps one progress row per (job, phase, step)."""
+    for constraint in JobProgress._meta.constraints:
+        if list(getattr(constraint, "fields", ())) == ["job", "phase", "step"]:
+            return constraint.name
+    raise LookupError("JobProgress lost its unique (job, phase, step) constraint: the worker would log steps twice.")
+
+
 def _col(model, name: str) -> str:
     return _q(model._meta.get_field(name).column)
 
@@ -158,7 +166,7 @@ BEGIN{check_secret}{only_keys("p_row", fields, "a progress row's fields")}
   r := pg_catalog.jsonb_populate_record(NULL::{progress}, p_row);
   INSERT INTO {progress} ({_col(JobProgress, "job")}, {_col(JobProgress, "created_at")}, {columns})
     VALUES (p_job, pg_catalog.now(), {values})
-    ON CONFLICT ON CONSTRAINT "jobprogress_unique_step" DO NOTHING;
+    ON CONFLICT ON CONSTRAINT {_q(_progress_unique_step())} DO NOTHING;
   RETURN FOUND;
 END $fn$;"""
     return [claim, update, finish, progress_sql]

@@ -208,7 +208,9 @@ def test_ensure_db_roles_finds_and_repairs_a_privilege_someone_slipped_in():
     with psycopg.connect(superuser_url(), autocommit=True) as root:
         root.execute(f"GRANT UPDATE, TRIGGER ON evalsets_evalrecord TO {APP}")
         root.execute(f"GRANT SELECT ON evalsets_evalrecord TO {settings.TRAINER_ROLE}")
+        root.execute(f"GRANT UPDATE (step) ON training_trainingjob TO {settings.TRAINER_ROLE}")
     problems = audit_roles(connections["default"])
+    assert f"Role {settings.TRAINER_ROLE!r} holds UPDATE on training_trainingjob." in problems
     assert f"Role {APP!r} holds TRIGGER, UPDATE on evalsets_evalrecord." in problems
     assert f"Role {settings.TRAINER_ROLE!r} holds SELECT on evalsets_evalrecord." in problems
     out = StringIO()
