@@ -29,6 +29,7 @@ class Command(BaseCommand):
                 self.stderr.write(f"          {o.subject}: … and {o.more_problems} more")
         if not outcomes:
             self.stdout.write("Nothing to verify: no eval set version or training snapshot is frozen yet.")
+            return
         if failed:
             names = ", ".join(o.subject for o in failed)
             raise CommandError(
