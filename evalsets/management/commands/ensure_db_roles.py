@@ -98,6 +98,11 @@ class Command(BaseCommand):
         if problems:
             raise CommandError("The database roles break the eval wall:\n  - " + "\n  - ".join(problems + notes))
         write_once = len(dbroles.write_once_tables(default))
+        if not dbroles.schema_tables(default):
+            self.stdout.write(
+                "The database has no tables yet: run `manage.py migrate --database owner`; every migrate ends by "
+                "granting the app and trainer roles what they need."
+            )
         granted = ", ".join(f"{privs} on {table}" for table, privs in dbroles.TRAINER_GRANTS.items())
         self.stdout.write(
             self.style.SUCCESS(
