@@ -60,9 +60,10 @@ def main() -> int:
     os.environ.pop("REDIS_URL", None)
     if args.pg_url:
         import psycopg
+        from _roles import owner_url
 
         name = urlsplit(args.pg_url).path.lstrip("/")
-        admin = urlsplit(args.pg_url)._replace(path="/postgres").geturl()
+        admin = owner_url(args.pg_url)  # the owner creates, owns and migrates the database
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -90,6 +91,7 @@ def run(args) -> int:
 
     django.setup()
     _sessions(args)
+    from _roles import migrate_alias
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
@@ -99,7 +101,7 @@ def run(args) -> int:
     from annotate.models import Item
     from annotate.services.projects import project_add_members, project_create, roles_ensure, user_grant_role
 
-    call_command("migrate", verbosity=0)
+    call_command("migrate", database=migrate_alias(), verbosity=0)
     roles_ensure()
     users = [
         get_user_model().objects.create_user(username=f"profiler{n}", password="profile-password-1")

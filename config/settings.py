@@ -99,18 +99,23 @@ TEMPLATES = [
 ]
 
 # --- Databases -------------------------------------------------------------------------------
-# "default" is the app role. "training" is what the gpu worker uses: on PostgreSQL it logs in as
-# the trainer role, which has no privilege on any evalsets table (the eval wall).
+# Three PostgreSQL roles (config/dbroles.py): the owner owns the schema and runs migrations
+# ("owner" alias: `manage.py migrate --database owner`); the app role ("default", DATABASE_URL) has
+# DML only and owns nothing; the gpu worker's trainer role ("training") has no privilege on any
+# evalsets table. `manage.py ensure_db_roles` creates and grants all three.
+OWNER_ROLE = os.environ.get("GOLDSET_OWNER_ROLE", "goldset_owner")
+OWNER_PASSWORD = os.environ.get("GOLDSET_OWNER_PASSWORD", "goldset_owner")
 TRAINER_ROLE = os.environ.get("GOLDSET_TRAINER_ROLE", "goldset_trainer")
 TRAINER_PASSWORD = os.environ.get("GOLDSET_TRAINER_PASSWORD", "goldset_trainer")
 
 
-def _trainer_url(app_url: str) -> str:
+def _role_url(app_url: str, role: str, password: str) -> str:
+    """The app's URL with another login (same host, port, database and options)."""
     parts = urlsplit(app_url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{quote(TRAINER_ROLE)}:{quote(TRAINER_PASSWORD)}@{host}"
+    netloc = f"{quote(role)}:{quote(password)}@{host}"
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -150,11 +155,24 @@ else:
     DATABASES = {
         "default": dj_database_url.parse(DATABASE_URL, conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60"))),
         "training": {
-            **dj_database_url.parse(os.environ.get("TRAINER_DATABASE_URL") or _trainer_url(DATABASE_URL)),
+            **dj_database_url.parse(
+                os.environ.get("TRAINER_DATABASE_URL") or _role_url(DATABASE_URL, TRAINER_ROLE, TRAINER_PASSWORD)
+            ),
             # In tests the trainer connects to the same test database, as the trainer role.
             "TEST": {"MIRROR": "default"},
         },
+        # Only migrations, ensure_db_roles and the test suite's set-up and flush connect as the owner.
+        "owner": {
+            **dj_database_url.parse(
+                os.environ.get("OWNER_DATABASE_URL") or _role_url(DATABASE_URL, OWNER_ROLE, OWNER_PASSWORD)
+            ),
+            "TEST": {"MIRROR": "default"},
+        },
     }
+    # A URL given for a role names it; the role settings then follow the URL.
+    APP_ROLE = DATABASES["default"]["USER"]
+    TRAINER_ROLE = DATABASES["training"]["USER"]
+    OWNER_ROLE = DATABASES["owner"]["USER"]
     for _db in DATABASES.values():  # after any options the URL carries (?sslmode=...)
         _db["OPTIONS"] = {**_db.get("OPTIONS", {}), **_PG_OPTIONS}
     if os.environ.get("GOLDSET_DB_NAME"):

@@ -56,6 +56,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "version": version,
         "records": selectors.evalset_version_records_page(version=version, page=page),
         "formats": [(key, label) for key, (label, _) in FORMATS.items()],
+        "verification": selectors.evalset_version_latest_verification(version=version),
     }
     if request.htmx and "page" in request.GET:
         return render(request, "evalsets/version_detail.html#record-rows", context)
@@ -108,7 +109,8 @@ def snapshot_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def snapshot_contamination(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    context = {"snapshot": snapshot, "check": selectors.snapshot_latest_check(snapshot=snapshot)}
+    check = selectors.snapshot_latest_check(snapshot=snapshot)
+    context = {"snapshot": snapshot, "check": check, "pairs": selectors.snapshot_check_pairs(check=check)}
     return render(request, "evalsets/snapshot_contamination.html", context)
 
 

@@ -26,13 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class DbSink:
-    """Progress sink that writes to the job row and the progress table, throttled."""
+    """Progress sink that writes to the job row and the progress table, throttled, through the services
+    that check the job's secret (the trainer role cannot write either table itself)."""
 
-    def __init__(self, job_id: int, using: str, log_path: Path):
+    def __init__(self, job_id: int, secret: str, using: str, log_path: Path):
         from training import services
 
         self.services = services
         self.job_id = job_id
+        self.secret = secret
         self.using = using
         self.lines: deque[str] = deque(maxlen=services.LOG_TAIL_LINES)
         self.log_path = log_path
@@ -50,9 +52,10 @@ class DbSink:
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v) for k, v in row.items()
         }
-        self.services.training_job_progress_add(job_id=self.job_id, row=clean, using=self.using)
+        self.services.training_job_progress_add(job_id=self.job_id, secret=self.secret, row=clean, using=self.using)
         self.services.training_job_heartbeat(
             job_id=self.job_id,
+            secret=self.secret,
             using=self.using,
             phase=row["phase"],
             step=row["step"],
@@ -77,7 +80,7 @@ class DbSink:
         if now - self._last_beat >= settings.TRAINING_HEARTBEAT_S / 3:
             self._last_beat = now
             extra = {"log_tail": "\n".join(self.lines)} if self._dirty_log else {}
-            self.services.training_job_heartbeat(job_id=self.job_id, using=self.using, **extra)
+            self.services.training_job_heartbeat(job_id=self.job_id, secret=self.secret, using=self.using, **extra)
             self._dirty_log = False
 
     def log(self, line: str) -> None:
@@ -88,16 +91,18 @@ class DbSink:
             fh.write(stamped + "\n")
 
     def checkpoint(self, path: str) -> None:
-        self._job().update(last_checkpoint=path)
+        self.services.training_job_heartbeat(
+            job_id=self.job_id, secret=self.secret, using=self.using, last_checkpoint=path
+        )
 
 
-def _heartbeat_thread(job_id: int, using: str, stop: threading.Event) -> None:
+def _heartbeat_thread(job_id: int, secret: str, using: str, stop: threading.Event) -> None:
     """Beats while the main thread loads a model or saves, when no step callback runs for a while."""
     from training import services
 
     try:
         while not stop.wait(settings.TRAINING_HEARTBEAT_S / 3):
-            services.training_job_heartbeat(job_id=job_id, using=using)
+            services.training_job_heartbeat(job_id=job_id, secret=secret, using=using)
     except Exception:  # noqa: BLE001 — a failed beat must not kill training; the stale check will notice
         log.exception("heartbeat of job %s failed", job_id)
     finally:
@@ -114,26 +119,26 @@ def _db_role(using: str) -> str:
 
 
 @shared_task(acks_late=True)
-def training_job_run(job_id: int) -> str:
-    """Claim a queued job, train it and record how it ended."""
+def training_job_run(job_id: int, secret: str) -> str:
+    """Claim a queued job, train it and record how it ended (``secret``: the job's, from its message)."""
     from training import services
     from training.models import TrainingJob, TrainingSnapshot
 
     using = training_db()
     worker = f"{socket.gethostname()}"
-    if not services.training_job_claim(job_id=job_id, worker=worker, using=using):
+    if not services.training_job_claim(job_id=job_id, secret=secret, worker=worker, using=using):
         return "not claimed"
     job = TrainingJob.objects.using(using).get(pk=job_id)
     output_dir = Path(settings.ARTIFACTS_DIR) / f"job-{job_id}"
     output_dir.mkdir(parents=True, exist_ok=True)
-    sink = DbSink(job_id, using, output_dir / "train.log")
+    sink = DbSink(job_id, secret, using, output_dir / "train.log")
     sink.log(f"job {job_id} claimed by {worker}; database role: {_db_role(using)}")
-    TrainingJob.objects.using(using).filter(pk=job_id).update(output_dir=str(output_dir))
+    services.training_job_heartbeat(job_id=job_id, secret=secret, using=using, output_dir=str(output_dir))
 
     stop = threading.Event()
     beat = None
     if settings.TRAINING_HEARTBEAT_THREAD:
-        beat = threading.Thread(target=_heartbeat_thread, args=(job_id, using, stop), daemon=True)
+        beat = threading.Thread(target=_heartbeat_thread, args=(job_id, secret, using, stop), daemon=True)
         beat.start()
     try:
         # Defence in depth: the web side refuses to queue an untrainable snapshot, the worker refuses to train it.
@@ -176,6 +181,7 @@ def training_job_run(job_id: int) -> str:
         sink.log(f"failed: {reason}")
         services.training_job_finish(
             job_id=job_id,
+            secret=secret,
             status=TrainingJob.Status.FAILED,
             using=using,
             error=reason[:5000],
@@ -190,6 +196,7 @@ def training_job_run(job_id: int) -> str:
     sink.log(f"{status}: artifacts in {output_dir}")
     services.training_job_finish(
         job_id=job_id,
+        secret=secret,
         status=status,
         using=using,
         manifest=result["manifest"],

@@ -9,6 +9,14 @@ from evalsets.contamination import EvalIndex, check_texts, normalize
 from tests.evalsets.conftest import gold_payload
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
+
+def pairs_of(check) -> list:
+    """The offending pairs of a check, from the evalsets side (the training side keeps no eval text)."""
+    from evalsets.models import ContaminationReport
+
+    report = ContaminationReport.objects.filter(snapshot_check=check).first()
+    return report.pairs if report else []
+
 EVAL = {
     "refund": (
         "A customer writes that they were charged twice for the annual plan after upgrading from the monthly "
@@ -231,7 +239,7 @@ def test_a_contaminated_snapshot_is_blocked_with_the_pairs_side_by_side(frozen_e
     assert check.passed is False
     assert check.evalset_versions == [{"id": frozen_eval.pk, "name": "support-eval-v1", "sha256": frozen_eval.sha256}]
     assert check.report["offending_count"] == 1
-    pair = check.report["pairs"][0]
+    pair = pairs_of(check)[0]
     assert pair["train"]["text"] == planted and pair["train"]["position"] == 1 and pair["train"]["field"] == "prompt"
     assert pair["eval"]["text"] == EVAL["vpn"] and pair["eval"]["version"] == "support-eval-v1"
     assert pair["kind"] == "ngram" and pair["score"] >= 0.5
@@ -245,7 +253,7 @@ def test_an_eval_answer_reused_as_a_training_completion_is_caught(frozen_eval):
 
     check = snapshot_contamination_check(snapshot=snapshot)
     assert not check.passed
-    pair = check.report["pairs"][0]
+    pair = pairs_of(check)[0]
     assert (pair["train"]["field"], pair["eval"]["field"], pair["kind"]) == ("completion", "reference", "exact")
 
 
@@ -256,7 +264,7 @@ def test_a_clean_snapshot_passes_and_names_the_versions_it_was_checked_against(f
 
     check = snapshot_contamination_check(snapshot=snapshot)
     assert check.passed is True
-    assert check.report["pairs"] == [] and check.report["texts_checked"] == 100
+    assert pairs_of(check) == [] and check.report["texts_checked"] == 100
     assert [v["id"] for v in check.evalset_versions] == [frozen_eval.pk]
 
 
@@ -322,7 +330,7 @@ def test_records_repeated_across_versions_are_indexed_once_and_reported_from_the
     check = snapshot_contamination_check(snapshot=make_snapshot("s7", [(EVAL["vpn"], "ok")]))
     assert check.report["eval_texts"] == 4  # two records with a prompt and an answer each, not three
     assert [v["id"] for v in check.evalset_versions] == [v1.pk, v2.pk]
-    assert check.report["pairs"][0]["eval"]["version"] == "support-eval-v2"
+    assert pairs_of(check)[0]["eval"]["version"] == "support-eval-v2"
 
 
 @pytest.mark.django_db

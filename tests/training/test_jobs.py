@@ -34,7 +34,7 @@ def create(snapshot, model, admin, *, method="sft", django_capture_on_commit_cal
 def run(job):
     from training.tasks import training_job_run
 
-    outcome = training_job_run(job.pk)
+    outcome = training_job_run(job.pk, job.worker_secret)
     job.refresh_from_db()
     return outcome
 
@@ -254,7 +254,8 @@ def test_queueing_sends_the_task_to_the_gpu_queue_on_commit(
     monkeypatch.setattr(training_job_run, "apply_async", lambda *a, **kw: sent.append((a, kw)))
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         job = create(trainable_snapshot, tiny_model, admin_user)
-    assert len(callbacks) == 1 and sent[0][0][0] == (job.pk,)
+    assert len(callbacks) == 1 and sent[0][0][0] == (job.pk, job.worker_secret)
+    assert job.worker_secret not in sent[0][1]["argsrepr"]  # never in the worker's log
     from config.celery import app
 
     assert app.amqp.router.route({}, "training.tasks.training_job_run")["queue"].name == "gpu"
@@ -294,8 +295,10 @@ def test_progress_rows_are_unique_per_phase_and_step(trainable_snapshot, tiny_mo
         "reward_margin": None,
         "reward_accuracy": None,
     }
-    services.training_job_progress_add(job_id=job.pk, row=row, using="default")
-    services.training_job_progress_add(job_id=job.pk, row={**row, "loss": 2.0}, using="default")
+    services.training_job_claim(job_id=job.pk, secret=job.worker_secret, worker="w", using="default")
+    services.training_job_progress_add(job_id=job.pk, secret=job.worker_secret, row=row, using="default")
+    again = {**row, "loss": 2.0}
+    services.training_job_progress_add(job_id=job.pk, secret=job.worker_secret, row=again, using="default")
     assert list(JobProgress.objects.filter(job=job).values_list("loss", flat=True)) == [1.0]
 
 
