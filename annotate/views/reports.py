@@ -8,7 +8,6 @@ from django.views.decorators.vary import vary_on_headers
 from annotate import charts, selectors
 from annotate.models import AgreementReport, RubricVersion
 from annotate.services.reports import agreement_report_request
-from config import csvwriter
 
 CALIBRATION_LINES = [(0.667, "0.667"), (0.8, "0.8")]
 
@@ -117,7 +116,7 @@ def report_csv(request: HttpRequest, slug: str) -> HttpResponse:
     result, row = _done(request, slug)
     if result is None:
         return _not_ready(row)
-    response = HttpResponse(to_csv(result), content_type=csvwriter.CONTENT_TYPE)
+    response = HttpResponse(to_csv(result), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{slug}-agreement.csv"'
     return response
 
