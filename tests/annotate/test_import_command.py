@@ -88,4 +88,3 @@ def test_exit_status_is_1_when_skip_bad_finds_no_good_row(project, tmp_path):
     with pytest.raises(CommandError, match="Nothing imported: 2 rows rejected, 0 already in the project.") as caught:
         call_command("import_items", "support", str(path), "--skip-bad")
     assert caught.value.returncode == 1
-

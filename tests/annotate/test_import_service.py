@@ -114,10 +114,10 @@ def test_skip_bad_imports_the_good_rows_and_hands_back_the_bad_ones(project):
 
 
 def test_skip_bad_on_csv_hands_back_the_header_and_the_bad_records_as_they_were(project):
-    data = b"prompt,response\r\nfine,ok\r\n,empty prompt\r\n\"multi\r\nline\",\"{\"\"x\"\": 1}\",extra\r\n"
+    data = b'prompt,response\r\nfine,ok\r\n,empty prompt\r\n"multi\r\nline","{""x"": 1}",extra\r\n'
     batch = run(project, data, mode=ImportBatch.Mode.SKIP_BAD, file_format="csv")
     assert Path(batch.rejected_path).read_bytes() == (
-        b"prompt,response\r\n,empty prompt\r\n\"multi\r\nline\",\"{\"\"x\"\": 1}\",extra\r\n"
+        b'prompt,response\r\n,empty prompt\r\n"multi\r\nline","{""x"": 1}",extra\r\n'
     )
     assert errors_report(batch)[1:] == [
         ["3", "2", "prompt", "prompt is empty. Give some text, or remove the row."],
@@ -426,7 +426,9 @@ def test_exact_and_near_duplicates_are_counted_and_reported_separately(project):
 
 def test_a_reimport_names_the_project_item_each_row_already_is(project):
     """Even a row that repeats an earlier line of the file: that line was not imported this time either."""
-    rows = [{"prompt": f"Question {i}", "response": "a"} for i in range(5)] + [{"prompt": "Question 1", "response": "a"}]
+    rows = [{"prompt": f"Question {i}", "response": "a"} for i in range(5)] + [
+        {"prompt": "Question 1", "response": "a"}
+    ]
     first = run(project, jsonl(*rows))
     assert first.rows_imported == 5
     ids = {item.prompt: item.id for item in Item.objects.filter(project=project)}
@@ -434,7 +436,9 @@ def test_a_reimport_names_the_project_item_each_row_already_is(project):
     again = run(project, jsonl(*rows))
     assert (again.status, again.rows_imported, again.duplicates) == (ImportBatch.Status.SUCCEEDED, 0, 6)
     messages = [e["message"] for e in again.errors]
-    expected = [f"Already in the project as item {ids[r['prompt']]} (exact duplicate); not imported again." for r in rows]
+    expected = [
+        f"Already in the project as item {ids[r['prompt']]} (exact duplicate); not imported again." for r in rows
+    ]
     assert messages == expected
 
 
