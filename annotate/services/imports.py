@@ -252,7 +252,10 @@ class _Rejected:
         directory = imports_dir() / "rejected"
         directory.mkdir(parents=True, exist_ok=True)
         data_path = directory / f"batch-{self.batch.id}-rejected.{self.batch.file_format}"
-        with open(data_path, "wb") as data, open(rejected_errors_path(str(data_path)), "w", newline="") as report:
+        with (
+            open(data_path, "wb") as data,
+            open(rejected_errors_path(str(data_path)), "w", encoding="utf-8", newline="") as report,
+        ):
             errors = csvwriter.writer(report)
             errors.writerow(["line", "rejected_file_line", "field", "error"])
             lines = 0
