@@ -123,7 +123,10 @@ class ImportBatch(models.Model):
     rows_seen = models.IntegerField(default=0)
     rows_imported = models.IntegerField(default=0)
     rows_rejected = models.IntegerField(default=0)
-    duplicates = models.IntegerField(default=0)
+    duplicates = models.IntegerField(default=0, help_text="Rows not imported because their content is already there.")
+    near_duplicates = models.IntegerField(
+        default=0, help_text="Of the duplicates, those equal only after normalization (case, spacing, Unicode form)."
+    )
     errors = models.JSONField(default=list, help_text="The first errors, each {line, field, message}.")
     rejected_path = models.CharField(max_length=500, blank=True)
     message = models.TextField(blank=True)

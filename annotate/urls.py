@@ -81,4 +81,9 @@ urlpatterns = [
     path("projects/<slug:slug>/imports/<int:batch_id>/", imports.import_detail, name="import-detail"),
     path("projects/<slug:slug>/imports/<int:batch_id>/progress/", imports.import_progress, name="import-progress"),
     path("projects/<slug:slug>/imports/<int:batch_id>/rejected/", imports.import_rejected, name="import-rejected"),
+    path(
+        "projects/<slug:slug>/imports/<int:batch_id>/rejected/errors.csv",
+        imports.import_rejected_errors,
+        name="import-rejected-errors",
+    ),
 ]

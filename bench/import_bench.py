@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH_DB = "goldset_bench_intake"
+# One scratch database per run, so two runs on one server never drop each other's.
+SCRATCH_DB = f"goldset_bench_intake_{os.getpid()}"
 
 TOPICS = ["refund", "order", "shipping", "account", "billing", "return"]
 
