@@ -633,3 +633,8 @@ def import_batch_errors_iter(*, batch: ImportBatch):
             for text in handle:
                 data = json.loads(text)
                 yield {"line": data["line"], "field": "", "message": data["error"]}
+
+
+def user_or_none_by_username(*, username: str):
+    """An active user by username, or None."""
+    return get_user_model().objects.filter(username=username, is_active=True).first()

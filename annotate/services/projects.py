@@ -9,6 +9,8 @@ from annotate.services.queue import lease_bulk_write_turn
 from config.sqlite_turns import write_turn
 
 User = get_user_model()
+# Slugs that name pages under /projects/ (annotate/urls.py).
+RESERVED_SLUGS = {"new"}
 
 
 @transaction.atomic
@@ -44,6 +46,8 @@ def user_grant_role(*, user, role: str) -> None:
 @transaction.atomic
 def project_create(*, name: str, slug: str, task_kinds: list[str], created_by=None, **fields) -> Project:
     """Create a project after validating its settings."""
+    if slug in RESERVED_SLUGS:
+        raise ValidationError({"slug": f"{slug!r} is taken by a page of the app: choose another slug."})
     project = Project(name=name, slug=slug, task_kinds=task_kinds, created_by=created_by, **fields)
     project.full_clean()
     project.save()
