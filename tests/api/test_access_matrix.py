@@ -102,7 +102,7 @@ def world(project, alice, bob, carol, judge, admin_user, mallory, settings, tmp_
     project.task_kinds = ["gold"]
     project.overlap_k = 5
     project.save()
-    for n in range(4):
+    for _ in range(4):
         factories.make_item(project, "gold")
     leases = {}
     for role, user in {"reviewer": alice, "adjudicator": judge, "admin": admin_user}.items():
