@@ -26,10 +26,11 @@ from http import HTTPStatus
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import URLPattern, URLResolver
 from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
@@ -216,6 +217,21 @@ def _not_found(request, exc):
 @api.exception_handler(PermissionDenied)
 def _forbidden(request, exc):
     return problem(request, 403, str(exc) or "You may not do this.")
+
+
+@api.exception_handler(MultiPartParserError)
+def _bad_multipart(request, exc):
+    return problem(request, 400, f"The multipart body could not be read ({exc}): send a well-formed form upload.")
+
+
+@api.exception_handler(BadRequest)
+def _bad_request(request, exc):
+    return problem(request, 400, str(exc) or "The request could not be read.")
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request, exc):
+    return problem(request, 400, "The request was refused as malformed.")
 
 
 @api.exception_handler(Exception)

@@ -6,30 +6,62 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotate', '0005_agreementreport_background_work'),
+        ("annotate", "0005_agreementreport_background_work"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApiToken',
+            name="ApiToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text="What the token is for, e.g. 'distillation pipeline'.", max_length=100)),
-                ('prefix', models.CharField(help_text="The token's public start, to find its row.", max_length=16, unique=True)),
-                ('digest', models.CharField(help_text='sha256 of the whole token (hex).', max_length=64)),
-                ('scope', models.CharField(choices=[('read', 'Read'), ('write', 'Read and write'), ('admin', 'Read, write and administer')], default='read', max_length=8)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(blank=True, help_text='Empty: never expires.', null=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='goldset_api_tokens', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(help_text="What the token is for, e.g. 'distillation pipeline'.", max_length=100),
+                ),
+                (
+                    "prefix",
+                    models.CharField(
+                        help_text="The token's public start, to find its row.", max_length=16, unique=True
+                    ),
+                ),
+                ("digest", models.CharField(help_text="sha256 of the whole token (hex).", max_length=64)),
+                (
+                    "scope",
+                    models.CharField(
+                        choices=[
+                            ("read", "Read"),
+                            ("write", "Read and write"),
+                            ("admin", "Read, write and administer"),
+                        ],
+                        default="read",
+                        max_length=8,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(blank=True, help_text="Empty: never expires.", null=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="goldset_api_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('scope__in', ['read', 'write', 'admin'])), name='apitoken_scope_known'), models.CheckConstraint(condition=models.Q(('digest', ''), _negated=True), name='apitoken_digest_set')],
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("scope__in", ["read", "write", "admin"])), name="apitoken_scope_known"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("digest", ""), _negated=True), name="apitoken_digest_set"
+                    ),
+                ],
             },
         ),
     ]

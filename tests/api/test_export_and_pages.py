@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def reviewed(project, alice, bob, judge):
     """A disputed preference item (alice revised once), then adjudicated; an agreed gold item; an untouched one."""
-    pair = factories.make_item(project, "preference", prompt="=HYPERLINK(\"http://evil\")")
+    pair = factories.make_item(project, "preference", prompt='=HYPERLINK("http://evil")')
     for user, order, choice in ((alice, [0, 1], "1"), (bob, [0, 1], "2")):
         factories.submit(factories.lease_for(project, user, display_order=order), choice=choice)
     factories.revise(pair, alice, choice="1", rationale="+1 sure")
@@ -49,7 +49,10 @@ def test_the_export_has_every_annotation_with_revisions_consensus_and_adjudicati
     assert exported["adjudications"][0]["adjudicator"] == "judge"
     assert exported["responses"][0]["model"] == "m1"  # admins get the labels the reviewers never saw
     assert records[reviewed["gold"].pk]["state"] == "consensus"
-    assert records[reviewed["untouched"].pk]["state"] == "unreviewed" and records[reviewed["untouched"].pk]["annotations"] == []
+    assert (
+        records[reviewed["untouched"].pk]["state"] == "unreviewed"
+        and records[reviewed["untouched"].pk]["annotations"] == []
+    )
 
 
 def test_the_export_filters_by_kind_state_and_date(api_as, admin_user, reviewed):

@@ -14,7 +14,13 @@ pytestmark = pytest.mark.django_db
 
 ROWS = [
     {"prompt": "Where is my parcel?", "response": "It ships tomorrow.", "provenance": "distilled"},
-    {"prompt": "Refund?", "chosen": "Within 30 days.", "rejected": "No.", "chosen_model": "big", "rejected_model": "small"},
+    {
+        "prompt": "Refund?",
+        "chosen": "Within 30 days.",
+        "rejected": "No.",
+        "chosen_model": "big",
+        "rejected_model": "small",
+    },
     {"prompt": ""},  # bad: empty prompt
     {"prompt": "Where is my parcel?", "response": "It ships tomorrow."},  # duplicate of line 1
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
@@ -30,9 +36,7 @@ def jsonl(rows) -> bytes:
 def twin(admin_user, settings, tmp_path):
     """A second project with the same split seed and eval share, for the command's run."""
     settings.MEDIA_ROOT = tmp_path / "media"
-    return project_create(
-        name="Twin", slug="twin", task_kinds=["gold", "preference", "rubric"], created_by=admin_user
-    )
+    return project_create(name="Twin", slug="twin", task_kinds=["gold", "preference", "rubric"], created_by=admin_user)
 
 
 def outcome(batch: ImportBatch) -> dict:
@@ -88,7 +92,9 @@ def test_a_multipart_upload_imports_like_the_page(api_as, admin_user, project, s
     assert set(Item.objects.values_list("provenance", flat=True)) == {"rule_based"}
 
 
-def test_every_bad_line_is_listed_beyond_the_first_ones_kept_on_the_batch(api_as, admin_user, project, settings, tmp_path):
+def test_every_bad_line_is_listed_beyond_the_first_ones_kept_on_the_batch(
+    api_as, admin_user, project, settings, tmp_path
+):
     settings.MEDIA_ROOT = tmp_path / "media"
     rows = [{"prompt": ""} for _ in range(250)] + [{"prompt": "fine", "response": "ok"}]
     api = api_as(admin_user)
@@ -120,7 +126,18 @@ def test_a_big_import_goes_to_the_worker_and_reports_a_status_url(
 
 
 def test_rows_without_a_format_are_refused_with_the_field_named(api_as, admin_user, project):
-    response = api_as(admin_user)("POST", "/projects/support/imports/rows", b"x", content_type="application/octet-stream")
+    response = api_as(admin_user)(
+        "POST", "/projects/support/imports/rows", b"x", content_type="application/octet-stream"
+    )
     assert response.status_code == 422
     assert response.json()["errors"] == [{"in": "query", "field": "file_format", "message": "is missing"}]
     assert not ImportBatch.objects.exists()
+
+
+def test_a_file_name_as_long_as_the_field_allows_is_imported(api_as, admin_user, project, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    name = "r" * 249 + ".jsonl"
+    response = api_as(admin_user)(
+        "POST", f"/projects/support/imports/rows?filename={name}", jsonl(ROWS[:2]), content_type="application/x-ndjson"
+    )
+    assert response.status_code == 201 and response.json()["filename"] == name

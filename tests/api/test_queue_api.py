@@ -31,8 +31,14 @@ def next_task(api, slug="support"):
 
 
 def test_a_task_is_blind_and_shows_responses_in_the_reviewers_order(api_as, alice, bob, project):
-    responses = [{"text": "First", "model": "secret-model"}, {"text": "Second", "model": "m2"}, {"text": "Third", "model": "m3"}]
-    item = factories.make_item(project, "preference", responses=responses, metadata={"source_preference": {"chosen": 0}})
+    responses = [
+        {"text": "First", "model": "secret-model"},
+        {"text": "Second", "model": "m2"},
+        {"text": "Third", "model": "m3"},
+    ]
+    item = factories.make_item(
+        project, "preference", responses=responses, metadata={"source_preference": {"chosen": 0}}
+    )
     bob_lease = factories.lease_for(project, bob, display_order=[0, 1, 2])
     factories.submit(bob_lease, choice="1", worst="3", rationale="Bob thinks the first one wins")
     alice_api = api_as(alice)
@@ -45,7 +51,9 @@ def test_a_task_is_blind_and_shows_responses_in_the_reviewers_order(api_as, alic
 
 
 def test_a_submission_names_display_positions_and_is_stored_as_indices(api_as, alice, project):
-    item = factories.make_item(project, "preference", responses=[{"text": "A", "model": "m1"}, {"text": "B", "model": "m2"}])
+    item = factories.make_item(
+        project, "preference", responses=[{"text": "A", "model": "m1"}, {"text": "B", "model": "m2"}]
+    )
     api = api_as(alice)
     task = next_task(api)
     Lease.objects.filter(pk=task["lease_id"]).update(display_order=[1, 0])  # B shown first
@@ -86,7 +94,10 @@ def test_rubric_scores_are_checked_by_the_rubric_form(api_as, alice, admin_user,
     assert bad.status_code == 422 and fields == {"scores.helpful", "scores.safe"}
     good = api("POST", task["submit_url"], {"scores": {"helpful": 4, "safe": "yes"}})
     assert good.status_code == 200
-    assert Annotation.objects.get(reviewer=alice).payload == {"response_index": 2, "scores": {"helpful": 4, "safe": "yes"}}
+    assert Annotation.objects.get(reviewer=alice).payload == {
+        "response_index": 2,
+        "scores": {"helpful": 4, "safe": "yes"},
+    }
 
 
 def test_next_keeps_the_same_item_until_it_is_answered_and_the_answer_brings_the_next(api_as, alice, project):

@@ -66,9 +66,7 @@ def test_nobody_can_revoke_someone_elses_token(client, alice, bob):
 
 
 def test_an_expired_token_is_refused(client, alice):
-    row, token = api_token_create(
-        user=alice, name="x", scope="read", expires_at=timezone.now() + timedelta(seconds=30)
-    )
+    row, token = api_token_create(user=alice, name="x", scope="read", expires_at=timezone.now() + timedelta(seconds=30))
     assert client.get("/api/v1/me", **bearer(token)).status_code == 200
     ApiToken.objects.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     response = client.get("/api/v1/me", **bearer(token))
