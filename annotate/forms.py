@@ -12,7 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from annotate.importers import MAX_FIELD_CHARS, MAX_LINE_BYTES
-from annotate.models import ImportBatch, Item, Provenance, RubricVersion, TaskKind
+from annotate.models import ImportBatch, Item, ItemResult, Project, Provenance, RubricVersion, TaskKind
 from annotate.payloads import (
     ANSWER_ACTIONS,
     SOURCE_ACTIONS,
@@ -295,3 +295,72 @@ def task_form(item: Item, data=None, **kwargs) -> TaskForm:
     except KeyError:
         raise ValidationError(f"Item {item.pk} has an unknown kind {item.kind!r}.") from None
     return form_class(data, item=item, **kwargs)
+
+
+# --- Projects, members, API tokens, exports ---------------------------------------------------------------
+
+
+class ProjectSettingsForm(forms.ModelForm):
+    """A project's settings, as an admin changes them in the app (``services.projects.PROJECT_SETTINGS``)."""
+
+    task_kinds = forms.MultipleChoiceField(choices=TaskKind.choices, widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = Project
+        fields = [
+            "name",
+            "description",
+            "guidelines",
+            "task_kinds",
+            "overlap_k",
+            "lease_minutes",
+            "consensus_rule",
+            "score_tolerance",
+            "rubric_signoffs_required",
+            "calibration_required",
+            "calibration_threshold",
+            "reviewers_see_evalsets",
+        ]
+
+
+class ProjectCreateForm(ProjectSettingsForm):
+    """A new project: its settings plus what is fixed once items exist (slug, eval share, the split's seed)."""
+
+    class Meta(ProjectSettingsForm.Meta):
+        fields = [
+            "name",
+            "slug",
+            *[f for f in ProjectSettingsForm.Meta.fields if f != "name"],
+            "eval_share",
+            "split_seed",
+        ]
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(
+        choices=[("", "Keep their role"), ("reviewer", "Reviewer"), ("adjudicator", "Adjudicator")],
+        required=False,
+        help_text="Roles are site-wide: this changes the person's role in every project.",
+    )
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. 'distillation pipeline'.")
+    scope = forms.ChoiceField(
+        choices=[("read", "Read"), ("write", "Read and write (review, submit)"), ("admin", "Admin (import, manage)")],
+        initial="read",
+    )
+    expires_on = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="Empty: it never expires."
+    )
+
+
+class AnnotationExportForm(forms.Form):
+    kind = forms.MultipleChoiceField(choices=TaskKind.choices, required=False)
+    state = forms.MultipleChoiceField(
+        choices=[("unreviewed", "Unreviewed"), *ItemResult.Status.choices], required=False
+    )
+    split = forms.MultipleChoiceField(choices=[("train", "Train"), ("eval", "Eval")], required=False)
+    since = forms.DateTimeField(required=False, help_text="Items whose result changed from this time on.")
+    until = forms.DateTimeField(required=False)

@@ -373,3 +373,38 @@ class AgreementReport(BackgroundWork):
 
     def __str__(self) -> str:
         return f"agreement report for {self.project} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only its sha256 is stored: the token itself is shown once, when it is made.
+
+    A token acts as its user, with the same roles and project memberships as the pages, capped by its
+    scope: ``read`` (safe methods), ``write`` (also what a reviewer changes: submit, skip), ``admin``
+    (also what needs the admin role)."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Read and write"
+        ADMIN = "admin", "Read, write and administer"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="goldset_api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'distillation pipeline'.")
+    prefix = models.CharField(max_length=16, unique=True, help_text="The token's public start, to find its row.")
+    digest = models.CharField(max_length=64, help_text="sha256 of the whole token (hex).")
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.READ)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(scope__in=["read", "write", "admin"]), name="apitoken_scope_known"
+            ),
+            models.CheckConstraint(condition=~models.Q(digest=""), name="apitoken_digest_set"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -1,8 +1,12 @@
 """Reads for the annotate app, with permission built in."""
 
+import csv
 import hashlib
+import hmac
+import json
 import statistics
 from datetime import timedelta
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -16,6 +20,7 @@ from annotate.models import (
     Adjudication,
     AgreementReport,
     Annotation,
+    ApiToken,
     Flag,
     ImportBatch,
     Item,
@@ -516,3 +521,120 @@ def annotation_of_item(*, item: Item, annotation_id) -> Annotation:
         return Annotation.objects.get(pk=int(annotation_id), item=item)
     except (TypeError, ValueError, Annotation.DoesNotExist):
         raise ValidationError("Choose one of the reviews shown, or write your own decision.") from None
+
+
+# --- API tokens and members -------------------------------------------------------------------------------
+
+
+def api_token_list_for_user(*, user) -> QuerySet[ApiToken]:
+    """The user's own tokens, newest first (never anyone else's)."""
+    return ApiToken.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+def api_token_authenticate(*, token: str, now=None) -> tuple[ApiToken | None, str]:
+    """The live token row for a presented token, or None with the reason in words (unknown, revoked, expired)."""
+    from annotate.services.tokens import token_digest, token_prefix
+
+    prefix = token_prefix(token)
+    row = ApiToken.objects.select_related("user").filter(prefix=prefix).first() if prefix else None
+    # Compared in constant time: the prefix is public, the digest must not leak through timing.
+    if row is None or not hmac.compare_digest(row.digest, token_digest(token)):
+        return None, "The API token is not known: check it, or make a new one on your API tokens page."
+    if row.revoked_at is not None:
+        return None, "The API token was revoked: make a new one on your API tokens page."
+    if row.expires_at is not None and row.expires_at <= (now or timezone.now()):
+        return None, "The API token has expired: make a new one on your API tokens page."
+    if not row.user.is_active:
+        return None, "The API token's user is deactivated."
+    return row, ""
+
+
+def user_roles(*, user) -> list[str]:
+    """The user's roles (site-wide groups), in the order reviewer, adjudicator, admin."""
+    if user.is_superuser:
+        return list(roles.ROLES)
+    names = set(user.groups.values_list("name", flat=True))
+    return [role for role in roles.ROLES if role in names]
+
+
+def project_members_with_roles(*, project: Project) -> list[tuple]:
+    """The project's members, by username, each with their roles."""
+    members = list(project.members.order_by("username").prefetch_related("groups"))
+    result = []
+    for member in members:
+        names = {g.name for g in member.groups.all()}
+        result.append((member, list(roles.ROLES) if member.is_superuser else [r for r in roles.ROLES if r in names]))
+    return result
+
+
+def user_by_username(*, username: str):
+    """An active user by username, or 404."""
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise Http404(f"No active user named {username!r}.")
+    return user
+
+
+# --- The API's reads ---------------------------------------------------------------------------------------
+
+
+def item_browse_for_user(
+    *,
+    user,
+    slug: str,
+    split: str = "",
+    kind: str = "",
+    provenance: str = "",
+    state: str = "",
+    import_batch_id: int | None = None,
+) -> tuple[Project, QuerySet[Item], bool]:
+    """The project's items a member may browse, filtered, and whether the user may see their states.
+
+    An item's state (its result: pending, consensus, disputed, adjudicated; "unreviewed" before any
+    review) tells how other reviewers judged it, so only admins and adjudicators see or filter by it."""
+    project, items = item_list_for_user(user=user, slug=slug, split=split, kind=kind)
+    sees_state = roles.is_admin(user) or roles.is_adjudicator(user)
+    if state and not sees_state:
+        raise PermissionDenied("Filtering items by state is for admins and adjudicators.")
+    if provenance:
+        items = items.filter(provenance=provenance)
+    if import_batch_id is not None:
+        items = items.filter(import_batch_id=import_batch_id)
+    if state == "unreviewed":
+        items = items.filter(result__isnull=True)
+    elif state:
+        items = items.filter(result__status=state)
+    if sees_state:
+        items = items.select_related("result")
+    return project, items, sees_state
+
+
+def import_batches_of(*, project: Project) -> QuerySet[ImportBatch]:
+    """Every import of the project."""
+    return ImportBatch.objects.filter(project=project).select_related("project")
+
+
+def import_batch_errors_iter(*, batch: ImportBatch):
+    """Every rejected row of an import as {line, field, message}, read from its rejected-rows file (the batch
+    row keeps only the first errors); a file rejected as a whole has only the error on the batch."""
+    path = Path(batch.rejected_path) if batch.rejected_path else None
+    if path is None or not path.exists():
+        for error in batch.errors:
+            if error.get("kind") != "duplicate":
+                yield {"line": error.get("line"), "field": error.get("field", ""), "message": error.get("message", "")}
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        if batch.file_format == "csv":
+            rows = csv.reader(handle)
+            next(rows, None)  # the header
+            for row in rows:
+                yield {"line": int(row[0]), "field": "", "message": row[1]}
+        else:
+            for text in handle:
+                data = json.loads(text)
+                yield {"line": data["line"], "field": "", "message": data["error"]}
+
+
+def user_or_none_by_username(*, username: str):
+    """An active user by username, or None."""
+    return get_user_model().objects.filter(username=username, is_active=True).first()

@@ -1,12 +1,27 @@
 from django.urls import path
 
-from annotate.views import adjudication, checks, imports, projects, queue, reports, rubrics
+from annotate.views import adjudication, checks, imports, projects, queue, reports, rubrics, tokens
 
 app_name = "annotate"
 
 urlpatterns = [
     path("", projects.project_list, name="project-list"),
+    path("projects/new/", projects.project_new, name="project-new"),
     path("projects/<slug:slug>/", projects.project_detail, name="project-detail"),
+    path("projects/<slug:slug>/settings/", projects.project_settings, name="project-settings"),
+    path("projects/<slug:slug>/members/", projects.project_members, name="project-members"),
+    path(
+        "projects/<slug:slug>/members/<str:username>/remove/",
+        projects.project_member_remove,
+        name="project-member-remove",
+    ),
+    path(
+        "projects/<slug:slug>/export/annotations.<str:fmt>",
+        projects.annotation_export,
+        name="annotation-export",
+    ),
+    path("settings/tokens/", tokens.token_list, name="token-list"),
+    path("settings/tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     # Rubrics, sign-off, calibration and known-answer checks
     path("projects/<slug:slug>/rubrics/", rubrics.rubric_list, name="rubric-list"),
     path("projects/<slug:slug>/rubrics/new/", rubrics.rubric_new, name="rubric-new"),

@@ -60,6 +60,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    # Only for its vendored Swagger UI (templates and static files): the docs work offline, no CDN.
+    "ninja",
     "annotate",
     "evalsets",
     "training",

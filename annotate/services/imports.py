@@ -114,7 +114,9 @@ def import_batch_create(
     # uploaded_by is empty for the command line; errors starts empty and fills while running.
     batch.full_clean(exclude=["uploaded_by", "errors", "stored_path"])
     if upload is not None:
-        target = imports_dir() / "uploads" / f"{uuid.uuid4().hex}-{get_valid_filename(batch.filename) or 'upload'}"
+        target = (
+            imports_dir() / "uploads" / f"{uuid.uuid4().hex}-{get_valid_filename(batch.filename)[-100:] or 'upload'}"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as out:
             if hasattr(upload, "chunks"):
