@@ -9,18 +9,18 @@ project. Callers check permission first (admins only: an export names every revi
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
 from annotate.models import Adjudication, Annotation, AnnotationRevision, Item, Project
+from config import csvwriter
 
 CHUNK_ITEMS = 1000
 FLUSH_BYTES = 256 * 1024
@@ -205,30 +205,6 @@ def jsonl_chunks(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
 
 # --- CSV ------------------------------------------------------------------------------------------------
 
-# A text cell starting with one of these is a formula to a spreadsheet (OWASP's list for CSV injection);
-# a leading apostrophe makes it text. Reviewers' answers and imported prompts are free text.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _safe_cell(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    text = value if isinstance(value, str) else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-class _FormulaSafeWriter:
-    def __init__(self, fileobj: IO[str]):
-        self._writer = csv.writer(fileobj)
-
-    def writerow(self, row: Iterable[Any]) -> Any:
-        return self._writer.writerow([_safe_cell(v) for v in row])
-
-
-# The CSV writer of this module. When the project has one CSV writer for every download
-# (config/csvwriter.py), this line becomes: from config.csvwriter import writer as csv_writer
-csv_writer = _FormulaSafeWriter
-
 CSV_HEADER = (
     "item_id",
     "kind",
@@ -267,7 +243,7 @@ class _Lines:
 def csv_chunks(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     """Records as CSV, one row per annotation (an item nobody reviewed gets one row without a reviewer)."""
     sink = _Lines()
-    writer = csv_writer(sink)
+    writer = csvwriter.writer(sink)
     writer.writerow(CSV_HEADER)
     for record in records:
         result = record["result"] or {}

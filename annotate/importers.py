@@ -27,6 +27,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from annotate.models import Provenance, TaskKind
@@ -568,3 +569,11 @@ def guess_format(filename: str) -> str:
     if name.endswith(".csv"):
         return "csv"
     raise ValueError(f"Cannot tell the format of {filename!r}: name it .jsonl or .csv, or choose the format.")
+
+
+def rejected_errors_path(rejected_path: str) -> Path | None:
+    """Where the error report of a rejected-rows file lives (beside it), or None when there is none."""
+    if not rejected_path:
+        return None
+    path = Path(rejected_path)
+    return path.with_name(path.name.split("-rejected.", 1)[0] + "-errors.csv")

@@ -3,10 +3,8 @@
 import csv
 import hashlib
 import hmac
-import json
 import statistics
 from datetime import timedelta
-from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -16,6 +14,7 @@ from django.utils import timezone
 
 from annotate import queue_sql, roles
 from annotate.consensus import latest_version_annotations
+from annotate.importers import rejected_errors_path
 from annotate.models import (
     Adjudication,
     AgreementReport,
@@ -34,7 +33,7 @@ from annotate.models import (
 )
 from annotate.payloads import GoldAction, PreferenceChoice
 from annotate.reports import report_rubric_version
-from config import rawsql
+from config import csvwriter, rawsql
 
 
 def project_list_for_user(*, user) -> QuerySet[Project]:
@@ -615,24 +614,19 @@ def import_batches_of(*, project: Project) -> QuerySet[ImportBatch]:
 
 
 def import_batch_errors_iter(*, batch: ImportBatch):
-    """Every rejected row of an import as {line, field, message}, read from its rejected-rows file (the batch
+    """Every rejected row's errors as {line, field, message}, read from the import's error report (the batch
     row keeps only the first errors); a file rejected as a whole has only the error on the batch."""
-    path = Path(batch.rejected_path) if batch.rejected_path else None
+    path = rejected_errors_path(batch.rejected_path)
     if path is None or not path.exists():
         for error in batch.errors:
             if error.get("kind") != "duplicate":
                 yield {"line": error.get("line"), "field": error.get("field", ""), "message": error.get("message", "")}
         return
     with open(path, encoding="utf-8", newline="") as handle:
-        if batch.file_format == "csv":
-            rows = csv.reader(handle)
-            next(rows, None)  # the header
-            for row in rows:
-                yield {"line": int(row[0]), "field": "", "message": row[1]}
-        else:
-            for text in handle:
-                data = json.loads(text)
-                yield {"line": data["line"], "field": "", "message": data["error"]}
+        rows = csv.reader(handle)
+        next(rows, None)  # the header: line, rejected_file_line, field, error
+        for line, _, field_name, message in rows:
+            yield {"line": int(line), "field": csvwriter.read_cell(field_name), "message": csvwriter.read_cell(message)}
 
 
 def user_or_none_by_username(*, username: str):

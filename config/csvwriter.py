@@ -32,6 +32,11 @@ def safe_cell(value: Any) -> Any:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
+def read_cell(text: str) -> str:
+    """A cell read back from a file this module wrote: the apostrophe that guarded a formula start goes."""
+    return text[1:] if text[:1] == "'" and text[1:2] in FORMULA_STARTS and text[1:2] else text
+
+
 class SafeWriter:
     """``csv.writer`` with every cell passed through :func:`safe_cell`."""
 

@@ -16,9 +16,7 @@ def make_item(project, kind: str = "gold", *, n: int | None = None, responses=2,
     from models m1, m2, ...) or the list itself."""
     n = next(_counter) if n is None else n
     if isinstance(responses, int):
-        responses = [
-            {"text": f"Answer {string.ascii_uppercase[i]}{n}", "model": f"m{i + 1}"} for i in range(responses)
-        ]
+        responses = [{"text": f"Answer {string.ascii_uppercase[i]}{n}", "model": f"m{i + 1}"} for i in range(responses)]
     fields.setdefault("split", "train")
     fields.setdefault("prompt", f"Prompt {n}")
     fields.setdefault("content_hash", f"h-{kind}-{n}")

@@ -190,14 +190,6 @@ def import_batch_run(*, batch_id: int) -> ImportBatch:
 # --- the rejected rows -------------------------------------------------------------------------
 
 
-def rejected_errors_path(rejected_path: str) -> Path | None:
-    """Where the error report of a rejected-rows file lives (beside it), or None when there is none."""
-    if not rejected_path:
-        return None
-    path = Path(rejected_path)
-    return path.with_name(path.name.split("-rejected.", 1)[0] + "-errors.csv")
-
-
 class _Rejected:
     """The rejected rows, handed back in two files.
 
@@ -256,7 +248,7 @@ class _Rejected:
         data_path = directory / f"batch-{self.batch.id}-rejected.{self.batch.file_format}"
         with (
             open(data_path, "wb") as data,
-            open(rejected_errors_path(str(data_path)), "w", encoding="utf-8", newline="") as report,
+            open(importers.rejected_errors_path(str(data_path)), "w", encoding="utf-8", newline="") as report,
         ):
             errors = csvwriter.writer(report)
             errors.writerow(["line", "rejected_file_line", "field", "error"])

@@ -11,8 +11,9 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from annotate import selectors
 from annotate.forms import ImportForm, ItemFilterForm
+from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch
-from annotate.services.imports import import_batch_submit, rejected_errors_path
+from annotate.services.imports import import_batch_submit
 from config import csvwriter
 
 ITEMS_PER_PAGE = 50

@@ -54,41 +54,92 @@ def restore_pairs(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('evalsets', '0001_initial'),
-        ('training', '0004_job_secrets_write_once_always'),
+        ("evalsets", "0001_initial"),
+        ("training", "0004_job_secrets_write_once_always"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ContaminationReport',
+            name="ContaminationReport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('pairs', models.JSONField(default=list, help_text='[{kind, score, ..., train: {...}, eval: {...}}], best first.')),
-                ('pairs_truncated', models.BooleanField(default=False, help_text='More pairs offended than are listed.')),
-                ('snapshot_check', models.OneToOneField(help_text='The verdict these pairs explain.', on_delete=django.db.models.deletion.PROTECT, related_name='+', to='training.snapshotcheck')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "pairs",
+                    models.JSONField(
+                        default=list, help_text="[{kind, score, ..., train: {...}, eval: {...}}], best first."
+                    ),
+                ),
+                (
+                    "pairs_truncated",
+                    models.BooleanField(default=False, help_text="More pairs offended than are listed."),
+                ),
+                (
+                    "snapshot_check",
+                    models.OneToOneField(
+                        help_text="The verdict these pairs explain.",
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="training.snapshotcheck",
+                    ),
+                ),
             ],
             options={
-                'abstract': False,
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='HashVerification',
+            name="HashVerification",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ok', models.BooleanField()),
-                ('stored_sha256', models.CharField(help_text='The sha256 the version or snapshot row holds.', max_length=64)),
-                ('computed_sha256', models.CharField(help_text='The sha256 recomputed from its records.', max_length=64)),
-                ('record_count', models.PositiveIntegerField(help_text='Records read.')),
-                ('problems', models.JSONField(blank=True, default=list, help_text='What did not match, naming each record.')),
-                ('verified_at', models.DateTimeField(auto_now_add=True)),
-                ('snapshot', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='training.trainingsnapshot')),
-                ('version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='verifications', to='evalsets.evalsetversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("ok", models.BooleanField()),
+                (
+                    "stored_sha256",
+                    models.CharField(help_text="The sha256 the version or snapshot row holds.", max_length=64),
+                ),
+                (
+                    "computed_sha256",
+                    models.CharField(help_text="The sha256 recomputed from its records.", max_length=64),
+                ),
+                ("record_count", models.PositiveIntegerField(help_text="Records read.")),
+                (
+                    "problems",
+                    models.JSONField(blank=True, default=list, help_text="What did not match, naming each record."),
+                ),
+                ("verified_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "snapshot",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="training.trainingsnapshot",
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="verifications",
+                        to="evalsets.evalsetversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-verified_at', '-id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(models.Q(('snapshot__isnull', True), ('version__isnull', False)), models.Q(('snapshot__isnull', False), ('version__isnull', True)), _connector='OR'), name='hashverification_one_subject')],
+                "ordering": ["-verified_at", "-id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("snapshot__isnull", True), ("version__isnull", False)),
+                            models.Q(("snapshot__isnull", False), ("version__isnull", True)),
+                            _connector="OR",
+                        ),
+                        name="hashverification_one_subject",
+                    )
+                ],
             },
         ),
         WriteOnce("evalsets_contaminationreport", "evalsets_hashverification"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from annotate import importers
 from annotate.models import ImportBatch, Item
 from annotate.services import imports
 
@@ -94,7 +95,7 @@ def test_one_bad_row_imports_nothing_by_default_and_reports_it_by_line(project):
 
 
 def errors_report(batch) -> list[list[str]]:
-    with open(imports.rejected_errors_path(batch.rejected_path), newline="", encoding="utf-8") as f:
+    with open(importers.rejected_errors_path(batch.rejected_path), newline="", encoding="utf-8") as f:
         return list(csv.reader(f))
 
 

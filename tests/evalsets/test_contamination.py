@@ -17,6 +17,7 @@ def pairs_of(check) -> list:
     report = ContaminationReport.objects.filter(snapshot_check=check).first()
     return report.pairs if report else []
 
+
 EVAL = {
     "refund": (
         "A customer writes that they were charged twice for the annual plan after upgrading from the monthly "

@@ -7,17 +7,25 @@ from config.writeonce import WriteOnceAlways
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0003_snapshotcheck_versions_may_be_empty'),
+        ("training", "0003_snapshotcheck_versions_may_be_empty"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='JobSecret',
+            name="JobSecret",
             fields=[
-                ('job', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='training.trainingjob')),
-                ('secret_sha256', models.CharField(max_length=64)),
+                (
+                    "job",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="+",
+                        serialize=False,
+                        to="training.trainingjob",
+                    ),
+                ),
+                ("secret_sha256", models.CharField(max_length=64)),
             ],
         ),
         # Replication mode must not skip the triggers, and only an owner may use the TRUNCATE escape.

@@ -13,8 +13,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate import importers
+from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch, Project, Provenance
-from annotate.services.imports import import_batch_create, import_batch_run, rejected_errors_path
+from annotate.services.imports import import_batch_create, import_batch_run
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotate", "0005_agreementreport_background_work"),
+        ("annotate", "0006_importbatch_near_duplicates"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
