@@ -88,4 +88,14 @@ class RubricVersionAdmin(admin.ModelAdmin):
 class AgreementReportAdmin(admin.ModelAdmin):
     list_display = ["project", "rubric_version", "status", "progress", "created_at"]
     list_filter = ["status"]
-    readonly_fields = ["project", "rubric_version", "fingerprint", "status", "progress", "stage", "result", "message"]
+    readonly_fields = [
+        "project",
+        "rubric_version",
+        "fingerprint",
+        "status",
+        "progress",
+        "message",
+        "started_at",
+        "finished_at",
+        "result",
+    ]

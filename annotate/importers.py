@@ -22,12 +22,12 @@ a line (JSONL) or record (CSV) at most ``MAX_LINE_BYTES`` bytes, a row at most
 
 import csv
 import hashlib
-import io
 import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from annotate.models import Provenance, TaskKind
@@ -73,14 +73,17 @@ class RowError:
 
 @dataclass
 class ParsedRow:
-    """One input row: ``row`` is the normalized data when ``errors`` is empty."""
+    """One input row: ``row`` is the normalized data when ``errors`` is empty.
+
+    ``start_offset`` and ``end_offset`` delimit the row's bytes in the file (its physical lines, line
+    breaks included), so a rejected row can be handed back exactly as it was given.
+    """
 
     line: int
-    raw: str
+    start_offset: int
     end_offset: int
     row: dict[str, Any] | None = None
     errors: list[RowError] = field(default_factory=list)
-    raw_fields: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -349,7 +352,7 @@ def _decode(raw: bytes, line: int) -> str:
 
 def _physical_lines(fileobj: IO[bytes]) -> Iterator[tuple[int, bytes, bool, int]]:
     """(line number, bytes, too_long, end offset) per physical line; an over-long line is skipped
-    in pieces so it is never held whole."""
+    in pieces so it is never held whole (its bytes stay in the file, between the offsets)."""
     number = 0
     offset = 0
     first = True
@@ -372,6 +375,21 @@ def _physical_lines(fileobj: IO[bytes]) -> Iterator[tuple[int, bytes, bool, int]
         yield number, chunk, False, offset
 
 
+def _json_problem(exc: json.JSONDecodeError, text: str = "") -> str:
+    """The decoder's complaint as a clause: some of its messages end in "at", which the column follows."""
+    if text.endswith("\n"):
+        # The line break that ends the line is not part of the JSON: without it, a string left open
+        # reads as unterminated instead of as holding a control character.
+        try:
+            json.loads(text.rstrip("\r\n"))
+        except json.JSONDecodeError as inner:
+            exc = inner
+    message = exc.msg.removesuffix(" at")
+    if message == "Invalid control character":
+        message += " (a tab or line break inside a string; write it as \\t or \\n)"
+    return f"{message} at column {exc.colno}"
+
+
 def _too_long(line: int) -> RowError:
     return RowError(
         line, "", f"the line is longer than {MAX_LINE_BYTES:,} bytes, the limit for one row. Shorten or split it."
@@ -381,27 +399,28 @@ def _too_long(line: int) -> RowError:
 def parse_jsonl(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenance: str) -> Iterator[ParsedRow]:
     """Yield one ParsedRow per non-blank line of a JSONL file."""
     task_kinds = tuple(task_kinds)
+    start = 0
     for number, raw, too_long, end in _physical_lines(fileobj):
         if too_long:
-            text = raw.decode("utf-8", "replace")
-            yield ParsedRow(number, text + "…", end, errors=[_too_long(number)])
+            yield ParsedRow(number, start, end, errors=[_too_long(number)])
+            start = end
             continue
         if not raw.strip():
+            start = end
             continue
-        # The original text is only needed for a rejected row.
-        parsed = ParsedRow(number, "", end)
+        parsed = ParsedRow(number, start, end)
+        start = end
         try:
             decoded = _decode(raw, number)
             try:
                 data = json.loads(decoded)
             except json.JSONDecodeError as exc:
-                raise RowInvalid("", f"is not valid JSON: {exc.msg} at column {exc.colno}.") from None
+                raise RowInvalid("", f"is not valid JSON: {_json_problem(exc, decoded)}.") from None
             row = normalize_row(data, default_provenance=default_provenance)
             row["kind"] = kind_for(row, task_kinds)
             parsed.row = row
         except RowInvalid as exc:
             parsed.errors.append(RowError(number, exc.field, exc.message))
-            parsed.raw = raw.decode("utf-8", "replace").rstrip("\r\n")
         yield parsed
 
 
@@ -416,7 +435,6 @@ class _CsvSource:
         self.line = 0
         self.offset = 0
         self.bad: dict[int, str] = {}
-        self.current: list[str] = []
 
     def __iter__(self):
         return self
@@ -434,7 +452,6 @@ class _CsvSource:
             except RowInvalid as exc:
                 self.bad[number] = exc.message
                 text = raw.decode("utf-8", "replace")
-        self.current.append(text)
         return text
 
 
@@ -447,7 +464,7 @@ def _csv_row(values: dict[str, str]) -> dict[str, Any]:
             try:
                 data[key] = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise RowInvalid(key, f"is not valid JSON: {exc.msg} at column {exc.colno}.") from None
+                raise RowInvalid(key, f"is not valid JSON: {_json_problem(exc)}.") from None
         else:
             data[key] = value
     if "prompt" in values and values.get("prompt", "") == "" and "messages" not in data:
@@ -487,37 +504,29 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
         )
     start = source.line + 1
     start_offset = source.offset
-    source.current = []
     while True:
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raw = "".join(source.current).rstrip("\r\n")
             yield ParsedRow(
-                start, raw, source.offset, errors=[RowError(start, "", f"the record is not valid CSV: {exc}.")]
+                start, start_offset, source.offset, errors=[RowError(start, "", f"the record is not valid CSV: {exc}.")]
             )
             start, start_offset = source.line + 1, source.offset
-            source.current = []
             continue
-        number, end = start, source.offset
-        physical = source.current
+        number, begin, end = start, start_offset, source.offset
         lines = range(start, source.line + 1)
-        too_long = end - start_offset > MAX_LINE_BYTES
         start, start_offset = source.line + 1, source.offset
-        source.current = []
         if not values or all(v.strip() == "" for v in values):
             continue
-        # The original text is only needed for a rejected row; the fields are kept for the rejected file.
-        parsed = ParsedRow(number, "", end, raw_fields=values)
+        parsed = ParsedRow(number, begin, end)
         bad = [source.bad.pop(n) for n in lines if n in source.bad]
-        if too_long:
+        if end - begin > MAX_LINE_BYTES:
             bad.insert(
                 0, f"the record is longer than {MAX_LINE_BYTES:,} bytes, the limit for one row. Shorten or split it."
             )
         if bad:
-            parsed.raw = "".join(physical).rstrip("\r\n")[:1000]
             parsed.errors.append(RowError(number, "", bad[0]))
             yield parsed
             continue
@@ -529,7 +538,6 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
                     f"the record has {len(values)} columns but the header has {len(header)}; check the quoting.",
                 )
             )
-            parsed.raw = "".join(physical).rstrip("\r\n")[:1000]
             yield parsed
             continue
         try:
@@ -539,15 +547,7 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
             parsed.row = row
         except RowInvalid as exc:
             parsed.errors.append(RowError(number, exc.field, exc.message))
-        if parsed.errors:
-            parsed.raw = "".join(physical).rstrip("\r\n")[:1000]
         yield parsed
-
-
-def csv_header(fileobj: IO[bytes]) -> list[str]:
-    """The header of a CSV file (for writing rejected rows back in the same columns)."""
-    first = fileobj.readline(MAX_LINE_BYTES).decode("utf-8-sig", "replace")
-    return next(csv.reader(io.StringIO(first)), [])
 
 
 def parse(
@@ -569,3 +569,11 @@ def guess_format(filename: str) -> str:
     if name.endswith(".csv"):
         return "csv"
     raise ValueError(f"Cannot tell the format of {filename!r}: name it .jsonl or .csv, or choose the format.")
+
+
+def rejected_errors_path(rejected_path: str) -> Path | None:
+    """Where the error report of a rejected-rows file lives (beside it), or None when there is none."""
+    if not rejected_path:
+        return None
+    path = Path(rejected_path)
+    return path.with_name(path.name.split("-rejected.", 1)[0] + "-errors.csv")

@@ -9,6 +9,8 @@ Payload shapes (``Annotation.payload``, ``AnnotationRevision.payload``, ``ItemRe
                "strength": "slight"|"clear"|None, "rationale": str}
                (indices into ``Item.responses``, never display positions)
 - rubric:     {"response_index": int|None, "scores": {criterion_key: value}}
+
+``annotate/payloads.py`` has them as typed values.
 """
 
 from decimal import Decimal
@@ -17,6 +19,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
+
+from config.background import BackgroundWork
 
 
 class TaskKind(models.TextChoices):
@@ -119,7 +123,10 @@ class ImportBatch(models.Model):
     rows_seen = models.IntegerField(default=0)
     rows_imported = models.IntegerField(default=0)
     rows_rejected = models.IntegerField(default=0)
-    duplicates = models.IntegerField(default=0)
+    duplicates = models.IntegerField(default=0, help_text="Rows not imported because their content is already there.")
+    near_duplicates = models.IntegerField(
+        default=0, help_text="Of the duplicates, those equal only after normalization (case, spacing, Unicode form)."
+    )
     errors = models.JSONField(default=list, help_text="The first errors, each {line, field, message}.")
     rejected_path = models.CharField(max_length=500, blank=True)
     message = models.TextField(blank=True)
@@ -139,6 +146,11 @@ class Item(models.Model):
     prompt = models.TextField(help_text="Plain-text prompt, or the chat rendered as text when messages are given.")
     messages = models.JSONField(null=True, blank=True, help_text="Chat turns [{role, content}], if any.")
     responses = models.JSONField(default=list, help_text="Candidate responses [{text, model}].")
+    rubric_response = models.PositiveSmallIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Rubric items: the index into responses of the response reviewers score, in any display order.",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     provenance = models.CharField(max_length=32, choices=Provenance.choices, default=Provenance.HUMAN)
     content_hash = models.CharField(max_length=64, help_text="sha256 of the normalized prompt and responses.")
@@ -174,6 +186,16 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.prompt[:60]}"
+
+    def clean(self) -> None:
+        if self.responses and self.rubric_response >= len(self.responses):
+            last = len(self.responses) - 1
+            raise ValidationError({"rubric_response": f"Name one of the responses, 0 to {last}."})
+
+    @property
+    def scored_response_index(self) -> int | None:
+        """The response a rubric review of this item scores (None when the item has no responses)."""
+        return self.rubric_response if self.responses else None
 
 
 class Rubric(models.Model):
@@ -334,24 +356,14 @@ class Adjudication(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
 
-class AgreementReport(models.Model):
+class AgreementReport(BackgroundWork):
     """A computed agreement report, cached by a fingerprint of the data it was built from.
     Large projects compute it in a Celery task that writes progress here."""
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="agreement_reports")
     rubric_version = models.ForeignKey(RubricVersion, null=True, blank=True, on_delete=models.CASCADE)
     fingerprint = models.CharField(max_length=64, help_text="Annotation count and last change the report covers.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    progress = models.FloatField(default=0.0, help_text="0..1 while running.")
-    stage = models.CharField(max_length=200, blank=True)
     result = models.JSONField(null=True, blank=True)
-    message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -361,3 +373,38 @@ class AgreementReport(models.Model):
 
     def __str__(self) -> str:
         return f"agreement report for {self.project} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only its sha256 is stored: the token itself is shown once, when it is made.
+
+    A token acts as its user, with the same roles and project memberships as the pages, capped by its
+    scope: ``read`` (safe methods), ``write`` (also what a reviewer changes: submit, skip), ``admin``
+    (also what needs the admin role)."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Read and write"
+        ADMIN = "admin", "Read, write and administer"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="goldset_api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'distillation pipeline'.")
+    prefix = models.CharField(max_length=16, unique=True, help_text="The token's public start, to find its row.")
+    digest = models.CharField(max_length=64, help_text="sha256 of the whole token (hex).")
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.READ)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(scope__in=["read", "write", "admin"]), name="apitoken_scope_known"
+            ),
+            models.CheckConstraint(condition=~models.Q(digest=""), name="apitoken_digest_set"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

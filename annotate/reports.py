@@ -7,7 +7,6 @@ JSON-serializable dict, cached in ``AgreementReport`` and offered as HTML, CSV a
 
 from __future__ import annotations
 
-import csv
 import difflib
 import io
 from collections import defaultdict
@@ -20,14 +19,15 @@ from django.db.models import Count
 from django.utils import timezone
 
 from annotate import agreement as ag
-from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
-from annotate.services.consensus import (
+from annotate.consensus import (
     agreement_with,
     criteria_by_key,
     gold_category,
     normalize_text,
     preference_category,
 )
+from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
+from config import csvwriter
 
 Progress = Callable[[float, str], None]
 LEVEL_OF_MEASUREMENT = {"nominal": "nominal", "binary": "nominal", "ordinal": "ordinal", "interval": "interval"}
@@ -509,9 +509,9 @@ CSV_HEADER = ["section", "variable", "metric", "reviewer", "other_reviewer", "va
 
 
 def report_csv(report: dict) -> str:
-    """The report's figures as tidy CSV rows (one figure per row)."""
+    """The report's figures as tidy CSV rows (one figure per row); reviewer names never start a formula."""
     out = io.StringIO()
-    w = csv.writer(out)
+    w = csvwriter.writer(out)
     w.writerow(CSV_HEADER)
     for s in report["sections"]:
         for v in s["variables"]:

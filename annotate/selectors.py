@@ -1,17 +1,39 @@
 """Reads for the annotate app, with permission built in."""
 
+import csv
+import hashlib
+import hmac
 import statistics
 from datetime import timedelta
 
-from django.core.exceptions import PermissionDenied
-from django.db import connection
-from django.db.models import Count, QuerySet
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Max, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from annotate import roles
-from annotate.models import Annotation, Flag, ImportBatch, Item, Lease, Project, RubricVersion, TaskKind
-from config import rawsql
+from annotate import queue_sql, roles
+from annotate.consensus import latest_version_annotations
+from annotate.importers import rejected_errors_path
+from annotate.models import (
+    Adjudication,
+    AgreementReport,
+    Annotation,
+    ApiToken,
+    Flag,
+    ImportBatch,
+    Item,
+    ItemResult,
+    Lease,
+    Project,
+    Rubric,
+    RubricSignoff,
+    RubricVersion,
+    TaskKind,
+)
+from annotate.payloads import GoldAction, PreferenceChoice
+from annotate.reports import report_rubric_version
+from config import csvwriter, rawsql
 
 
 def project_list_for_user(*, user) -> QuerySet[Project]:
@@ -38,46 +60,53 @@ def project_and_queue_for_user(*, user, slug: str, now=None) -> tuple[Project, l
     with their items, oldest first, in one written-out query: every "next" request needs both.
 
     The leases are None when they were not read (an admin who is not a member)."""
-    from annotate.services.queue import ACTIVE_LEASES_ORDER
-
-    now = now or timezone.now()
-    join, member = _members_join()
-    sql = (
-        f"SELECT {rawsql.columns(Project, 'p')}, {rawsql.columns(Lease, 'l')}, {rawsql.columns(Item, 'i')} "
-        f"FROM {rawsql.table(Project)} p {join} "
-        f"LEFT JOIN {rawsql.table(Lease)} l ON l.project_id = p.id AND l.reviewer_id = %s AND l.status = %s "
-        f"AND l.expires_at > %s LEFT JOIN {rawsql.table(Item)} i ON i.id = l.item_id "
-        f"WHERE p.slug = %s AND {member} = %s{ACTIVE_LEASES_ORDER}"
-    )
-    rows = rawsql.fetch(sql, [user.pk, Lease.Status.ACTIVE.value, rawsql.param(now), slug, user.pk])
+    rows = rawsql.fetch(*queue_sql.project_and_queue(user_id=user.pk, slug=slug, now=now or timezone.now()))
     if not rows:
         return project_get_for_user(user=user, slug=slug), None
     project = rawsql.load(Project, rows[0])
-    at_lease, at_item = rawsql.width(Project), rawsql.width(Project) + rawsql.width(Lease)
-    leases = []
-    for row in rows:
-        if row[at_lease] is None:  # a member with no active lease: the outer join's empty side
-            continue
-        lease = rawsql.load(Lease, row, at_lease)
-        lease.item = rawsql.load(Item, row, at_item)
-        lease.project = lease.item.project = project
-        leases.append(lease)
+    at_lease = rawsql.width(Project)
+    leases = [
+        _lease_with_item(row, at_lease, project)
+        for row in rows
+        if row[at_lease] is not None  # a member with no active lease: the outer join's empty side
+    ]
     return project, leases
 
 
-def _members_join() -> tuple[str, str]:
-    """The join of projects ``p`` to their members ``m``, and the column that holds the member's user id."""
-    field = Project._meta.get_field("members")
-    quote = connection.ops.quote_name
-    join = f"JOIN {rawsql.table(field.remote_field.through)} m ON m.{quote(field.m2m_column_name())} = p.id"
-    return join, f"m.{quote(field.m2m_reverse_name())}"
+def project_and_lease_for_user(*, user, slug: str, lease_id: int) -> tuple[Project, Lease]:
+    """The project and one of the user's own leases in it, with its item, in one query; 404 for anyone else's
+    lease (no existence leak) or a project the user may not see."""
+    rows = rawsql.fetch(*queue_sql.project_and_lease(user_id=user.pk, slug=slug, lease_id=lease_id))
+    if not rows or not (rows[0][-1] or roles.is_admin(user)):
+        raise Http404("No such item in your queue.")
+    project = rawsql.load(Project, rows[0])
+    return project, _lease_with_item(rows[0], rawsql.width(Project), project)
+
+
+def _lease_with_item(row, start: int, project: Project | None = None) -> Lease:
+    lease = rawsql.load(Lease, row, start)
+    lease.item = rawsql.load(Item, row, start + rawsql.width(Lease))
+    if project is not None:
+        lease.project = lease.item.project = project
+    return lease
+
+
+def leases_load(sql: str, params) -> list[Lease]:
+    """Leases with their items from a ``queue_sql.leases_with_items`` statement."""
+    return [_lease_with_item(row, 0) for row in rawsql.fetch(sql, params)]
+
+
+def leases_active_for_reviewer(*, project: Project, reviewer, now=None) -> list[Lease]:
+    """The reviewer's unexpired active leases in the order they were taken (the first is on screen)."""
+    sql, params = queue_sql.leases_active(project_id=project.pk, reviewer_id=reviewer.pk, now=now or timezone.now())
+    leases = leases_load(sql, params)
+    for lease in leases:
+        lease.project = lease.item.project = project
+    return leases
 
 
 def _project_of_member(*, user_id, slug: str) -> Project | None:
-    join, member = _members_join()
-    sql = f"SELECT {rawsql.columns(Project, 'p')} FROM {rawsql.table(Project)} p {join} "
-    sql += f"WHERE p.slug = %s AND {member} = %s"
-    rows = rawsql.fetch(sql, [slug, user_id])
+    rows = rawsql.fetch(*queue_sql.project_of_member(user_id=user_id, slug=slug))
     return rawsql.load(Project, rows[0]) if rows else None
 
 
@@ -138,8 +167,6 @@ def item_get_for_adjudication(*, user, slug: str, item_id: int) -> Item:
 
 def disputed_items(*, project: Project):
     """Disputed results waiting for an adjudicator, oldest first."""
-    from annotate.models import ItemResult
-
     return (
         ItemResult.objects.filter(item__project=project, status=ItemResult.Status.DISPUTED)
         .select_related("item")
@@ -158,15 +185,15 @@ def describe_payload(*, item: Item, payload: dict | None, criteria: list[dict] |
             return f"#{i + 1}: {str(responses[i].get('text', ''))[:300]}"
         return "–"
 
-    if item.kind == "gold":
+    if item.kind == TaskKind.GOLD:
         lines = [("Action", str(payload.get("action")))]
-        if payload.get("action") == "accept":
+        if payload.get("action") == GoldAction.ACCEPT:
             lines.append(("Accepted", response(payload.get("source_index"))))
         if payload.get("answer"):
             lines.append(("Answer", str(payload["answer"])))
-    elif item.kind == "preference":
+    elif item.kind == TaskKind.PREFERENCE:
         lines = [("Choice", str(payload.get("choice")))]
-        if payload.get("choice") == "response":
+        if payload.get("choice") == PreferenceChoice.RESPONSE:
             lines += [("Chosen", response(payload.get("chosen"))), ("Rejected", response(payload.get("rejected")))]
             if payload.get("strength"):
                 lines.append(("Strength", str(payload["strength"])))
@@ -331,3 +358,277 @@ def item_list_for_user(*, user, slug: str, split: str = "", kind: str = "") -> t
     if kind:
         items = items.filter(kind=kind)
     return project, items
+
+
+# --- Agreement reports ---------------------------------------------------------------------------------
+
+
+def report_fingerprint(*, project: Project, rubric_version: RubricVersion | None) -> tuple[str, int]:
+    """A digest of what the report depends on, and the number of annotations it covers."""
+    annotations = Annotation.objects.filter(item__project=project, item__is_calibration=False).aggregate(
+        n=Count("id"), last=Max("updated_at")
+    )
+    results = ItemResult.objects.filter(item__project=project).aggregate(n=Count("id"), last=Max("updated_at"))
+    checks = Item.objects.filter(project=project, is_check=True).aggregate(n=Count("id"), last=Max("id"))
+    state = (
+        f"{annotations['n']}|{annotations['last']}|{results['n']}|{results['last']}|{checks['n']}|{checks['last']}"
+        f"|{rubric_version.pk if rubric_version else ''}|{project.score_tolerance}"
+    )
+    return hashlib.sha256(state.encode()).hexdigest(), annotations["n"]
+
+
+def agreement_report_for_fingerprint(
+    *, project: Project, rubric_version: RubricVersion | None, fingerprint: str
+) -> AgreementReport | None:
+    """The report made for exactly this state of the data, unless it failed."""
+    return (
+        AgreementReport.objects.filter(project=project, rubric_version=rubric_version, fingerprint=fingerprint)
+        .exclude(status=AgreementReport.Status.FAILED)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def agreement_report_current(
+    *, project: Project, rubric_version: RubricVersion | None = None
+) -> tuple[RubricVersion | None, AgreementReport | None, AgreementReport | None]:
+    """For the report page (reads only): the rubric version it covers, the report of the data as it is now
+    (None when none was made yet), and the newest report of any state (the latest failure included)."""
+    version = report_rubric_version(project=project, rubric_version=rubric_version)
+    fingerprint, _ = report_fingerprint(project=project, rubric_version=version)
+    current = agreement_report_for_fingerprint(project=project, rubric_version=version, fingerprint=fingerprint)
+    latest = (
+        AgreementReport.objects.filter(project=project, rubric_version=version).order_by("-created_at", "-id").first()
+    )
+    return version, current, latest
+
+
+def rubric_version_get(*, project: Project, version_id) -> RubricVersion:
+    """A rubric version of the project, or 404."""
+    try:
+        return RubricVersion.objects.select_related("rubric").get(pk=int(version_id), rubric__project=project)
+    except (TypeError, ValueError, RubricVersion.DoesNotExist):
+        raise Http404("No such rubric version in this project.") from None
+
+
+def rubric_versions_of(*, project: Project) -> QuerySet[RubricVersion]:
+    """Every rubric version of the project, by rubric and number."""
+    return RubricVersion.objects.filter(rubric__project=project).select_related("rubric")
+
+
+# --- Rubrics, calibration and check items -----------------------------------------------------------------
+
+
+def rubric_list_for_project(*, project: Project) -> QuerySet[Rubric]:
+    """The project's rubrics with their versions and sign-offs."""
+    return Rubric.objects.filter(project=project).prefetch_related("versions__signoffs")
+
+
+def rubric_get(*, project: Project, rubric_id: int) -> Rubric:
+    """A rubric of the project, or 404."""
+    try:
+        return Rubric.objects.get(pk=rubric_id, project=project)
+    except Rubric.DoesNotExist:
+        raise Http404("No such rubric in this project.") from None
+
+
+def rubric_version_latest(*, rubric: Rubric) -> RubricVersion | None:
+    return rubric.versions.order_by("-number").first()
+
+
+def calibration_reviewers(*, project: Project) -> QuerySet:
+    """Members who score: everyone on the project in the reviewer group."""
+    return (
+        get_user_model().objects.filter(goldset_projects=project, groups__name=roles.REVIEWER).distinct().order_by("id")
+    )
+
+
+def calibration_items(*, project: Project) -> QuerySet[Item]:
+    return Item.objects.filter(project=project, is_calibration=True, kind=TaskKind.RUBRIC).order_by("id")
+
+
+def calibration_item_get(*, project: Project, item_id: int) -> Item:
+    try:
+        return calibration_items(project=project).get(pk=item_id)
+    except Item.DoesNotExist:
+        raise Http404("No such calibration item.") from None
+
+
+def member_by_username(*, project: Project, username: str):
+    """A member of the project by username, or None."""
+    return project.members.filter(username=username).first()
+
+
+def rubric_signoffs(*, version: RubricVersion) -> QuerySet[RubricSignoff]:
+    """Who signed a version off, in order."""
+    return RubricSignoff.objects.filter(version=version).select_related("reviewer").order_by("created_at")
+
+
+def project_has_member(*, project: Project, user) -> bool:
+    return project.members.filter(pk=user.pk).exists()
+
+
+def calibration_scores_of(*, item: Item, user, version: RubricVersion) -> dict:
+    """The user's own calibration scores of an item under a version ({} when none)."""
+    mine = Annotation.objects.filter(item=item, reviewer=user, rubric_version=version).first()
+    return (mine.payload.get("scores") or {}) if mine else {}
+
+
+def item_get_in_project(*, project: Project, item_id) -> Item:
+    """An item of the project, or 404 (also for an id that is not a number)."""
+    try:
+        return Item.objects.get(pk=int(item_id), project=project)
+    except (TypeError, ValueError, Item.DoesNotExist):
+        raise Http404(f"Item {item_id!r} is not an item of this project.") from None
+
+
+def check_items(*, project: Project) -> QuerySet[Item]:
+    """The project's known-answer check items, newest first."""
+    return Item.objects.filter(project=project, is_check=True).order_by("-id")
+
+
+def check_item_candidates(*, project: Project, limit: int = 50) -> QuerySet[ItemResult]:
+    """Decided items an admin may turn into check items (their agreed answer becomes the known one)."""
+    return ItemResult.objects.filter(
+        item__project=project,
+        item__is_check=False,
+        item__is_calibration=False,
+        status__in=[ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED],
+    ).select_related("item")[:limit]
+
+
+# --- Adjudication ---------------------------------------------------------------------------------------
+
+
+def adjudication_view_of(*, item: Item) -> dict:
+    """Everything an adjudicator weighs for one item: the reviews that count, the result and earlier decisions."""
+    annotations = list(Annotation.objects.filter(item=item).select_related("reviewer", "rubric_version"))
+    version = None
+    if item.kind == TaskKind.RUBRIC:
+        annotations, version = latest_version_annotations(annotations)
+    return {
+        "annotations": sorted(annotations, key=lambda a: a.reviewer.get_username()),
+        "criteria": version.criteria if version else [],
+        "result": ItemResult.objects.filter(item=item).first(),
+        "history": Adjudication.objects.filter(item=item).select_related("adjudicator").order_by("-created_at"),
+    }
+
+
+def annotation_of_item(*, item: Item, annotation_id) -> Annotation:
+    """One review of the item (for an adjudicator adopting it), or ValidationError naming what to do."""
+    try:
+        return Annotation.objects.get(pk=int(annotation_id), item=item)
+    except (TypeError, ValueError, Annotation.DoesNotExist):
+        raise ValidationError("Choose one of the reviews shown, or write your own decision.") from None
+
+
+# --- API tokens and members -------------------------------------------------------------------------------
+
+
+def api_token_list_for_user(*, user) -> QuerySet[ApiToken]:
+    """The user's own tokens, newest first (never anyone else's)."""
+    return ApiToken.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+def api_token_authenticate(*, token: str, now=None) -> tuple[ApiToken | None, str]:
+    """The live token row for a presented token, or None with the reason in words (unknown, revoked, expired)."""
+    from annotate.services.tokens import token_digest, token_prefix
+
+    prefix = token_prefix(token)
+    row = ApiToken.objects.select_related("user").filter(prefix=prefix).first() if prefix else None
+    # Compared in constant time: the prefix is public, the digest must not leak through timing.
+    if row is None or not hmac.compare_digest(row.digest, token_digest(token)):
+        return None, "The API token is not known: check it, or make a new one on your API tokens page."
+    if row.revoked_at is not None:
+        return None, "The API token was revoked: make a new one on your API tokens page."
+    if row.expires_at is not None and row.expires_at <= (now or timezone.now()):
+        return None, "The API token has expired: make a new one on your API tokens page."
+    if not row.user.is_active:
+        return None, "The API token's user is deactivated."
+    return row, ""
+
+
+def user_roles(*, user) -> list[str]:
+    """The user's roles (site-wide groups), in the order reviewer, adjudicator, admin."""
+    if user.is_superuser:
+        return list(roles.ROLES)
+    names = set(user.groups.values_list("name", flat=True))
+    return [role for role in roles.ROLES if role in names]
+
+
+def project_members_with_roles(*, project: Project) -> list[tuple]:
+    """The project's members, by username, each with their roles."""
+    members = list(project.members.order_by("username").prefetch_related("groups"))
+    result = []
+    for member in members:
+        names = {g.name for g in member.groups.all()}
+        result.append((member, list(roles.ROLES) if member.is_superuser else [r for r in roles.ROLES if r in names]))
+    return result
+
+
+def user_by_username(*, username: str):
+    """An active user by username, or 404."""
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise Http404(f"No active user named {username!r}.")
+    return user
+
+
+# --- The API's reads ---------------------------------------------------------------------------------------
+
+
+def item_browse_for_user(
+    *,
+    user,
+    slug: str,
+    split: str = "",
+    kind: str = "",
+    provenance: str = "",
+    state: str = "",
+    import_batch_id: int | None = None,
+) -> tuple[Project, QuerySet[Item], bool]:
+    """The project's items a member may browse, filtered, and whether the user may see their states.
+
+    An item's state (its result: pending, consensus, disputed, adjudicated; "unreviewed" before any
+    review) tells how other reviewers judged it, so only admins and adjudicators see or filter by it."""
+    project, items = item_list_for_user(user=user, slug=slug, split=split, kind=kind)
+    sees_state = roles.is_admin(user) or roles.is_adjudicator(user)
+    if state and not sees_state:
+        raise PermissionDenied("Filtering items by state is for admins and adjudicators.")
+    if provenance:
+        items = items.filter(provenance=provenance)
+    if import_batch_id is not None:
+        items = items.filter(import_batch_id=import_batch_id)
+    if state == "unreviewed":
+        items = items.filter(result__isnull=True)
+    elif state:
+        items = items.filter(result__status=state)
+    if sees_state:
+        items = items.select_related("result")
+    return project, items, sees_state
+
+
+def import_batches_of(*, project: Project) -> QuerySet[ImportBatch]:
+    """Every import of the project."""
+    return ImportBatch.objects.filter(project=project).select_related("project")
+
+
+def import_batch_errors_iter(*, batch: ImportBatch):
+    """Every rejected row's errors as {line, field, message}, read from the import's error report (the batch
+    row keeps only the first errors); a file rejected as a whole has only the error on the batch."""
+    path = rejected_errors_path(batch.rejected_path)
+    if path is None or not path.exists():
+        for error in batch.errors:
+            if error.get("kind") != "duplicate":
+                yield {"line": error.get("line"), "field": error.get("field", ""), "message": error.get("message", "")}
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle)
+        next(rows, None)  # the header: line, rejected_file_line, field, error
+        for line, _, field_name, message in rows:
+            yield {"line": int(line), "field": csvwriter.read_cell(field_name), "message": csvwriter.read_cell(message)}
+
+
+def user_or_none_by_username(*, username: str):
+    """An active user by username, or None."""
+    return get_user_model().objects.filter(username=username, is_active=True).first()

@@ -1,12 +1,27 @@
 from django.urls import path
 
-from annotate.views import adjudication, imports, projects, queue, reports, rubrics
+from annotate.views import adjudication, checks, imports, projects, queue, reports, rubrics, tokens
 
 app_name = "annotate"
 
 urlpatterns = [
     path("", projects.project_list, name="project-list"),
+    path("projects/new/", projects.project_new, name="project-new"),
     path("projects/<slug:slug>/", projects.project_detail, name="project-detail"),
+    path("projects/<slug:slug>/settings/", projects.project_settings, name="project-settings"),
+    path("projects/<slug:slug>/members/", projects.project_members, name="project-members"),
+    path(
+        "projects/<slug:slug>/members/<str:username>/remove/",
+        projects.project_member_remove,
+        name="project-member-remove",
+    ),
+    path(
+        "projects/<slug:slug>/export/annotations.<str:fmt>",
+        projects.annotation_export,
+        name="annotation-export",
+    ),
+    path("settings/tokens/", tokens.token_list, name="token-list"),
+    path("settings/tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     # Rubrics, sign-off, calibration and known-answer checks
     path("projects/<slug:slug>/rubrics/", rubrics.rubric_list, name="rubric-list"),
     path("projects/<slug:slug>/rubrics/new/", rubrics.rubric_new, name="rubric-new"),
@@ -43,9 +58,10 @@ urlpatterns = [
         rubrics.calibration_score,
         name="calibration-score",
     ),
-    path("projects/<slug:slug>/checks/", rubrics.checks, name="checks"),
+    path("projects/<slug:slug>/checks/", checks.checks, name="checks"),
     # Agreement report
     path("projects/<slug:slug>/report/", reports.report, name="report"),
+    path("projects/<slug:slug>/report/compute/", reports.report_compute, name="report-compute"),
     path("projects/<slug:slug>/report/refresh/", reports.report_refresh, name="report-refresh"),
     path("projects/<slug:slug>/report.csv", reports.report_csv, name="report-csv"),
     path("projects/<slug:slug>/report.json", reports.report_json, name="report-json"),
@@ -80,4 +96,9 @@ urlpatterns = [
     path("projects/<slug:slug>/imports/<int:batch_id>/", imports.import_detail, name="import-detail"),
     path("projects/<slug:slug>/imports/<int:batch_id>/progress/", imports.import_progress, name="import-progress"),
     path("projects/<slug:slug>/imports/<int:batch_id>/rejected/", imports.import_rejected, name="import-rejected"),
+    path(
+        "projects/<slug:slug>/imports/<int:batch_id>/rejected/errors.csv",
+        imports.import_rejected_errors,
+        name="import-rejected-errors",
+    ),
 ]

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH_DB = "goldset_bench_intake"
+# One scratch database per run, so two runs on one server never drop each other's.
+SCRATCH_DB = f"goldset_bench_intake_{os.getpid()}"
 
 TOPICS = ["refund", "order", "shipping", "account", "billing", "return"]
 
@@ -67,13 +68,14 @@ def child(args) -> None:
     django.setup()
     import tracemalloc
 
+    from _roles import migrate_alias
     from django.core.management import call_command
 
     from annotate.models import ImportBatch
     from annotate.services.imports import import_batch_create, import_batch_run
     from annotate.services.projects import project_create
 
-    call_command("migrate", verbosity=0)
+    call_command("migrate", database=migrate_alias(), verbosity=0)
     slug = f"bench-{os.getpid()}-{int(time.time() * 1000)}"
     project = project_create(name=slug, slug=slug, task_kinds=["gold", "preference", "rubric"])
     path = Path(args.file)
@@ -128,14 +130,12 @@ def backend_env(backend: str, tmp: Path) -> dict:
 
 
 def pg_scratch(create: bool) -> None:
-    import psycopg
+    from _roles import owner_sql
 
-    url = os.environ["DATABASE_URL"]
-    # Connect to the maintenance database: the app database itself may not exist yet.
-    with psycopg.connect(url, dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
-        if create:
-            conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    # As the owner role, on the maintenance database: the app role must own nothing.
+    owner_sql(os.environ["DATABASE_URL"], f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
+    if create:
+        owner_sql(os.environ["DATABASE_URL"], f"CREATE DATABASE {SCRATCH_DB}")
 
 
 def main() -> None:

@@ -326,12 +326,10 @@ def run_child(env: dict, *args: str) -> dict:
 
 
 def pg_admin(url: str, sql: str) -> None:
-    import psycopg
+    """CREATE/DROP DATABASE as the owner role, which owns and migrates the database (as in production)."""
+    from _roles import owner_sql
 
-    parts = urlsplit(url)
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql)
+    owner_sql(url, sql)
 
 
 def wait_for_server(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -354,8 +352,13 @@ def bench_database(name: str, env: dict, args, rows: list, checks: dict) -> None
     # Static files are served from the finders; an existing STATIC_ROOT keeps whitenoise quiet.
     (Path(env["GOLDSET_VAR_DIR"]) / "staticfiles").mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    database = "owner" if "DATABASE_URL" in env else "default"
     subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+        [sys.executable, "manage.py", "migrate", "--noinput", "--database", database],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     seeded = run_child(env, "--child-seed", str(args.items), str(max_reviewers))
     print(

@@ -42,6 +42,14 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="Print the top functions by cumulative time.")
     parser.add_argument("--pg-url", default="", help="Scratch PostgreSQL database (dropped and recreated).")
+    parser.add_argument(
+        "--sessions",
+        choices=["goldset", "db", "cached_db"],
+        default="goldset",
+        help="Session and user reads: Goldset's (settings), Django's database sessions with the stock backend, "
+        "or Django's cached_db sessions (Redis cache in --cache-url) with the stock backend.",
+    )
+    parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/9", help="Redis for --sessions cached_db.")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="goldset-profile-"))
@@ -52,9 +60,10 @@ def main() -> int:
     os.environ.pop("REDIS_URL", None)
     if args.pg_url:
         import psycopg
+        from _roles import owner_url
 
         name = urlsplit(args.pg_url).path.lstrip("/")
-        admin = urlsplit(args.pg_url)._replace(path="/postgres").geturl()
+        admin = owner_url(args.pg_url)  # the owner creates, owns and migrates the database
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -81,6 +90,8 @@ def run(args) -> int:
     import django
 
     django.setup()
+    _sessions(args)
+    from _roles import migrate_alias
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
@@ -90,7 +101,7 @@ def run(args) -> int:
     from annotate.models import Item
     from annotate.services.projects import project_add_members, project_create, roles_ensure, user_grant_role
 
-    call_command("migrate", verbosity=0)
+    call_command("migrate", database=migrate_alias(), verbosity=0)
     roles_ensure()
     users = [
         get_user_model().objects.create_user(username=f"profiler{n}", password="profile-password-1")
@@ -172,6 +183,21 @@ def run(args) -> int:
         pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(rows)
         print(out.getvalue())
     return 0
+
+
+def _sessions(args) -> None:
+    """Swap the session engine and auth backend before any request or login uses them."""
+    from django.conf import settings
+
+    if args.sessions == "goldset":
+        return
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+    settings.SESSION_ENGINE = f"django.contrib.sessions.backends.{args.sessions}"
+    if args.sessions == "cached_db":
+        settings.CACHES = {
+            "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": args.cache_url}
+        }
+    print(f"sessions: {settings.SESSION_ENGINE}, backend {settings.AUTHENTICATION_BACKENDS[0]}")
 
 
 def wsgi_caller(*, session: str):

@@ -1,16 +1,15 @@
-"""Hot reads and writes as written-out SQL, loaded into model instances the way the ORM would.
+"""Written-out SQL loaded into model instances the way the ORM would, for the few statements every
+review-queue request runs (the session, the user, the project, the reviewer's leases, a submission's
+writes), where compiling a queryset costs more CPU than running it.
 
-Every review-queue request runs the same handful of reads (the session, the user, the project, the
-reviewer's leases), and compiling each through the ORM cost more CPU than running it: the
-reviewer's leases with their items took 2.6 ms to compile and load on SQLite and 0.1 ms to run
-(4.1 ms and 0.5 ms on PostgreSQL). Here the column lists are built once per model from its fields
-(a renamed column cannot drift), values pass through Django's own converters (JSON, datetimes,
-booleans on SQLite), and instances come from ``Model.from_db`` as from a queryset. The writes of a
-submission go the same way (see "Writes" below). Only statements run on every queue request use
-this; everything else uses the ORM.
+Column lists are built once per model from its fields (a renamed column cannot drift), values pass
+through Django's own converters (JSON, datetimes, booleans on SQLite), and instances come from
+``Model.from_db`` as from a queryset. Writes prepare values with the model fields as ``save()`` does.
+The statements themselves live with their callers (``annotate/queue_sql.py``); everything else uses
+the ORM.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 
@@ -72,9 +71,10 @@ def width(model: type[Model]) -> int:
     return len(_concrete(model)[1])
 
 
-def fetch(sql: str, params: Iterable) -> list[tuple]:
+def fetch(sql: str, params: Mapping | Iterable) -> list[tuple]:
+    """Run a statement with named (a mapping) or positional parameters and return its rows."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, list(params))
+        cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
         return cursor.fetchall()
 
 
@@ -91,9 +91,9 @@ def param(value):
 
 
 # --- Writes ------------------------------------------------------------------------------------------
-# The queue's per-submission writes, as the ORM's save() would issue them (auto_now fields set by
-# the fields themselves, values prepared by them) without compiling a query each time. No model
-# here has save() overrides or signal receivers that these would skip.
+# As the ORM's save() would issue them (auto_now fields set by the fields themselves, values prepared by
+# them) without compiling a query each time. Only for models with no save() override and no signal
+# receiver (annotate.queue_sql.RAW_WRITTEN_MODELS; tests/test_rawsql.py checks).
 
 
 def prepared(obj: Model, fields, *, add: bool) -> list:

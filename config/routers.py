@@ -62,5 +62,6 @@ class EvalWallRouter:
         return not (TRAINING_ALIAS in dbs and labels & EVAL_WALL_APPS)
 
     def allow_migrate(self, db: str, app_label: str, model_name=None, **hints) -> bool | None:
-        # Only the app role migrates; the trainer alias is a second login to the same database.
-        return db == "default"
+        # The trainer never migrates. On PostgreSQL only the owner role may (config.dbroles refuses
+        # any other login before the first statement): `manage.py migrate --database owner`.
+        return db != TRAINING_ALIAS

@@ -60,6 +60,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    # Only for its vendored Swagger UI (templates and static files): the docs work offline, no CDN.
+    "ninja",
     "annotate",
     "evalsets",
     "training",
@@ -99,18 +101,23 @@ TEMPLATES = [
 ]
 
 # --- Databases -------------------------------------------------------------------------------
-# "default" is the app role. "training" is what the gpu worker uses: on PostgreSQL it logs in as
-# the trainer role, which has no privilege on any evalsets table (the eval wall).
+# Three PostgreSQL roles (config/dbroles.py): the owner owns the schema and runs migrations
+# ("owner" alias: `manage.py migrate --database owner`); the app role ("default", DATABASE_URL) has
+# DML only and owns nothing; the gpu worker's trainer role ("training") has no privilege on any
+# evalsets table. `manage.py ensure_db_roles` creates and grants all three.
+OWNER_ROLE = os.environ.get("GOLDSET_OWNER_ROLE", "goldset_owner")
+OWNER_PASSWORD = os.environ.get("GOLDSET_OWNER_PASSWORD", "goldset_owner")
 TRAINER_ROLE = os.environ.get("GOLDSET_TRAINER_ROLE", "goldset_trainer")
 TRAINER_PASSWORD = os.environ.get("GOLDSET_TRAINER_PASSWORD", "goldset_trainer")
 
 
-def _trainer_url(app_url: str) -> str:
+def _role_url(app_url: str, role: str, password: str) -> str:
+    """The app's URL with another login (same host, port, database and options)."""
     parts = urlsplit(app_url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{quote(TRAINER_ROLE)}:{quote(TRAINER_PASSWORD)}@{host}"
+    netloc = f"{quote(role)}:{quote(password)}@{host}"
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -141,21 +148,33 @@ if EMBEDDED:
     }
 else:
     # Parameters bound by the server, and statements run five times on a connection prepared there:
-    # the queue's few hot statements are then planned once per connection instead of on every run
-    # (the pick's plan cost PostgreSQL four times its execution). PostgreSQL's CPU per review cycle
-    # fell by ~40%. Behind a pooler in transaction mode (pgbouncer) prepared statements do not
-    # survive between transactions: set GOLDSET_PG_PREPARE=0 there.
+    # the queue's few hot statements are then planned once per connection instead of on every run,
+    # and planning the pick costs more than running it. Behind a pooler in transaction mode
+    # (pgbouncer) prepared statements do not survive between transactions: set GOLDSET_PG_PREPARE=0 there.
     _PG_OPTIONS = {"server_side_binding": True}
     if os.environ.get("GOLDSET_PG_PREPARE", "1") != "0":
         _PG_OPTIONS["prepare_threshold"] = 5
     DATABASES = {
         "default": dj_database_url.parse(DATABASE_URL, conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60"))),
         "training": {
-            **dj_database_url.parse(os.environ.get("TRAINER_DATABASE_URL") or _trainer_url(DATABASE_URL)),
+            **dj_database_url.parse(
+                os.environ.get("TRAINER_DATABASE_URL") or _role_url(DATABASE_URL, TRAINER_ROLE, TRAINER_PASSWORD)
+            ),
             # In tests the trainer connects to the same test database, as the trainer role.
             "TEST": {"MIRROR": "default"},
         },
+        # Only migrations, ensure_db_roles and the test suite's set-up and flush connect as the owner.
+        "owner": {
+            **dj_database_url.parse(
+                os.environ.get("OWNER_DATABASE_URL") or _role_url(DATABASE_URL, OWNER_ROLE, OWNER_PASSWORD)
+            ),
+            "TEST": {"MIRROR": "default"},
+        },
     }
+    # A URL given for a role names it; the role settings then follow the URL.
+    APP_ROLE = DATABASES["default"]["USER"]
+    TRAINER_ROLE = DATABASES["training"]["USER"]
+    OWNER_ROLE = DATABASES["owner"]["USER"]
     for _db in DATABASES.values():  # after any options the URL carries (?sslmode=...)
         _db["OPTIONS"] = {**_db.get("OPTIONS", {}), **_PG_OPTIONS}
     if os.environ.get("GOLDSET_DB_NAME"):

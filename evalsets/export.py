@@ -16,6 +16,9 @@ Layouts:
   "non_preferred_output"}``.
 
 Records a layout has no place for (a rubric-only record in ``preference``) are skipped and counted.
+A version is offered only the layouts its records can fill (``layouts_for``): a gold-only version has
+no preference pairs, so it has no ``preference`` or ``openai-dpo`` file, rather than an empty one that
+``datasets.load_dataset`` cannot read.
 """
 
 from __future__ import annotations
@@ -120,6 +123,39 @@ FORMATS: dict[str, tuple[str, Callable[[dict], str | None]]] = {
     "openai-sft": ("OpenAI fine-tuning: messages", _messages),
     "openai-dpo": ("OpenAI preference fine-tuning", _openai_dpo),
 }
+
+
+# The record kinds that give each layout a line: gold records carry a reference, preference records
+# a chosen and a rejected response, rubric records neither (tests check this against the renderers).
+FILLED_BY: dict[str, frozenset[str]] = {
+    "goldset": frozenset({"gold", "preference", "rubric"}),
+    "prompt-completion": frozenset({"gold", "preference"}),
+    "messages": frozenset({"gold", "preference"}),
+    "preference": frozenset({"preference"}),
+    "openai-sft": frozenset({"gold", "preference"}),
+    "openai-dpo": frozenset({"preference"}),
+}
+_NEEDS = {
+    frozenset({"gold", "preference"}): "gold answers or preference pairs",
+    frozenset({"preference"}): "preference pairs (a chosen and a rejected response)",
+}
+
+
+def layouts_for(counts: dict[str, int]) -> list[str]:
+    """The layouts a version with these record counts by kind can fill, in the order of FORMATS."""
+    return [fmt for fmt in FORMATS if any(counts.get(kind, 0) for kind in FILLED_BY[fmt])]
+
+
+def layout_unavailable(fmt: str, *, name: str, counts: dict[str, int]) -> str:
+    """Why ``fmt`` cannot be exported for this version ("" when it can), in words that say what to use."""
+    format_check(fmt)
+    fillable = layouts_for(counts)
+    if fmt in fillable:
+        return ""
+    return (
+        f"{name} has no {_NEEDS[FILLED_BY[fmt]]}, so it has nothing to export as {fmt!r}. "
+        f"Layouts it can fill: {', '.join(fillable)}."
+    )
 
 
 def format_check(fmt: str) -> Callable[[dict], str | None]:

@@ -116,3 +116,59 @@ class EvalRecord(EvalWallModel):
 
     def __str__(self) -> str:
         return f"{self.version_id}#{self.position} item {self.item_id}"
+
+
+class ContaminationReport(EvalWallModel):
+    """The offending pairs of one contamination check, eval text beside training text.
+
+    Kept here, on the evalsets side, because it holds eval text: the trainer role can read the
+    check's verdict and counts (training.SnapshotCheck), never this. Write-once, like the check.
+    """
+
+    snapshot_check = models.OneToOneField(
+        "training.SnapshotCheck",
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The verdict these pairs explain.",
+    )
+    pairs = models.JSONField(default=list, help_text="[{kind, score, ..., train: {...}, eval: {...}}], best first.")
+    pairs_truncated = models.BooleanField(default=False, help_text="More pairs offended than are listed.")
+
+    objects = EvalWallManager()
+
+    def __str__(self) -> str:
+        return f"pairs of check {self.snapshot_check_id}"
+
+
+class HashVerification(EvalWallModel):
+    """One recomputation of a frozen eval set version's or training snapshot's sha256 from its stored
+    rows (``manage.py verify_evalsets``). Append-only: the rows it checks cannot be updated, so the
+    verdicts live here, one row per check."""
+
+    version = models.ForeignKey(
+        EvalSetVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="verifications"
+    )
+    snapshot = models.ForeignKey(
+        "training.TrainingSnapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ok = models.BooleanField()
+    stored_sha256 = models.CharField(max_length=64, help_text="The sha256 the version or snapshot row holds.")
+    computed_sha256 = models.CharField(max_length=64, help_text="The sha256 recomputed from its records.")
+    record_count = models.PositiveIntegerField(help_text="Records read.")
+    problems = models.JSONField(default=list, blank=True, help_text="What did not match, naming each record.")
+    verified_at = models.DateTimeField(auto_now_add=True)
+
+    objects = EvalWallManager()
+
+    class Meta:
+        ordering = ["-verified_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(version__isnull=False, snapshot__isnull=True)
+                | models.Q(version__isnull=True, snapshot__isnull=False),
+                name="hashverification_one_subject",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{'ok' if self.ok else 'MISMATCH'} at {self.verified_at:%Y-%m-%d %H:%M}"

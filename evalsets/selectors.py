@@ -15,7 +15,7 @@ from annotate import roles
 from annotate.models import Annotation, Item, ItemResult, Project, Provenance, Split, TaskKind
 from annotate.selectors import project_list_for_user
 from evalsets.export import CANONICAL_FIELDS
-from evalsets.models import EvalRecord, EvalSetVersion
+from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
 
 MIN_AGREEING_REVIEWS = 2
 FROZEN_STATUSES = (ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED)
@@ -326,3 +326,15 @@ def snapshot_list_for_admin(*, user) -> list:
 
 def snapshot_latest_check(*, snapshot):
     return snapshot.checks.order_by("-checked_at", "-id").first()
+
+
+def snapshot_check_pairs(*, check) -> ContaminationReport | None:
+    """The offending pairs of a check, eval text included (the check's page, which only admins open)."""
+    if check is None:
+        return None
+    return ContaminationReport.objects.filter(snapshot_check_id=check.pk).first()
+
+
+def evalset_version_latest_verification(*, version: EvalSetVersion) -> HashVerification | None:
+    """The newest recomputation of the version's sha256, or None when it was never verified."""
+    return version.verifications.order_by("-verified_at", "-id").first()

@@ -15,7 +15,7 @@ from annotate import roles
 from annotate.models import Project, RubricVersion
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
-from evalsets.models import EvalRecord, EvalSetVersion
+from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
 from evalsets.selectors import evalset_freeze_plan, summarize_records
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
@@ -114,6 +114,30 @@ def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
         snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
         blocked += 1
     return blocked
+
+
+# --- hash verification ---------------------------------------------------------------------------
+
+
+def evalsets_verify(*, record: bool = True):
+    """Recompute every eval set version's and training snapshot's sha256 from its rows; store each verdict."""
+    from evalsets.verify import verify_all
+
+    outcomes = verify_all()
+    if record and outcomes:
+        HashVerification.objects.bulk_create(
+            HashVerification(
+                version_id=o.version_id,
+                snapshot_id=o.snapshot_id,
+                ok=o.ok,
+                stored_sha256=o.stored_sha256,
+                computed_sha256=o.computed_sha256,
+                record_count=o.record_count,
+                problems=o.problems,
+            )
+            for o in outcomes
+        )
+    return outcomes
 
 
 # --- contamination -------------------------------------------------------------------------------
@@ -219,13 +243,16 @@ def snapshot_contamination_check(
 
     No transaction spans the check (it reads for seconds to minutes and must not hold SQLite's write
     lock); the versions are listed first and only their records are indexed, so the verdict names
-    exactly what it was checked against. Writing the one SnapshotCheck row is atomic by itself.
+    exactly what it was checked against. The verdict and its pairs are written in one transaction.
     """
     threshold = settings.CONTAMINATION_THRESHOLD if threshold is None else threshold
     n = settings.CONTAMINATION_NGRAM if n is None else n
     versions = list(EvalSetVersion.objects.select_related("project").order_by("pk"))
     index = contamination.EvalIndex(n=n).add(_eval_texts([v.pk for v in versions])).build()
     result = index.check(_train_texts(snapshot), threshold=threshold)
+    offending_ids = sorted({m.train_key[0] for m in result.matches})
+    # The verdict's report is read by the trainer role: counts and training record ids only. The pairs,
+    # which quote eval text, go to ContaminationReport on the evalsets side.
     report = {
         "n": n,
         "threshold": threshold,
@@ -235,9 +262,8 @@ def snapshot_contamination_check(
         "eval_ngrams": index.ngram_count,
         "offending_count": result.offending_count,
         "below_threshold_count": result.below_threshold_count,
-        "offending_train_records": len({m.train_key[0] for m in result.matches}),
-        "pairs": _side_by_side(result.matches),
-        "pairs_truncated": result.offending_count > REPORT_PAIRS,
+        "offending_train_records": len(offending_ids),
+        "offending_train_record_ids": offending_ids,
     }
     passed = result.passed
     frozen_meanwhile = list(
@@ -258,5 +284,11 @@ def snapshot_contamination_check(
         report=report,
     )
     check.full_clean()
-    check.save()
+    pairs = _side_by_side(result.matches)
+    with transaction.atomic():
+        check.save()
+        if pairs:
+            ContaminationReport.objects.create(
+                snapshot_check=check, pairs=pairs, pairs_truncated=result.offending_count > len(pairs)
+            )
     return check

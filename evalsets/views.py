@@ -1,12 +1,12 @@
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotFound, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
 from evalsets import selectors, services
-from evalsets.export import FORMATS, Tally, iter_export, manifest_bytes
+from evalsets.export import FORMATS, Tally, iter_export, layout_unavailable, layouts_for, manifest_bytes
 
 
 @require_GET
@@ -55,7 +55,8 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     context = {
         "version": version,
         "records": selectors.evalset_version_records_page(version=version, page=page),
-        "formats": [(key, label) for key, (label, _) in FORMATS.items()],
+        "formats": [(key, FORMATS[key][0]) for key in layouts_for(version.counts)],
+        "verification": selectors.evalset_version_latest_verification(version=version),
     }
     if request.htmx and "page" in request.GET:
         return render(request, "evalsets/version_detail.html#record-rows", context)
@@ -63,16 +64,22 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     return render(request, "evalsets/version_detail.html", context)
 
 
-def _format_or_404(fmt: str) -> str:
+def _unavailable(request: HttpRequest, version, fmt: str) -> HttpResponse | None:
+    """A 404 page that says why, when the version has nothing to export in this layout (None when it has)."""
     if fmt not in FORMATS:
         raise Http404(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")
-    return fmt
+    reason = layout_unavailable(fmt, name=version.name, counts=version.counts)
+    if not reason:
+        return None
+    context = {"version": version, "reason": reason, "formats": layouts_for(version.counts)}
+    return HttpResponseNotFound(render(request, "evalsets/export_unavailable.html", context).content)
 
 
 @require_GET
-def version_export(request: HttpRequest, version_id: int, fmt: str) -> StreamingHttpResponse:
+def version_export(request: HttpRequest, version_id: int, fmt: str) -> HttpResponse:
     version = selectors.evalset_version_get_for_user(user=request.user, version_id=version_id)
-    _format_or_404(fmt)
+    if unavailable := _unavailable(request, version, fmt):
+        return unavailable
     response = StreamingHttpResponse(
         iter_export(selectors.evalset_records_iter(version=version), fmt), content_type="application/jsonl"
     )
@@ -83,7 +90,8 @@ def version_export(request: HttpRequest, version_id: int, fmt: str) -> Streaming
 @require_GET
 def version_export_manifest(request: HttpRequest, version_id: int, fmt: str) -> HttpResponse:
     version = selectors.evalset_version_get_for_user(user=request.user, version_id=version_id)
-    _format_or_404(fmt)
+    if unavailable := _unavailable(request, version, fmt):
+        return unavailable
     tally = Tally()
     # One streamed pass hashes the file exactly as the download writes it; memory stays flat.
     for _ in iter_export(selectors.evalset_records_iter(version=version), fmt, tally):
@@ -108,7 +116,8 @@ def snapshot_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def snapshot_contamination(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    context = {"snapshot": snapshot, "check": selectors.snapshot_latest_check(snapshot=snapshot)}
+    check = selectors.snapshot_latest_check(snapshot=snapshot)
+    context = {"snapshot": snapshot, "check": check, "pairs": selectors.snapshot_check_pairs(check=check)}
     return render(request, "evalsets/snapshot_contamination.html", context)
 
 

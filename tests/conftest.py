@@ -27,17 +27,90 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs Debian's chromium at {CHROMIUM}"))
 
 
-@pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
-    """Test connections may TRUNCATE write-once tables, so Django's flush between tests works.
-    Production connections never set app.allow_truncate, so the triggers reject it there."""
+# The app role's login, kept while "default" logs in as the owner to create the test database.
+_APP_LOGIN: dict[str, str] = {}
+
+
+def _login(alias: str, user: str, password: str) -> None:
     from django.db import connections
 
-    for alias in connections:
-        sd = connections[alias].settings_dict
-        if sd["ENGINE"].endswith("postgresql"):
-            sd.setdefault("OPTIONS", {})["options"] = "-c app.allow_truncate=on"
-            connections[alias].close()
+    connections[alias].settings_dict.update(USER=user, PASSWORD=password)
+    connections[alias].close()
+
+
+def _require_owner_role() -> None:
+    """The roles .ci/run sets up (`manage.py ensure_db_roles --admin-url … --owner-createdb`) must exist."""
+    import psycopg
+
+    sd = settings.DATABASES["default"]
+    owner = settings.OWNER_ROLE
+    with psycopg.connect(
+        host=sd["HOST"] or None, port=sd["PORT"] or None, user=sd["USER"], password=sd["PASSWORD"], dbname="postgres"
+    ) as conn:
+        rows = dict(conn.execute("SELECT rolname, rolcreatedb FROM pg_roles").fetchall())
+    missing = [r for r in (owner, settings.TRAINER_ROLE) if r not in rows]
+    if missing or not rows.get(owner):
+        pytest.exit(
+            f"The test database is created and migrated by the owner role {owner!r}, as in production, and the "
+            f"trainer role {settings.TRAINER_ROLE!r} logs in to it: {', '.join(missing) or owner} "
+            f"{'are missing' if missing else 'cannot create databases'}. Run `python manage.py ensure_db_roles "
+            "--admin-url postgres://postgres@HOST:5432/postgres --owner-createdb` once (.ci/run does).",
+            returncode=4,
+        )
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """On PostgreSQL, "default" logs in as the owner role until the test database is created and migrated
+    (migrations run as the owner, as in production); django_db_setup below then switches it to the app
+    role, which every test runs as. Only the owner's own connection asks for the TRUNCATE escape (the
+    write-once triggers let only a table's owner use it), and the flush between tests goes through it."""
+    if not ON_POSTGRES:
+        return
+    from django.db import connections
+
+    _require_owner_role()
+    default, owner = connections["default"].settings_dict, connections["owner"].settings_dict
+    _APP_LOGIN.update(user=default["USER"], password=default["PASSWORD"])
+    owner.setdefault("OPTIONS", {})["options"] = "-c app.allow_truncate=on"
+    connections["owner"].close()
+    _login("default", owner["USER"], owner["PASSWORD"])
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The test database exists and is migrated: from here on "default" is the app role."""
+    if not ON_POSTGRES:
+        yield
+        return
+    from django.db import connections
+
+    owner = connections["owner"].settings_dict
+    _login("default", _APP_LOGIN["user"], _APP_LOGIN["password"])
+    yield
+    _login("default", owner["USER"], owner["PASSWORD"])  # the owner drops the test database
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _flush_as_the_owner():
+    """Django empties the database between transactional tests with TRUNCATE, which the app role may not
+    run: the same statements go through the owner's connection instead."""
+    if not ON_POSTGRES:
+        yield
+        return
+    import psycopg
+    from django.db import connections
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    def execute_sql_flush(self, sql_list):
+        # A login of its own: Django forbids a test's flush the aliases the test did not ask for.
+        with psycopg.connect(**connections["owner"].get_connection_params()) as owner, owner.transaction():
+            for sql in sql_list:
+                owner.execute(sql)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "execute_sql_flush", execute_sql_flush)
+        yield
 
 
 @pytest.fixture
@@ -105,6 +178,16 @@ def project(db, alice, bob, carol, judge, admin_user):
     )
     project_add_members(project=project, users=[alice, bob, carol, judge])
     return project
+
+
+def superuser_url() -> str:
+    """A superuser login to the test database (CI and the dev machines trust local connections)."""
+    if os.environ.get("GOLDSET_TEST_PG_ADMIN_URL"):
+        return os.environ["GOLDSET_TEST_PG_ADMIN_URL"]
+    from django.db import connections
+
+    sd = connections["default"].settings_dict
+    return f"postgres://postgres@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
 
 
 def login(client, user):

@@ -18,6 +18,7 @@ from django.test import override_settings
 
 from config.routers import EvalWallError, EvalWallRouter
 from evalsets.models import EvalRecord, EvalSetVersion
+from tests.conftest import ON_POSTGRES, superuser_url
 from training.models import TrainingSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def test_the_trainer_role_reads_training_tables_and_cannot_write_them():
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db
+@pytest.mark.django_db(databases=["default", "owner"])
 def test_ensure_trainer_role_is_idempotent_and_leaves_no_privilege_on_evalsets():
     for _ in range(2):
         out = StringIO()
@@ -70,21 +71,13 @@ def test_ensure_trainer_role_is_idempotent_and_leaves_no_privilege_on_evalsets()
         assert cursor.fetchone()[0] is True
 
 
-def _superuser_url() -> str:
-    """A superuser login to the test database (CI and the dev machines trust local connections)."""
-    if os.environ.get("GOLDSET_TEST_PG_ADMIN_URL"):
-        return os.environ["GOLDSET_TEST_PG_ADMIN_URL"]
-    sd = connections["default"].settings_dict
-    return f"postgres://postgres@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
-
-
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, databases=["default", "owner"])
 def test_ensure_trainer_role_creates_a_missing_role_through_an_admin_login():
     import psycopg
 
     role = f"goldset_trainer_t{uuid.uuid4().hex[:8]}"
-    admin_url = _superuser_url()
+    admin_url = superuser_url()
     try:
         with override_settings(TRAINER_ROLE=role):
             call_command("ensure_trainer_role", "--password", "s3cret", "--admin-url", admin_url, stdout=StringIO())
@@ -123,7 +116,8 @@ def test_ensure_trainer_role_without_createrole_says_how_to_create_the_role():
             call_command("ensure_trainer_role", stdout=StringIO())
 
 
-def test_ensure_trainer_role_reports_what_it_did_on_either_database(db):
+@pytest.mark.django_db(databases=["default", "owner"] if ON_POSTGRES else ["default"])
+def test_ensure_trainer_role_reports_what_it_did_on_either_database():
     out = StringIO()
     call_command("ensure_trainer_role", stdout=out)
     if connections["default"].vendor == "sqlite":
@@ -181,9 +175,10 @@ def test_the_web_process_routes_everything_to_the_default_alias():
     assert router.db_for_write(EvalSetVersion) == "default"
 
 
-def test_only_the_default_alias_migrates():
+def test_the_trainer_alias_never_migrates():
     r = EvalWallRouter()
-    assert r.allow_migrate("default", "evalsets") is True
+    assert r.allow_migrate("owner", "evalsets") is True
+    assert r.allow_migrate("default", "evalsets") is True  # SQLite; on PostgreSQL only the owner login may
     assert r.allow_migrate("training", "training") is False
     assert r.allow_migrate("training", "evalsets") is False
 

@@ -9,7 +9,7 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from annotate.models import Item, Lease
-from annotate.selectors import project_get_for_user
+from annotate.selectors import leases_active_for_reviewer, project_get_for_user
 from annotate.services import queue
 from config import rawsql
 from config.auth import ModelBackend
@@ -34,7 +34,7 @@ def test_leases_with_items_load_the_same_values_as_the_orm(project, alice):
         split="eval",
     )
     lease = queue.lease_next_for_reviewer(project=project, reviewer=alice)
-    (loaded,) = queue.leases_active_for_reviewer(project=project, reviewer=alice)
+    (loaded,) = leases_active_for_reviewer(project=project, reviewer=alice)
     orm = Lease.objects.select_related("item").get(pk=lease.pk)
     assert _fields(loaded) == _fields(orm)
     assert _fields(loaded.item) == _fields(orm.item)
@@ -51,12 +51,12 @@ def test_only_the_reviewers_unexpired_active_leases_come_back_in_order(project, 
     first = queue.lease_next_for_reviewer(project=project, reviewer=alice)
     second = queue.lease_next_for_reviewer(project=project, reviewer=alice)
     queue.lease_next_for_reviewer(project=project, reviewer=bob)
-    assert [lease.pk for lease in queue.leases_active_for_reviewer(project=project, reviewer=alice)] == [
+    assert [lease.pk for lease in leases_active_for_reviewer(project=project, reviewer=alice)] == [
         first.pk,
         second.pk,
     ]
     Lease.objects.filter(pk=first.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert [lease.pk for lease in queue.leases_active_for_reviewer(project=project, reviewer=alice)] == [second.pk]
+    assert [lease.pk for lease in leases_active_for_reviewer(project=project, reviewer=alice)] == [second.pk]
 
 
 def test_a_project_is_found_for_its_members_only(project, alice, mallory):
@@ -136,7 +136,7 @@ def test_the_hot_reads_are_prepared_once_per_connection_on_postgresql(project, a
     Item.objects.create(project=project, kind="gold", prompt="p", responses=[], content_hash="h-prep")
     queue.lease_next_for_reviewer(project=project, reviewer=alice)
     for _ in range(6):  # psycopg prepares a statement on its fifth run on a connection
-        queue.leases_active_for_reviewer(project=project, reviewer=alice)
+        leases_active_for_reviewer(project=project, reviewer=alice)
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
@@ -156,7 +156,7 @@ def test_the_project_and_queue_read_matches_the_two_reads_it_replaces(project, a
     queue.lease_fill_for_reviewer(project=project, reviewer=alice)
     queue.lease_next_for_reviewer(project=project, reviewer=bob)
     found, leases = project_and_queue_for_user(user=alice, slug=project.slug)
-    expected = queue.leases_active_for_reviewer(project=project, reviewer=alice)
+    expected = leases_active_for_reviewer(project=project, reviewer=alice)
     assert [lease.pk for lease in leases] == [lease.pk for lease in expected] and len(leases) == 2
     assert [_fields(lease) for lease in leases] == [_fields(lease) for lease in expected]
     assert [_fields(lease.item) for lease in leases] == [_fields(lease.item) for lease in expected]
@@ -164,3 +164,52 @@ def test_the_project_and_queue_read_matches_the_two_reads_it_replaces(project, a
     assert project_and_queue_for_user(user=admin_user, slug=project.slug) == (project, None)
     with pytest.raises(Http404):
         project_and_queue_for_user(user=mallory, slug=project.slug)
+
+
+def _raw_write_hazards(model) -> list[str]:
+    """What a write through ``queue_sql``/``rawsql`` would skip for this model: a save() override or a receiver."""
+    from django.db.models import Model
+    from django.db.models.signals import post_init, post_save, pre_init, pre_save
+
+    hazards = [f"{model.__name__}.save is overridden"] if model.save is not Model.save else []
+    for name, signal in {
+        "pre_save": pre_save,
+        "post_save": post_save,
+        "pre_init": pre_init,
+        "post_init": post_init,
+    }.items():
+        sync, asynchronous = signal._live_receivers(model)
+        if sync or asynchronous:
+            hazards.append(f"{model.__name__} has a {name} receiver")
+    return hazards
+
+
+def test_models_the_queue_writes_with_written_out_sql_have_no_save_logic_it_would_skip():
+    from django.db.models.signals import post_save
+
+    from annotate.queue_sql import RAW_WRITTEN_MODELS
+
+    assert {m.__name__ for m in RAW_WRITTEN_MODELS} >= {"Lease", "Annotation", "AnnotationRevision", "ItemResult"}
+    assert {m.__name__: _raw_write_hazards(m) for m in RAW_WRITTEN_MODELS} == {
+        m.__name__: [] for m in RAW_WRITTEN_MODELS
+    }
+
+    # The check itself fails when a model gains either.
+    def receiver(**kwargs):
+        pass
+
+    post_save.connect(receiver, sender=Lease, weak=False)
+    try:
+        assert _raw_write_hazards(Lease) == ["Lease has a post_save receiver"]
+    finally:
+        post_save.disconnect(receiver, sender=Lease)
+
+    class Overriding(Lease):
+        class Meta:
+            proxy = True
+            app_label = "annotate"
+
+        def save(self, *args, **kwargs):
+            super().save(*args, **kwargs)
+
+    assert _raw_write_hazards(Overriding) == ["Overriding.save is overridden"]

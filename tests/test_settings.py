@@ -19,6 +19,9 @@ print(json.dumps({
     "options": {k: str(v) for k, v in db["default"].get("OPTIONS", {}).items()},
     "training_user": db["training"].get("USER"),
     "training_mirror": db["training"].get("TEST", {}).get("MIRROR"),
+    "owner": {k: str(db["owner"].get(k)) for k in ("USER", "PASSWORD", "NAME", "HOST")} if "owner" in db else None,
+    "owner_mirror": db.get("owner", {}).get("TEST", {}).get("MIRROR"),
+    "roles": [getattr(settings, "APP_ROLE", None), settings.OWNER_ROLE, settings.TRAINER_ROLE],
     "broker": settings.CELERY_BROKER_URL,
     "transport": {k: str(v) for k, v in settings.CELERY_BROKER_TRANSPORT_OPTIONS.items()},
     "debug": settings.DEBUG,
@@ -58,6 +61,7 @@ def test_no_environment_means_sqlite_under_var_and_a_filesystem_broker(tmp_path)
         assert Path(s["transport"][key]).is_dir(), f"{key} must exist before a worker starts"
     assert s["media_root"] == str(tmp_path / "var" / "media")
     assert s["debug"] is False
+    assert s["owner"] is None  # SQLite has no roles: nothing changes for the embedded demo
 
 
 def test_the_embedded_secret_key_is_generated_once_and_kept(tmp_path):
@@ -77,6 +81,33 @@ def test_database_url_switches_to_postgresql_with_the_trainer_as_second_login(tm
     assert s["training_mirror"] == "default"
     assert s["secret_key"] == "not-secret"
     assert s["options"] == {"server_side_binding": "True", "prepare_threshold": "5"}
+
+
+def test_postgresql_has_an_owner_login_for_migrations_named_from_the_environment(tmp_path):
+    url = "postgres://goldset:app-pw@db.example:5433/goldset_x"
+    s = settings_for(tmp_path, DATABASE_URL=url, SECRET_KEY="k")
+    assert s["owner"] == {
+        "USER": "goldset_owner",
+        "PASSWORD": "goldset_owner",
+        "NAME": "goldset_x",
+        "HOST": "db.example",
+    }
+    assert s["owner_mirror"] == "default"
+    assert s["roles"] == ["goldset", "goldset_owner", "goldset_trainer"]
+    s = settings_for(
+        tmp_path,
+        DATABASE_URL=url,
+        SECRET_KEY="k",
+        GOLDSET_OWNER_ROLE="schema_owner",
+        GOLDSET_OWNER_PASSWORD="o-pw",
+        GOLDSET_TRAINER_ROLE="gpu",
+    )
+    assert (s["owner"]["USER"], s["owner"]["PASSWORD"]) == ("schema_owner", "o-pw")
+    assert s["roles"] == ["goldset", "schema_owner", "gpu"] and s["training_user"] == "gpu"
+    s = settings_for(
+        tmp_path, DATABASE_URL=url, SECRET_KEY="k", OWNER_DATABASE_URL="postgres://boss:b-pw@other:5432/goldset_x"
+    )
+    assert (s["owner"]["USER"], s["owner"]["HOST"]) == ("boss", "other") and s["roles"][1] == "boss"
 
 
 def test_prepared_statements_can_be_turned_off_for_a_pooler_and_url_options_are_kept(tmp_path):

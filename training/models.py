@@ -64,8 +64,9 @@ class SnapshotCheck(models.Model):
 
 
 class TrainingJob(models.Model):
-    """One QLoRA fine-tune of a base model on a snapshot. The gpu worker (trainer role) may only
-    read and update this row; everything else about the job is written by the web side."""
+    """One QLoRA fine-tune of a base model on a snapshot. The gpu worker (trainer role) reads this row
+    and writes only WORKER_FIELDS of it (plus its claim and its end), through the functions in
+    training/dbfunctions.py that check the job's secret; everything else is written by the web side."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -80,6 +81,23 @@ class TrainingJob(models.Model):
         SFT_DPO = "sft_dpo", "SFT, then DPO on the SFT adapter"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    # The columns a running job's gpu worker may write, besides heartbeat_at (always), worker and
+    # started_at (on its claim), and status, error and finished_at (when it ends). The database
+    # functions that take the worker's writes are generated from this list after every migrate: a
+    # new worker-written field is one more name here, plus its migration.
+    WORKER_FIELDS = (
+        "phase",
+        "step",
+        "total_steps",
+        "epoch",
+        "loss",
+        "log_tail",
+        "output_dir",
+        "last_checkpoint",
+        "manifest",
+        "step_advanced_at",
+        "stall_after_s",
+    )
 
     snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="jobs")
     base_model = models.CharField(max_length=500, help_text="A local directory or a hub id.")
@@ -199,6 +217,30 @@ class TrainingPreflight(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+
+class JobSecret(models.Model):
+    """The sha256 of the secret a job's gpu worker proves itself with, issued when the job is queued.
+
+    The secret itself travels only in the job's Celery message. The trainer role has no privilege on
+    this table: only the job-write functions (owned by the owner role) compare against it.
+    """
+
+    job = models.OneToOneField(TrainingJob, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    secret_sha256 = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"secret of job {self.job_id}"
+
+
+class PreflightSecret(models.Model):
+    """The sha256 of the secret a preflight's worker proves itself with (as ``JobSecret`` for a job)."""
+
+    preflight = models.OneToOneField(TrainingPreflight, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    secret_sha256 = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"secret of preflight {self.preflight_id}"
 
 
 class JobProgress(models.Model):

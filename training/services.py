@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import math
+import secrets
 from datetime import timedelta
 
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -15,6 +19,8 @@ from annotate.models import Item, ItemResult, Project, Provenance, Split, TaskKi
 from training.config import TrainingConfig
 from training.models import (
     JobProgress,
+    JobSecret,
+    PreflightSecret,
     SnapshotCheck,
     SnapshotRecord,
     TrainingJob,
@@ -259,7 +265,11 @@ def training_preflight_request(
     preflight.save()
     from training.tasks import training_preflight_run
 
-    training_preflight_run.delay_on_commit(preflight.pk)
+    # As for a job: only the worker that receives this message can write the preflight.
+    secret = secrets.token_urlsafe(32)
+    PreflightSecret.objects.create(preflight=preflight, secret_sha256=job_secret_hash(secret))
+    training_preflight_run.apply_async_on_commit((preflight.pk, secret), argsrepr=f"({preflight.pk}, '…')")
+    preflight.worker_secret = secret  # not stored: the caller may run the task itself (tests, the demo)
     return preflight
 
 
@@ -304,9 +314,14 @@ def _job_insert(
     )
     job.full_clean()
     job.save()
+    # Only the worker that receives this message can write the job: the secret travels in it, and the
+    # database keeps its sha256 where the trainer role cannot read it.
+    secret = secrets.token_urlsafe(32)
+    JobSecret.objects.create(job=job, secret_sha256=job_secret_hash(secret))
     from training.tasks import training_job_run
 
-    training_job_run.delay_on_commit(job.pk)
+    training_job_run.apply_async_on_commit((job.pk, secret), argsrepr=f"({job.pk}, '…')")
+    job.worker_secret = secret  # not stored: the caller may run the task itself (tests, the demo)
     return job
 
 
@@ -425,32 +440,83 @@ def training_preflights_fail_stale(*, stale_after_s: float, using: str = "defaul
     return ids
 
 
-# --- jobs, gpu worker side (trainer role: SELECT/UPDATE on the job, INSERT on progress) -------------
-# Every write the worker makes to its job row goes through one of these, and only while the job runs.
+# --- jobs, gpu worker side -------------------------------------------------------------------------
+# Every write of the gpu worker goes through these functions. It names the job's secret; on PostgreSQL
+# they call the SECURITY DEFINER functions of training/dbfunctions.py (the trainer role has no UPDATE
+# or INSERT privilege of its own), and on SQLite, which has no roles, they apply the same rules here.
 
 
-def training_job_claim(*, job_id: int, worker: str, output_dir: str, using: str) -> bool:
+def job_secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _jsonable(fields: dict) -> str:
+    # JSON has no NaN or infinity; PostgreSQL reads these strings back into a float column as such.
+    def value(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        return v
+
+    return json.dumps({k: value(v) for k, v in fields.items()}, cls=DjangoJSONEncoder)
+
+
+def _call(using: str, function: str, args: list, casts: list[str]) -> bool:
+    placeholders = ", ".join(f"%s::{cast}" for cast in casts)
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute(f"SELECT {function}({placeholders})", args)
+            return bool(cursor.fetchone()[0])
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        if getattr(cause, "sqlstate", None) == "42501":  # insufficient_privilege: a refusal, in words
+            raise PermissionDenied(getattr(getattr(cause, "diag", None), "message_primary", None) or str(exc)) from exc
+        raise
+
+
+def _on_postgres(using: str) -> bool:
+    return connections[using].vendor == "postgresql"
+
+
+def _secret_check(job_id: int, secret: str | None, using: str) -> None:
+    stored = JobSecret.objects.using(using).filter(job_id=job_id).values_list("secret_sha256", flat=True).first()
+    if stored is None or not secret or not hmac.compare_digest(stored, job_secret_hash(secret)):
+        raise PermissionDenied(
+            f"job {job_id}: the worker secret does not match; only the worker the job was sent to may write it"
+        )
+
+
+def _fields_check(job_id: int, fields: dict, allowed, what: str) -> None:
+    refused = sorted(set(fields) - set(allowed))
+    if refused:
+        raise PermissionDenied(
+            f"job {job_id}: the gpu worker may not write {', '.join(refused)} ({what}: {', '.join(allowed)})"
+        )
+
+
+def training_job_claim(*, job_id: int, secret: str, worker: str, using: str) -> bool:
     """Move a queued job to running; False when someone else has it or it was cancelled meanwhile."""
+    worker = worker[:200]
+    if _on_postgres(using):
+        from training.dbfunctions import CLAIM
+
+        return _call(using, CLAIM, [job_id, secret, worker], ["bigint", "text", "text"])
+    _secret_check(job_id, secret, using)
     now = timezone.now()
     return bool(
         TrainingJob.objects.using(using)
         .filter(pk=job_id, status=TrainingJob.Status.QUEUED, cancel_requested=False)
-        .update(
-            status=TrainingJob.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker, output_dir=output_dir
-        )
+        .update(status=TrainingJob.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
     )
 
 
-HEARTBEAT_FIELDS = frozenset(
-    {"phase", "step", "total_steps", "epoch", "loss", "log_tail", "step_advanced_at", "stall_after_s"}
-)
+def training_job_heartbeat(*, job_id: int, secret: str, using: str, **fields) -> bool:
+    """Beat, and write any of TrainingJob.WORKER_FIELDS, while the job runs."""
+    if _on_postgres(using):
+        from training.dbfunctions import UPDATE
 
-
-def training_job_heartbeat(*, job_id: int, using: str, **fields) -> bool:
-    """Prove the worker is alive, with the job's latest step; False once the job no longer runs."""
-    unknown = set(fields) - HEARTBEAT_FIELDS
-    if unknown:
-        raise ValueError(f"A heartbeat cannot write {', '.join(sorted(unknown))}.")
+        return _call(using, UPDATE, [job_id, secret, _jsonable(fields)], ["bigint", "text", "jsonb"])
+    _secret_check(job_id, secret, using)
+    _fields_check(job_id, fields, TrainingJob.WORKER_FIELDS, "a running job's fields")
     return bool(
         TrainingJob.objects.using(using)
         .filter(pk=job_id, status=TrainingJob.Status.RUNNING)
@@ -458,68 +524,104 @@ def training_job_heartbeat(*, job_id: int, using: str, **fields) -> bool:
     )
 
 
-def training_job_checkpoint(*, job_id: int, path: str, using: str) -> bool:
-    """Record the newest resumable checkpoint of a running job."""
-    return bool(
-        TrainingJob.objects.using(using)
-        .filter(pk=job_id, status=TrainingJob.Status.RUNNING)
-        .update(last_checkpoint=path)
-    )
+def training_job_progress_add(*, job_id: int, secret: str, row: dict, using: str) -> bool:
+    """Append a progress row to the running job (a step logged twice keeps its first row)."""
+    if _on_postgres(using):
+        from training.dbfunctions import PROGRESS
+
+        return _call(using, PROGRESS, [job_id, secret, _jsonable(row)], ["bigint", "text", "jsonb"])
+    from training.dbfunctions import progress_fields
+
+    _secret_check(job_id, secret, using)
+    _fields_check(job_id, row, progress_fields(), "a progress row's fields")
+    if not TrainingJob.objects.using(using).filter(pk=job_id, status=TrainingJob.Status.RUNNING).exists():
+        return False
+    # A resumed phase may log a step again: the first row stays (one worker per job, so no race here).
+    logged = JobProgress.objects.using(using).filter(job_id=job_id, phase=row.get("phase"), step=row.get("step"))
+    if logged.exists():
+        return False
+    JobProgress.objects.using(using).bulk_create([JobProgress(job_id=job_id, **row)], ignore_conflicts=True)
+    return True
 
 
-def training_job_progress_add(*, job_id: int, row: dict, using: str) -> None:
-    """Append one progress row (step metrics) of a job."""
-    JobProgress.objects.using(using).bulk_create(
-        [JobProgress(job_id=job_id, **row)],
-        ignore_conflicts=True,  # a resumed phase may log a step again
-    )
-
-
-def training_job_finish(
-    *,
-    job_id: int,
-    status: str,
-    using: str,
-    error: str = "",
-    manifest: dict | None = None,
-    last_checkpoint: str = "",
-    log_tail: str | None = None,
-) -> bool:
+def training_job_finish(*, job_id: int, secret: str, status: str, using: str, error: str = "", **fields) -> bool:
     """Record how a running job ended; a job already failed by the stale check stays failed."""
     if status == TrainingJob.Status.FAILED and not error:
         error = "The job failed without a reason: see the log tail."
-    fields: dict = {"step_advanced_at": None}
-    if log_tail is not None:
-        fields["log_tail"] = log_tail
-    if manifest is not None:
-        fields["manifest"] = manifest
-    if last_checkpoint:
-        fields["last_checkpoint"] = last_checkpoint
+    fields.setdefault("step_advanced_at", None)  # the step clock stops with the job
+    if _on_postgres(using):
+        from training.dbfunctions import FINISH
+
+        try:
+            return _call(
+                using,
+                FINISH,
+                [job_id, secret, status, error, _jsonable(fields)],
+                ["bigint", "text", "text", "text", "jsonb"],
+            )
+        except IntegrityError:
+            return False
+    from training.dbfunctions import ENDINGS
+
+    _secret_check(job_id, secret, using)
+    if status not in ENDINGS:
+        raise PermissionDenied(f"job {job_id}: a gpu worker ends a job as {', '.join(ENDINGS)}, not as {status}")
+    _fields_check(job_id, fields, TrainingJob.WORKER_FIELDS, "a running job's fields")
+    jobs = TrainingJob.objects.using(using).filter(pk=job_id, status=TrainingJob.Status.RUNNING)
+    if status == TrainingJob.Status.CANCELLED:
+        jobs = jobs.filter(cancel_requested=True)
     try:
         return bool(
-            TrainingJob.objects.using(using)
-            .filter(pk=job_id, status=TrainingJob.Status.RUNNING)
-            .update(status=status, error=error, finished_at=timezone.now(), heartbeat_at=timezone.now(), **fields)
+            jobs.update(status=status, error=error, finished_at=timezone.now(), heartbeat_at=timezone.now(), **fields)
         )
     except IntegrityError:
         return False
 
 
-# --- preflights, worker side (trainer role on a gpu box: SELECT/UPDATE on the preflight) ------------
+# --- preflights, worker side -------------------------------------------------------------------------------
+# Checked like a job's writes: the preflight's secret, and queued → running → succeeded/failed only.
 
 
-def training_preflight_claim(*, preflight_id: int, worker: str, using: str) -> bool:
+def _preflight_secret_check(preflight_id: int, secret: str | None, using: str) -> None:
+    stored = (
+        PreflightSecret.objects.using(using)
+        .filter(preflight_id=preflight_id)
+        .values_list("secret_sha256", flat=True)
+        .first()
+    )
+    if stored is None or not secret or not hmac.compare_digest(stored, job_secret_hash(secret)):
+        raise PermissionDenied(
+            f"preflight {preflight_id}: the worker secret does not match; only the worker it was sent to may write it"
+        )
+
+
+def training_preflight_claim(*, preflight_id: int, secret: str, worker: str, using: str) -> bool:
     """Move a queued preflight to running; False when another worker has it."""
+    if _on_postgres(using):
+        from training.dbfunctions import PREFLIGHT_CLAIM
+
+        return _call(using, PREFLIGHT_CLAIM, [preflight_id, secret, worker[:200]], ["bigint", "text", "text"])
+    _preflight_secret_check(preflight_id, secret, using)
     now = timezone.now()
     return bool(
         TrainingPreflight.objects.using(using)
         .filter(pk=preflight_id, status=TrainingPreflight.Status.QUEUED)
-        .update(status=TrainingPreflight.Status.RUNNING, started_at=now, updated_at=now, worker=worker)
+        .update(status=TrainingPreflight.Status.RUNNING, started_at=now, updated_at=now, worker=worker[:200])
     )
 
 
-def training_preflight_progress(*, preflight_id: int, progress: float, message: str, using: str) -> bool:
+def training_preflight_progress(*, preflight_id: int, secret: str, progress: float, message: str, using: str) -> bool:
     """Report how far a running preflight got, and what it is doing."""
+    if _on_postgres(using):
+        from training.dbfunctions import PREFLIGHT_PROGRESS
+
+        return _call(
+            using,
+            PREFLIGHT_PROGRESS,
+            [preflight_id, secret, float(progress), message],
+            ["bigint", "text", "double precision", "text"],
+        )
+    _preflight_secret_check(preflight_id, secret, using)
     return bool(
         TrainingPreflight.objects.using(using)
         .filter(pk=preflight_id, status=TrainingPreflight.Status.RUNNING)
@@ -527,11 +629,21 @@ def training_preflight_progress(*, preflight_id: int, progress: float, message: 
     )
 
 
-def training_preflight_finish(*, preflight_id: int, result: dict, using: str, message: str = "") -> bool:
+def training_preflight_finish(*, preflight_id: int, secret: str, result: dict, using: str, message: str = "") -> bool:
     """Record a running preflight's result: passed when it found no error, failed (saying why) otherwise."""
     passed = bool(result.get("ok")) and not message
     if not passed and not message:
         message = " ".join(result.get("errors") or []) or "The preflight failed without a reason."
+    if _on_postgres(using):
+        from training.dbfunctions import PREFLIGHT_FINISH
+
+        return _call(
+            using,
+            PREFLIGHT_FINISH,
+            [preflight_id, secret, passed, message, _jsonable(result)],
+            ["bigint", "text", "boolean", "text", "jsonb"],
+        )
+    _preflight_secret_check(preflight_id, secret, using)
     now = timezone.now()
     return bool(
         TrainingPreflight.objects.using(using)

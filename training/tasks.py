@@ -43,12 +43,13 @@ class DbSink:
     step, never below ``GOLDSET_TRAINING_STALL_FLOOR_S``). The periodic check reads both from the row.
     """
 
-    def __init__(self, job_id: int, using: str, log_path: Path, *, stall_after_s: float = 0):
+    def __init__(self, job_id: int, secret: str, using: str, log_path: Path, *, stall_after_s: float = 0):
         from training import selectors, services
 
         self.services = services
         self.selectors = selectors
         self.job_id = job_id
+        self.secret = secret
         self.using = using
         self.lines: deque[str] = deque(maxlen=services.LOG_TAIL_LINES)
         self.log_path = log_path
@@ -70,7 +71,7 @@ class DbSink:
     def _beat(self, **fields) -> None:
         if self._dirty_log:
             fields["log_tail"] = "\n".join(self.lines)
-        alive = self.services.training_job_heartbeat(job_id=self.job_id, using=self.using, **fields)
+        alive = self.services.training_job_heartbeat(job_id=self.job_id, secret=self.secret, using=self.using, **fields)
         self._last_beat = time.monotonic()
         self._dirty_log = False
         if not alive and not self.abandoned:
@@ -85,7 +86,7 @@ class DbSink:
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v) for k, v in row.items()
         }
-        self.services.training_job_progress_add(job_id=self.job_id, row=clean, using=self.using)
+        self.services.training_job_progress_add(job_id=self.job_id, secret=self.secret, row=clean, using=self.using)
         loss = row["loss"] if row["loss"] is None or math.isfinite(row["loss"]) else None
         self._dirty_log = True
         fields = {
@@ -137,7 +138,7 @@ class DbSink:
             fh.write(stamped + "\n")
 
     def checkpoint(self, path: str) -> None:
-        self.services.training_job_checkpoint(job_id=self.job_id, path=path, using=self.using)
+        self._beat(last_checkpoint=path)
 
 
 def _heartbeat_thread(sink: DbSink, stop: threading.Event) -> None:
@@ -149,7 +150,7 @@ def _heartbeat_thread(sink: DbSink, stop: threading.Event) -> None:
 
     try:
         while not stop.wait(settings.TRAINING_HEARTBEAT_S / 3):
-            if not services.training_job_heartbeat(job_id=sink.job_id, using=sink.using):
+            if not services.training_job_heartbeat(job_id=sink.job_id, secret=sink.secret, using=sink.using):
                 sink.abandoned = True
                 log.warning("job %s no longer runs: its heartbeat thread stops", sink.job_id)
                 return
@@ -215,20 +216,21 @@ def _provenance(job, snapshot, check) -> dict:
 
 
 @shared_task(acks_late=True)
-def training_job_run(job_id: int) -> str:
-    """Claim a queued job, train it and record how it ended."""
+def training_job_run(job_id: int, secret: str) -> str:
+    """Claim a queued job, train it and record how it ended (``secret``: the job's, from its message)."""
     from training import services
     from training.models import TrainingJob, TrainingSnapshot
 
     using = training_db()
     worker = socket.gethostname()
     output_dir = Path(settings.ARTIFACTS_DIR) / f"job-{job_id}"
-    if not services.training_job_claim(job_id=job_id, worker=worker, output_dir=str(output_dir), using=using):
+    if not services.training_job_claim(job_id=job_id, secret=secret, worker=worker, using=using):
         return "not claimed"
     job = TrainingJob.objects.using(using).get(pk=job_id)
     output_dir.mkdir(parents=True, exist_ok=True)
-    sink = DbSink(job_id, using, output_dir / "train.log", stall_after_s=job.config.get("stall_after_s") or 0)
+    sink = DbSink(job_id, secret, using, output_dir / "train.log", stall_after_s=job.config.get("stall_after_s") or 0)
     sink.log(f"job {job_id} claimed by {worker}; database role: {_db_role(using)}")
+    services.training_job_heartbeat(job_id=job_id, secret=secret, using=using, output_dir=str(output_dir))
 
     stop = threading.Event()
     beat = None
@@ -249,6 +251,7 @@ def training_job_run(job_id: int) -> str:
         sink.log(f"failed: {reason}")
         services.training_job_finish(
             job_id=job_id,
+            secret=secret,
             status=TrainingJob.Status.FAILED,
             using=using,
             error=reason[:5000],
@@ -264,6 +267,7 @@ def training_job_run(job_id: int) -> str:
     sink.log(f"{status}: artifacts in {output_dir}")
     services.training_job_finish(
         job_id=job_id,
+        secret=secret,
         status=status,
         using=using,
         manifest=result["manifest"],
@@ -323,14 +327,15 @@ def _train(job, *, records: list[dict], output_dir: Path, sink: DbSink, provenan
 
 
 @shared_task(acks_late=True)
-def training_preflight_run(preflight_id: int) -> str:
-    """Check a job's config against its base model and snapshot, reporting progress on the preflight row."""
+def training_preflight_run(preflight_id: int, secret: str) -> str:
+    """Check a job's config against its base model and snapshot, reporting progress on the preflight row
+    (``secret``: the preflight's, from its message)."""
     from training import services
     from training.models import TrainingPreflight
 
     using = training_db()
     worker = socket.gethostname()
-    if not services.training_preflight_claim(preflight_id=preflight_id, worker=worker, using=using):
+    if not services.training_preflight_claim(preflight_id=preflight_id, secret=secret, worker=worker, using=using):
         return "not claimed"
     preflight = TrainingPreflight.objects.using(using).get(pk=preflight_id)
     last_report = [0.0]
@@ -339,7 +344,9 @@ def training_preflight_run(preflight_id: int) -> str:
         now = time.monotonic()
         if share >= 1 or now - last_report[0] >= 0.5:
             last_report[0] = now
-            services.training_preflight_progress(preflight_id=preflight_id, progress=share, message=stage, using=using)
+            services.training_preflight_progress(
+                preflight_id=preflight_id, secret=secret, progress=share, message=stage, using=using
+            )
 
     message = ""
     try:
@@ -354,7 +361,9 @@ def training_preflight_run(preflight_id: int) -> str:
             log.exception("preflight %s crashed", preflight_id)
             message = f"The preflight crashed: {exc.__class__.__name__}: {exc}"
         result = {"ok": False, "errors": [message], "warnings": [], "samples": [], "stats": {}}
-    services.training_preflight_finish(preflight_id=preflight_id, result=result, message=message, using=using)
+    services.training_preflight_finish(
+        preflight_id=preflight_id, secret=secret, result=result, message=message, using=using
+    )
     return "succeeded" if result["ok"] and not message else "failed"
 
 

@@ -7,11 +7,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate import roles
+from annotate.consensus import agreement_with, criteria_by_key, latest_version_annotations
 from annotate.models import Adjudication, Annotation, Item, ItemResult, TaskKind
-from annotate.services.consensus import agreement_with, criteria_by_key, latest_version_annotations
-
-GOLD_ACTIONS = ("accept", "edit", "write", "unusable")
-PREFERENCE_CHOICES = ("response", "tie", "both_bad")
+from annotate.payloads import ANSWER_ACTIONS, GoldAction, PreferenceChoice, payload_from_json
 
 
 def payload_validate(*, item: Item, payload) -> dict:
@@ -21,19 +19,19 @@ def payload_validate(*, item: Item, payload) -> dict:
     n = len(item.responses or [])
     if item.kind == TaskKind.GOLD:
         action = payload.get("action")
-        if action not in GOLD_ACTIONS:
-            raise ValidationError(f"action: choose one of {', '.join(GOLD_ACTIONS)}; got {action!r}.")
-        if action in ("edit", "write") and not str(payload.get("answer") or "").strip():
+        if action not in GoldAction.values:
+            raise ValidationError(f"action: choose one of {', '.join(GoldAction.values)}; got {action!r}.")
+        if action in ANSWER_ACTIONS and not str(payload.get("answer") or "").strip():
             raise ValidationError(f"answer: an {action} decision needs the answer text.")
-        if action == "accept" and not (
+        if action == GoldAction.ACCEPT and not (
             isinstance(payload.get("source_index"), int) and 0 <= payload["source_index"] < n
         ):
             raise ValidationError(f"source_index: accept needs the index of one of the {n} responses.")
     elif item.kind == TaskKind.PREFERENCE:
         choice = payload.get("choice")
-        if choice not in PREFERENCE_CHOICES:
-            raise ValidationError(f"choice: choose one of {', '.join(PREFERENCE_CHOICES)}; got {choice!r}.")
-        if choice == "response":
+        if choice not in PreferenceChoice.values:
+            raise ValidationError(f"choice: choose one of {', '.join(PreferenceChoice.values)}; got {choice!r}.")
+        if choice == PreferenceChoice.RESPONSE:
             chosen, rejected = payload.get("chosen"), payload.get("rejected")
             if not (isinstance(chosen, int) and 0 <= chosen < n):
                 raise ValidationError(f"chosen: give the index of one of the {n} responses.")
@@ -41,7 +39,7 @@ def payload_validate(*, item: Item, payload) -> dict:
                 raise ValidationError("rejected: give the index of a different response, or leave it empty.")
     elif item.kind == TaskKind.RUBRIC and (not isinstance(payload.get("scores"), dict) or not payload["scores"]):
         raise ValidationError("scores: give {criterion_key: value} for every criterion.")
-    return payload
+    return payload_from_json(item.kind, payload).to_json()
 
 
 @transaction.atomic

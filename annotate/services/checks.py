@@ -7,9 +7,9 @@ import hashlib
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from annotate.consensus import normalize_text
 from annotate.models import Item, ItemResult, Project, Split, TaskKind
 from annotate.services.adjudication import payload_validate
-from annotate.services.consensus import normalize_text
 
 
 def _content_hash(prompt: str, responses: list[dict]) -> str:

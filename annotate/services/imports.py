@@ -2,17 +2,19 @@
 
 An import runs in two streaming passes, so memory stays flat however big the file is:
 
-1. *Check*: every row is parsed and validated; good rows go to a temporary spool file, bad rows
-   are counted, the first ``MAX_REPORTED`` errors kept on the batch and every bad row written to a
-   rejected-rows file. Progress (``bytes_read``, ``rows_seen``) is committed at chunk boundaries,
-   at most twice a second (each commit is an fsync on SQLite).
-2. *Write* (only when the mode allows it): the spool is read back in chunks inside one
-   transaction. Duplicates, within the file or against earlier imports, are reported by line and
-   never inserted twice: on SQLite each chunk's content hashes are looked up first (one indexed
-   query) and the rest go in by ``executemany``; on PostgreSQL each chunk is COPied into a
-   temporary table and moved with ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, so the unique
-   index (item_unique_content_per_project) finds the duplicates while inserting, and only those
-   are looked up for the report.
+1. *Check* (``_check_pass``): every row is parsed and validated; good rows go to a temporary spool
+   file, bad rows are counted, the first ``MAX_REPORTED`` errors kept on the batch, and every bad
+   row's original bytes copied to a rejected-rows file (its errors to a CSV report beside it).
+   Progress (``bytes_read``, ``rows_seen``) is committed at chunk boundaries, at most twice a
+   second (each commit is an fsync on SQLite).
+2. *Write* (``_write_pass``, only when the mode allows it): the spool is read back in chunks inside
+   one transaction. Duplicates, within the file or against earlier imports, are reported by line,
+   as exact (the same texts) or near (the same only after normalization), and never inserted
+   twice: on SQLite each chunk's content hashes are looked up first (one indexed query) and the
+   rest go in by ``executemany``; on PostgreSQL each chunk is COPied into a temporary table and
+   moved with ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, so the unique index
+   (item_unique_content_per_project) finds the duplicates while inserting, and only those are
+   looked up for the report.
 
 Split scheme: an item goes to eval when
 ``int(sha256(f"{split_seed}:{stratum}:{content_hash}")[:16], 16) / 2**64 < project.eval_share``,
@@ -22,7 +24,8 @@ nothing else: the same content always lands in the same split, and an item once 
 updated, so a re-import never moves it. LLM-judged rows always go to train: eval data is human-made.
 """
 
-import csv
+from __future__ import annotations
+
 import hashlib
 import io
 import json
@@ -36,6 +39,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +52,7 @@ from django.utils.text import get_valid_filename
 
 from annotate import importers
 from annotate.models import ImportBatch, Item, Project, Provenance
+from config import csvwriter
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,9 @@ def import_batch_create(
     # uploaded_by is empty for the command line; errors starts empty and fills while running.
     batch.full_clean(exclude=["uploaded_by", "errors", "stored_path"])
     if upload is not None:
-        target = imports_dir() / "uploads" / f"{uuid.uuid4().hex}-{get_valid_filename(batch.filename) or 'upload'}"
+        target = (
+            imports_dir() / "uploads" / f"{uuid.uuid4().hex}-{get_valid_filename(batch.filename)[-100:] or 'upload'}"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as out:
             if hasattr(upload, "chunks"):
@@ -180,37 +187,106 @@ def import_batch_run(*, batch_id: int) -> ImportBatch:
     return batch
 
 
-# --- running -----------------------------------------------------------------------------------
+# --- the rejected rows -------------------------------------------------------------------------
 
 
 class _Rejected:
-    """The rejected-rows file: each bad row's original text with its line and errors."""
+    """The rejected rows, handed back in two files.
 
-    def __init__(self, batch: ImportBatch, header: list[str] | None):
+    - ``batch-<id>-rejected.<jsonl|csv>``: each rejected row's original bytes, copied verbatim from the
+      upload (invalid UTF-8 and over-long rows included; a CSV keeps its header line), so the file can
+      be fixed and imported again. It is the uploader's own data: no byte of it is rewritten.
+    - ``batch-<id>-errors.csv``: line in the upload, line in the rejected file, field and message per
+      error, written through the one CSV writer (config.csvwriter).
+
+    While the check pass runs only the rows' byte ranges and errors are kept, spooled to a temporary
+    file; the files are written when it ends, so memory stays flat however many rows are bad.
+    """
+
+    FLUSH = 1000
+
+    def __init__(self, batch: ImportBatch):
         self.batch = batch
-        self.header = header
-        self.path = imports_dir() / "rejected" / f"batch-{batch.id}-rejected.{batch.file_format}"
-        self.handle: IO[str] | None = None
-        self.writer: Any = None
+        self.count = 0
+        self.header_end: int | None = None
+        self._pending: list[tuple] = []
+        self._spool: IO[bytes] | None = None
 
-    def write(self, parsed: importers.ParsedRow) -> None:
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
-            if self.batch.file_format == "csv":
-                self.writer = csv.writer(self.handle)
-                self.writer.writerow(["line", "error", *(self.header or ["original"])])
-        errors = "; ".join(str(e) for e in parsed.errors)
-        if self.writer is not None:
-            self.writer.writerow([parsed.line, errors, *(parsed.raw_fields or [parsed.raw])])
-        else:
-            self.handle.write(json.dumps({"line": parsed.line, "error": errors, "original": parsed.raw}) + "\n")
+    def __enter__(self) -> _Rejected:
+        return self
 
-    def close(self) -> str:
-        if self.handle is None:
+    def __exit__(self, *exc) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+    def seen(self, parsed: importers.ParsedRow) -> None:
+        """Note where the first row starts: in a CSV file the header (and any blank lines) come before it."""
+        if self.header_end is None:
+            self.header_end = parsed.start_offset
+
+    def add(self, parsed: importers.ParsedRow) -> None:
+        self.count += 1
+        errors = [(e.field, e.message) for e in parsed.errors]
+        self._pending.append((parsed.start_offset, parsed.end_offset, parsed.line, errors))
+        if len(self._pending) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        pickle.dump(self._pending, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pending = []
+
+    def write(self, source: IO[bytes]) -> str:
+        """Copy the rejected rows out of ``source`` (the upload, seekable) and write the error report;
+        return the rejected-rows file's path ("" when no row was rejected)."""
+        if not self.count:
             return ""
-        self.handle.close()
-        return str(self.path)
+        self._flush()
+        directory = imports_dir() / "rejected"
+        directory.mkdir(parents=True, exist_ok=True)
+        data_path = directory / f"batch-{self.batch.id}-rejected.{self.batch.file_format}"
+        with (
+            open(data_path, "wb") as data,
+            open(importers.rejected_errors_path(str(data_path)), "w", encoding="utf-8", newline="") as report,
+        ):
+            errors = csvwriter.writer(report)
+            errors.writerow(["line", "rejected_file_line", "field", "error"])
+            lines = 0
+            if self.batch.file_format == "csv" and self.header_end:
+                lines += _copy_range(source, data, 0, self.header_end)
+            self._spool.seek(0)
+            for chunk in _read_spool(self._spool):
+                for start, end, line, row_errors in chunk:
+                    for field_name, message in row_errors:
+                        errors.writerow([line, lines + 1, field_name, message])
+                    lines += _copy_range(source, data, start, end)
+        return str(data_path)
+
+
+def _copy_range(source: IO[bytes], out: IO[bytes], start: int, end: int) -> int:
+    """Copy bytes [start, end) of ``source`` to ``out`` in 1 MiB pieces; return the line breaks copied."""
+    source.seek(start)
+    breaks = 0
+    left = end - start
+    while left > 0:
+        piece = source.read(min(left, 1024 * 1024))
+        if not piece:
+            break
+        out.write(piece)
+        breaks += piece.count(b"\n")
+        left -= len(piece)
+    return breaks
+
+
+def rejected_file_open(*, batch: ImportBatch) -> IO[bytes]:
+    """The rejected-rows file of a batch, opened for reading."""
+    if not batch.rejected_path:
+        raise FileNotFoundError("This import has no rejected rows.")
+    return open(batch.rejected_path, "rb")
+
+
+# --- running -----------------------------------------------------------------------------------
 
 
 def _progress(batch: ImportBatch, **fields) -> None:
@@ -225,52 +301,37 @@ def _finish(batch: ImportBatch, *, status: str, message: str, **fields) -> None:
     _progress(batch, **fields)
 
 
+@dataclass
+class _Checked:
+    """What the check pass found."""
+
+    rows_seen: int = 0
+    good: int = 0
+    bad: int = 0
+    errors: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Written:
+    """What the write pass did."""
+
+    imported: int = 0
+    duplicates: int = 0
+    near_duplicates: int = 0
+    report: list[dict] = field(default_factory=list)
+    strata: dict[str, list[int]] = field(default_factory=dict)
+
+
+class _WriteFailed(Exception):
+    """The write pass stopped; its transaction rolled back, so nothing was imported."""
+
+
 def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int = CHUNK_ROWS) -> ImportBatch:
     """Check every row of the file, then write the good ones in one transaction (see the module docstring)."""
-    project = batch.project
-    header = None
-    if batch.file_format == "csv" and fileobj.seekable():
-        header = importers.csv_header(fileobj)
-        fileobj.seek(0)
-    rejected = _Rejected(batch, header)
-    errors: list[dict] = []
-    rows_seen = bad = good = 0
-    end = 0
-    last_progress = time.monotonic()
-    pending: list[tuple] = []
-    all_or_nothing = batch.mode == ImportBatch.Mode.ALL_OR_NOTHING
     with tempfile.TemporaryFile() as spool:
         try:
-            rows = importers.parse(
-                fileobj,
-                file_format=batch.file_format,
-                task_kinds=project.task_kinds,
-                default_provenance=batch.provenance,
-            )
-            for parsed in rows:
-                rows_seen += 1
-                end = parsed.end_offset
-                if parsed.ok:
-                    good += 1
-                    if bad and all_or_nothing:
-                        continue  # nothing will be written: only count and report from here on
-                    pending.append(_record(parsed.line, parsed.row))
-                    if len(pending) == chunk_rows:
-                        pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
-                        pending = []
-                else:
-                    bad += 1
-                    if len(errors) < MAX_REPORTED:
-                        errors.extend(e.as_dict() for e in parsed.errors)
-                    rejected.write(parsed)
-                if rows_seen % chunk_rows == 0 and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
-                    # Each progress write is a commit (an fsync on SQLite): once per chunk, at most twice a second.
-                    _progress(batch, bytes_read=end, rows_seen=rows_seen)
-                    last_progress = time.monotonic()
-            if pending:
-                pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
+            checked = _check_pass(batch, fileobj, spool, chunk_rows=chunk_rows)
         except importers.FileInvalid as exc:
-            rejected.close()
             _finish(
                 batch,
                 status=ImportBatch.Status.FAILED,
@@ -278,69 +339,126 @@ def import_file_run(*, batch: ImportBatch, fileobj: IO[bytes], chunk_rows: int =
                 errors=[exc.error.as_dict()],
             )
             return batch
-        rejected_path = rejected.close()
-        _progress(
-            batch,
-            bytes_read=batch.bytes_total or end,
-            rows_seen=rows_seen,
-            rows_rejected=bad,
-            errors=errors[:MAX_REPORTED],
-            rejected_path=rejected_path,
-        )
-        if rows_seen == 0:
-            _finish(batch, status=ImportBatch.Status.FAILED, message="The file has no rows: nothing imported.")
+        refusal = _refusal(batch, checked)
+        if refusal:
+            _finish(batch, status=ImportBatch.Status.FAILED, message=refusal)
             return batch
-        if bad and batch.mode == ImportBatch.Mode.ALL_OR_NOTHING:
-            _finish(
-                batch,
-                status=ImportBatch.Status.FAILED,
-                message=(
-                    f"{bad} of {rows_seen} rows are bad, so nothing was imported. Fix them and import again, or "
-                    "import only the good rows ('Import the good rows' on the upload page, --skip-bad in the "
-                    "import_items command)."
-                ),
-            )
-            return batch
+        _progress(batch, message=f"Writing {checked.good} rows…")
         spool.seek(0)
-        _progress(batch, message=f"Writing {good} rows…")
         try:
-            imported, duplicates, dup_report, strata = _write(batch, spool)
-        except IntegrityError as exc:
-            if "content_hash" in str(exc) or "item_unique_content_per_project" in str(exc):
-                # item_unique_content_per_project caught what the per-chunk lookup could not see: a
-                # concurrent import of the same content committed in between.
-                message = (
-                    "Another import added some of the same items while this one ran, so nothing was imported. "
-                    "Import the file again: items already in the project will be listed as duplicates."
-                )
-            else:
-                message = (
-                    f"The import stopped while writing ({exc}); the transaction was rolled back: nothing imported."
-                )
-            _finish(batch, status=ImportBatch.Status.FAILED, message=message)
+            written = _write_pass(batch, spool)
+        except _WriteFailed as exc:
+            _finish(batch, status=ImportBatch.Status.FAILED, message=str(exc))
             return batch
-        except Exception as exc:  # any failure rolls back and is reported in words
-            _finish(
-                batch,
-                status=ImportBatch.Status.FAILED,
-                message=f"The import stopped while writing ({exc}); the transaction was rolled back: nothing imported.",
-            )
-            return batch
-    summary = [f"Imported {imported} of {rows_seen} rows."]
-    if duplicates:
-        summary.append(f"{duplicates} duplicates not imported again.")
-    if bad:
-        summary.append(f"{bad} bad rows skipped (see the rejected-rows file).")
-    summary.append(_split_summary(strata, float(project.eval_share)))
     _finish(
         batch,
         status=ImportBatch.Status.SUCCEEDED,
-        message=" ".join(summary),
-        rows_imported=imported,
-        duplicates=duplicates,
-        errors=errors[:MAX_REPORTED] + dup_report,
+        message=_summary(checked, written, float(batch.project.eval_share)),
+        rows_imported=written.imported,
+        duplicates=written.duplicates,
+        near_duplicates=written.near_duplicates,
+        errors=checked.errors + written.report,
     )
     return batch
+
+
+def _check_pass(batch: ImportBatch, fileobj: IO[bytes], spool: IO[bytes], *, chunk_rows: int) -> _Checked:
+    """Pass 1: parse and check every row; spool the good ones in chunks, hand the bad ones back."""
+    checked = _Checked()
+    pending: list[tuple] = []
+    # After a bad row in all-or-nothing mode nothing will be written: rows are only counted and reported.
+    keep_after_bad = batch.mode != ImportBatch.Mode.ALL_OR_NOTHING
+    end = 0
+    last_progress = time.monotonic()
+    with _Rejected(batch) as rejected:
+        rows = importers.parse(
+            fileobj,
+            file_format=batch.file_format,
+            task_kinds=batch.project.task_kinds,
+            default_provenance=batch.provenance,
+        )
+        for parsed in rows:
+            checked.rows_seen += 1
+            end = parsed.end_offset
+            rejected.seen(parsed)
+            if parsed.ok:
+                checked.good += 1
+                if keep_after_bad or not checked.bad:
+                    pending.append(_record(parsed.line, parsed.row))
+                    if len(pending) == chunk_rows:
+                        pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        pending = []
+            else:
+                checked.bad += 1
+                if len(checked.errors) < MAX_REPORTED:
+                    checked.errors.extend(e.as_dict() for e in parsed.errors)
+                rejected.add(parsed)
+            if checked.rows_seen % chunk_rows == 0 and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                # Each progress write is a commit (an fsync on SQLite): once per chunk, at most twice a second.
+                _progress(batch, bytes_read=end, rows_seen=checked.rows_seen)
+                last_progress = time.monotonic()
+        if pending:
+            pickle.dump(pending, spool, protocol=pickle.HIGHEST_PROTOCOL)
+        checked.errors = checked.errors[:MAX_REPORTED]
+        rejected_path = rejected.write(fileobj)
+    _progress(
+        batch,
+        bytes_read=batch.bytes_total or end,
+        rows_seen=checked.rows_seen,
+        rows_rejected=checked.bad,
+        errors=checked.errors,
+        rejected_path=rejected_path,
+    )
+    return checked
+
+
+def _refusal(batch: ImportBatch, checked: _Checked) -> str:
+    """Why nothing may be written after the check pass ("" when the write pass may run)."""
+    if checked.rows_seen == 0:
+        return "The file has no rows: nothing imported."
+    if checked.bad and batch.mode == ImportBatch.Mode.ALL_OR_NOTHING:
+        return (
+            f"{checked.bad} of {checked.rows_seen} rows are bad, so nothing was imported. Fix them and import again, "
+            "or import only the good rows ('Import the good rows' on the upload page, --skip-bad in the "
+            "import_items command)."
+        )
+    return ""
+
+
+def _write_pass(batch: ImportBatch, spool: IO[bytes]) -> _Written:
+    """Pass 2: insert the spooled rows in chunks inside one transaction; any failure rolls all of it back."""
+    try:
+        with _sqlite_page_cache(), transaction.atomic():
+            return _write_chunks(batch, spool)
+    except IntegrityError as exc:
+        if "content_hash" in str(exc) or "item_unique_content_per_project" in str(exc):
+            # item_unique_content_per_project caught what the per-chunk lookup could not see: a
+            # concurrent import of the same content committed in between.
+            raise _WriteFailed(
+                "Another import added some of the same items while this one ran, so nothing was imported. "
+                "Import the file again: items already in the project will be listed as duplicates."
+            ) from exc
+        raise _WriteFailed(
+            f"The import stopped while writing ({exc}); the transaction was rolled back: nothing imported."
+        ) from exc
+    except Exception as exc:  # any failure rolls back and is reported in words
+        raise _WriteFailed(
+            f"The import stopped while writing ({exc}); the transaction was rolled back: nothing imported."
+        ) from exc
+
+
+def _summary(checked: _Checked, written: _Written, share: float) -> str:
+    parts = [f"Imported {written.imported} of {checked.rows_seen} rows."]
+    if written.duplicates:
+        exact = written.duplicates - written.near_duplicates
+        parts.append(
+            f"{written.duplicates} duplicates not imported again ({exact} exact, "
+            f"{written.near_duplicates} near: {NEAR})."
+        )
+    if checked.bad:
+        parts.append(f"{checked.bad} bad rows skipped (see the rejected-rows file).")
+    parts.append(_split_summary(written.strata, share))
+    return " ".join(p for p in parts if p)
 
 
 def _split_summary(strata: dict[str, list[int]], share: float) -> str:
@@ -406,69 +524,124 @@ def _sqlite_page_cache():
             cursor.execute(f"PRAGMA cache_size = {int(previous)}")
 
 
-def _write(batch: ImportBatch, spool: IO[bytes]):
-    with _sqlite_page_cache(), transaction.atomic():
-        return _write_chunks(batch, spool)
+NEAR = "the same after normalizing case, spacing and Unicode"
 
 
-def _duplicate_message(batch: ImportBatch, found: tuple | None) -> str:
-    item_id, batch_id, first_line = found or (None, None, None)
-    if batch_id == batch.id:
-        return f"Duplicate of line {first_line} in this file (same normalized content); imported once."
-    if item_id is None:
-        return "Already in the project (same normalized content); not imported again."
-    return f"Already in the project as item #{item_id} (same normalized content); not imported again."
+def _exact_content(prompt: str, messages: Any, responses: Any) -> tuple:
+    """The texts the content hash is made of, unnormalized: equal means an exact duplicate."""
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    if isinstance(responses, str):
+        responses = json.loads(responses)
+    head = tuple((m.get("role"), m.get("content")) for m in messages) if messages else prompt
+    return head, tuple(r.get("text") if isinstance(r, dict) else r for r in responses or ())
 
 
-def _write_chunks(batch: ImportBatch, spool: IO[bytes]):
+@dataclass(frozen=True)
+class _Original:
+    """What a duplicate row duplicates: an item already stored (``item_id``), or a row of this file."""
+
+    item_id: int | None
+    batch_id: int | None
+    line: int | None
+    content: tuple | None
+
+
+def _original_of(record: tuple, batch_id: int) -> _Original:
+    return _Original(None, batch_id, record[LINE], _exact_content(record[PROMPT], record[MESSAGES], record[RESPONSES]))
+
+
+class _Duplicates:
+    """Counts duplicate rows, exact and near, and keeps the first MAX_REPORTED, each saying what it duplicates."""
+
+    def __init__(self, batch: ImportBatch, written: _Written):
+        self.batch_id = batch.id
+        self.written = written
+
+    def add(self, record: tuple, original: _Original | None) -> None:
+        written = self.written
+        written.duplicates += 1
+        exact = original is not None and original.content == _exact_content(
+            record[PROMPT], record[MESSAGES], record[RESPONSES]
+        )
+        if not exact and original is not None:
+            written.near_duplicates += 1
+        if len(written.report) < MAX_REPORTED:
+            written.report.append(
+                {
+                    "line": record[LINE],
+                    "field": "",
+                    "message": self.message(original, exact),
+                    "kind": "duplicate",
+                    "match": "exact" if exact else "near" if original is not None else "",
+                }
+            )
+
+    def message(self, original: _Original | None, exact: bool) -> str:
+        if original is None:
+            return "Already in the project (same normalized content); not imported again."
+        if original.batch_id == self.batch_id:
+            if exact:
+                return f"Exact duplicate of line {original.line} in this file; imported once."
+            return f"Near duplicate of line {original.line} in this file ({NEAR}); imported once."
+        how = "exact duplicate" if exact else f"near duplicate: {NEAR}"
+        return f"Already in the project as item {original.item_id} ({how}); not imported again."
+
+
+def _write_chunks(batch: ImportBatch, spool: IO[bytes]) -> _Written:
     project = batch.project
     seed, share = project.split_seed, project.eval_share
+    written = _Written()
     strata: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    imported = duplicates = 0
-    dup_report: list[dict] = []
+    duplicates = _Duplicates(batch, written)
     insert = _Inserter(batch.id, project.id, timezone.now())
-
-    def report(line: int, found: tuple | None) -> None:
-        nonlocal duplicates
-        duplicates += 1
-        if len(dup_report) < MAX_REPORTED:
-            message = _duplicate_message(batch, found)
-            dup_report.append({"line": line, "field": "", "message": message, "kind": "duplicate"})
 
     for chunk in _read_spool(spool):
         # SQLite: look the chunk's hashes up first (cheap there). PostgreSQL: the insert itself
         # skips what the unique index already holds (ON CONFLICT DO NOTHING), and only those rows
         # are looked up for the report; probing the index twice per row would double the cost.
-        known = {} if insert.on_conflict else _known_hashes(project.id, [record[HASH] for record in chunk])
-        fresh = []
+        known = {} if insert.on_conflict else _known_items(project.id, [record[HASH] for record in chunk])
+        first: dict[str, tuple] = {}  # content hash -> its first row in this chunk
+        fresh, repeats = [], []
         for record in chunk:
-            h, kind, line = record[HASH], record[KIND], record[LINE]
+            h, kind = record[HASH], record[KIND]
             if h in known:
-                report(line, known[h])
+                duplicates.add(record, known[h])
                 continue
+            if h in first:
+                repeats.append(record)
+                continue
+            first[h] = record
             if record[PROVENANCE] == Provenance.LLM_JUDGED:
                 split = "train"
             else:
                 split = split_for(split_seed=seed, stratum=kind, content_hash=h, eval_share=share)
             strata[kind][split == "eval"] += 1
-            known[h] = (None, batch.id, line)
             fresh.append((record, split))
         inserted = insert(fresh)
+        skipped: dict[str, _Original | None] = {}
         if inserted is not None and len(inserted) < len(fresh):
-            skipped = [(record, split) for record, split in fresh if record[HASH] not in inserted]
-            found = _known_hashes(project.id, [record[HASH] for record, _ in skipped])
-            for record, split in skipped:
+            missed = [(record, split) for record, split in fresh if record[HASH] not in inserted]
+            found = _known_items(project.id, [record[HASH] for record, _ in missed])
+            for record, split in missed:
                 strata[record[KIND]][split == "eval"] -= 1
-                report(record[LINE], found.get(record[HASH]))
-            imported += len(inserted)
+                skipped[record[HASH]] = found.get(record[HASH])
+                duplicates.add(record, skipped[record[HASH]])
+            written.imported += len(inserted)
         else:
-            imported += len(fresh)
-    dup_report.sort(key=lambda d: d["line"])
-    return imported, duplicates, dup_report, {k: v for k, v in strata.items() if sum(v)}
+            written.imported += len(fresh)
+        # A repeat duplicates the first row of its content in this chunk, unless that row was itself
+        # skipped as already in the project: then it duplicates the project's item.
+        for record in repeats:
+            h = record[HASH]
+            duplicates.add(record, skipped[h] if h in skipped else _original_of(first[h], batch.id))
+    written.report.sort(key=lambda d: d["line"])
+    written.strata = {k: v for k, v in strata.items() if sum(v)}
+    return written
 
 
-def _known_hashes(project_id: int, hashes: list[str]) -> dict[str, tuple]:
-    """Which of these content hashes the project already has: {hash: (item id, batch id, line)}.
+def _known_items(project_id: int, hashes: list[str]) -> dict[str, _Original]:
+    """Which of these content hashes the project already has, and the item's texts: {hash: _Original}.
     One indexed query per chunk (item_unique_content_per_project); on PostgreSQL the hashes go as
     one array parameter, since a 2,000-placeholder IN list costs more to plan than to run."""
     table = connection.ops.quote_name(Item._meta.db_table)
@@ -478,12 +651,15 @@ def _known_hashes(project_id: int, hashes: list[str]) -> dict[str, tuple]:
         match, params = f"IN ({', '.join(['%s'] * len(hashes))})", [project_id, *hashes]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT content_hash, id, import_batch_id, source_line FROM {table} "
+            f"SELECT content_hash, id, import_batch_id, source_line, prompt, messages, responses FROM {table} "
             f"WHERE project_id = %s AND content_hash {match}",
             params,
         )
         rows = cursor.fetchall()
-    return {h: (item_id, batch_id, line) for h, item_id, batch_id, line in rows}
+    return {
+        h: _Original(item_id, batch_id, line, _exact_content(prompt, messages, responses))
+        for h, item_id, batch_id, line, prompt, messages, responses in rows
+    }
 
 
 class _Inserter:
@@ -573,13 +749,6 @@ class _Inserter:
             "ON CONFLICT (project_id, content_hash) DO NOTHING RETURNING content_hash"
         )
         return {row[0] for row in cursor.fetchall()}
-
-
-def rejected_file_open(*, batch: ImportBatch) -> IO[bytes]:
-    """The rejected-rows file of a batch, opened for reading."""
-    if not batch.rejected_path:
-        raise FileNotFoundError("This import has no rejected rows.")
-    return open(batch.rejected_path, "rb")
 
 
 def sample_bytes(rows: list[dict]) -> bytes:

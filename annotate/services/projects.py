@@ -1,11 +1,16 @@
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from annotate import roles
-from annotate.models import Project
+from annotate.models import Lease, Project
+from annotate.services.queue import lease_bulk_write_turn
+from config.sqlite_turns import write_turn
 
 User = get_user_model()
+# Slugs that name pages under /projects/ (annotate/urls.py).
+RESERVED_SLUGS = {"new"}
 
 
 @transaction.atomic
@@ -41,6 +46,8 @@ def user_grant_role(*, user, role: str) -> None:
 @transaction.atomic
 def project_create(*, name: str, slug: str, task_kinds: list[str], created_by=None, **fields) -> Project:
     """Create a project after validating its settings."""
+    if slug in RESERVED_SLUGS:
+        raise ValidationError({"slug": f"{slug!r} is taken by a page of the app: choose another slug."})
     project = Project(name=name, slug=slug, task_kinds=task_kinds, created_by=created_by, **fields)
     project.full_clean()
     project.save()
@@ -52,3 +59,75 @@ def project_create(*, name: str, slug: str, task_kinds: list[str], created_by=No
 def project_add_members(*, project: Project, users) -> None:
     """Let users see and work on a project."""
     project.members.add(*users)
+
+
+# Settings an admin may change after creation. The split's seed and eval share are not among them: the
+# split of every item already imported was drawn with them, and a later import must draw the same way.
+PROJECT_SETTINGS = (
+    "name",
+    "description",
+    "guidelines",
+    "task_kinds",
+    "overlap_k",
+    "lease_minutes",
+    "consensus_rule",
+    "score_tolerance",
+    "rubric_signoffs_required",
+    "calibration_required",
+    "calibration_threshold",
+    "reviewers_see_evalsets",
+)
+# Roles a project admin hands out on the members page; making admins stays with the Django admin site.
+MEMBER_ROLES = (roles.REVIEWER, roles.ADJUDICATOR)
+
+
+@transaction.atomic
+def project_update(*, project: Project, **fields) -> Project:
+    """Change a project's settings (any of ``PROJECT_SETTINGS``), validated as a whole."""
+    unknown = sorted(set(fields) - set(PROJECT_SETTINGS))
+    if unknown:
+        raise ValidationError({name: "This setting cannot be changed after the project is made." for name in unknown})
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    if "overlap_k" in fields and fields["overlap_k"] < project.overlap_k:
+        # Items may already hold more live leases than a smaller k allows; the lease trigger would refuse them.
+        busiest = project.items.order_by("-review_count").values_list("review_count", flat=True).first() or 0
+        if fields["overlap_k"] < busiest:
+            raise ValidationError(
+                {"overlap_k": f"Some items already have {busiest} reviews: overlap k cannot go below {busiest}."}
+            )
+    for name, value in fields.items():
+        setattr(project, name, value)
+    project.full_clean()
+    project.save(update_fields=list(fields) or None)
+    return project
+
+
+@transaction.atomic
+def project_member_set(*, project: Project, user, role: str | None = None) -> None:
+    """Make the user a member of the project; with ``role``, their reviewing role becomes exactly that one.
+
+    Roles are site-wide (groups): setting one here changes it in every project. An admin keeps the admin role."""
+    if role is not None and role not in MEMBER_ROLES:
+        raise ValidationError({"role": f"Choose one of {', '.join(MEMBER_ROLES)} (admins are made in the admin site)."})
+    project.members.add(user)
+    if role is None:
+        return
+    groups = roles_ensure()
+    user.groups.remove(*(groups[r] for r in MEMBER_ROLES if r != role))
+    user.groups.add(groups[role])
+    if hasattr(user, "_goldset_roles"):
+        del user._goldset_roles
+
+
+def project_member_remove(*, project: Project, user) -> int:
+    """Take the user off the project; their unfinished leases there end, so the items go back to the queue.
+
+    Their annotations stay: what they judged still counts. Returns the number of leases ended."""
+    if not project.members.filter(pk=user.pk).exists():
+        raise ValidationError(f"{user.get_username()} is not a member of {project.name}.")
+    with write_turn(), transaction.atomic():
+        lease_bulk_write_turn(wait=True)
+        project.members.remove(user)
+        return Lease.objects.filter(project=project, reviewer=user, status=Lease.Status.ACTIVE).update(
+            status=Lease.Status.EXPIRED
+        )

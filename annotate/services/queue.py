@@ -14,28 +14,24 @@ This module only chooses well and locks so that those checks almost never fire:
 
 Lock order everywhere is lease row, then item row (the trigger's counter update); a transaction
 that writes leases of several items (the reaper, a rubric send-back) is alone in doing so (see
-``lease_bulk_write_turn``), which
-keeps expiry, submission and assignment free of deadlocks.
+``lease_bulk_write_turn``), which keeps expiry, submission and assignment free of deadlocks.
 """
 
 import random
-import threading
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from annotate import queue_sql, selectors
 from annotate.models import Item, Lease, Project, TaskKind
 from config import rawsql
-
-try:
-    import fcntl
-except ImportError:  # Windows: SQLite's busy handler alone serializes writers across processes
-    fcntl = None
+from config.sqlite_turns import write_turn
 
 LIVE = (Lease.Status.ACTIVE, Lease.Status.SUBMITTED)
 # Items a reviewer holds at once: the one on screen and the prefetched one behind it.
@@ -46,21 +42,19 @@ REAP_BATCH = 200
 PARTIAL_WINDOW = 500
 # Stale leases only delay their items' second reviews, so looking for them once per few seconds is enough.
 REAP_EVERY_S = 5.0
-_PICK_ATTEMPTS = 5
+# Picks lost to a race (the cap trigger, the reviewer's other tab, a broken lock cycle) before giving up.
+PICK_ATTEMPTS = 5
 # How long a pick keeps looking while every candidate is locked by other reviewers' assignments
 # (each holds its lock for one short transaction), and the pause between looks.
 HELD_WAIT_S = 3.0
 _HELD_PAUSES_S = (0.002, 0.005, 0.01, 0.02, 0.04)
-# The order of a reviewer's active leases: the first is on screen, the next is prefetched behind it.
-ACTIVE_LEASES_ORDER = " ORDER BY l.expires_at, l.id"
 # Checked by the database (foreign keys) or set by this module: full_clean would only add queries.
 LEASE_DB_CHECKED = ["project", "item", "reviewer", "display_order"]
+_DEADLOCK = "40P01"
 
 
 def _blocked_kinds(project: Project) -> list[str]:
-    from annotate.selectors import rubric_version_active
-
-    if TaskKind.RUBRIC in (project.task_kinds or []) and rubric_version_active(project=project) is None:
+    if TaskKind.RUBRIC in (project.task_kinds or []) and selectors.rubric_version_active(project=project) is None:
         return [TaskKind.RUBRIC]
     return []
 
@@ -80,48 +74,6 @@ def _commit_without_waiting_for_disk() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit = off")
-
-
-_sqlite_writers = threading.RLock()
-_turns = threading.local()
-
-
-@contextmanager
-def _process_turn():
-    """Across processes: an exclusive lock on a file beside the database, held by the outermost turn.
-
-    A process blocked on it is woken by the kernel the moment the holder lets go, where SQLite's own
-    busy handler would have it sleep and poll (1, 2, 5 ... 100 ms). Where there is no flock (Windows)
-    or no database file (in memory), SQLite's lock alone serializes, as before."""
-    depth = getattr(_turns, "depth", 0)
-    name = str(connection.settings_dict.get("NAME") or "")
-    outermost = depth == 0 and fcntl is not None and name not in ("", ":memory:") and not name.startswith("file:")
-    _turns.depth = depth + 1
-    try:
-        if not outermost:
-            yield
-            return
-        with open(name + ".queue-turn", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # let go when the file closes
-            yield
-    finally:
-        _turns.depth = depth
-
-
-@contextmanager
-def write_turn():
-    """On SQLite, let the queue's writing transactions take turns, within and across processes.
-
-    SQLite admits one writer at a time (BEGIN IMMEDIATE) and makes the others poll with growing
-    sleeps (up to 100 ms each), which left the CPU idle under load while writers slept. Threads of
-    this process queue on a lock and processes on a file lock (see ``_process_turn``); each waiter
-    is woken the moment the holder is done. Reentrant, so a refill inside a submission takes it
-    again freely. PostgreSQL needs no turns."""
-    if connection.vendor != "sqlite":
-        yield
-        return
-    with _sqlite_writers, _process_turn():
-        yield
 
 
 # Any fixed key: transactions that write leases of many items take turns on it (PostgreSQL
@@ -168,51 +120,10 @@ def lease_expire_stale(*, project: Project | None = None, now: datetime | None =
         )
 
 
-def _pick_sql(*, partial: bool, blocked: int, lock: str) -> str:
-    """The pick query for fresh (review_count = 0) or partly reviewed items, as SQL.
-
-    Written out rather than built with the ORM: it runs on every assignment, and compiling the
-    equivalent queryset (two subqueries, an annotation) cost more CPU than running it. The shape
-    is the one the indexes serve: ``review_count = 0 ORDER BY id`` reads the
-    (project, review_count, id) index in order, with no sort."""
-    kinds = f" AND {{t}}.kind NOT IN ({', '.join(['%s'] * blocked)})" if blocked else ""
-    base = "{t}.project_id = %s AND NOT {t}.is_calibration" + kinds
-    sql = (
-        f"SELECT {rawsql.columns(Item, 'i')}, (SELECT l.id FROM annotate_lease l WHERE l.item_id = i.id"
-        " AND l.reviewer_id = %s LIMIT 1) AS own_lease FROM annotate_item i WHERE "
-        + base.format(t="i")
-        # The reviewer's own lease on the item, by the (item, reviewer) unique index, as a per-row lookup.
-        # Written as NOT EXISTS, PostgreSQL planned an anti-join that, on statistics from when the
-        # lease table was small, read all the reviewer's leases for every candidate (184 ms for a
-        # reviewer with 1,200 leases, against 2 ms).
-        + " AND COALESCE((SELECT l.status FROM annotate_lease l WHERE l.item_id = i.id AND l.reviewer_id = %s),"
-        " '') NOT IN (%s, %s, %s)"
-    )
-    if partial:
-        window = (
-            "SELECT w.id FROM annotate_item w WHERE "
-            + base.format(t="w")
-            + " AND w.review_count >= 1 AND w.review_count < %s ORDER BY w.review_count DESC, w.id LIMIT %s"
-        )
-        sql += f" AND i.review_count >= 1 AND i.review_count < %s AND i.id IN ({window})"
-        sql += " ORDER BY i.review_count DESC, i.id"
-    else:
-        sql += " AND i.review_count = 0 ORDER BY i.id"
-    return sql + " LIMIT 1" + lock
-
-
 def _pick_fresh_or_partial(*, project: Project, reviewer, blocked: list[str], partial: bool) -> Item | None:
-    lock = ""
-    if connection.features.has_select_for_update_skip_locked:
-        # NO KEY UPDATE: the pick must not conflict with the KEY SHARE locks that inserts referencing
-        # the item (annotations, revisions, leases) hold until their transaction ends.
-        lock = " FOR NO KEY UPDATE OF i SKIP LOCKED"
-    base = [project.pk, *(str(kind) for kind in blocked)]
-    seen = [Lease.Status.ACTIVE.value, Lease.Status.SUBMITTED.value, Lease.Status.SKIPPED.value]
-    params = [reviewer.pk, *base, reviewer.pk, *seen]
-    if partial:
-        params += [project.overlap_k, *base, project.overlap_k, PARTIAL_WINDOW]
-    sql = _pick_sql(partial=partial, blocked=len(blocked), lock=lock)
+    sql, params = queue_sql.pick(
+        project=project, reviewer_id=reviewer.pk, blocked=blocked, partial=partial, window=PARTIAL_WINDOW
+    )
     rows = rawsql.fetch(sql, params)
     if not rows:
         return None
@@ -288,11 +199,64 @@ def _take(*, item: Item, reviewer, now: datetime) -> Lease | None:
     # an item with no candidate responses has an empty display order, which is valid.
     lease.full_clean(exclude=LEASE_DB_CHECKED, validate_unique=False, validate_constraints=False)
     if lease.pk is None:
-        # Every assignment: the ORM's save() would compile the same INSERT each time. The one lease
-        # per (item, reviewer) is the unique constraint's to keep: a conflict inserts nothing.
+        # The one lease per (item, reviewer) is the unique constraint's to keep: a conflict inserts nothing.
         return rawsql.insert(lease, skip_conflict=True)
     lease.save()
     return lease
+
+
+class Pick(Enum):
+    LEASED = "leased"  # the reviewer has a new lease
+    RACED = "raced"  # lost a race (cap trigger, the reviewer's other tab, a broken lock cycle): pick again
+    EMPTY = "empty"  # nothing this reviewer may take right now
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    outcome: Pick
+    lease: Lease | None = None
+
+
+def _attempt(*, project: Project, reviewer, now: datetime, blocked: list[str]) -> _Attempt:
+    """One pick and lease, in one transaction (or in the caller's, without a savepoint).
+
+    Inside a caller's transaction (a submission's refill) there is no savepoint: the pick locks the
+    item and re-checks its count under that lock, so the cap trigger has nothing to refuse, and a
+    lease the reviewer took in another tab meanwhile is a conflict the insert skips (see ``_take``).
+    Anything else fails the caller's transaction as a whole, which is then retried, never half-kept."""
+    outermost = not connection.in_atomic_block
+    try:
+        with write_turn(), transaction.atomic(savepoint=False):
+            if outermost:
+                _commit_without_waiting_for_disk()
+            item = _pick(project=project, reviewer=reviewer, blocked=blocked)
+            if item is None:
+                return _Attempt(Pick.EMPTY)
+            item.project = project
+            lease = _take(item=item, reviewer=reviewer, now=now)
+            return _Attempt(Pick.LEASED, lease) if lease is not None else _Attempt(Pick.RACED)
+    except IntegrityError:
+        if not outermost:
+            raise
+        return _Attempt(Pick.RACED)  # the cap trigger fired, or another tab's lease
+    except OperationalError as exc:
+        if not outermost or getattr(exc.__cause__, "sqlstate", None) != _DEADLOCK:
+            raise
+        return _Attempt(Pick.RACED)  # PostgreSQL broke a lock cycle by failing this pick
+
+
+def _attempt_while_held(*, project: Project, reviewer, now: datetime, blocked: list[str], until: float) -> _Attempt:
+    """``_attempt``, repeated with short pauses while every candidate is locked by another assignment."""
+    pauses = iter(_HELD_PAUSES_S)
+    while True:
+        attempt = _attempt(project=project, reviewer=reviewer, now=now, blocked=blocked)
+        if (
+            attempt.outcome is not Pick.EMPTY
+            or time.monotonic() >= until
+            or not _candidates_held(project=project, reviewer=reviewer, blocked=blocked)
+        ):
+            return attempt
+        time.sleep(next(pauses, _HELD_PAUSES_S[-1]) * random.uniform(0.5, 1.5))
 
 
 def lease_next_for_reviewer(
@@ -304,117 +268,44 @@ def lease_next_for_reviewer(
     another reviewer's assignment; a caller whose transaction already holds a picked item passes
     False (it only wants a prefetch, and two such callers would wait on each other)."""
     now = now or timezone.now()
-    # Its own transaction: the item rows its trigger touched are unlocked before the pick runs.
-    # At most every few seconds per process; when the pick finds nothing it reaps at once and retries.
-    reaped = _reap_due(project.pk, now.timestamp()) and lease_expire_stale(project=project, now=now) >= 0
+    # Stale leases are reaped in their own transaction, at most every few seconds per process, so the
+    # item rows their trigger touched are unlocked before the pick runs; an empty pick reaps at once.
+    reaped = _reap_due(project.pk, now.timestamp())
+    if reaped:
+        lease_expire_stale(project=project, now=now)
     blocked = _blocked_kinds(project)
-    outermost = not connection.in_atomic_block
-    deadline = time.monotonic() + (HELD_WAIT_S if wait_for_held else 0.0)
-    pauses = iter(_HELD_PAUSES_S)
-    attempts = 0
-    while attempts < _PICK_ATTEMPTS:
-        try:
-            # Inside a caller's transaction (a submission's refill) no savepoint: its two round trips
-            # guarded writes that cannot fail here. The pick locks the item and re-checks its count
-            # under that lock, so the cap trigger has nothing to refuse, and a lease the reviewer
-            # took in another tab meanwhile is a conflict the insert skips (see _take). Anything else
-            # fails the caller's transaction as a whole, which is then retried, never half-kept.
-            with write_turn(), transaction.atomic(savepoint=False):
-                if outermost:
-                    _commit_without_waiting_for_disk()
-                item = _pick(project=project, reviewer=reviewer, blocked=blocked)
-                if item is not None:
-                    item.project = project
-                    lease = _take(item=item, reviewer=reviewer, now=now)
-                    if lease is not None:
-                        return lease
-                    attempts += 1
-                    continue
-        except IntegrityError:
-            # The cap trigger fired (or another tab's lease): pick again, in a new transaction.
-            if not outermost:
-                raise
-            attempts += 1
-            continue
-        except OperationalError as exc:
-            # PostgreSQL broke a lock cycle by failing this pick: pick again, in a new transaction.
-            if not outermost or getattr(exc.__cause__, "sqlstate", None) != "40P01":
-                raise
-            attempts += 1
-            continue
-        if time.monotonic() < deadline and _candidates_held(project=project, reviewer=reviewer, blocked=blocked):
-            time.sleep(next(pauses, _HELD_PAUSES_S[-1]) * random.uniform(0.5, 1.5))
-            continue
-        # Nothing eligible: stale leases may be holding the last slots; reap (committed) and retry once.
-        if reaped or not lease_expire_stale(project=project, now=now):
-            return None
-        reaped = True
-        attempts += 1
+    until = time.monotonic() + (HELD_WAIT_S if wait_for_held else 0.0)
+    for _ in range(PICK_ATTEMPTS):
+        attempt = _attempt_while_held(project=project, reviewer=reviewer, now=now, blocked=blocked, until=until)
+        if attempt.outcome is Pick.LEASED:
+            return attempt.lease
+        if attempt.outcome is Pick.EMPTY:
+            # Stale leases may be holding the last slots: reap them (committed) and pick once more.
+            if reaped or not lease_expire_stale(project=project, now=now):
+                return None
+            reaped = True
     return None
 
 
-def _leases_with_items(where: str, params: list, *, order: str = "", lock: bool = False) -> list[Lease]:
-    """Leases matching ``where`` (over ``l``) with their items loaded, in one written-out query (see rawsql)."""
-    sql = (
-        f"SELECT {rawsql.columns(Lease, 'l')}, {rawsql.columns(Item, 'i')} FROM {rawsql.table(Lease)} l "
-        f"JOIN {rawsql.table(Item)} i ON i.id = l.item_id WHERE {where}{order}"
-    )
-    if lock:
-        sql += rawsql.lock_clause("l")
-    width = rawsql.width(Lease)
-    leases = []
-    for row in rawsql.fetch(sql, params):
-        lease = rawsql.load(Lease, row)
-        lease.item = rawsql.load(Item, row, width)
-        leases.append(lease)
-    return leases
-
-
-def leases_active_for_reviewer(*, project: Project, reviewer, now: datetime | None = None) -> list[Lease]:
-    """The reviewer's unexpired active leases in the order they were taken (the first is on screen)."""
-    now = now or timezone.now()
-    leases = _leases_with_items(
-        "l.project_id = %s AND l.reviewer_id = %s AND l.status = %s AND l.expires_at > %s",
-        [project.pk, reviewer.pk, Lease.Status.ACTIVE.value, rawsql.param(now)],
-        order=ACTIVE_LEASES_ORDER,
-    )
-    for lease in leases:
-        lease.project = project
-    return leases
-
-
-def lease_for_submit(*, lease_id: int, reviewer, project: Project | None = None) -> Lease | None:
-    """The reviewer's lease (in ``project`` when given) with its item, locked for the submission; None if none."""
-    where, params = "l.id = %s AND l.reviewer_id = %s", [lease_id, reviewer.pk]
-    if project is not None:
-        where, params = where + " AND l.project_id = %s", [*params, project.pk]
-    leases = _leases_with_items(where, params, lock=True)
-    if not leases:
-        return None
-    lease = leases[0]
-    lease.project = lease.item.project = project or Project.objects.get(pk=lease.project_id)
-    return lease
-
-
-def lease_for_submit_with_queue(
+def lease_and_queue_locked(
     *, lease_id: int, reviewer, project: Project, now: datetime
 ) -> tuple[Lease | None, list[Lease]]:
-    """``lease_for_submit`` and the reviewer's other unexpired active leases in the project, in one locked read.
+    """A lease of the reviewer's in the project with its item, and their other unexpired active leases there,
+    locked in one read (None when the lease is not theirs in this project).
 
-    The refill after a submission needs those leases anyway; reading them with the submitted one
-    saves a round trip. They are locked too (a reviewer's own leases, in one stable order)."""
-    leases = _leases_with_items(
-        "l.reviewer_id = %s AND l.project_id = %s AND (l.id = %s OR (l.status = %s AND l.expires_at > %s))",
-        [reviewer.pk, project.pk, lease_id, Lease.Status.ACTIVE.value, rawsql.param(now)],
-        order=ACTIVE_LEASES_ORDER,
-        lock=True,
-    )
-    target = None
-    for lease in leases:
+    The refill after a submission needs those leases anyway; reading them with the submitted one saves
+    a round trip. Locking a reviewer's own leases in one stable order keeps two of their tabs from
+    deadlocking each other."""
+    target, others = None, []
+    for lease in selectors.leases_load(
+        *queue_sql.lease_and_queue_locked(lease_id=lease_id, reviewer_id=reviewer.pk, project_id=project.pk, now=now)
+    ):
         lease.project = lease.item.project = project
         if lease.pk == lease_id:
             target = lease
-    return target, [lease for lease in leases if lease.pk != lease_id]
+        else:
+            others.append(lease)
+    return target, others
 
 
 def lease_fill_for_reviewer(
@@ -426,64 +317,64 @@ def lease_fill_for_reviewer(
     Called outside a transaction, each new lease commits on its own, so no lock is held across picks."""
     now = timezone.now()
     if active is None:
-        active = leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
+        active = selectors.leases_active_for_reviewer(project=project, reviewer=reviewer, now=now)
     leases = list(active)
     in_transaction = connection.in_atomic_block
-    picked = 0
     while len(leases) < depth:
         # Inside a caller's transaction each new lease keeps its item locked until the end: only the
         # first pick may wait for held candidates, so two such fills never wait on each other.
-        wait_for_held = not (in_transaction and picked)
+        wait_for_held = not (in_transaction and len(leases) > len(active))
         lease = lease_next_for_reviewer(project=project, reviewer=reviewer, now=now, wait_for_held=wait_for_held)
         if lease is None:
             break
-        picked += 1
         leases.append(lease)
     return leases
 
 
-def _lock_own_lease(*, lease_id: int, reviewer) -> Lease:
+@transaction.atomic
+def _lease_change(*, lease_id: int, to: str, allowed: tuple, refusal: str, **lookup) -> Lease:
+    """Move one lease (locked) to state ``to`` if its state is one of ``allowed``; else ``refusal``, formatted."""
+    lease = Lease.objects.select_for_update(of=("self",)).select_related("item").get(pk=lease_id, **lookup)
+    if lease.status not in allowed:
+        raise ValidationError(refusal.format(lease=lease))
+    lease.status = to
+    lease.save(update_fields=["status", "updated_at"])
+    return lease
+
+
+def lease_skip(*, lease_id: int, reviewer) -> Lease:
+    """Put an item back for this reviewer only: it returns to them after everything else."""
     try:
-        return (
-            Lease.objects.select_for_update(of=("self",))
-            .select_related("item__project")
-            .get(pk=lease_id, reviewer=reviewer)
+        return _lease_change(
+            lease_id=lease_id,
+            reviewer=reviewer,
+            to=Lease.Status.SKIPPED,
+            allowed=(Lease.Status.ACTIVE,),
+            refusal="This item is {lease.status}, not on your screen: there is nothing to skip.",
         )
     except Lease.DoesNotExist:
         raise ValidationError("This item is not leased to you: reload the queue to get your current item.") from None
 
 
-@transaction.atomic
-def lease_skip(*, lease_id: int, reviewer) -> Lease:
-    """Put an item back for this reviewer only: it returns to them after everything else."""
-    lease = _lock_own_lease(lease_id=lease_id, reviewer=reviewer)
-    if lease.status != Lease.Status.ACTIVE:
-        raise ValidationError(f"This item is {lease.status}, not on your screen: there is nothing to skip.")
-    lease.status = Lease.Status.SKIPPED
-    lease.save(update_fields=["status", "updated_at"])
-    return lease
-
-
-@transaction.atomic
 def lease_release(*, lease: Lease) -> Lease:
     """Give a lease's slot back so its reviewer can review the item again (their annotation gets a new revision)."""
-    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease.pk)
-    if lease.status not in LIVE:
-        raise ValidationError(f"Only an active or submitted lease can be released; this one is {lease.status}.")
-    lease.status = Lease.Status.RELEASED
-    lease.save(update_fields=["status", "updated_at"])
-    return lease
+    return _lease_change(
+        lease_id=lease.pk,
+        to=Lease.Status.RELEASED,
+        allowed=LIVE,
+        refusal="Only an active or submitted lease can be released; this one is {lease.status}.",
+    )
 
 
-@transaction.atomic
 def lease_expire(*, lease_id: int, project: Project) -> Lease:
-    """End an active lease now (admin), so the item goes back into the queue."""
-    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease_id, project=project)
-    if lease.status != Lease.Status.ACTIVE:
-        raise ValidationError(f"Lease {lease.pk} is {lease.status}, not active: there is nothing to expire.")
-    lease.status = Lease.Status.EXPIRED
-    lease.save(update_fields=["status", "updated_at"])
-    return lease
+    """End an active lease now (admin), so the item goes back into the queue; ``Lease.DoesNotExist`` if not in it."""
+    return _lease_change(
+        lease_id=lease_id,
+        project=project,
+        to=Lease.Status.EXPIRED,
+        allowed=(Lease.Status.ACTIVE,),
+        refusal="Lease {lease.pk} is {lease.status}, not active: there is nothing to expire.",
+    )
 
 
 @transaction.atomic

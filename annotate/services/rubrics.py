@@ -14,12 +14,11 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from annotate import agreement, roles
+from annotate import agreement, selectors
 from annotate.models import (
     Annotation,
     AnnotationRevision,
@@ -166,13 +165,6 @@ def rubric_signoff(*, version: RubricVersion, reviewer) -> RubricSignoff:
     return signoff
 
 
-def calibration_reviewers(project: Project):
-    """Members who score: everyone on the project in the reviewer group."""
-    return (
-        get_user_model().objects.filter(goldset_projects=project, groups__name=roles.REVIEWER).distinct().order_by("id")
-    )
-
-
 @transaction.atomic
 def calibration_item_add(*, item: Item) -> Item:
     """Make a rubric item a calibration item; only items nobody has been served yet qualify."""
@@ -186,10 +178,6 @@ def calibration_item_add(*, item: Item) -> Item:
     item.is_calibration = True
     item.save(update_fields=["is_calibration"])
     return item
-
-
-def calibration_items(project: Project):
-    return Item.objects.filter(project=project, is_calibration=True, kind=TaskKind.RUBRIC).order_by("id")
 
 
 @dataclass
@@ -220,8 +208,8 @@ class CalibrationStatus:
 def calibration_evaluate(*, version: RubricVersion) -> CalibrationStatus:
     """Who still has calibration items to score, and each criterion's alpha under this version."""
     project = version.rubric.project
-    items = list(calibration_items(project).values_list("id", flat=True))
-    reviewers = list(calibration_reviewers(project))
+    items = list(selectors.calibration_items(project=project).values_list("id", flat=True))
+    reviewers = list(selectors.calibration_reviewers(project=project))
     rows = list(
         Annotation.objects.filter(item_id__in=items, rubric_version=version, reviewer__in=reviewers).values_list(
             "item_id", "reviewer_id", "payload"
@@ -281,7 +269,7 @@ def calibration_score_submit(*, version: RubricVersion, item: Item, reviewer, pa
         raise ValidationError(f"Item {item.pk} is not a calibration item of {project}.")
     if version.status != RubricVersion.Status.CALIBRATING:
         raise ValidationError(f"Version {version.number} is {version.status}, not calibrating.")
-    if not calibration_reviewers(project).filter(pk=reviewer.pk).exists():
+    if not selectors.calibration_reviewers(project=project).filter(pk=reviewer.pk).exists():
         raise PermissionDenied("Only the project's reviewers take part in calibration.")
     payload = rubric_payload_validate(payload, version)
     annotation = Annotation.objects.select_for_update().filter(item=item, reviewer=reviewer).first()

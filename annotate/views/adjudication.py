@@ -8,9 +8,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from annotate import selectors
-from annotate.models import Adjudication, Annotation, ItemResult
 from annotate.services.adjudication import adjudication_record
-from annotate.services.consensus import latest_version_annotations
 
 
 def queue(request: HttpRequest, slug: str) -> HttpResponse:
@@ -20,21 +18,17 @@ def queue(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _context(item, *, form=None, errors=None) -> dict:
-    annotations = list(Annotation.objects.filter(item=item).select_related("reviewer", "rubric_version"))
-    version = None
-    if item.kind == "rubric":
-        annotations, version = latest_version_annotations(annotations)
-    criteria = version.criteria if version else []
+    view = selectors.adjudication_view_of(item=item)
+    criteria = view["criteria"]
     reviews = [
         {
             "annotation": a,
             "lines": selectors.describe_payload(item=item, payload=a.payload, criteria=criteria),
             "json": json.dumps(a.payload, indent=1, ensure_ascii=False),
         }
-        for a in sorted(annotations, key=lambda a: a.reviewer.get_username())
+        for a in view["annotations"]
     ]
-    result = ItemResult.objects.filter(item=item).first()
-    history = Adjudication.objects.filter(item=item).select_related("adjudicator").order_by("-created_at")
+    result = view["result"]
     return {
         "project": item.project,
         "item": item,
@@ -43,7 +37,7 @@ def _context(item, *, form=None, errors=None) -> dict:
         "result_lines": selectors.describe_payload(
             item=item, payload=result.payload if result else None, criteria=criteria
         ),
-        "history": history,
+        "history": view["history"],
         "form": form or {},
         "errors": errors or [],
     }
@@ -73,10 +67,7 @@ def decide(request: HttpRequest, slug: str, item_id: int) -> HttpResponse:
 def _parse_decision(item, form: dict) -> dict:
     """The decision payload: one review adopted as is, or a payload written out as JSON."""
     if form["adopt"] and form["adopt"] != "custom":
-        try:
-            return Annotation.objects.get(pk=int(form["adopt"]), item=item).payload
-        except (ValueError, Annotation.DoesNotExist):
-            raise ValidationError("Choose one of the reviews shown, or write your own decision.") from None
+        return selectors.annotation_of_item(item=item, annotation_id=form["adopt"]).payload
     if not form["payload"].strip():
         raise ValidationError("Choose a review to adopt, or write your own decision as JSON.")
     try:

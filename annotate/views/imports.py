@@ -11,8 +11,10 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from annotate import selectors
 from annotate.forms import ImportForm, ItemFilterForm
+from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch
 from annotate.services.imports import import_batch_submit
+from config import csvwriter
 
 ITEMS_PER_PAGE = 50
 
@@ -53,13 +55,17 @@ def batch_url(batch: ImportBatch) -> str:
 def _detail_context(batch: ImportBatch) -> dict:
     errors = [e for e in batch.errors if e.get("kind") != "duplicate"]
     duplicates = [e for e in batch.errors if e.get("kind") == "duplicate"]
+    errors_file = rejected_errors_path(batch.rejected_path)
     done = batch.status in (ImportBatch.Status.SUCCEEDED, ImportBatch.Status.FAILED)
     percent = 100 if done else int(100 * batch.bytes_read / batch.bytes_total) if batch.bytes_total else 0
     return {
         "project": batch.project,
         "batch": batch,
         "row_errors": errors,
-        "duplicate_rows": duplicates,
+        "exact_duplicate_rows": [e for e in duplicates if e.get("match") != "near"],
+        "near_duplicate_rows": [e for e in duplicates if e.get("match") == "near"],
+        "exact_duplicates": batch.duplicates - batch.near_duplicates,
+        "has_errors_file": bool(errors_file and errors_file.exists()),
         "done": done,
         "percent": percent,
     }
@@ -84,11 +90,25 @@ def import_progress(request: HttpRequest, slug: str, batch_id: int) -> HttpRespo
 
 @require_GET
 def import_rejected(request: HttpRequest, slug: str, batch_id: int) -> FileResponse:
+    """The rejected rows, byte for byte as uploaded, in the upload's own format (to fix and import again)."""
     batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
     if not batch.rejected_path or not Path(batch.rejected_path).exists():
         raise Http404("This import has no rejected rows.")
     name = f"{Path(batch.filename).stem}-rejected.{batch.file_format}"
     return FileResponse(open(batch.rejected_path, "rb"), as_attachment=True, filename=name)  # noqa: SIM115
+
+
+@require_GET
+def import_rejected_errors(request: HttpRequest, slug: str, batch_id: int) -> FileResponse:
+    """What is wrong with each rejected row, as CSV (written through the one CSV writer)."""
+    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    path = rejected_errors_path(batch.rejected_path)
+    if path is None or not path.exists():
+        raise Http404("This import has no error report.")
+    name = f"{Path(batch.filename).stem}-rejected-errors.csv"
+    response = FileResponse(open(path, "rb"), as_attachment=True, filename=name)  # noqa: SIM115
+    response["Content-Type"] = csvwriter.CONTENT_TYPE
+    return response
 
 
 @require_GET

@@ -5,11 +5,9 @@ submission answers with the card that should be prefetched next, so the browser 
 prefetched card in at once and never waits on the server between items.
 """
 
-from collections import defaultdict
 from functools import lru_cache
 from typing import NamedTuple
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -18,19 +16,17 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import reswap, retarget, trigger_client_event
 
 from annotate import selectors
-from annotate.models import Lease, Project, RubricVersion, TaskKind
+from annotate.forms import TaskForm, task_form
+from annotate.models import Item, Lease, Project, RubricVersion, TaskKind
+from annotate.payloads import GoldAction
 from annotate.services import annotations as annotation_services
 from annotate.services import queue as queue_services
 
 QUEUE = "annotate/queue.html"
 HEALTH = "annotate/queue_health.html"
 HISTORY = "annotate/queue_history.html"
-GOLD_ACTIONS = [
-    ("accept", "Accept the selected candidate", "1–9"),
-    ("edit", "Edit the selected candidate", "e"),
-    ("write", "Write one from scratch", "w"),
-    ("unusable", "Mark the item unusable", "x"),
-]
+GOLD_KEYS = {GoldAction.ACCEPT: "1–9", GoldAction.EDIT: "e", GoldAction.WRITE: "w", GoldAction.UNUSABLE: "x"}
+GOLD_ACTIONS = [(action.value, action.label, GOLD_KEYS[action]) for action in GoldAction]
 
 
 def _errors(exc: ValidationError) -> tuple[dict[str, str], list[str]]:
@@ -39,78 +35,44 @@ def _errors(exc: ValidationError) -> tuple[dict[str, str], list[str]]:
     return {}, list(exc.messages)
 
 
-def _form_values(kind: str, payload: dict | None, display_order: list[int]) -> dict[str, str]:
-    """The form values that reproduce a payload (for undo and for editing a revision)."""
-    if not payload:
-        return {}
-    position = {index: str(pos + 1) for pos, index in enumerate(display_order)}
-    if kind == TaskKind.GOLD:
-        return {
-            "action": payload.get("action", ""),
-            "source": position.get(payload.get("source_index"), ""),
-            "answer": payload.get("answer", ""),
-            "reason": payload.get("reason", ""),
-        }
-    if kind == TaskKind.PREFERENCE:
-        choice = payload.get("choice", "")
-        return {
-            "choice": position.get(payload.get("chosen"), "") if choice == "response" else choice,
-            "worst": position.get(payload.get("rejected"), ""),
-            "strength": payload.get("strength") or "",
-            "rationale": payload.get("rationale", ""),
-        }
-    return {f"score-{key}": str(value) for key, value in (payload.get("scores") or {}).items()}
-
-
-def _card(
-    *,
-    project: Project,
-    item,
-    display_order: list[int],
-    rubric: RubricVersion | None,
-    lease: Lease | None = None,
-    values: dict | None = None,
-    errors: dict | None = None,
-    action_url: str = "",
-) -> dict:
-    """Everything a task screen shows. Only the item and this reviewer's own values: never anyone else's."""
-    # Missing keys read as "": the template's lookups of absent fields then succeed on the first try
-    # (a plain dict sends each one through attribute and index lookups before giving up).
-    values = defaultdict(str, {k: v for k, v in (values or {}).items() if isinstance(v, str)})
-    errors = defaultdict(str, errors or {})
+def _card(*, project: Project, form: TaskForm, lease: Lease | None = None, action_url: str = "") -> dict:
+    """Everything a task screen shows, from its form. Only the item and this reviewer's own values: never
+    anyone else's."""
+    item = form.item
+    values, errors = form.values, form.field_errors
     responses = item.responses or []
-    order = display_order if len(display_order) == len(responses) else list(range(len(responses)))
-    shown = []
-    for pos, index in enumerate(order, start=1):
-        selected = values.get("source" if item.kind == TaskKind.GOLD else "choice") == str(pos)
-        shown.append({"pos": pos, "text": responses[index].get("text", ""), "checked": selected})
-    criteria = []
-    if item.kind == TaskKind.RUBRIC and rubric is not None:
-        for criterion in rubric.criteria:
-            key = criterion["key"]
-            field = f"score-{key}"
+    selected = values.get("source" if item.kind == TaskKind.GOLD else "choice")
+    shown = [
+        {"pos": pos, "text": responses[index].get("text", ""), "checked": selected == str(pos)}
+        for pos, index in enumerate(form.display_order, start=1)
+    ]
+    criteria, scored = [], None
+    if item.kind == TaskKind.RUBRIC:
+        index = item.scored_response_index
+        scored = {"text": responses[index].get("text", "")} if index is not None else None
+        for criterion in getattr(form, "criteria", []):
+            field = f"score-{criterion['key']}"
             levels = [
                 {**level, "checked": values.get(field) == str(level.get("value"))}
                 for level in criterion.get("levels", [])
             ]
             criteria.append(
                 {
-                    "key": key,
-                    "name": criterion.get("name", key),
+                    "key": criterion["key"],
+                    "name": criterion.get("name", criterion["key"]),
                     "field": field,
                     "levels": levels,
                     "error": errors.get(field, ""),
                 }
             )
-    slug = project.slug
     card = {
         "item": item,
         "kind": item.kind,
         "template": f"annotate/partials/task_{item.kind}.html",
         "messages": item.messages if isinstance(item.messages, list) else None,
         "responses": shown,
-        "scored": shown[0] if item.kind == TaskKind.RUBRIC and shown else None,
-        "rubric": rubric,
+        "scored": scored,
+        "rubric": form.rubric_version,
         "criteria": criteria,
         "values": values,
         "errors": errors,
@@ -119,7 +81,7 @@ def _card(
         "action_url": action_url,
     }
     if lease is not None:
-        urls = _lease_urls(slug)
+        urls = _lease_urls(project.slug)
         card.update(
             action_url=urls.submit.format(lease.pk),
             skip_url=urls.skip.format(lease.pk),
@@ -153,9 +115,19 @@ def _lease_urls(slug: str) -> _LeaseUrls:
     )
 
 
-def _lease_card(project, lease, rubric, **kwargs) -> dict:
-    return _card(
-        project=project, item=lease.item, display_order=lease.display_order, rubric=rubric, lease=lease, **kwargs
+def _lease_card(project, lease, rubric, *, data=None, payload: dict | None = None, form=None) -> dict:
+    if form is None:
+        form = _form(lease.item, lease.display_order, rubric, data=data, payload=payload)
+    return _card(project=project, form=form, lease=lease)
+
+
+def _form(item: Item, display_order, rubric: RubricVersion | None, *, data=None, payload=None) -> TaskForm:
+    return task_form(
+        item,
+        data,
+        display_order=display_order,
+        rubric_version=rubric if item.kind == TaskKind.RUBRIC else None,
+        payload=payload,
     )
 
 
@@ -165,11 +137,12 @@ def _rubric(project: Project) -> RubricVersion | None:
     return selectors.rubric_version_active(project=project)
 
 
-def _queue_context(request, project: Project, leases: list[Lease], **current_kwargs) -> dict:
+def _queue_context(request, project: Project, leases: list[Lease], **current) -> dict:
+    """The page's two cards; ``current`` (``form`` or ``payload``) fills the card on screen."""
     rubric = _rubric(project)
     return {
         "project": project,
-        "current": _lease_card(project, leases[0], rubric, **current_kwargs) if leases else None,
+        "current": _lease_card(project, leases[0], rubric, **current) if leases else None,
         "prefetch": _lease_card(project, leases[1], rubric) if len(leases) > 1 else None,
         # The rubric version fetched above: looking it up again would cost a query per request.
         "blocked_reason": selectors.queue_blocked_reason(project=project, active_version=rubric)
@@ -238,30 +211,32 @@ def queue_progress(request, slug: str) -> HttpResponse:
 
 @require_POST
 def queue_submit(request, slug: str, lease_id: int) -> HttpResponse:
-    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    project, lease = selectors.project_and_lease_for_user(user=request.user, slug=slug, lease_id=lease_id)
+    rubric = selectors.rubric_version_active(project=project) if lease.item.kind == TaskKind.RUBRIC else None
+    form = _form(lease.item, lease.display_order, rubric, data=request.POST)
     try:
-        # The service locks the lease by id, reviewer and project: someone else's lease is a 404 (no
-        # existence leak) without a lookup of its own here.
-        _, leases = annotation_services.annotation_submit_and_refill(
-            lease_id=lease_id,
-            reviewer=request.user,
+        if not form.is_valid():
+            raise ValidationError(form.general_errors)
+        _, leases = annotation_services.annotation_submit(
             project=project,
-            data=request.POST,
-            duration_ms=request.POST.get("duration_ms"),
+            lease_id=lease.pk,
+            reviewer=request.user,
+            payload=form.payload,
+            rubric_version=rubric,
+            duration_ms=form.cleaned_data["duration_ms"],
+            refill=True,
         )
     except Lease.DoesNotExist:
         raise Http404("No such item in your queue.") from None
     except ValidationError as exc:
-        fields, general = _errors(exc)
+        general = list(exc.messages) if form.is_valid() else form.general_errors
         if request.htmx:
-            message = " ".join(general + list(fields.values()))
+            message = " ".join(general + [e for e in form.field_errors.values() if e])
             return _alert(request, message, event="goldset:submit-failed", detail={"lease": lease_id})
-        lease = selectors.lease_get_for_reviewer(user=request.user, project=project, lease_id=lease_id)
-        leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
-        leases = [lease] + [other for other in leases if other.pk != lease.pk] if lease.status == "active" else leases
-        return _page(
-            request, project, leases, status=400, alert=" ".join(general), values=request.POST.dict(), errors=fields
-        )
+        leases = selectors.leases_active_for_reviewer(project=project, reviewer=request.user)
+        if lease.status == Lease.Status.ACTIVE:
+            leases = [lease] + [other for other in leases if other.pk != lease.pk]
+        return _page(request, project, leases, status=400, alert=" ".join(general), form=form)
     if not request.htmx:
         return redirect("annotate:queue", slug=project.slug)
     return _prefetch_response(request, project, leases, "goldset:submitted", {"lease": lease_id})
@@ -291,14 +266,13 @@ def queue_undo(request, slug: str) -> HttpResponse:
     except ValidationError as exc:
         if request.htmx:
             return _alert(request, " ".join(exc.messages))
-        leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
+        leases = selectors.leases_active_for_reviewer(project=project, reviewer=request.user)
         return _page(request, project, leases, status=400, alert=" ".join(exc.messages))
-    leases = queue_services.leases_active_for_reviewer(project=project, reviewer=request.user)
+    leases = selectors.leases_active_for_reviewer(project=project, reviewer=request.user)
     leases = [lease] + [other for other in leases if other.pk != lease.pk]
-    values = _form_values(lease.item.kind, undone, lease.display_order)
     if not request.htmx:
-        return _page(request, project, leases, values=values)
-    response = render(request, QUEUE + "#cards", _queue_context(request, project, leases, values=values))
+        return _page(request, project, leases, payload=undone)
+    response = render(request, QUEUE + "#cards", _queue_context(request, project, leases, payload=undone))
     return trigger_client_event(response, "goldset:undone", {"lease": lease.pk})
 
 
@@ -323,34 +297,31 @@ def queue_flag(request, slug: str, lease_id: int) -> HttpResponse:
 def annotation_history(request, slug: str, item_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     annotation = selectors.annotation_get_for_reviewer(user=request.user, project=project, item_id=item_id)
-    values, errors, alert, status = None, {}, "", 200
+    rubric = selectors.rubric_version_active(project=project) if annotation.kind == TaskKind.RUBRIC else None
+    form = _form(
+        annotation.item, annotation.display_order, rubric, data=request.POST or None, payload=annotation.payload
+    )
+    alert, notice, status = "", "", 200
     if request.method == "POST":
         try:
-            annotation_services.annotation_revise(item_id=annotation.item_id, reviewer=request.user, data=request.POST)
+            if not form.is_valid():
+                raise ValidationError(form.general_errors)
+            annotation_services.annotation_revise(
+                annotation_id=annotation.pk, reviewer=request.user, payload=form.payload, rubric_version=rubric
+            )
+        except annotation_services.AnswerUnchanged as exc:
+            notice = " ".join(exc.messages)
         except ValidationError as exc:
-            errors, general = _errors(exc)
-            values, alert, status = request.POST.dict(), " ".join(general), 400
+            alert, status = " ".join(exc.messages), 400
         else:
             return redirect("annotate:annotation-history", slug=project.slug, item_id=annotation.item_id)
-    annotation = selectors.annotation_get_for_reviewer(user=request.user, project=project, item_id=item_id)
-    rubric = selectors.rubric_version_active(project=project)
-    card = _card(
-        project=project,
-        item=annotation.item,
-        display_order=annotation.display_order,
-        rubric=rubric if annotation.kind == TaskKind.RUBRIC else None,
-        values=values
-        if values is not None
-        else _form_values(annotation.kind, annotation.payload, annotation.display_order),
-        errors=errors,
-        action_url=request.path,
-    )
     context = {
         "project": project,
         "annotation": annotation,
         "revisions": annotation.revisions.order_by("-number"),
-        "card": card,
+        "card": _card(project=project, form=form, action_url=request.path),
         "alert": alert,
+        "notice": notice,
     }
     return render(request, HISTORY, context, status=status)
 
@@ -384,9 +355,10 @@ def queue_lease_expire(request, slug: str, lease_id: int) -> HttpResponse:
 def queue_lease_reassign(request, slug: str, lease_id: int) -> HttpResponse:
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     username = request.POST.get("to", "").strip()
-    to_reviewer = get_user_model().objects.filter(username=username).first()
+    to_reviewer = selectors.member_by_username(project=project, username=username)
     if to_reviewer is None:
-        return _health(request, project, alert=f"No user named {username!r}: pick a member from the list.", status=400)
+        alert = f"{username!r} is not a member of this project: pick a member from the list."
+        return _health(request, project, alert=alert, status=400)
     try:
         queue_services.lease_reassign(lease_id=lease_id, project=project, to_reviewer=to_reviewer)
     except (ValidationError, Lease.DoesNotExist) as exc:

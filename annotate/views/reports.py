@@ -1,25 +1,22 @@
 import json
 
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from annotate import charts, selectors
 from annotate.models import AgreementReport, RubricVersion
+from annotate.reports import report_csv as to_csv
 from annotate.services.reports import agreement_report_request
+from config.background import poll_response
 
 CALIBRATION_LINES = [(0.667, "0.667"), (0.8, "0.8")]
 
 
 def _version(request: HttpRequest, project) -> RubricVersion | None:
     raw = request.GET.get("version") or request.POST.get("version")
-    if not raw:
-        return None
-    try:
-        return RubricVersion.objects.get(pk=int(raw), rubric__project=project)
-    except (ValueError, RubricVersion.DoesNotExist):
-        raise Http404("No such rubric version in this project.") from None
+    return selectors.rubric_version_get(project=project, version_id=raw) if raw else None
 
 
 def _charts(result: dict) -> list[dict]:
@@ -65,54 +62,77 @@ def _charts(result: dict) -> list[dict]:
     return sections
 
 
+def _body(request: HttpRequest, project, version, report: AgreementReport | None, latest=None) -> dict:
+    return {
+        "project": project,
+        "report": report,
+        "latest": latest,
+        "selected_version": version,
+        "sections": _charts(report.result) if report and report.status == AgreementReport.Status.SUCCEEDED else [],
+    }
+
+
 @require_GET
 @vary_on_headers("HX-Request")
 def report(request: HttpRequest, slug: str) -> HttpResponse:
+    """The report of the data as it is now. Reading it writes nothing: when none was made for this state of
+    the data, the page asks for one with a POST to ``report-compute`` (htmx does so as soon as it loads)."""
     project = selectors.project_get_for_report(user=request.user, slug=slug)
-    version = _version(request, project)
-    row = agreement_report_request(project=project, rubric_version=version)
-    context = {
-        "project": project,
-        "report": row,
-        "versions": RubricVersion.objects.filter(rubric__project=project).select_related("rubric"),
-        "selected_version": row.rubric_version,
-        "sections": _charts(row.result) if row.status == AgreementReport.Status.DONE else [],
-    }
-    template = "annotate/report.html"
+    version, current, latest = selectors.agreement_report_current(
+        project=project, rubric_version=_version(request, project)
+    )
+    context = _body(request, project, version, current, latest)
     if request.htmx:
-        template += "#report-body"
-    return render(request, template, context)
+        if current is not None:
+            return poll_response(request, "annotate/report.html#report-body", context, work=current)
+        return render(request, "annotate/report.html#report-body", context)
+    context["versions"] = selectors.rubric_versions_of(project=project)
+    return render(request, "annotate/report.html", context)
 
 
-@require_POST
-def report_refresh(request: HttpRequest, slug: str) -> HttpResponse:
-    project = selectors.project_get_for_admin(user=request.user, slug=slug)
-    version = _version(request, project)
-    agreement_report_request(project=project, rubric_version=version, refresh=True)
+def _after_request(request: HttpRequest, project, version, row: AgreementReport) -> HttpResponse:
+    if request.htmx:
+        return render(request, "annotate/report.html#report-body", _body(request, project, version, row))
     url = project.get_absolute_url() + "report/" + (f"?version={version.pk}" if version else "")
     return redirect(url)
 
 
-def _done(request: HttpRequest, slug: str) -> tuple[dict | None, AgreementReport]:
+@require_POST
+def report_compute(request: HttpRequest, slug: str) -> HttpResponse:
+    """Make the report of the data as it is now, unless it exists already (anyone who may read the report)."""
     project = selectors.project_get_for_report(user=request.user, slug=slug)
-    row = agreement_report_request(project=project, rubric_version=_version(request, project))
-    return (row.result if row.status == AgreementReport.Status.DONE else None), row
+    version = _version(request, project)
+    row = agreement_report_request(project=project, rubric_version=version)
+    return _after_request(request, project, row.rubric_version, row)
 
 
-def _not_ready(row: AgreementReport) -> HttpResponse:
-    response = HttpResponse(
-        f"The report is still being computed ({row.progress:.0%}, {row.stage or row.status}). Try again shortly.\n",
-        status=503,
-        content_type="text/plain",
-    )
+@require_POST
+def report_refresh(request: HttpRequest, slug: str) -> HttpResponse:
+    """Make the report again, even if one exists for this state of the data (admins)."""
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    version = _version(request, project)
+    row = agreement_report_request(project=project, rubric_version=version, refresh=True)
+    return _after_request(request, project, row.rubric_version, row)
+
+
+def _done(request: HttpRequest, slug: str) -> tuple[dict | None, AgreementReport | None]:
+    project = selectors.project_get_for_report(user=request.user, slug=slug)
+    _, row, _ = selectors.agreement_report_current(project=project, rubric_version=_version(request, project))
+    return (row.result if row and row.status == AgreementReport.Status.SUCCEEDED else None), row
+
+
+def _not_ready(row: AgreementReport | None) -> HttpResponse:
+    if row is None:
+        text = "No report has been made for the data as it is now: open the report page to make one.\n"
+    else:
+        text = f"The report is still being computed ({row.percent}%, {row.message or row.status}). Try again shortly.\n"
+    response = HttpResponse(text, status=503, content_type="text/plain")
     response["Retry-After"] = "5"
     return response
 
 
 @require_GET
 def report_csv(request: HttpRequest, slug: str) -> HttpResponse:
-    from annotate.reports import report_csv as to_csv
-
     result, row = _done(request, slug)
     if result is None:
         return _not_ready(row)

@@ -8,8 +8,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate import roles, selectors
-from annotate.models import Annotation, Item, ItemResult, Rubric, RubricSignoff, RubricVersion
-from annotate.services import checks as check_services
+from annotate.models import RubricVersion
 from annotate.services import rubrics as services
 
 EXAMPLE_CRITERIA = [
@@ -31,10 +30,7 @@ def _json_error(exc: json.JSONDecodeError, what: str) -> ValidationError:
 
 
 def _version(project, version_id: int) -> RubricVersion:
-    try:
-        return RubricVersion.objects.select_related("rubric").get(pk=version_id, rubric__project=project)
-    except RubricVersion.DoesNotExist:
-        raise Http404("No such rubric version in this project.") from None
+    return selectors.rubric_version_get(project=project, version_id=version_id)
 
 
 def _version_url(project, version) -> str:
@@ -44,7 +40,7 @@ def _version_url(project, version) -> str:
 @require_GET
 def rubric_list(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
-    rubrics = Rubric.objects.filter(project=project).prefetch_related("versions__signoffs")
+    rubrics = selectors.rubric_list_for_project(project=project)
     context = {"project": project, "rubrics": rubrics, "active": selectors.rubric_version_active(project=project)}
     return render(request, "annotate/rubric_list.html", context)
 
@@ -63,11 +59,8 @@ def rubric_new(request: HttpRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def version_new(request: HttpRequest, slug: str, rubric_id: int) -> HttpResponse:
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
-    try:
-        rubric = Rubric.objects.get(pk=rubric_id, project=project)
-    except Rubric.DoesNotExist:
-        raise Http404("No such rubric in this project.") from None
-    last = rubric.versions.order_by("-number").first()
+    rubric = selectors.rubric_get(project=project, rubric_id=rubric_id)
+    last = selectors.rubric_version_latest(rubric=rubric)
     form = {
         "criteria": json.dumps(last.criteria if last else EXAMPLE_CRITERIA, indent=2, ensure_ascii=False),
         "notes": "",
@@ -95,13 +88,13 @@ def version_new(request: HttpRequest, slug: str, rubric_id: int) -> HttpResponse
 def version_detail(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     version = _version(project, version_id)
-    signoffs = RubricSignoff.objects.filter(version=version).select_related("reviewer").order_by("created_at")
+    signoffs = selectors.rubric_signoffs(version=version)
     context = {
         "project": project,
         "version": version,
         "signoffs": signoffs,
         "signed": any(s.reviewer_id == request.user.pk for s in signoffs),
-        "is_member": project.members.filter(pk=request.user.pk).exists(),
+        "is_member": selectors.project_has_member(project=project, user=request.user),
         "calibration": services.calibration_evaluate(version=version)
         if version.status == RubricVersion.Status.CALIBRATING
         else None,
@@ -175,12 +168,11 @@ def version_send_back(request: HttpRequest, slug: str, version_id: int) -> HttpR
 
 
 def _calibration_card(request, project, version, item, *, saved=False, errors=None) -> dict:
-    mine = Annotation.objects.filter(item=item, reviewer=request.user, rubric_version=version).first()
     return {
         "project": project,
         "version": version,
         "item": item,
-        "mine": (mine.payload.get("scores") or {}) if mine else {},
+        "mine": selectors.calibration_scores_of(item=item, user=request.user, version=version),
         "saved": saved,
         "errors": errors or [],
     }
@@ -190,14 +182,14 @@ def _calibration_card(request, project, version, item, *, saved=False, errors=No
 def calibration(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     version = _version(project, version_id)
-    items = services.calibration_items(project)
+    items = selectors.calibration_items(project=project)
     cards = [_calibration_card(request, project, version, item) for item in items]
     context = {
         "project": project,
         "version": version,
         "cards": cards,
         "status": services.calibration_evaluate(version=version),
-        "can_score": services.calibration_reviewers(project).filter(pk=request.user.pk).exists(),
+        "can_score": selectors.calibration_reviewers(project=project).filter(pk=request.user.pk).exists(),
     }
     return render(request, "annotate/rubric_calibration.html", context)
 
@@ -207,10 +199,10 @@ def calibration_item_add(request: HttpRequest, slug: str, version_id: int) -> Ht
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     version = _version(project, version_id)
     try:
-        item = Item.objects.get(pk=int(request.POST.get("item_id", "")), project=project)
+        item = selectors.item_get_in_project(project=project, item_id=request.POST.get("item_id", ""))
         services.calibration_item_add(item=item)
-    except (ValueError, Item.DoesNotExist):
-        messages.error(request, f"Item {request.POST.get('item_id')!r} is not an item of this project.")
+    except Http404 as exc:
+        messages.error(request, str(exc))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -222,10 +214,7 @@ def calibration_item_add(request: HttpRequest, slug: str, version_id: int) -> Ht
 def calibration_score(request: HttpRequest, slug: str, version_id: int, item_id: int) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     version = _version(project, version_id)
-    try:
-        item = services.calibration_items(project).get(pk=item_id)
-    except Item.DoesNotExist:
-        raise Http404("No such calibration item.") from None
+    item = selectors.calibration_item_get(project=project, item_id=item_id)
     payload = {"scores": {c["key"]: request.POST.get(c["key"]) for c in version.criteria if request.POST.get(c["key"])}}
     try:
         services.calibration_score_submit(version=version, item=item, reviewer=request.user, payload=payload)
@@ -238,53 +227,3 @@ def calibration_score(request: HttpRequest, slug: str, version_id: int, item_id:
         return render(request, "annotate/rubric_calibration.html#calibration-item", card)
     messages.success(request, f"Scores for item {item.pk} saved.")
     return redirect(reverse("annotate:calibration", kwargs={"slug": slug, "version_id": version.pk}))
-
-
-def _split_responses(text: str) -> list[dict]:
-    parts = [p.strip() for p in text.replace("\r\n", "\n").split("\n---\n")]
-    return [{"text": p, "model": ""} for p in parts if p]
-
-
-@require_http_methods(["GET", "POST"])
-def checks(request: HttpRequest, slug: str) -> HttpResponse:
-    project = selectors.project_get_for_admin(user=request.user, slug=slug)
-    errors: list[str] = []
-    form = request.POST if request.method == "POST" else {}
-    if request.method == "POST":
-        try:
-            answer = None
-            if form.get("answer", "").strip():
-                try:
-                    answer = json.loads(form["answer"])
-                except json.JSONDecodeError as exc:
-                    raise _json_error(exc, "The answer") from None
-            if form.get("action") == "seed":
-                try:
-                    item = Item.objects.get(pk=int(form.get("item_id", "")), project=project)
-                except (ValueError, Item.DoesNotExist):
-                    raise ValidationError(f"Item {form.get('item_id')!r} is not an item of this project.") from None
-                check_services.check_item_seed_from_item(item=item, answer=answer)
-            else:
-                if answer is None:
-                    raise ValidationError("answer: give the known answer as JSON in the shape of the item's kind.")
-                check_services.check_item_create(
-                    project=project,
-                    kind=form.get("kind", ""),
-                    prompt=form.get("prompt", ""),
-                    responses=_split_responses(form.get("responses", "")),
-                    answer=answer,
-                )
-        except ValidationError as exc:
-            errors = exc.messages
-        else:
-            messages.success(request, "Check item added to the queue.")
-            return redirect(reverse("annotate:checks", kwargs={"slug": slug}))
-    items = Item.objects.filter(project=project, is_check=True).order_by("-id")
-    candidates = ItemResult.objects.filter(
-        item__project=project,
-        item__is_check=False,
-        item__is_calibration=False,
-        status__in=[ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED],
-    ).select_related("item")[:50]
-    context = {"project": project, "items": items, "candidates": candidates, "errors": errors, "form": form}
-    return render(request, "annotate/rubric_checks.html", context, status=400 if errors else 200)

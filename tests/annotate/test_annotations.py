@@ -7,40 +7,25 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from annotate.models import Annotation, AnnotationRevision, Item, ItemResult, Lease, Rubric, RubricVersion
+from annotate.forms import task_form
+from annotate.models import Annotation, AnnotationRevision, ItemResult, Lease, Rubric, RubricVersion
+from annotate.payloads import GoldPayload, PreferencePayload
 from annotate.services import annotations, queue
+from tests import factories
+from tests.factories import lease_for, submit
 
 pytestmark = pytest.mark.django_db
 
 
 def make_item(project, n, kind="gold", responses=2):
-    return Item.objects.create(
-        project=project,
-        kind=kind,
-        prompt=f"Prompt {n}",
-        responses=[{"text": f"R{i} of {n}", "model": f"m{i}"} for i in range(responses)],
-        content_hash=f"h-{kind}-{n}",
-        split="train",
-    )
-
-
-def lease_for(project, user, display_order=None):
-    lease = queue.lease_next_for_reviewer(project=project, reviewer=user)
-    if display_order is not None:
-        Lease.objects.filter(pk=lease.pk).update(display_order=display_order)
-        lease.refresh_from_db()
-    return lease
-
-
-def submit(lease, **data):
-    return annotations.annotation_submit(lease_id=lease.pk, reviewer=lease.reviewer, data=data)
+    return factories.make_item(project, kind, n=n, responses=responses)
 
 
 def test_accept_stores_the_candidate_text_by_its_real_index(project, alice):
     make_item(project, 1)
     lease = lease_for(project, alice, display_order=[1, 0])
     annotation = submit(lease, action="accept", source="1", answer="ignored")
-    assert annotation.payload == {"action": "accept", "answer": "R1 of 1", "source_index": 1, "reason": ""}
+    assert annotation.payload == {"action": "accept", "answer": "Answer B1", "source_index": 1, "reason": ""}
 
 
 def test_edit_and_write_store_the_text_as_given(project, alice, bob):
@@ -97,10 +82,8 @@ def test_preference_with_three_responses_takes_an_optional_worst(project, alice)
     lease = lease_for(project, alice, display_order=[2, 0, 1])
     payload = submit(lease, choice="1", worst="3").payload
     assert payload["chosen"] == 2 and payload["rejected"] == 1
-    with pytest.raises(ValidationError, match="cannot also be the best"):
-        annotations.annotation_payload_parse(
-            item=lease.item, display_order=[2, 0, 1], data={"choice": "1", "worst": "1"}, rubric_version=None
-        )
+    form = task_form(lease.item, {"choice": "1", "worst": "1"}, display_order=[2, 0, 1])
+    assert not form.is_valid() and "cannot also be the best" in form.errors["worst"][0]
 
 
 def test_preference_needs_a_choice_and_a_known_strength(project, alice):
@@ -131,7 +114,8 @@ def test_rubric_scores_every_criterion_with_the_active_version(project, alice, a
     make_item(project, 1, kind="rubric")
     lease = lease_for(project, alice, display_order=[1, 0])
     annotation = submit(lease, **{"score-acc": "3", "score-safe": "no"})
-    assert annotation.payload == {"response_index": 1, "scores": {"acc": 3, "safe": "no"}}
+    # The item's scored response (the first, by default), whatever order the screen showed them in.
+    assert annotation.payload == {"response_index": 0, "scores": {"acc": 3, "safe": "no"}}
     assert annotation.rubric_version == active_rubric
     assert annotation.revisions.get().rubric_version == active_rubric
 
@@ -149,7 +133,7 @@ def test_every_submission_is_a_revision_and_the_latest_counts(project, alice):
     item = make_item(project, 1)
     lease = lease_for(project, alice)
     submit(lease, action="write", answer="one")
-    annotations.annotation_revise(item_id=item.pk, reviewer=alice, data={"action": "write", "answer": "two"})
+    factories.revise(item, alice, action="write", answer="two")
     annotation = Annotation.objects.get()
     assert annotation.revision == 2 and annotation.payload["answer"] == "two"
     assert list(AnnotationRevision.objects.order_by("number").values_list("payload__answer", flat=True)) == [
@@ -254,9 +238,7 @@ def test_undo_after_the_lease_ran_out_is_refused(project, alice):
 def test_durations_are_clipped_to_the_lease(project, alice):
     make_item(project, 1)
     lease = lease_for(project, alice)
-    annotation = annotations.annotation_submit(
-        lease_id=lease.pk, reviewer=alice, data={"action": "write", "answer": "x"}, duration_ms="999999999"
-    )
+    annotation = submit(lease, action="write", answer="x", duration_ms="999999999")
     assert annotation.duration_ms == project.lease_minutes * 60_000
 
 
@@ -265,3 +247,47 @@ def test_a_gold_item_without_candidates_is_written_from_scratch(project, alice):
     lease = lease_for(project, alice)
     assert lease.item == item and lease.display_order == []
     assert submit(lease, action="write", answer="From scratch").payload["answer"] == "From scratch"
+
+
+def test_saving_an_unchanged_answer_adds_no_revision(project, alice):
+    item = make_item(project, 1)
+    submit(lease_for(project, alice), action="write", answer="same")
+    with pytest.raises(annotations.AnswerUnchanged, match="Nothing changed"):
+        factories.revise(item, alice, action="write", answer="same")
+    assert AnnotationRevision.objects.count() == 1
+
+
+def test_a_payload_of_another_kind_is_refused_by_the_service(project, alice):
+    make_item(project, 1, kind="preference")
+    lease = lease_for(project, alice)
+    with pytest.raises(ValidationError, match="a gold answer does not fit it"):
+        annotations.annotation_submit(
+            project=project, lease_id=lease.pk, reviewer=alice, payload=GoldPayload(action="write", answer="x")
+        )
+    assert not Annotation.objects.exists()
+
+
+def test_a_rubric_answer_needs_an_active_version_at_the_service(project, alice, active_rubric):
+    make_item(project, 1, kind="rubric")
+    lease = lease_for(project, alice)
+    retired = RubricVersion.objects.create(rubric=active_rubric.rubric, number=2, status="retired")
+    from annotate.payloads import RubricPayload
+
+    with pytest.raises(ValidationError, match="no active rubric version"):
+        annotations.annotation_submit(
+            project=project,
+            lease_id=lease.pk,
+            reviewer=alice,
+            payload=RubricPayload(response_index=0, scores={"acc": 1, "safe": "yes"}),
+            rubric_version=retired,
+        )
+
+
+def test_the_preference_payload_names_responses_not_positions(project, alice):
+    form = task_form(
+        make_item(project, 1, kind="preference", responses=3),
+        {"choice": "3", "worst": "1", "strength": "clear"},
+        display_order=[1, 2, 0],
+    )
+    assert form.is_valid()
+    assert form.payload == PreferencePayload(choice="response", chosen=0, rejected=1, strength="clear")

@@ -274,6 +274,7 @@ def test_a_pick_says_nothing_is_left_once_the_holder_takes_the_last_slot(project
 def test_simultaneous_submissions_of_one_item_both_count_in_its_result(project, django_user_model):
     """The second submission's refresh reads the first one's annotation: the item is decided, every time."""
     from annotate.models import ItemResult
+    from annotate.payloads import GoldPayload
     from annotate.services.annotations import annotation_submit
     from annotate.services.queue import lease_next_for_reviewer
 
@@ -290,7 +291,10 @@ def test_simultaneous_submissions_of_one_item_both_count_in_its_result(project, 
 
         def submit(user, leases=leases):
             return annotation_submit(
-                lease_id=leases[user.pk].pk, reviewer=user, data={"action": "write", "answer": "Same answer."}
+                project=project,
+                lease_id=leases[user.pk].pk,
+                reviewer=user,
+                payload=GoldPayload(action="write", answer="Same answer."),
             )
 
         results, errors = _race(users, submit)

@@ -1,8 +1,9 @@
 import pytest
 
+from annotate.consensus import normalize_text
 from annotate.models import ItemResult, RubricVersion
 from annotate.services import rubrics
-from annotate.services.consensus import item_result_refresh, normalize_text
+from annotate.services.results import item_result_refresh
 from tests.annotate.factories import CRITERIA, annotate, gold, make_item, pref, scores
 
 

@@ -4,6 +4,7 @@ from django.core.management import call_command
 
 from annotate import demo, roles
 from annotate.models import ImportBatch, Item, Project, RubricVersion
+from tests.conftest import ON_POSTGRES
 
 pytestmark = pytest.mark.django_db
 
@@ -75,6 +76,8 @@ def test_seed_demo_is_idempotent():
     assert authenticate(username="reviewer3", password="reviewer3-demo") is not None
 
 
+# On PostgreSQL the demo migrates through the owner's login, as every migrate there does.
+@pytest.mark.django_db(databases=["default", "owner"] if ON_POSTGRES else ["default"])
 def test_the_demo_command_runs_the_worker_and_server_and_stops_the_worker_on_exit(monkeypatch, capsys):
     from annotate.management.commands import demo as demo_command
 

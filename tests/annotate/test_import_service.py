@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from annotate import importers
 from annotate.models import ImportBatch, Item
 from annotate.services import imports
 
@@ -93,6 +94,11 @@ def test_one_bad_row_imports_nothing_by_default_and_reports_it_by_line(project):
     assert "2 of 3 rows are bad, so nothing was imported" in batch.message
 
 
+def errors_report(batch) -> list[list[str]]:
+    with open(importers.rejected_errors_path(batch.rejected_path), newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
 def test_skip_bad_imports_the_good_rows_and_hands_back_the_bad_ones(project):
     batch = run(
         project,
@@ -101,20 +107,22 @@ def test_skip_bad_imports_the_good_rows_and_hands_back_the_bad_ones(project):
     )
     assert batch.status == ImportBatch.Status.SUCCEEDED
     assert (batch.rows_imported, batch.rows_rejected) == (2, 1)
-    rejected = [json.loads(line) for line in Path(batch.rejected_path).read_text().splitlines()]
-    assert rejected[0]["line"] == 2
-    assert rejected[0]["original"] == '{"prompt": "x", "colour": "red"}'
-    assert rejected[0]["error"].startswith("line 2: unknown key 'colour'; allowed keys are prompt, messages,")
+    assert Path(batch.rejected_path).read_bytes() == b'{"prompt": "x", "colour": "red"}\n'
+    header, error = errors_report(batch)
+    assert header == ["line", "rejected_file_line", "field", "error"]
+    assert error[:3] == ["2", "1", "colour"]
+    assert error[3].startswith("unknown key 'colour'; allowed keys are prompt, messages,")
 
 
-def test_skip_bad_on_csv_writes_rejected_rows_in_the_same_columns(project):
-    data = b"prompt,response\nfine,ok\n,empty prompt\n"
+def test_skip_bad_on_csv_hands_back_the_header_and_the_bad_records_as_they_were(project):
+    data = b'prompt,response\r\nfine,ok\r\n,empty prompt\r\n"multi\r\nline","{""x"": 1}",extra\r\n'
     batch = run(project, data, mode=ImportBatch.Mode.SKIP_BAD, file_format="csv")
-    with open(batch.rejected_path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows == [
-        ["line", "error", "prompt", "response"],
-        ["3", "line 3: prompt is empty. Give some text, or remove the row.", "", "empty prompt"],
+    assert Path(batch.rejected_path).read_bytes() == (
+        b'prompt,response\r\n,empty prompt\r\n"multi\r\nline","{""x"": 1}",extra\r\n'
+    )
+    assert errors_report(batch)[1:] == [
+        ["3", "2", "prompt", "prompt is empty. Give some text, or remove the row."],
+        ["4", "3", "", "the record has 3 columns but the header has 2; check the quoting."],
     ]
 
 
@@ -131,21 +139,25 @@ def test_duplicates_within_the_file_and_against_the_project_are_reported_not_dou
         ),
     )
     assert batch.status == ImportBatch.Status.SUCCEEDED
-    assert (batch.rows_imported, batch.duplicates) == (1, 2)
+    assert (batch.rows_imported, batch.duplicates, batch.near_duplicates) == (1, 2, 2)
     assert Item.objects.filter(project=project).count() == 2
     dups = [e for e in batch.errors if e.get("kind") == "duplicate"]
     assert dups == [
         {
             "line": 1,
             "field": "",
-            "message": f"Already in the project as item #{original.id} (same normalized content); not imported again.",
+            "message": f"Already in the project as item {original.id} (near duplicate: the same after normalizing "
+            "case, spacing and Unicode); not imported again.",
             "kind": "duplicate",
+            "match": "near",
         },
         {
             "line": 3,
             "field": "",
-            "message": "Duplicate of line 2 in this file (same normalized content); imported once.",
+            "message": "Near duplicate of line 2 in this file (the same after normalizing case, spacing and "
+            "Unicode); imported once.",
             "kind": "duplicate",
+            "match": "near",
         },
     ]
 
@@ -232,7 +244,7 @@ def test_a_duplicate_the_lookup_missed_is_never_inserted_twice(project, monkeypa
 
     run(project, jsonl({"prompt": "Refund policy?", "response": "30 days."}))
     # As if a concurrent import committed this content between the lookup and the insert.
-    monkeypatch.setattr(imports, "_known_hashes", lambda project_id, hashes: {})
+    monkeypatch.setattr(imports, "_known_items", lambda project_id, hashes: {})
     batch = run(
         project,
         jsonl({"prompt": "New question", "response": "a"}, {"prompt": "refund policy?", "response": "30 days."}),
@@ -317,3 +329,136 @@ def test_copy_writes_real_jsonb_on_postgresql(project):
     with connection.cursor() as cursor:
         cursor.execute("SELECT jsonb_typeof(responses), jsonb_typeof(metadata), messages IS NULL FROM annotate_item")
         assert cursor.fetchall() == [("array", "object", True)]
+
+
+# --- the rejected rows, byte for byte -------------------------------------------------------------
+
+
+def assert_same_bytes(got: bytes, expected: bytes) -> None:
+    """Equality of multi-megabyte files, reported by the first differing offset (a diff would take minutes)."""
+    if got != expected:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
+        )
+        raise AssertionError(f"{len(got):,} bytes, expected {len(expected):,}; first difference at offset {at:,}")
+
+
+def test_the_rejected_rows_file_holds_each_bad_lines_original_bytes_and_can_be_fixed_and_imported(project):
+    from annotate.importers import MAX_LINE_BYTES
+
+    bad_utf8 = b'{"prompt": "caf\xe9 au lait", "response": "ok"}\r\n'
+    too_long = b'{"prompt": "' + b"x" * (MAX_LINE_BYTES + 10) + b'", "response": "ok"}\n'
+    formula = b'{"prompt": "=HYPERLINK(\\"http://evil\\",\\"x\\")", "colour": "red"}\n'
+    control = b'{"prompt": "tab\there", "response": "ok"}'  # the last line, without a line break
+    data = b'{"prompt": "fine", "response": "ok"}\n' + bad_utf8 + b"\n" + too_long + formula + control
+    batch = run(project, data, mode=ImportBatch.Mode.SKIP_BAD)
+
+    assert (batch.rows_imported, batch.rows_rejected) == (1, 4)
+    assert_same_bytes(Path(batch.rejected_path).read_bytes(), bad_utf8 + too_long + formula + control)
+    assert [row[:3] for row in errors_report(batch)[1:]] == [
+        ["2", "1", ""],
+        ["4", "2", ""],
+        ["5", "3", "colour"],
+        ["6", "4", ""],
+    ]
+
+    fixed = (
+        Path(batch.rejected_path)
+        .read_bytes()
+        .replace(b"caf\xe9", "café".encode())
+        .replace(b"x" * (MAX_LINE_BYTES + 10), b"shorter")
+        .replace(b', "colour": "red"', b', "response": "ok"')
+        .replace(b"\t", b"\\t")
+    )
+    again = run(project, fixed)
+    assert again.status == ImportBatch.Status.SUCCEEDED, again.errors
+    assert again.rows_imported == 4
+    assert Item.objects.get(project=project, prompt="café au lait")
+    assert Item.objects.get(project=project, prompt='=HYPERLINK("http://evil","x")'), "stored as given"
+
+
+def test_a_rejected_csv_keeps_the_upload_header_its_byte_order_mark_and_bad_bytes(project):
+    from annotate.importers import MAX_LINE_BYTES
+
+    header = b"\xef\xbb\xbfprompt,response\r\n"
+    bad_utf8 = b"caf\xe9,ok\r\n"
+    formula = b'"=HYPERLINK(""http://evil"",""x"")",ok,extra\r\n'  # three columns: rejected
+    long_record = b'"' + b"y" * (MAX_LINE_BYTES // 2) + b"\n" + b"y" * (MAX_LINE_BYTES // 2) + b'",ok\n'
+    data = header + b"good,ok\r\n" + bad_utf8 + formula + long_record + b"last,ok\r\n"
+    batch = run(project, data, mode=ImportBatch.Mode.SKIP_BAD, file_format="csv")
+
+    assert (batch.rows_imported, batch.rows_rejected) == (2, 3)
+    assert_same_bytes(Path(batch.rejected_path).read_bytes(), header + bad_utf8 + formula + long_record)
+    assert [row[:3] for row in errors_report(batch)[1:]] == [["3", "2", ""], ["4", "3", ""], ["5", "4", ""]]
+
+
+def test_an_all_or_nothing_import_also_hands_back_its_bad_rows(project):
+    data = jsonl({"prompt": "ok", "response": "fine"}, b'{"prompt": "\xff"}')
+    batch = run(project, data)
+    assert batch.status == ImportBatch.Status.FAILED and Item.objects.count() == 0
+    assert Path(batch.rejected_path).read_bytes() == b'{"prompt": "\xff"}\n'
+
+
+# --- duplicates: exact or near, in the file or in the project -------------------------------------
+
+
+def test_exact_and_near_duplicates_are_counted_and_reported_separately(project):
+    run(project, jsonl({"prompt": "Where is my parcel?", "response": "On its way."}))
+    stored = Item.objects.get(project=project)
+    batch = run(
+        project,
+        jsonl(
+            {"prompt": "Can I pay by card?", "response": "Yes."},
+            {"prompt": "Can I pay by card?", "response": "Yes.", "response_model": "other"},  # labels do not count
+            {"prompt": "can I pay  by CARD?", "response": "yes."},
+            {"prompt": "Where is my parcel?", "response": "On its way."},
+            {"prompt": "WHERE is my parcel?", "response": "On its way."},
+        ),
+    )
+    assert (batch.rows_imported, batch.duplicates, batch.near_duplicates) == (1, 4, 2)
+    by_line = {e["line"]: (e["match"], e["message"]) for e in batch.errors if e.get("kind") == "duplicate"}
+    assert by_line == {
+        2: ("exact", "Exact duplicate of line 1 in this file; imported once."),
+        3: (
+            "near",
+            "Near duplicate of line 1 in this file (the same after normalizing case, spacing and Unicode); "
+            "imported once.",
+        ),
+        4: ("exact", f"Already in the project as item {stored.id} (exact duplicate); not imported again."),
+        5: (
+            "near",
+            f"Already in the project as item {stored.id} (near duplicate: the same after normalizing case, spacing "
+            "and Unicode); not imported again.",
+        ),
+    }
+    assert "4 duplicates not imported again (2 exact, 2 near" in batch.message
+
+
+def test_a_reimport_names_the_project_item_each_row_already_is(project):
+    """Even a row that repeats an earlier line of the file: that line was not imported this time either."""
+    rows = [{"prompt": f"Question {i}", "response": "a"} for i in range(5)] + [
+        {"prompt": "Question 1", "response": "a"}
+    ]
+    first = run(project, jsonl(*rows))
+    assert first.rows_imported == 5
+    ids = {item.prompt: item.id for item in Item.objects.filter(project=project)}
+
+    again = run(project, jsonl(*rows))
+    assert (again.status, again.rows_imported, again.duplicates) == (ImportBatch.Status.SUCCEEDED, 0, 6)
+    messages = [e["message"] for e in again.errors]
+    expected = [
+        f"Already in the project as item {ids[r['prompt']]} (exact duplicate); not imported again." for r in rows
+    ]
+    assert messages == expected
+
+
+def test_repeats_across_chunks_point_at_the_first_line_of_the_file(project):
+    rows = [{"prompt": f"q{i % 3}", "response": "a"} for i in range(8)]
+    batch = imports.import_batch_create(
+        project=project, uploaded_by=None, filename="d.jsonl", upload=io.BytesIO(jsonl(*rows))
+    )
+    imports.import_file_run(batch=batch, fileobj=io.BytesIO(jsonl(*rows)), chunk_rows=2)
+    assert (batch.rows_imported, batch.duplicates, batch.near_duplicates) == (3, 5, 0)
+    assert [e["message"] for e in batch.errors] == [
+        f"Exact duplicate of line {line % 3 + 1} in this file; imported once." for line in range(3, 8)
+    ]

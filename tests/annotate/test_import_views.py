@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 
 import pytest
@@ -133,7 +135,18 @@ def test_the_detail_page_lists_errors_escaped_and_offers_the_rejected_rows(clien
     assert rejected.status_code == 200
     assert rejected["Content-Disposition"] == 'attachment; filename="rows-rejected.jsonl"'
     line = json.loads(b"".join(rejected.streaming_content).decode())
-    assert line["line"] == 2
+    assert line == {"prompt": "x", "<script>alert(1)</script>": 1}, "the row as uploaded"
+    errors = client.get(
+        reverse(
+            "annotate:import-rejected-errors",
+            kwargs={"slug": project.slug, "batch_id": ImportBatch.objects.get().id},
+        )
+    )
+    assert errors["Content-Type"] == "text/csv; charset=utf-8"
+    assert errors["Content-Disposition"] == 'attachment; filename="rows-rejected-errors.csv"'
+    rows = list(csv.reader(io.StringIO(b"".join(errors.streaming_content).decode())))
+    assert rows[1][:3] == ["2", "1", "<script>alert(1)</script>"]
+    assert rows[1][3].startswith("unknown key '<script>alert(1)</script>'; allowed keys are")
 
 
 def test_the_detail_page_lists_duplicates_by_line(client, admin_user, project):
@@ -142,7 +155,8 @@ def test_the_detail_page_lists_duplicates_by_line(client, admin_user, project):
         client, project, upload("d.jsonl", [{"prompt": "A", "response": "b"}, {"prompt": "a", "response": "B"}])
     )
     page = client.get(response.url).content.decode()
-    assert "Duplicate of line 1 in this file" in page
+    assert 'id="import-near-duplicates"' in page and 'id="import-duplicates"' not in page
+    assert "Near duplicate of line 1 in this file" in page
 
 
 def test_a_reviewer_member_cannot_open_the_upload_page_or_import(client, alice, project):

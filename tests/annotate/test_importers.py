@@ -171,6 +171,16 @@ def test_the_content_hash_tells_chat_roles_apart():
             b"{not json",
             "line 1: the line is not valid JSON: Expecting property name enclosed in double quotes at column 2.",
         ),
+        (
+            b'{"prompt": "a\tb"}',
+            "line 1: the line is not valid JSON: Invalid control character (a tab or line break inside a string; "
+            "write it as \\t or \\n) at column 14.",
+        ),
+        (
+            b'{"prompt": "never closed}',
+            "line 1: the line is not valid JSON: Unterminated string starting at column 12.",
+        ),
+        (b'{"prompt": "a"} {"prompt": "b"}', "line 1: the line is not valid JSON: Extra data at column 17."),
         (b"[1, 2]", "line 1: the line must be a JSON object, got a list."),
         ({"prompt": ""}, "line 1: prompt is empty. Give some text, or remove the row."),
         ({"prompt": " \n\t "}, "line 1: prompt is empty. Give some text, or remove the row."),
@@ -256,8 +266,8 @@ def test_a_line_over_the_byte_limit_is_refused_without_being_held_whole():
         str(rows[0].errors[0])
         == "line 1: the line is longer than 2,097,152 bytes, the limit for one row. Shorten or split it."
     )
-    assert len(rows[0].raw) < 300
-    assert rows[1].line == 2 and rows[1].ok
+    assert (rows[0].start_offset, rows[0].end_offset) == (0, len(big) + 1), "its bytes stay in the file"
+    assert rows[1].line == 2 and rows[1].ok and rows[1].start_offset == len(big) + 1
 
 
 def test_non_utf8_bytes_are_reported_with_line_and_byte_offset():

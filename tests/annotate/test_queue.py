@@ -9,20 +9,13 @@ from django.utils import timezone
 
 from annotate.models import Item, Lease, Rubric, RubricVersion
 from annotate.services import queue
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 
 
 def make_item(project, n, kind="gold", **fields):
-    return Item.objects.create(
-        project=project,
-        kind=kind,
-        prompt=f"Prompt {n}",
-        responses=[{"text": f"Answer A{n}", "model": "m1"}, {"text": f"Answer B{n}", "model": "m2"}],
-        content_hash=f"hash-{kind}-{n}",
-        split="train",
-        **fields,
-    )
+    return factories.make_item(project, kind, n=n, **fields)
 
 
 def take(project, user):
@@ -30,9 +23,7 @@ def take(project, user):
 
 
 def submit(lease):
-    from annotate.services.annotations import annotation_submit
-
-    return annotation_submit(lease_id=lease.pk, reviewer=lease.reviewer, data={"action": "accept", "source": "1"})
+    return factories.submit(lease, action="accept", source="1")
 
 
 def test_a_reviewer_gets_items_in_a_stable_order(project, alice):

@@ -6,7 +6,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from annotate.models import Annotation, Flag, Item, Lease, Rubric, RubricVersion
+from annotate.models import Annotation, Flag, Lease, Rubric, RubricVersion
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 
@@ -14,12 +15,7 @@ HX = {"HTTP_HX_REQUEST": "true"}
 
 
 def make_item(project, n, kind="gold", **fields):
-    defaults = {
-        "prompt": f"Prompt {n}",
-        "responses": [{"text": f"Answer A{n}", "model": "m1"}, {"text": f"Answer B{n}", "model": "m2"}],
-    }
-    defaults.update(fields)
-    return Item.objects.create(project=project, kind=kind, content_hash=f"h-{kind}-{n}", split="train", **defaults)
+    return factories.make_item(project, kind, n=n, **fields)
 
 
 def url(name, project, *args):

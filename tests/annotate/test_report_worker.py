@@ -28,9 +28,9 @@ def test_a_worker_computes_a_queued_report_and_writes_progress(project, alice, b
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             row.refresh_from_db()
-            if row.status == AgreementReport.Status.DONE:
+            if row.status == AgreementReport.Status.SUCCEEDED:
                 break
             time.sleep(0.2)
-    assert row.status == AgreementReport.Status.DONE, row.message
+    assert row.status == AgreementReport.Status.SUCCEEDED, row.message
     assert row.progress == 1.0
     assert row.result["sections"][0]["kind"] == "preference"

@@ -101,8 +101,33 @@ def test_report_reads_the_database_in_a_few_queries(project, data, django_assert
         report_build(project=project, n_boot=0)
 
 
-def test_report_page_renders_charts_for_an_adjudicator(client, project, data, judge):
+def compute(client, project) -> None:
+    """What the report page does when it loads without a report of the current data: POST for one."""
+    assert client.post(f"/projects/{project.slug}/report/compute/").status_code == 302
+
+
+def test_opening_the_report_page_writes_nothing_and_asks_for_a_report(client, project, data, judge):
     response = login(client, judge).get(f"/projects/{project.slug}/report/")
+    html = response.content.decode()
+    assert response.status_code == 200 and not AgreementReport.objects.exists()
+    assert 'hx-post="/projects/support/report/compute/"' in html and 'hx-trigger="load"' in html
+    assert "Make the report" in html  # without JavaScript, a button does the same
+    assert client.get(f"/projects/{project.slug}/report.json").status_code == 503
+    assert not AgreementReport.objects.exists()
+
+
+def test_an_adjudicator_can_make_the_report_but_a_reviewer_cannot(client, project, data, judge, alice):
+    assert login(client, alice).post(f"/projects/{project.slug}/report/compute/").status_code == 403
+    assert not AgreementReport.objects.exists()
+    compute(login(client, judge), project)
+    row = AgreementReport.objects.get()
+    compute(client, project)  # the same state of the data: the same report, not a new one
+    assert list(AgreementReport.objects.values_list("pk", flat=True)) == [row.pk]
+
+
+def test_report_page_renders_charts_for_an_adjudicator(client, project, data, judge):
+    compute(login(client, judge), project)
+    response = client.get(f"/projects/{project.slug}/report/")
     assert response.status_code == 200
     html = response.content.decode()
     assert html.count("<svg") >= 6
@@ -111,8 +136,9 @@ def test_report_page_renders_charts_for_an_adjudicator(client, project, data, ju
 
 
 def test_report_fragment_is_returned_to_htmx(client, project, data, judge):
-    response = login(client, judge).get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
-    assert response.status_code == 200
+    compute(login(client, judge), project)
+    response = client.get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 286  # finished: swapped in, and any poll stops
     html = response.content.decode()
     assert html.lstrip().startswith('<div id="report-body"')
     assert "<html" not in html
@@ -129,14 +155,15 @@ def test_reviewer_names_are_escaped_in_the_report(client, project, version, judg
     project.members.add(sneaky)
     item = make_item(project, "rubric")
     annotate(item, sneaky, scores(helpful=3, safe="yes"), version=version)
-    response = login(client, judge).get(f"/projects/{project.slug}/report/")
+    compute(login(client, judge), project)
+    response = client.get(f"/projects/{project.slug}/report/")
     html = response.content.decode()
     assert "<b>x</b>" not in html
     assert "&lt;b&gt;x&lt;/b&gt;" in html
 
 
 def test_report_downloads_as_csv_and_json(client, project, data, judge):
-    login(client, judge)
+    compute(login(client, judge), project)
     response = client.get(f"/projects/{project.slug}/report.csv")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
@@ -162,7 +189,7 @@ def test_a_large_report_is_queued_shows_progress_and_completes_in_the_worker(
 ):
     login(client, judge)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = client.get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
+        response = client.post(f"/projects/{project.slug}/report/compute/", HTTP_HX_REQUEST="true")
     html = response.content.decode()
     assert 'role="progressbar"' in html and 'hx-trigger="every 1s"' in html
     row = AgreementReport.objects.get()
@@ -174,9 +201,10 @@ def test_a_large_report_is_queued_shows_progress_and_completes_in_the_worker(
     agreement_report_compute(row.pk)
     agreement_report_compute(row.pk)  # a redelivered message finds it claimed and does nothing
     row.refresh_from_db()
-    assert row.status == "done" and row.progress == 1.0
+    assert row.status == "succeeded" and row.progress == 1.0 and row.started_at and row.finished_at
     response = client.get(f"/projects/{project.slug}/report/", HTTP_HX_REQUEST="true")
     html = response.content.decode()
+    assert response.status_code == 286  # htmx swaps the finished report in and stops polling
     assert "hx-trigger" not in html and "<svg" in html
 
 
@@ -209,7 +237,7 @@ def test_recomputing_replaces_the_old_report(project, data, admin_user, client):
     first = agreement_report_request(project=project)
     response = login(client, admin_user).post(f"/projects/{project.slug}/report/refresh/")
     assert response.status_code == 302
-    assert list(AgreementReport.objects.values_list("status", flat=True)) == ["done"]
+    assert list(AgreementReport.objects.values_list("status", flat=True)) == ["succeeded"]
     assert not AgreementReport.objects.filter(pk=first.pk).exists()
 
 

@@ -50,5 +50,7 @@ def test_an_admin_freezes_a_version_and_loads_more_records(
     page.click("text=More records")
     page.wait_for_function("document.querySelectorAll('#records tbody tr').length === 55")
     assert page.locator("text=More records").count() == 0
-    assert page.locator("#exports a").count() == 12
+    # Gold answers only: four layouts (data and manifest each), none of the preference ones.
+    assert page.locator("#exports a").count() == 8
+    assert page.locator("#exports a:has-text('openai-dpo')").count() == 0
     page.screenshot(path=str(screenshot_dir / "evalset-version.png"), full_page=True)

@@ -18,6 +18,16 @@ def _snapshot(project, admin_user):
     return snapshot
 
 
+def _rekey(preflight) -> str:
+    """A new worker secret for a preflight whose message (and secret) went to a worker we do not run here."""
+    from training import services
+    from training.models import PreflightSecret
+
+    secret = "browser-test-secret"
+    PreflightSecret.objects.filter(preflight=preflight).update(secret_sha256=services.job_secret_hash(secret))
+    return secret
+
+
 def test_the_job_page_follows_a_running_job_to_its_end(login_page, live_server, admin_user, project, screenshot_dir):
     from tests.training.conftest import FAST
     from training import services
@@ -27,8 +37,12 @@ def test_the_job_page_follows_a_running_job_to_its_end(login_page, live_server, 
     preflight = services.training_preflight_request(
         snapshot=snapshot, base_model="/models/tiny", method="sft", config=FAST, created_by=admin_user
     )
-    services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
-    services.training_preflight_finish(preflight_id=preflight.pk, result={"ok": True}, using="default")
+    services.training_preflight_claim(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, worker="cpu-1", using="default"
+    )
+    services.training_preflight_finish(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, result={"ok": True}, using="default"
+    )
     preflight.refresh_from_db()
     job = services.training_job_create(preflight=preflight, created_by=admin_user)
     TrainingJob.objects.filter(pk=job.pk).update(
@@ -65,13 +79,20 @@ def test_the_preflight_page_shows_the_workers_progress_then_queues_the_job(
     page.click("text=Run the preflight")
     page.wait_for_url(re.compile(r".*/training/preflights/\d+/$"))
     preflight = TrainingPreflight.objects.get()
+    preflight.worker_secret = _rekey(preflight)
     assert page.url == live_server.url + preflight.get_absolute_url()
     assert "waiting for a preflight worker" in page.locator("#preflight-progress").inner_text()
 
     # The worker's side, through its services: the open page follows without a reload.
-    services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
+    services.training_preflight_claim(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, worker="cpu-1", using="default"
+    )
     services.training_preflight_progress(
-        preflight_id=preflight.pk, progress=0.5, message="fitting SFT examples into 1024 tokens", using="default"
+        preflight_id=preflight.pk,
+        secret=preflight.worker_secret,
+        progress=0.5,
+        message="fitting SFT examples into 1024 tokens",
+        using="default",
     )
     page.locator("#preflight-progress", has_text="fitting SFT examples").wait_for(timeout=10000)
     assert page.locator("#preflight-progress .progress").get_attribute("aria-valuenow") == "50"
@@ -91,7 +112,9 @@ def test_the_preflight_page_shows_the_workers_progress_then_queues_the_job(
         ],
         "stats": {"sft_examples": 1, "dpo_pairs": 0},
     }
-    services.training_preflight_finish(preflight_id=preflight.pk, result=result, using="default")
+    services.training_preflight_finish(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, result=result, using="default"
+    )
     page.locator(".preflight-status", has_text="Passed").wait_for(timeout=10000)
     assert page.locator("#preflight-progress").get_attribute("hx-trigger") is None  # polling stopped
     assert page.locator(".tok.loss").inner_text() == "Settings."

@@ -9,6 +9,15 @@ from evalsets.contamination import EvalIndex, check_texts, normalize
 from tests.evalsets.conftest import gold_payload
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
+
+def pairs_of(check) -> list:
+    """The offending pairs of a check, from the evalsets side (the training side keeps no eval text)."""
+    from evalsets.models import ContaminationReport
+
+    report = ContaminationReport.objects.filter(snapshot_check=check).first()
+    return report.pairs if report else []
+
+
 EVAL = {
     "refund": (
         "A customer writes that they were charged twice for the annual plan after upgrading from the monthly "
@@ -177,11 +186,89 @@ def test_the_threshold_decides_what_blocks():
     assert lenient.below_threshold_count == 1
 
 
-def test_one_ngram_shared_by_many_eval_texts_reports_each_pair():
-    common = " ".join(EVAL["recipe"].split()[:30])
-    evals = [(f"e{i}", common + f" variant {i} " + " ".join(RANDOM_WORDS[i : i + 10])) for i in range(5)]
-    result = check_texts(evals, [("t", common)])
-    assert sorted(m.eval_key for m in result.matches) == [f"e{i}" for i in range(5)]
+# --- eval items that share boilerplate ------------------------------------------------------------
+
+TEMPLATE = "You are the support assistant for Acme Cloud; answer the customer below politely and accurately."
+PAIRED = "Before you answer, check whether the customer is on the legacy plan or the current one."
+
+
+def question(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choices(RANDOM_WORDS, k=words)) + "?"
+
+
+def boilerplate_eval_set() -> dict[str, str]:
+    """Eval prompts that share spans: 40 open with one template (15 words), and 10 pairs of them also
+    end with a second sentence (16 words), as Q97 and Q105 shared one; the question between is their own."""
+    rng = random.Random(105)
+    evals = {f"q{i}": f"{TEMPLATE} {question(rng, 25)}" for i in range(40)}
+    for i in range(0, 20, 2):
+        for key in (f"q{i}", f"q{i + 1}"):
+            evals[key] = f"{evals[key]} {PAIRED}"
+    return evals
+
+
+def planted_copies(evals: dict[str, str]) -> dict[str, str]:
+    """Copies of items that share boilerplate with others: re-cased, reworded, truncated, embedded."""
+    planted = {}
+    for i in range(0, 40, 3):
+        source = f"q{i}"
+        text = evals[source]
+        words = text.split()
+        planted[f"{source}/recased"] = text.upper()
+        planted[f"{source}/reworded"] = " ".join("changed" if j == 20 else w for j, w in enumerate(words))
+        planted[f"{source}/truncated"] = " ".join(words[: len(words) * 2 // 3 + 2])
+        planted[f"{source}/embedded"] = "Ticket 4411, forwarded: " + text + " Sent from my phone."
+    return planted
+
+
+def test_every_copy_of_an_eval_item_that_shares_boilerplate_is_paired_with_its_source_alone():
+    evals = boilerplate_eval_set()
+    planted = planted_copies(evals)
+    rng = random.Random(97)
+    # Training texts built on the same template and sentence, with questions of their own.
+    templated = {f"new{i}": f"{TEMPLATE} {question(rng, 25)} {PAIRED if i % 2 else ''}" for i in range(200)}
+    result = check_texts(evals.items(), [*planted.items(), *templated.items(), *unrelated_texts(200)])
+
+    pairs = [(m.train_key, m.eval_key) for m in result.matches]
+    assert sorted(pairs) == sorted((key, key.split("/")[0]) for key in planted), "each copy, with its source only"
+    assert result.below_threshold_count > 0, "pairs through the shared spans were scored, and fell short"
+    kinds = {m.train_key.split("/")[1]: m.kind for m in result.matches}
+    assert kinds["recased"] == "exact" and kinds["reworded"] == "ngram"
+
+
+def test_a_copy_is_not_also_paired_with_a_short_item_that_shares_a_sentence_with_its_source():
+    """The case that misled admins: q0 and q1 share a sentence, and q1 is so short that the sentence
+    alone covers most of it; the copy of q0 explains that sentence, so q1 is left out."""
+    evals = boilerplate_eval_set()
+    short = {"q0": evals["q0"], "q1": f"{PAIRED} Which plan am I on?"}
+    copy = " ".join("changed" if j == 20 else w for j, w in enumerate(evals["q0"].split()))
+    result = check_texts(short.items(), [("copy", copy)])
+    assert [(m.train_key, m.eval_key) for m in result.matches] == [("copy", "q0")]
+    assert (result.explained_count, result.below_threshold_count) == (1, 0)
+
+
+def test_a_text_that_pastes_two_eval_items_together_is_paired_with_both():
+    evals = boilerplate_eval_set()
+    result = check_texts(evals.items(), [("both", evals["q4"] + " And also: " + evals["q30"])])
+    found = {m.eval_key: m for m in result.matches}
+    assert set(found) == {"q4", "q30"}
+    assert [m.secondary for m in result.matches].count(True) == 1
+
+
+def test_a_text_made_only_of_boilerplate_many_eval_items_share_is_no_copy_of_any():
+    evals = boilerplate_eval_set()
+    result = check_texts(evals.items(), [("template", TEMPLATE + " " + PAIRED)])
+    assert result.passed and result.matches == []
+
+
+def test_identical_eval_texts_count_once_so_a_copy_of_a_repeated_prompt_still_scores_in_full():
+    """Versions of a project repeat their prompts: a repeat must not make its own words look shared."""
+    copy = [("copy", reword(EVAL["vpn"], positions=(3,)))]
+    alone = check_texts([(("v2", "prompt"), EVAL["vpn"])], copy)
+    evals = [(("v2", "prompt"), EVAL["vpn"]), (("v1", "prompt"), EVAL["vpn"]), (("v1b", "prompt"), EVAL["vpn"])]
+    repeated = check_texts(evals, copy)
+    assert [(m.eval_key, m.score) for m in repeated.matches] == [(("v2", "prompt"), alone.matches[0].score)]
+    assert repeated.matches[0].score > 0.9
 
 
 def test_bad_settings_say_how_to_fix_them():
@@ -231,7 +318,7 @@ def test_a_contaminated_snapshot_is_blocked_with_the_pairs_side_by_side(frozen_e
     assert check.passed is False
     assert check.evalset_versions == [{"id": frozen_eval.pk, "name": "support-eval-v1", "sha256": frozen_eval.sha256}]
     assert check.report["offending_count"] == 1
-    pair = check.report["pairs"][0]
+    pair = pairs_of(check)[0]
     assert pair["train"]["text"] == planted and pair["train"]["position"] == 1 and pair["train"]["field"] == "prompt"
     assert pair["eval"]["text"] == EVAL["vpn"] and pair["eval"]["version"] == "support-eval-v1"
     assert pair["kind"] == "ngram" and pair["score"] >= 0.5
@@ -245,7 +332,7 @@ def test_an_eval_answer_reused_as_a_training_completion_is_caught(frozen_eval):
 
     check = snapshot_contamination_check(snapshot=snapshot)
     assert not check.passed
-    pair = check.report["pairs"][0]
+    pair = pairs_of(check)[0]
     assert (pair["train"]["field"], pair["eval"]["field"], pair["kind"]) == ("completion", "reference", "exact")
 
 
@@ -256,7 +343,7 @@ def test_a_clean_snapshot_passes_and_names_the_versions_it_was_checked_against(f
 
     check = snapshot_contamination_check(snapshot=snapshot)
     assert check.passed is True
-    assert check.report["pairs"] == [] and check.report["texts_checked"] == 100
+    assert pairs_of(check) == [] and check.report["texts_checked"] == 100
     assert [v["id"] for v in check.evalset_versions] == [frozen_eval.pk]
 
 
@@ -322,7 +409,7 @@ def test_records_repeated_across_versions_are_indexed_once_and_reported_from_the
     check = snapshot_contamination_check(snapshot=make_snapshot("s7", [(EVAL["vpn"], "ok")]))
     assert check.report["eval_texts"] == 4  # two records with a prompt and an answer each, not three
     assert [v["id"] for v in check.evalset_versions] == [v1.pk, v2.pk]
-    assert check.report["pairs"][0]["eval"]["version"] == "support-eval-v2"
+    assert pairs_of(check)[0]["eval"]["version"] == "support-eval-v2"
 
 
 @pytest.mark.django_db

@@ -160,3 +160,110 @@ def test_downloads_follow_the_projects_visibility(client, alice, mallory, versio
     project.reviewers_see_evalsets = True
     project.save()
     assert client.get(url).status_code == 200
+
+
+# --- only the layouts a version can fill ----------------------------------------------------------
+
+
+@pytest.fixture
+def gold_only(make_item, freeze):
+    make_item("gold", payload=gold_payload("Open Settings, then Billing."))
+    make_item("gold", payload=gold_payload("Yes, within 30 days."))
+    return freeze().version
+
+
+def test_a_gold_only_version_offers_no_preference_layouts_and_refuses_them_with_the_reason(
+    client, admin_user, gold_only
+):
+    client.force_login(admin_user)
+    page = client.get(reverse("evalsets:version-detail", args=[gold_only.pk])).content.decode()
+    fillable = ["goldset", "prompt-completion", "messages", "openai-sft"]
+    for fmt in FORMATS:
+        link = reverse("evalsets:version-export", args=[gold_only.pk, fmt])
+        assert (link in page) == (fmt in fillable), fmt
+    reason = (
+        "support-eval-v1 has no preference pairs (a chosen and a rejected response), so it has nothing to export "
+        "as &#x27;{fmt}&#x27;. Layouts it can fill: goldset, prompt-completion, messages, openai-sft."
+    )
+    for fmt in ("preference", "openai-dpo"):
+        for name in ("evalsets:version-export", "evalsets:version-export-manifest"):
+            response = client.get(reverse(name, args=[gold_only.pk, fmt]))
+            assert response.status_code == 404
+            assert reason.format(fmt=fmt) in response.content.decode()
+    for fmt in fillable:
+        body = b"".join(client.get(reverse("evalsets:version-export", args=[gold_only.pk, fmt])).streaming_content)
+        assert len(body.splitlines()) == 2, fmt  # every offered layout has a line per record
+
+
+def test_a_rubric_only_version_offers_only_the_canonical_layout(client, admin_user, make_item, freeze, rubric_version):
+    make_item("rubric", payload={"response_index": 0, "scores": {"helpful": 4}}, rubric_version=rubric_version)
+    version = freeze().version
+    client.force_login(admin_user)
+    response = client.get(reverse("evalsets:version-export", args=[version.pk, "messages"]))
+    assert response.status_code == 404
+    assert "has no gold answers or preference pairs" in response.content.decode()
+    assert client.get(reverse("evalsets:version-export", args=[version.pk, "goldset"])).status_code == 200
+
+
+def test_the_command_says_the_same_and_all_formats_writes_only_what_the_version_fills(gold_only, tmp_path):
+    with pytest.raises(CommandError) as caught:
+        call_command("export_evalset", "support-eval-v1", "--format", "openai-dpo", "--out", str(tmp_path / "a"))
+    assert str(caught.value) == (
+        "support-eval-v1 has no preference pairs (a chosen and a rejected response), so it has nothing to export "
+        "as 'openai-dpo'. Layouts it can fill: goldset, prompt-completion, messages, openai-sft."
+    )
+    assert not (tmp_path / "a").exists()
+
+    out = StringIO()
+    call_command("export_evalset", "support-eval-v1", "--all-formats", "--out", str(tmp_path / "b"), stdout=out)
+    written = sorted(p.name for p in (tmp_path / "b").glob("*.jsonl"))
+    assert written == [
+        f"support-eval-v1.{fmt}.jsonl" for fmt in sorted(["goldset", "prompt-completion", "messages", "openai-sft"])
+    ]
+    assert "preference: left out. support-eval-v1 has no preference pairs" in out.getvalue()
+    assert "openai-dpo: left out." in out.getvalue()
+
+
+def test_the_kinds_each_layout_is_filled_by_match_what_it_renders():
+    """FILLED_BY decides what is offered; it must agree with the renderers for every kind of record."""
+    from evalsets.export import FILLED_BY
+
+    base = {field: None for field in export_fields()}
+    records = {
+        "gold": {**base, "kind": "gold", "prompt": "q", "reference": "a", "response": "", "chosen": "", "rejected": ""},
+        "preference": {**base, "kind": "preference", "prompt": "q", "reference": "", "chosen": "c", "rejected": "r"},
+        "rubric": {
+            **base,
+            "kind": "rubric",
+            "prompt": "q",
+            "reference": "",
+            "response": "x",
+            "chosen": "",
+            "rejected": "",
+            "rubric_scores": {"helpful": 4},
+        },
+    }
+    for fmt, (_, render) in FORMATS.items():
+        rendered = {kind for kind, record in records.items() if render(record) is not None}
+        assert rendered == FILLED_BY[fmt], fmt
+
+
+def export_fields():
+    from evalsets.export import CANONICAL_FIELDS
+
+    return CANONICAL_FIELDS
+
+
+@pytest.mark.training
+def test_every_layout_offered_for_a_gold_only_version_loads_with_datasets(gold_only, tmp_path):
+    import datasets
+
+    from evalsets.export import layouts_for
+
+    out = tmp_path / "out"
+    call_command("export_evalset", "support-eval-v1", "--all-formats", "--out", str(out), stdout=StringIO())
+    for fmt in layouts_for(gold_only.counts):
+        ds = datasets.load_dataset(
+            "json", data_files=str(out / f"support-eval-v1.{fmt}.jsonl"), split="train", cache_dir=str(tmp_path / "c")
+        )
+        assert ds.num_rows == 2, fmt

@@ -86,8 +86,11 @@ def test_the_version_page_shows_counts_agreement_provenance_diff_and_exports(cli
     assert "<b>0.8334</b> mean agreement" in body
     assert "support-eval-v1" in body and "<b>1</b> changed" in body
     assert "New &lt;b&gt;answer&lt;/b&gt;" in body and "New <b>answer</b>" not in body
-    assert reverse("evalsets:version-export", args=[v2.pk, "openai-dpo"]) in body
-    assert reverse("evalsets:version-export-manifest", args=[v2.pk, "preference"]) in body
+    assert reverse("evalsets:version-export", args=[v2.pk, "openai-sft"]) in body
+    assert reverse("evalsets:version-export-manifest", args=[v2.pk, "prompt-completion"]) in body
+    # Gold answers only: no preference pairs to export.
+    assert reverse("evalsets:version-export", args=[v2.pk, "openai-dpo"]) not in body
+    assert reverse("evalsets:version-export-manifest", args=[v2.pk, "preference"]) not in body
 
 
 def test_more_records_come_as_an_htmx_fragment(client, admin_user, make_item, freeze):

@@ -111,7 +111,7 @@ def queue_job(snapshot, base_model, admin, *, method="sft", **config):
     preflight = services.training_preflight_request(
         snapshot=snapshot, base_model=base_model, method=method, config={**FAST, **config}, created_by=admin
     )
-    outcome = training_preflight_run(preflight.pk)
+    outcome = training_preflight_run(preflight.pk, preflight.worker_secret)
     preflight.refresh_from_db()
     assert outcome == "succeeded", preflight.message
     return services.training_job_create(preflight=preflight, created_by=admin)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from tests.training.conftest import FAST, queue_job
 from training import selectors, services
-from training.models import JobProgress, SnapshotCheck, TrainingJob, TrainingPreflight
+from training.models import JobProgress, PreflightSecret, SnapshotCheck, TrainingJob, TrainingPreflight
 
 pytestmark = [pytest.mark.django_db, pytest.mark.training]
 
@@ -28,7 +28,7 @@ def preflight_of(snapshot, model, admin, *, method="sft", **config) -> TrainingP
     preflight = services.training_preflight_request(
         snapshot=snapshot, base_model=model, method=method, config={**FAST, **config}, created_by=admin
     )
-    training_preflight_run(preflight.pk)
+    training_preflight_run(preflight.pk, preflight.worker_secret)
     preflight.refresh_from_db()
     return preflight
 
@@ -36,7 +36,7 @@ def preflight_of(snapshot, model, admin, *, method="sft", **config) -> TrainingP
 def run(job):
     from training.tasks import training_job_run
 
-    outcome = training_job_run(job.pk)
+    outcome = training_job_run(job.pk, job.worker_secret)
     job.refresh_from_db()
     return outcome
 
@@ -284,12 +284,18 @@ def test_queueing_sends_the_preflight_and_the_job_to_their_queues_on_commit(
     from training.tasks import training_job_run, training_preflight_run
 
     sent = []
-    monkeypatch.setattr(training_preflight_run, "apply_async", lambda *a, **kw: sent.append(("preflight", a)))
-    monkeypatch.setattr(training_job_run, "apply_async", lambda *a, **kw: sent.append(("job", a)))
+    monkeypatch.setattr(training_preflight_run, "apply_async", lambda *a, **kw: sent.append(("preflight", a, kw)))
+    monkeypatch.setattr(training_job_run, "apply_async", lambda *a, **kw: sent.append(("job", a, kw)))
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         job = create(trainable_snapshot, tiny_model, admin_user)
     assert len(callbacks) == 2
-    assert [(kind, args[0]) for kind, args in sent] == [("preflight", (job.preflight_run.pk,)), ("job", (job.pk,))]
+    (_, (preflight_args,), preflight_kw), (_, (job_args,), job_kw) = sent
+    assert [kind for kind, _, _ in sent] == ["preflight", "job"]
+    assert preflight_args[0] == job.preflight_run.pk and job_args == (job.pk, job.worker_secret)
+    stored = PreflightSecret.objects.get(preflight=job.preflight_run).secret_sha256
+    assert stored == services.job_secret_hash(preflight_args[1])  # the preflight's secret, only as its hash
+    # The secrets travel only in the messages, never in a worker's log line.
+    assert preflight_args[1] not in preflight_kw["argsrepr"] and job.worker_secret not in job_kw["argsrepr"]
     from config.celery import app
 
     assert app.amqp.router.route({}, "training.tasks.training_job_run")["queue"].name == "gpu"
@@ -330,8 +336,10 @@ def test_progress_rows_are_unique_per_phase_and_step(trainable_snapshot, tiny_mo
         "reward_margin": None,
         "reward_accuracy": None,
     }
-    services.training_job_progress_add(job_id=job.pk, row=row, using="default")
-    services.training_job_progress_add(job_id=job.pk, row={**row, "loss": 2.0}, using="default")
+    services.training_job_claim(job_id=job.pk, secret=job.worker_secret, worker="w", using="default")
+    services.training_job_progress_add(job_id=job.pk, secret=job.worker_secret, row=row, using="default")
+    again = {**row, "loss": 2.0}
+    services.training_job_progress_add(job_id=job.pk, secret=job.worker_secret, row=again, using="default")
     assert list(JobProgress.objects.filter(job=job).values_list("loss", flat=True)) == [1.0]
 
 
@@ -507,7 +515,7 @@ def test_a_worker_without_the_training_extra_says_how_to_install_it(
     # As on a machine where these were never installed: importing them fails.
     for name in ("torch", "transformers"):
         monkeypatch.setitem(sys.modules, name, None)
-    assert training_preflight_run(preflight.pk) == "failed"
+    assert training_preflight_run(preflight.pk, preflight.worker_secret) == "failed"
     assert run(job) == "failed"
     preflight.refresh_from_db()
     for message in (preflight.message, job.error):

@@ -38,8 +38,12 @@ PASSED = {
 
 def finish_preflight(preflight, result) -> TrainingPreflight:
     """What the preflight worker does (its services, on the default connection)."""
-    services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
-    services.training_preflight_finish(preflight_id=preflight.pk, result=result, using="default")
+    services.training_preflight_claim(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, worker="cpu-1", using="default"
+    )
+    services.training_preflight_finish(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, result=result, using="default"
+    )
     preflight.refresh_from_db()
     return preflight
 
@@ -237,15 +241,22 @@ def test_the_form_queues_a_preflight_on_a_worker_and_its_page_shows_progress_the
         response = client.post(reverse("training:job-new"), form_data(client, trainable_snapshot, max_length=8192))
     preflight = TrainingPreflight.objects.get()
     assert response.status_code == 302 and response.url == preflight.get_absolute_url()
-    assert sent == [(preflight.pk,)]  # to the preflight queue: the request itself loads no model
+    assert [args[0] for args in sent] == [preflight.pk]  # to the preflight queue: the request loads no model
+    preflight.worker_secret = sent[0][1]  # the worker's secret travels in the message
     assert preflight.status == "queued" and preflight.config["max_length"] == 8192
     assert TrainingJob.objects.count() == 0
 
     page = client.get(preflight.get_absolute_url()).content.decode()
     assert "waiting for a preflight worker" in page and 'hx-trigger="every 1s"' in page
-    services.training_preflight_claim(preflight_id=preflight.pk, worker="cpu-1", using="default")
+    services.training_preflight_claim(
+        preflight_id=preflight.pk, secret=preflight.worker_secret, worker="cpu-1", using="default"
+    )
     services.training_preflight_progress(
-        preflight_id=preflight.pk, progress=0.4, message="fitting SFT examples into 8192 tokens", using="default"
+        preflight_id=preflight.pk,
+        secret=preflight.worker_secret,
+        progress=0.4,
+        message="fitting SFT examples into 8192 tokens",
+        using="default",
     )
     fragment = client.get(preflight.get_absolute_url(), headers={"HX-Request": "true"})
     body = fragment.content.decode()
@@ -254,7 +265,10 @@ def test_the_form_queues_a_preflight_on_a_worker_and_its_page_shows_progress_the
 
     error = "max length 8192 exceeds the model's 4096: set max_length to 4096 or less."
     services.training_preflight_finish(
-        preflight_id=preflight.pk, result={"ok": False, "errors": [error]}, using="default"
+        preflight_id=preflight.pk,
+        secret=preflight.worker_secret,
+        result={"ok": False, "errors": [error]},
+        using="default",
     )
     final = client.get(preflight.get_absolute_url(), headers={"HX-Request": "true"})
     assert final.status_code == 286  # htmx swaps the final state in, then stops polling

@@ -26,7 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="Do not start a Celery worker.")
 
     def handle(self, *args, port: int, addr: str, no_worker: bool, **options):
-        call_command("migrate", interactive=False, verbosity=0)
+        # On PostgreSQL migrations run as the owner role (config/dbroles.py); SQLite has one login.
+        database = "owner" if "owner" in settings.DATABASES else "default"
+        call_command("migrate", database=database, interactive=False, verbosity=0)
         call_command("seed_demo", stdout=self.stdout)
         worker = None
         if not no_worker:

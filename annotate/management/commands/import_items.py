@@ -1,5 +1,10 @@
 """manage.py import_items <project-slug> <file> [--skip-bad] [--format jsonl|csv] [--provenance X]
-[--rejected-out PATH]: the import service from the command line; exit 1 when nothing, 2 when partly imported."""
+[--rejected-out PATH]: the import service from the command line.
+
+Exit status: 0 when rows were imported and none was rejected (rows already in the project are
+skipped, not errors); 1 when nothing was imported (a bad row without --skip-bad, no rows, or every
+row already in the project); 2 when --skip-bad imported some rows and left bad ones out.
+"""
 
 import shutil
 from pathlib import Path
@@ -8,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate import importers
+from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch, Project, Provenance
 from annotate.services.imports import import_batch_create, import_batch_run
 
@@ -21,7 +27,12 @@ class Command(BaseCommand):
         parser.add_argument("--skip-bad", action="store_true", help="Import the good rows even if some are bad.")
         parser.add_argument("--format", choices=importers.FORMATS, default="", help="Default: from the file name.")
         parser.add_argument("--provenance", choices=Provenance.values, default=Provenance.HUMAN)
-        parser.add_argument("--rejected-out", type=Path, help="Write the rejected rows (with their errors) here.")
+        parser.add_argument(
+            "--rejected-out",
+            type=Path,
+            help="Write the rejected rows here, byte for byte as in the file, and their errors beside it "
+            "(<name>-errors.csv).",
+        )
 
     def handle(self, *args, project: str, file: Path, skip_bad: bool, format: str, provenance: str, **options):
         try:
@@ -47,9 +58,11 @@ class Command(BaseCommand):
         batch.refresh_from_db()
 
         out = self.stdout
+        exact = batch.duplicates - batch.near_duplicates
+        kinds = f" ({exact} exact, {batch.near_duplicates} near)" if batch.duplicates else ""
         out.write(
             f"{file.name} → {target.slug}: {batch.rows_seen} rows read, {batch.rows_imported} imported, "
-            f"{batch.rows_rejected} rejected, {batch.duplicates} duplicates."
+            f"{batch.rows_rejected} rejected, {batch.duplicates} duplicates{kinds}."
         )
         out.write(batch.message)
         for error in batch.errors:
@@ -58,10 +71,20 @@ class Command(BaseCommand):
             out.write(f"  {prefix} line {error['line']}{field}: {error['message']}")
         if batch.rows_rejected > len([e for e in batch.errors if e.get("kind") != "duplicate"]):
             out.write("  (only the first errors are listed; --rejected-out writes every rejected row)")
-        if options.get("rejected_out") and batch.rejected_path:
-            shutil.copyfile(batch.rejected_path, options["rejected_out"])
-            out.write(f"Rejected rows written to {options['rejected_out']}.")
+        target_path = options.get("rejected_out")
+        if target_path and batch.rejected_path:
+            shutil.copyfile(batch.rejected_path, target_path)
+            errors_path = target_path.with_name(f"{target_path.stem}-errors.csv")
+            shutil.copyfile(rejected_errors_path(batch.rejected_path), errors_path)
+            out.write(f"Rejected rows written to {target_path}, their errors to {errors_path}.")
         if batch.status == ImportBatch.Status.FAILED:
             raise CommandError("Nothing imported.", returncode=1)
+        if batch.rows_imported == 0:
+            if batch.duplicates == batch.rows_seen:
+                raise CommandError("Nothing imported: every row is already in the project.", returncode=1)
+            raise CommandError(
+                f"Nothing imported: {batch.rows_rejected} rows rejected, {batch.duplicates} already in the project.",
+                returncode=1,
+            )
         if batch.rows_rejected:
             raise CommandError(f"Partly imported: {batch.rows_rejected} rows rejected.", returncode=2)

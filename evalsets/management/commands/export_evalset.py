@@ -1,10 +1,14 @@
-"""Export a frozen eval set version to files: the JSONL of one layout and its manifest.json."""
+"""Export a frozen eval set version to files: the JSONL of one layout and its manifest.json.
+
+Only the layouts the version can fill are written: --all-formats leaves the others out and says so,
+and asking for one by name fails with the reason (a gold-only version has no preference pairs).
+"""
 
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from evalsets.export import FORMATS, write_export
+from evalsets.export import FORMATS, layout_unavailable, layouts_for, write_export
 from evalsets.models import EvalSetVersion
 from evalsets.selectors import evalset_records_iter, evalset_version_info
 
@@ -21,12 +25,23 @@ class Command(BaseCommand):
             choices=sorted(FORMATS),
             help="A layout to write (repeatable; default: goldset).",
         )
-        parser.add_argument("--all-formats", action="store_true", help="Write every layout.")
+        parser.add_argument("--all-formats", action="store_true", help="Write every layout the version can fill.")
         parser.add_argument("--out", default=".", help="Directory to write into (created if missing).")
 
     def handle(self, *args, version, formats, all_formats, out, **options):
         found = self._find(version)
-        formats = list(FORMATS) if all_formats else (formats or ["goldset"])
+        if all_formats:
+            formats = layouts_for(found.counts)
+            for fmt in FORMATS:
+                if fmt not in formats:
+                    self.stdout.write(
+                        f"{fmt}: left out. {layout_unavailable(fmt, name=found.name, counts=found.counts)}"
+                    )
+        else:
+            formats = formats or ["goldset"]
+            for fmt in formats:
+                if reason := layout_unavailable(fmt, name=found.name, counts=found.counts):
+                    raise CommandError(reason)
         info = evalset_version_info(version=found)
         for fmt in formats:
             data_path, manifest_path = write_export(

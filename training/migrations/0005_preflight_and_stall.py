@@ -9,7 +9,7 @@ from config.dbroles import SyncTrainerGrants
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("training", "0003_snapshotcheck_versions_may_be_empty"),
+        ("training", "0004_job_secrets_write_once_always"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

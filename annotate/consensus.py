@@ -8,15 +8,21 @@ What counts as "the same judgement", per kind:
 - preference: the same choice category: the same chosen response, or tie, or both_bad. The
   ``mean_within_tolerance`` rule falls back to majority here too.
 - rubric: every criterion separately, among the reviews made under the newest rubric version
-  the item has reviews for. Nominal and binary criteria need a majority (all equal under
-  ``unanimous``). Ordinal and interval criteria agree when the spread (max − min) is within
-  ``project.score_tolerance``; the result is the mean (interval) or the level nearest the mean
-  (ordinal). The chosen ``response_index`` needs a majority too. One criterion without
-  agreement makes the item disputed.
+  the item has reviews for, and only between scores of the same response. Nominal and binary
+  criteria need a majority (all equal under ``unanimous``). Ordinal and interval criteria agree
+  when the spread (max − min) is within ``project.score_tolerance``; the result is the mean
+  (interval) or the level nearest the mean (ordinal). One criterion without agreement makes the
+  item disputed. Reviews score the item's own scored response (``Item.rubric_response``); reviews
+  stored before items named it scored whichever response was shown first and keep that
+  ``response_index``: when an item's reviews scored different responses their scores are not
+  compared, and the item is disputed for an adjudicator to decide.
 
 ``majority`` means more than half. An item needs ``project.overlap_k`` reviews before it is
 decided; calibration items are never decided (they calibrate a rubric, they are not data).
 An adjudicated result is final and no refresh changes it.
+
+These are pure functions of payloads; ``annotate/services/results.py`` loads the reviews, calls them and
+writes the item's result.
 """
 
 from __future__ import annotations
@@ -25,12 +31,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 
-from django.db import transaction
-from django.db.models import prefetch_related_objects
-from django.utils import timezone
-
-from annotate.models import Annotation, ConsensusRule, Item, ItemResult, RubricVersion, TaskKind
-from config import rawsql
+from annotate.models import Annotation, ConsensusRule, RubricVersion, TaskKind
+from annotate.payloads import ANSWER_ACTIONS, GoldAction, PreferenceChoice
 
 NUMERIC_SCALES = ("ordinal", "interval")
 
@@ -42,24 +44,24 @@ def normalize_text(text: str | None) -> str:
 
 def gold_key(payload: dict) -> tuple:
     action = payload.get("action")
-    if action == "accept":
-        return ("accept", payload.get("source_index"))
-    if action in ("edit", "write"):
+    if action == GoldAction.ACCEPT:
+        return (GoldAction.ACCEPT.value, payload.get("source_index"))
+    if action in ANSWER_ACTIONS:
         return ("answer", normalize_text(payload.get("answer")))
     return (action,)
 
 
 def preference_key(payload: dict) -> tuple:
     choice = payload.get("choice")
-    if choice == "response":
-        return ("response", payload.get("chosen"))
+    if choice == PreferenceChoice.RESPONSE:
+        return (PreferenceChoice.RESPONSE.value, payload.get("chosen"))
     return (choice,)
 
 
 def preference_category(payload: dict) -> str:
     """A preference judgement as one nominal category: 'response:<index>', 'tie' or 'both_bad'."""
     key = preference_key(payload)
-    return f"response:{key[1]}" if key[0] == "response" else str(key[0])
+    return f"response:{key[1]}" if key[0] == PreferenceChoice.RESPONSE else str(key[0])
 
 
 def gold_category(payload: dict) -> str:
@@ -108,7 +110,14 @@ def _numeric_consensus(values: list[float], criterion: dict, *, tolerance: float
 def rubric_consensus(
     payloads: list[dict], criteria: dict[str, dict], *, rule: str, tolerance: float
 ) -> tuple[dict | None, float]:
-    """The rubric result payload (or None when some criterion disagrees) and the mean agreement share."""
+    """The rubric result payload (or None when some criterion disagrees) and the mean agreement share.
+
+    Scores are compared only between reviews of the same response: when the reviews scored different
+    responses (see the module docstring) nothing is decided, and the agreement is the share of reviews
+    that scored the most scored response."""
+    indices = Counter(p.get("response_index") for p in payloads)
+    if len(indices) > 1:
+        return None, max(indices.values()) / len(payloads)
     unanimous = rule == ConsensusRule.UNANIMOUS
     keys = set(criteria) or {k for p in payloads for k in (p.get("scores") or {})}
     scores: dict = {}
@@ -131,12 +140,11 @@ def rubric_consensus(
             decided = False
         else:
             scores[key] = value
-    response_met, response_key, _ = _majority([p.get("response_index") for p in payloads], unanimous=unanimous)
-    decided = decided and response_met
     agreement = sum(shares) / len(shares) if shares else 1.0
     if not decided:
         return None, agreement
-    return {"response_index": response_key, "scores": scores}, agreement
+    (response_index,) = indices or [None]
+    return {"response_index": response_index, "scores": scores}, agreement
 
 
 def decide(
@@ -182,87 +190,3 @@ def latest_version_annotations(annotations: list[Annotation]) -> tuple[list[Anno
         return annotations, None
     newest = max(versions.values(), key=lambda v: (v.activated_at or v.created_at, v.number, v.pk))
     return [a for a in annotations if a.rubric_version_id == newest.pk], newest
-
-
-def item_result_lock_statement(item: Item) -> tuple[str, list]:
-    """The upsert that creates the item's result row if missing and locks it, returning the row (see below)."""
-    item_column = ItemResult._meta.get_field("item").column
-    sql = (
-        f"INSERT INTO {rawsql.table(ItemResult)} ({item_column}, kind, status, reviewer_ids, updated_at) "
-        f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT ({item_column}) DO UPDATE SET {item_column} = EXCLUDED.{item_column} "
-        f"RETURNING {rawsql.columns(ItemResult, rawsql.table(ItemResult))}"
-    )
-    return sql, [item.pk, item.kind, ItemResult.Status.PENDING.value, "[]", rawsql.param(timezone.now())]
-
-
-def item_result_load(item: Item, row, start: int = 0) -> ItemResult:
-    result = rawsql.load(ItemResult, row, start)
-    result.item = item
-    return result
-
-
-def _item_result_locked(item: Item) -> ItemResult:
-    """The item's result row, created if missing, locked until the end of the transaction.
-
-    One upsert that returns the row, rather than get_or_create: no savepoint to guard a racing insert
-    (two first submissions of one item meet in ON CONFLICT, and the second waits for the first's
-    commit), and no second read. The lock serializes concurrent refreshes of one item, so the later
-    one reads both annotations (in a statement of its own, after the lock: a new snapshot)."""
-    (row,) = rawsql.fetch(*item_result_lock_statement(item))
-    return item_result_load(item, row)
-
-
-def _annotations_of(item: Item) -> list[Annotation]:
-    sql = (
-        f"SELECT {rawsql.columns(Annotation, 'a')} FROM {rawsql.table(Annotation)} a "
-        "WHERE a.item_id = %s ORDER BY a.reviewer_id"
-    )
-    annotations = [rawsql.load(Annotation, row) for row in rawsql.fetch(sql, [item.pk])]
-    if item.kind == TaskKind.RUBRIC:  # the rubric versions decide which reviews count
-        prefetch_related_objects(annotations, "rubric_version")
-    return annotations
-
-
-@transaction.atomic
-def item_result_refresh(*, item: Item) -> ItemResult:
-    """Recompute an item's result from its latest annotations (call after every submission)."""
-    return item_result_refresh_in_transaction(item=item)
-
-
-def item_result_refresh_in_transaction(*, item: Item, locked: ItemResult | None = None) -> ItemResult:
-    """``item_result_refresh`` for a caller already in a transaction: no savepoint of its own.
-
-    ``locked``: the result row when the caller has already locked it (``item_result_lock_statement``)."""
-    result = locked if locked is not None else _item_result_locked(item)
-    if result.status == ItemResult.Status.ADJUDICATED:
-        return result
-    project = item.project
-    annotations = _annotations_of(item)
-    version = None
-    if item.kind == TaskKind.RUBRIC:
-        annotations, version = latest_version_annotations(annotations)
-    result.kind = item.kind
-    result.reviewer_ids = [a.reviewer_id for a in annotations]
-    result.rubric_version = version
-    if item.is_calibration or len(annotations) < project.overlap_k:
-        result.status, result.payload, result.agreement, result.decided_at = ItemResult.Status.PENDING, None, None, None
-    else:
-        payload, share = decide(
-            item.kind,
-            [a.payload for a in annotations],
-            rule=project.consensus_rule,
-            tolerance=project.score_tolerance,
-            criteria=criteria_by_key(version),
-        )
-        result.agreement = share
-        result.decided_at = timezone.now()
-        if payload is None:
-            result.status, result.payload = ItemResult.Status.DISPUTED, None
-        else:
-            result.status, result.payload = ItemResult.Status.CONSENSUS, payload
-    # An empty reviewer list is valid here (JSONField treats [] as blank). The item and rubric version
-    # are foreign keys and the one result per item is a unique column: the database checks those, and
-    # validating them here would cost two queries on every submission.
-    result.full_clean(exclude=["reviewer_ids", "item", "rubric_version"], validate_unique=False)
-    result.save()
-    return result

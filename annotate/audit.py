@@ -1,0 +1,863 @@
+"""What a training snapshot would teach: detectors over its examples, as plain functions of plain data.
+
+A fine-tune copies its data's habits along with its content. The detectors here look for the habits a
+person would not want copied: a sign-off on most answers, one model's tic, a refusal template, facts
+that disagree between answers, preference pairs that teach nothing, one template filling the data, a
+source that drowns the others. ``Auditor`` takes the examples one at a time (``feed``) and keeps
+bounded state, so a snapshot of any size is read once, in a stream; ``report`` returns the findings
+as JSON-ready dicts. Every finding has a ``share`` (of the examples it concerns), a ``lift`` over a
+baseline where one applies, and example record ids.
+
+Baselines. A recurring opening or closing is compared with the same phrase in the examples a person
+wrote (gold answers written or edited by reviewers) when there are enough of them, otherwise with the
+examples from other sources (models, provenances). For preference pairs, a phrase on the chosen side
+is compared with the rejected side: a phrase the chosen side has and the rejected side lacks is what
+DPO pushes the model towards.
+
+Nothing here reads the database; ``training/services`` (the audit task) streams records in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# --- Inputs ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One training example as the audit sees it."""
+
+    id: int  # snapshot record id
+    kind: str  # "sft" | "dpo"
+    prompt: str  # the prompt as text (chat turns joined)
+    target: str  # SFT completion, or the DPO chosen response
+    rejected: str = ""  # DPO only
+    provenance: str = ""  # where the item came from (human, distilled, self_generated, llm_judged, ...)
+    source: str = ""  # who produced the target: a model label, "human" (written or edited by a reviewer)
+    rejected_source: str = ""
+    decided_by: str = ""  # "consensus" | "adjudicated"
+    agreement: float | None = None  # share of reviews agreeing with the result
+    left_picks: int = 0  # reviews of the pair that chose the response shown first
+    picks: int = 0  # reviews of the pair that chose one response
+
+
+HUMAN = "human"
+
+# --- Thresholds (defaults; a project's gates may be stricter or looser) -------------------------------------
+
+MIN_SHARE = 0.05  # a phrase on fewer examples than this is not a habit worth reporting
+MIN_LIFT = 3.0  # ... nor one that is common in the baseline too
+MIN_GROUP_SHARE = 0.30  # within one source: the share that makes a phrase that source's tic
+MIN_COUNT = 5
+BASELINE_MIN = 30  # human-written examples needed before they are the baseline
+SAMPLE_EVERY = 8  # 1 in N examples feeds the sampled detectors (phrases anywhere, templates, distinct-n)
+SAMPLE_MIN = 20_000  # ... but below this many examples every one does
+TOP_K = 20_000  # distinct openings/closings/phrases tracked (space-saving counters)
+EXAMPLES = 8
+FACT_SLOTS = 20_000
+DOMINANT_SHARE = 0.8
+TEMPLATE_SHARE = 0.2
+DISTINCT_SAMPLE = 2_000
+
+# Phrases a model should not learn to say by default, whatever their share.
+KNOWN_PHRASES = {
+    "as an ai language model": "AI disclaimer",
+    "as a large language model": "AI disclaimer",
+    "as an ai assistant": "AI disclaimer",
+    "i'm sorry, but i can't": "refusal",
+    "i'm sorry, but i cannot": "refusal",
+    "i cannot help with": "refusal",
+    "i can't help with": "refusal",
+    "i can't assist with": "refusal",
+    "i cannot assist with": "refusal",
+    "i am unable to": "refusal",
+    "i'm unable to": "refusal",
+}
+
+# --- Text helpers ---------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[\w']+|[^\w\s]")
+_WORD = re.compile(r"[\w']+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_DIGITS = re.compile(r"\d+")
+_QUANTITY = re.compile(
+    r"\$?\d+(?:[.,]\d+)?(?:\s*(?:-|–|to)\s*\d+(?:[.,]\d+)?)?\s*"  # a number or a range
+    r"(%|percent|(?:business |working |calendar )?(?:minute|hour|day|week|month|year)s?|dollars?|usd|eur|gbp)\b"
+)
+_UNIT_WORDS = re.compile(r"^(?:business|working|calendar) ")
+# Words that say nothing about which quantity a number is.
+_STOP = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "of",
+        "to",
+        "and",
+        "or",
+        "in",
+        "on",
+        "for",
+        "is",
+        "are",
+        "be",
+        "it",
+        "your",
+        "our",
+        "you",
+        "we",
+        "i",
+        "at",
+        "by",
+        "with",
+        "that",
+        "this",
+        "takes",
+        "take",
+        "about",
+        "after",
+        "last",
+        "every",
+        "up",
+    }
+)
+_HAS_DIGIT = re.compile(r"\d")
+_FORMAT_ONLY = re.compile(r"[\W_]+")
+
+
+def normalize(text: str) -> str:
+    """Text as compared: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s]
+
+
+def _short(sentence: str, words: int, *, tail: bool) -> str:
+    tokens = sentence.split()
+    if len(tokens) <= words:
+        return sentence
+    return " ".join(tokens[-words:] if tail else tokens[:words])
+
+
+def _sampled(record_id: int, expected: int | None) -> bool:
+    """Whether a record feeds the sampled detectors: all of them in a small snapshot, else a fixed 1 in
+    ``SAMPLE_EVERY`` chosen by the top bits of a multiplicative hash of its id (stable between runs)."""
+    if expected is None or expected <= SAMPLE_MIN:
+        return True
+    return ((record_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) * SAMPLE_EVERY >> 64 == 0
+
+
+# --- Bounded counters -----------------------------------------------------------------------------------------
+
+
+class TopCounter:
+    """Space-saving heavy hitters: counts of the most frequent keys in bounded memory (over-counts by at most
+    the smallest count when it had to evict), with up to ``EXAMPLES`` example ids per key."""
+
+    def __init__(self, capacity: int = TOP_K):
+        self.capacity = capacity
+        self.counts: dict[str, int] = {}
+        self.examples: dict[str, list[int]] = {}
+        self.floor = 0
+
+    def add(self, key: str, example: int) -> None:
+        counts = self.counts
+        if key in counts:
+            counts[key] += 1
+            ex = self.examples[key]
+            if len(ex) < EXAMPLES:
+                ex.append(example)
+            return
+        if len(counts) >= self.capacity:
+            self._evict()
+        counts[key] = self.floor + 1
+        self.examples[key] = [example]
+
+    def _evict(self) -> None:
+        # Drop the least frequent half at once: amortized O(1) per add.
+        ordered = sorted(self.counts.items(), key=lambda kv: kv[1])
+        cut = len(ordered) // 2
+        self.floor = ordered[cut - 1][1]
+        for key, _ in ordered[:cut]:
+            del self.counts[key]
+            del self.examples[key]
+
+    def get(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+    def most_common(self, n: int) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+class _Growable:
+    """A column of int64 values that grows by doubling (for the hash joins done at the end)."""
+
+    def __init__(self):
+        self.data = np.empty(1024, dtype=np.int64)
+        self.size = 0
+
+    def append(self, value: int) -> None:
+        if self.size == len(self.data):
+            self.data = np.resize(self.data, 2 * len(self.data))
+        self.data[self.size] = value
+        self.size += 1
+
+    def array(self) -> np.ndarray:
+        return self.data[: self.size]
+
+
+# --- Statistics -------------------------------------------------------------------------------------------------
+
+
+def binomial_two_sided(k: int, n: int, p: float = 0.5) -> float:
+    """Two-sided binomial test p-value (normal approximation with continuity correction above n=50)."""
+    if n == 0:
+        return 1.0
+    if n <= 50:
+        probs = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
+        observed = probs[k]
+        return min(1.0, sum(q for q in probs if q <= observed * (1 + 1e-9)))
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    z = (abs(k - mean) - 0.5) / sd
+    return min(1.0, math.erfc(z / math.sqrt(2)))
+
+
+def _lift(count: int, n: int, base_count: int, base_n: int) -> float:
+    """Share over baseline share, with half a count added to both so an absent baseline is not a division by zero."""
+    return ((count + 0.5) / (n + 1)) / ((base_count + 0.5) / (base_n + 1))
+
+
+def _share(count: int, n: int) -> float:
+    return round(count / n, 4) if n else 0.0
+
+
+# --- Text features ------------------------------------------------------------------------------------------------
+
+
+def opening_and_closing(text: str, *, normalized: bool = False) -> tuple[str, str]:
+    """The first sentence's first words and the last sentence's last words, normalized (up to six words each)."""
+    sentences = _sentences(text if normalized else normalize(text))
+    if not sentences:
+        return "", ""
+    return _short(sentences[0], 6, tail=False), _short(sentences[-1], 6, tail=True)
+
+
+def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
+    """Stated quantities as (slot, value): "a full refund within 30 days of delivery" gives
+    ("refund within … day of delivery", "30"). Two answers that fill one slot with different values disagree.
+    A slot is the two words before the number, the unit and the two words after it; a quantity with fewer
+    than two telling words around it is left out (too little context to say which quantity it is)."""
+    text = text if normalized else normalize(text)
+    if not _HAS_DIGIT.search(text):
+        return []
+    out = []
+    for match in _QUANTITY.finditer(text):
+        before = _WORD.findall(text[max(0, match.start() - 40) : match.start()])[-2:]
+        after_text = text[match.end() : match.end() + 40]
+        after = [] if after_text[:1] not in (" ", "") else _WORD.findall(after_text.split(",")[0].split(".")[0])[:2]
+        context = [w for w in before + after if w not in _STOP and not w.isdigit()]
+        if len(context) < 2:
+            continue
+        unit = _UNIT_WORDS.sub("", match.group(1))
+        unit = unit if unit == "%" else unit.rstrip("s")
+        value = match.group(0)[: match.start(1) - match.start()].strip().replace(" ", "")
+        slot = " ".join(part for part in (" ".join(before), "…", " ".join([unit, *after])) if part)
+        out.append((slot, value))
+    return out
+
+
+def format_key(text: str, *, normalized: bool = False) -> str:
+    """Text with case, punctuation, markup and spacing removed: two texts equal here differ only in format."""
+    return _FORMAT_ONLY.sub("", text if normalized else normalize(text))
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(normalize(text))
+
+
+def _latin_share(text: str) -> float:
+    if text.isascii():
+        return 1.0
+    letters = [c for c in text[:400] if c.isalpha()]
+    if not letters:
+        return 1.0
+    return sum("a" <= c.lower() <= "z" for c in letters) / len(letters)
+
+
+def skeleton(text: str) -> str:
+    """A text with its numbers masked: answers from one template with different numbers share a skeleton."""
+    return _DIGITS.sub("#", normalize(text))
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams (lower means more repetitive text); None without any n-gram."""
+    grams = Counter()
+    for text in texts:
+        words = _words(text)
+        grams.update(zip(*(words[i:] for i in range(n)), strict=False))
+    total = sum(grams.values())
+    return round(len(grams) / total, 4) if total else None
+
+
+def compression_ratio(texts: list[str]) -> float | None:
+    """Compressed over raw size of the texts together (lower means more repetition)."""
+    raw = "\n".join(texts).encode()
+    return round(len(zlib.compress(raw, 6)) / len(raw), 4) if raw else None
+
+
+def similarity(a: str, b: str, *, normalized: bool = False) -> float:
+    """Jaccard similarity of the two texts' word sets (1.0 for two empty texts)."""
+    if normalized:
+        wa, wb = set(_WORD.findall(a)), set(_WORD.findall(b))
+    else:
+        wa, wb = set(_words(a)), set(_words(b))
+    if not wa and not wb:
+        return 1.0
+    return len(wa & wb) / len(wa | wb)
+
+
+# --- The auditor ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    n: int = 0
+    openings: Counter = field(default_factory=Counter)
+    closings: Counter = field(default_factory=Counter)
+
+
+class Auditor:
+    """Feed it every record of a snapshot once, then ask for the ``report``. ``expected``: how many records
+    will come (sampling is off for small snapshots)."""
+
+    def __init__(self, *, expected: int | None = None):
+        self.expected = expected
+        self.n = 0
+        self.n_sft = 0
+        self.n_dpo = 0
+        self.openings = TopCounter()
+        self.closings = TopCounter()
+        self.base_openings: Counter = Counter()
+        self.base_closings: Counter = Counter()
+        self.n_base = 0
+        self.rejected_openings = TopCounter()
+        self.rejected_closings = TopCounter()
+        self.chosen_openings = TopCounter()
+        self.chosen_closings = TopCounter()
+        self.by_source: dict[str, _Group] = defaultdict(_Group)
+        self.known: dict[str, list] = {category: [0, [], Counter()] for category in set(KNOWN_PHRASES.values())}
+        self.phrases = TopCounter()  # 4-grams anywhere, in sampled records (once per record)
+        self.n_sampled = 0
+        self.fact_slots: dict[str, dict[str, list]] = {}
+        # Hash columns for the joins at the end.
+        self.ids = _Growable()
+        self.kinds = _Growable()
+        self.prompt_hash = _Growable()
+        self.target_hash = _Growable()
+        self.pair_hash = _Growable()
+        self.swapped_hash = _Growable()
+        # Pair quality.
+        self.pairs = 0
+        self.pair_issues: dict[str, list] = {
+            k: [0, []]
+            for k in ("identical", "format_only", "near_identical", "empty", "truncated", "far_shorter", "other_script")
+        }
+        self.longer_chosen = 0
+        self.longer_rejected = 0
+        self.log_ratio_sum = 0.0
+        self.left_picks = 0
+        self.picks = 0
+        # Lineage.
+        self.provenance = Counter()
+        self.decided = Counter()
+        self.agreement_sum: dict[str, float] = defaultdict(float)
+        self.agreement_n: Counter = Counter()
+        # Samples for templates and repetition.
+        self.skeletons: Counter = Counter()
+        self.skeleton_examples: dict[str, list[int]] = {}
+        self.distinct_samples: dict[str, list[str]] = defaultdict(list)
+
+    # -- feeding ----------------------------------------------------------------------------------------------------
+
+    def feed(self, record: AuditRecord) -> None:
+        self.n += 1
+        rid = record.id
+        target = record.target or ""
+        norm_target = normalize(target)
+        opening, closing = opening_and_closing(norm_target, normalized=True)
+        if opening:
+            self.openings.add(opening, rid)
+        if closing:
+            self.closings.add(closing, rid)
+        source = record.source or record.provenance or "unknown"
+        group = self.by_source[source]
+        group.n += 1
+        if opening:
+            group.openings[opening] += 1
+        if closing:
+            group.closings[closing] += 1
+        if record.source == HUMAN:
+            self.n_base += 1
+            self.base_openings[opening] += 1
+            self.base_closings[closing] += 1
+        counted = set()
+        for phrase, category in KNOWN_PHRASES.items():
+            if category not in counted and phrase in norm_target:
+                counted.add(category)  # once per record and category, however many of its phrases it has
+                slot = self.known[category]
+                slot[0] += 1
+                slot[2][phrase] += 1
+                if len(slot[1]) < EXAMPLES:
+                    slot[1].append(rid)
+        for slot, value in facts(norm_target, normalized=True):
+            self._fact(slot, value, rid)
+        self.provenance[record.provenance or "unknown"] += 1
+        self.decided[record.decided_by or "unknown"] += 1
+        if record.agreement is not None:
+            self.agreement_sum[record.provenance or "unknown"] += record.agreement
+            self.agreement_n[record.provenance or "unknown"] += 1
+
+        prompt_key = normalize(record.prompt)
+        self.ids.append(rid)
+        self.kinds.append(1 if record.kind == "dpo" else 0)
+        self.prompt_hash.append(_hash64(prompt_key))
+        self.target_hash.append(_hash64(norm_target))
+        if record.kind == "dpo":
+            self.n_dpo += 1
+            norm_rejected = normalize(record.rejected)
+            self.pair_hash.append(_hash64(prompt_key + "\x00" + norm_target + "\x00" + norm_rejected))
+            self.swapped_hash.append(_hash64(prompt_key + "\x00" + norm_rejected + "\x00" + norm_target))
+            self._pair(record, norm_target, norm_rejected, opening, closing)
+        else:
+            self.n_sft += 1
+            self.pair_hash.append(0)
+            self.swapped_hash.append(0)
+
+        if _sampled(rid, self.expected):
+            self.n_sampled += 1
+            words = _WORD.findall(norm_target)
+            for gram in {" ".join(words[i : i + 4]) for i in range(len(words) - 3)}:
+                self.phrases.add(gram, rid)
+            shape = _DIGITS.sub("#", norm_target)
+            self.skeletons[shape] += 1
+            if len(self.skeletons) > TOP_K * 2:
+                self.skeletons = Counter(dict(self.skeletons.most_common(TOP_K)))
+            examples = self.skeleton_examples.setdefault(shape, [])
+            if len(examples) < EXAMPLES:
+                examples.append(rid)
+            sample = self.distinct_samples[record.provenance or "unknown"]
+            if len(sample) < DISTINCT_SAMPLE:
+                sample.append(target)
+
+    def _fact(self, slot: str, value: str, rid: int) -> None:
+        values = self.fact_slots.get(slot)
+        if values is None:
+            if len(self.fact_slots) >= FACT_SLOTS:
+                return
+            values = self.fact_slots[slot] = {}
+        entry = values.setdefault(value, [0, []])
+        entry[0] += 1
+        if len(entry[1]) < EXAMPLES:
+            entry[1].append(rid)
+
+    def _pair(self, record: AuditRecord, chosen: str, rejected: str, opening: str, closing: str) -> None:
+        self.pairs += 1
+        rid = record.id
+        r_opening, r_closing = opening_and_closing(rejected, normalized=True)
+        if opening:
+            self.chosen_openings.add(opening, rid)
+        if closing:
+            self.chosen_closings.add(closing, rid)
+        if r_opening:
+            self.rejected_openings.add(r_opening, rid)
+        if r_closing:
+            self.rejected_closings.add(r_closing, rid)
+        chosen_words, rejected_words = chosen.split(), rejected.split()
+
+        def issue(name: str) -> None:
+            slot = self.pair_issues[name]
+            slot[0] += 1
+            if len(slot[1]) < EXAMPLES:
+                slot[1].append(rid)
+
+        if not rejected.strip():
+            issue("empty")
+        elif chosen == rejected:
+            issue("identical")
+        elif format_key(chosen, normalized=True) == format_key(rejected, normalized=True):
+            issue("format_only")
+        elif (
+            0.8 * len(chosen_words) <= len(rejected_words) <= 1.25 * len(chosen_words)
+            and similarity(chosen, rejected, normalized=True) >= 0.9
+        ):
+            issue("near_identical")
+        else:
+            if len(chosen_words) >= 12 and len(rejected_words) < 0.25 * len(chosen_words):
+                issue("far_shorter")
+            elif not rejected.rstrip().endswith((".", "!", "?", '"', ")", "`", "*")) and len(rejected) < 0.8 * len(
+                chosen
+            ):
+                issue("truncated")
+            if abs(_latin_share(chosen) - _latin_share(rejected)) > 0.5:
+                issue("other_script")
+        if len(chosen_words) > len(rejected_words):
+            self.longer_chosen += 1
+        elif len(chosen_words) < len(rejected_words):
+            self.longer_rejected += 1
+        self.log_ratio_sum += math.log((len(chosen_words) + 1) / (len(rejected_words) + 1))
+        self.left_picks += record.left_picks
+        self.picks += record.picks
+
+    def feed_all(self, records: Iterable[AuditRecord]) -> Auditor:
+        for record in records:
+            self.feed(record)
+        return self
+
+    # -- findings ---------------------------------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        """Every finding, each with a type, a title, a share, a lift where a baseline applies, and example ids.
+
+        Same-prompt groups with different answers come back as ``candidates`` (record id groups): whether two
+        answers differ materially needs their text, which the caller fetches and gives to ``answers_disagree``."""
+        findings = []
+        findings += self._patterns()
+        findings += self._known_phrases()
+        findings += self._facts_findings()
+        findings += self._pair_findings()
+        findings += self._bias_findings()
+        findings += self._template_findings()
+        findings += self._lineage_findings()
+        swapped = self._swapped_pairs()
+        if swapped:
+            findings.append(swapped)
+        return {
+            "n_records": self.n,
+            "n_sft": self.n_sft,
+            "n_dpo": self.n_dpo,
+            "n_sampled": self.n_sampled,
+            "baseline": {"kind": "human-written answers", "n": self.n_base}
+            if self.n_base >= BASELINE_MIN
+            else {"kind": "the other sources", "n": None},
+            "findings": findings,
+            "same_prompt_candidates": self.same_prompt_groups(),
+            "provenance": dict(self.provenance),
+            "decided_by": dict(self.decided),
+            "repetition": self._repetition(),
+        }
+
+    def _patterns(self) -> list[dict]:
+        out = []
+        for where, counter, base in (
+            ("opening", self.openings, self.base_openings),
+            ("closing", self.closings, self.base_closings),
+        ):
+            for phrase, count in counter.most_common(200):
+                if count < MIN_COUNT:
+                    break
+                share = count / self.n
+                lift = baseline_share = None
+                if self.n_base >= BASELINE_MIN:
+                    in_base = base.get(phrase, 0)
+                    lift = _lift(count - in_base, self.n - self.n_base, in_base, self.n_base)
+                    baseline_share = in_base / self.n_base
+                groups = self._groups_with(where, phrase)
+                tic = [g for g in groups if g["share"] >= MIN_GROUP_SHARE and (g["lift"] or 0) >= MIN_LIFT]
+                if lift is not None:
+                    habit = share >= MIN_SHARE and lift >= MIN_LIFT
+                else:
+                    # No human baseline: a phrase on a third of all answers is far above chance for free text.
+                    habit = share >= MIN_GROUP_SHARE
+                if not (habit or tic):
+                    continue
+                out.append(
+                    {
+                        "type": f"recurring_{where}",
+                        "severity": "warn",
+                        "title": f"{share:.0%} of answers {'start' if where == 'opening' else 'end'} with “{phrase}”",
+                        "phrase": phrase,
+                        "count": count,
+                        "share": round(share, 4),
+                        "lift": round(lift, 2) if lift is not None else (tic[0]["lift"] if tic else None),
+                        "baseline_share": round(baseline_share, 4) if baseline_share is not None else None,
+                        "by_source": groups[:5],
+                        "examples": counter.examples.get(phrase, [])[:EXAMPLES],
+                    }
+                )
+        # Preference pairs: what the chosen side has and the rejected side lacks.
+        if self.pairs >= MIN_COUNT:
+            for where, chosen, rejected in (
+                ("opening", self.chosen_openings, self.rejected_openings),
+                ("closing", self.chosen_closings, self.rejected_closings),
+            ):
+                for phrase, count in chosen.most_common(100):
+                    if count < MIN_COUNT:
+                        break
+                    share, other = count / self.pairs, rejected.get(phrase) / self.pairs
+                    lift = _lift(count, self.pairs, rejected.get(phrase), self.pairs)
+                    if share - other >= 0.1 and lift >= MIN_LIFT:
+                        out.append(
+                            {
+                                "type": f"preferred_{where}",
+                                "severity": "warn",
+                                "title": f"Chosen answers {'start' if where == 'opening' else 'end'} with “{phrase}” "
+                                f"({share:.0%}) far more than rejected ones ({other:.0%})",
+                                "phrase": phrase,
+                                "count": count,
+                                "share": round(share, 4),
+                                "lift": round(lift, 2),
+                                "baseline_share": round(other, 4),
+                                "examples": chosen.examples.get(phrase, [])[:EXAMPLES],
+                            }
+                        )
+        return out
+
+    def _groups_with(self, where: str, phrase: str) -> list[dict]:
+        rows = []
+        total = sum(g.n for g in self.by_source.values())
+        total_count = sum(
+            (g.openings if where == "opening" else g.closings).get(phrase, 0) for g in self.by_source.values()
+        )
+        for name, group in self.by_source.items():
+            count = (group.openings if where == "opening" else group.closings).get(phrase, 0)
+            if not count:
+                continue
+            rest_n, rest_count = total - group.n, total_count - count
+            rows.append(
+                {
+                    "source": name,
+                    "count": count,
+                    "n": group.n,
+                    "share": round(count / group.n, 4),
+                    "lift": round(_lift(count, group.n, rest_count, rest_n), 2) if rest_n else None,
+                }
+            )
+        return sorted(rows, key=lambda r: (-r["share"], r["source"]))
+
+    def _known_phrases(self) -> list[dict]:
+        out = []
+        for category, (count, examples, phrases) in sorted(self.known.items()):
+            if count:
+                phrase = phrases.most_common(1)[0][0]
+                out.append(
+                    {
+                        "type": "known_phrase",
+                        "severity": "warn",
+                        "title": f"{category.capitalize()} in {count} answer(s), such as “{phrase}”",
+                        "phrase": phrase,
+                        "category": category,
+                        "count": count,
+                        "share": _share(count, self.n),
+                        "lift": None,
+                        "examples": examples,
+                    }
+                )
+        return out
+
+    def _facts_findings(self) -> list[dict]:
+        out = []
+        for slot, values in self.fact_slots.items():
+            stated = {v: e for v, e in values.items() if e[0] >= 2 or len(values) <= 4}
+            if len(stated) < 2:
+                continue
+            total = sum(e[0] for e in stated.values())
+            if total < MIN_COUNT:
+                continue
+            ranked = sorted(stated.items(), key=lambda kv: -kv[1][0])
+            majority = ranked[0][1][0]
+            minority = total - majority
+            out.append(
+                {
+                    "type": "conflicting_facts",
+                    "severity": "block" if minority / total >= 0.02 else "warn",
+                    "title": f"Answers disagree on “{slot}”: "
+                    + ", ".join(f"{value} ({entry[0]})" for value, entry in ranked[:6]),
+                    "slot": slot,
+                    "values": [{"value": v, "count": e[0], "examples": e[1]} for v, e in ranked],
+                    "count": minority,
+                    "share": round(minority / total, 4),
+                    "lift": None,
+                    "examples": [rid for _, e in ranked[1:] for rid in e[1]][:EXAMPLES],
+                }
+            )
+        return sorted(out, key=lambda f: -f["count"])[:50]
+
+    def _pair_findings(self) -> list[dict]:
+        if not self.pairs:
+            return []
+        titles = {
+            "identical": "chosen and rejected are the same text: the pair teaches nothing",
+            "format_only": "chosen and rejected differ only in formatting (case, punctuation, spacing)",
+            "near_identical": "chosen and rejected are nearly the same (90%+ of their words)",
+            "empty": "the rejected response is empty",
+            "truncated": "the rejected response looks cut off",
+            "far_shorter": "the rejected response is under a quarter of the chosen one's length",
+            "other_script": "the rejected response is in another script than the chosen one",
+        }
+        out = []
+        always = ("identical", "format_only", "empty")  # a pair like that teaches nothing, even once
+        for name, (count, examples) in self.pair_issues.items():
+            if count and (name in always or (count >= MIN_COUNT and count / self.pairs >= 0.01)):
+                out.append(
+                    {
+                        "type": f"pair_{name}",
+                        "severity": "warn",
+                        "title": f"{count} pair(s): {titles[name]}",
+                        "count": count,
+                        "share": _share(count, self.pairs),
+                        "lift": None,
+                        "examples": examples,
+                    }
+                )
+        return out
+
+    def _bias_findings(self) -> list[dict]:
+        out = []
+        decided = self.longer_chosen + self.longer_rejected
+        if decided >= 20:
+            share = self.longer_chosen / decided
+            p = binomial_two_sided(self.longer_chosen, decided)
+            if share >= 0.65 and p < 0.01:
+                out.append(
+                    {
+                        "type": "length_bias",
+                        "severity": "warn",
+                        "title": f"The chosen answer is the longer one in {share:.0%} of pairs: "
+                        "DPO will learn that longer is better",
+                        "count": self.longer_chosen,
+                        "share": round(share, 4),
+                        "lift": round(share / 0.5, 2),
+                        "p_value": p,
+                        "mean_length_ratio": round(math.exp(self.log_ratio_sum / self.pairs), 3),
+                        "examples": [],
+                    }
+                )
+        if self.picks >= 20:
+            share = self.left_picks / self.picks
+            p = binomial_two_sided(self.left_picks, self.picks)
+            if abs(share - 0.5) >= 0.1 and p < 0.01:
+                out.append(
+                    {
+                        "type": "position_bias",
+                        "severity": "warn",
+                        "title": f"Reviewers chose the response shown first in {share:.0%} of their picks",
+                        "count": self.left_picks,
+                        "share": round(share, 4),
+                        "lift": round(share / 0.5, 2),
+                        "p_value": p,
+                        "examples": [],
+                    }
+                )
+        return out
+
+    def _template_findings(self) -> list[dict]:
+        if not self.n_sampled:
+            return []
+        shape, count = max(self.skeletons.items(), key=lambda kv: kv[1], default=("", 0))
+        share = count / self.n_sampled
+        if count < MIN_COUNT or share < TEMPLATE_SHARE:
+            return []
+        return [
+            {
+                "type": "template",
+                "severity": "warn",
+                "title": f"{share:.0%} of answers are one template (numbers aside)",
+                "template": shape[:300],
+                "count": count,
+                "share": round(share, 4),
+                "lift": None,
+                "sampled": self.n_sampled,
+                "examples": self.skeleton_examples.get(shape, []),
+            }
+        ]
+
+    def _lineage_findings(self) -> list[dict]:
+        out = []
+        if self.n >= MIN_COUNT:
+            top, count = self.provenance.most_common(1)[0]
+            share = count / self.n
+            if share >= DOMINANT_SHARE and top != HUMAN:
+                out.append(
+                    {
+                        "type": "dominant_source",
+                        "severity": "warn",
+                        "title": f"{share:.0%} of the examples come from one source: {top}",
+                        "source": top,
+                        "count": count,
+                        "share": round(share, 4),
+                        "lift": None,
+                        "examples": [],
+                    }
+                )
+        return out
+
+    def _repetition(self) -> dict:
+        out = {}
+        for provenance, texts in sorted(self.distinct_samples.items()):
+            out[provenance] = {
+                "sampled": len(texts),
+                "distinct_2": distinct_n(texts, 2),
+                "compression_ratio": compression_ratio(texts),
+                "mean_agreement": round(self.agreement_sum[provenance] / self.agreement_n[provenance], 4)
+                if self.agreement_n[provenance]
+                else None,
+            }
+        return out
+
+    def _swapped_pairs(self) -> dict | None:
+        pairs, swapped, ids = self.pair_hash.array(), self.swapped_hash.array(), self.ids.array()
+        dpo = self.kinds.array() == 1
+        if dpo.sum() < 2:
+            return None
+        hit = dpo & np.isin(pairs, swapped[dpo])
+        count = int(hit.sum())
+        if not count:
+            return None
+        return {
+            "type": "swapped_pairs",
+            "severity": "block",
+            "title": f"{count} preference pair(s) also appear with chosen and rejected swapped",
+            "count": count,
+            "share": _share(count, int(dpo.sum())),
+            "lift": None,
+            "examples": ids[hit][:EXAMPLES].tolist(),
+        }
+
+    def same_prompt_groups(self, limit: int = 200) -> list[list[int]]:
+        """Record ids of SFT examples that share a prompt but not an answer (up to ``limit`` groups)."""
+        sft = self.kinds.array() == 0
+        prompts, targets, ids = self.prompt_hash.array()[sft], self.target_hash.array()[sft], self.ids.array()[sft]
+        if len(prompts) < 2:
+            return []
+        order = np.lexsort((targets, prompts))
+        prompts, targets, ids = prompts[order], targets[order], ids[order]
+        starts = np.flatnonzero(np.r_[True, prompts[1:] != prompts[:-1]])
+        ends = np.r_[starts[1:], len(prompts)]
+        groups = []
+        for start, end in zip(starts, ends, strict=True):
+            if end - start > 1 and targets[start] != targets[end - 1]:
+                groups.append(ids[start:end].tolist())
+                if len(groups) >= limit:
+                    break
+        return groups
+
+
+def answers_disagree(texts: list[str], *, threshold: float = 0.5) -> bool:
+    """Whether answers to one prompt differ materially: some pair shares under ``threshold`` of its words."""
+    return any(similarity(a, b) < threshold for i, a in enumerate(texts) for b in texts[i + 1 :])

@@ -1,0 +1,399 @@
+"""goldset-client: a Python client for Goldset's REST API (``/api/v1/``).
+
+    from goldset_client import Goldset
+    gs = Goldset("https://goldset.example.com", token="gs_...")
+
+Each area of the API is one attribute (``projects``, ``items``, ``queue``, ``annotations``, ``reports``,
+``rubrics``), a small class over the shared HTTP layer (``_http.Http``: bearer token, retries with backoff
+on 429/503, errors as exceptions carrying the server's problem document). Areas added later (eval set
+exports, training jobs) are further classes of the same shape, attached the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from goldset_client._http import Http
+from goldset_client.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    GoldsetError,
+    ImportFailed,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
+from goldset_client.progress import progress as _progress
+
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "Forbidden",
+    "Goldset",
+    "GoldsetError",
+    "ImportFailed",
+    "InvalidRequest",
+    "NotFound",
+    "Unauthorized",
+]
+
+UPLOAD_CHUNK = 1024 * 1024
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class _Area:
+    def __init__(self, gs: Goldset):
+        self._gs = gs
+        self._http = gs._http
+
+
+class Projects(_Area):
+    def list(self) -> Iterator[dict]:
+        """Every project you may see (all pages)."""
+        cursor = None
+        while True:
+            page = self._http.json("GET", "/projects", params={"cursor": cursor} if cursor else None)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
+
+    def get(self, slug: str) -> dict:
+        return self._http.json("GET", f"/projects/{slug}")
+
+    def create(self, *, name: str, slug: str, task_kinds: list[str], **settings: Any) -> dict:
+        """Make a project (admins; an admin-scope token)."""
+        return self._http.json(
+            "POST", "/projects", json={"name": name, "slug": slug, "task_kinds": task_kinds, **settings}
+        )
+
+    def update(self, slug: str, **settings: Any) -> dict:
+        return self._http.json("PATCH", f"/projects/{slug}", json=settings)
+
+    def members(self, slug: str) -> list[dict]:
+        return self._http.json("GET", f"/projects/{slug}/members")
+
+    def add_member(self, slug: str, username: str, *, role: str | None = None) -> dict:
+        return self._http.json("PUT", f"/projects/{slug}/members/{username}", json={"role": role})
+
+    def remove_member(self, slug: str, username: str) -> dict:
+        return self._http.json("DELETE", f"/projects/{slug}/members/{username}")
+
+
+def _format_of(path: Path, file_format: str | None) -> str:
+    if file_format:
+        return file_format
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise GoldsetError(f"Cannot tell the format of {path.name}: pass file_format='jsonl' or 'csv'.")
+
+
+class Items(_Area):
+    def list(self, project: str, **filters: Any) -> Iterator[dict]:
+        """A project's items in id order, every page (filters: split, kind, provenance, state, import_batch)."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        while True:
+            page = self._http.json("GET", f"/projects/{project}/items", params=params)
+            yield from page["items"]
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def import_file(
+        self,
+        project: str,
+        path: str | Path,
+        *,
+        file_format: str | None = None,
+        mode: str = "all_or_nothing",
+        provenance: str = "human",
+        filename: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        raise_on_rejected: bool = False,
+    ) -> dict:
+        """Import a JSONL or CSV file, streamed from disk (memory stays flat), and wait for the import to end.
+
+        Raises ``ImportFailed``, whose message lists every bad line, when nothing was imported (or, with
+        ``raise_on_rejected``, when ``mode="skip_bad"`` left rows out). Returns the import's final state
+        (or its first state with ``wait=False``)."""
+        path = Path(path)
+        fmt = _format_of(path, file_format)
+        size = path.stat().st_size
+        bar = _progress(self._gs.show_progress, total=size, desc=f"Uploading {path.name}", unit="B")
+
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK):
+                    bar.update(len(chunk))
+                    yield chunk
+
+        try:
+            response = self._http.request(
+                "POST",
+                f"/projects/{project}/imports/rows",
+                params={"file_format": fmt, "mode": mode, "provenance": provenance, "filename": filename or path.name},
+                headers={
+                    "Content-Type": "text/csv" if fmt == "csv" else "application/x-ndjson",
+                    "Content-Length": str(size),
+                },
+                body=body,
+            )
+        finally:
+            bar.close()
+        result = response.json()
+        if not wait:
+            return result
+        result = self.wait(result, timeout=timeout)
+        return self._check(result, raise_on_rejected=raise_on_rejected)
+
+    def import_rows(self, project: str, rows: Iterable[dict | str], **options: Any) -> dict:
+        """Import rows (dicts, or JSON lines) as one JSONL import. The rows are spooled to a temporary file,
+        never held in memory, then streamed up; options as for ``import_file``."""
+        bar = _progress(self._gs.show_progress, desc="Preparing rows", unit="rows")
+        with tempfile.TemporaryDirectory(prefix="goldset-rows-") as tmp:
+            path = Path(tmp) / (options.pop("filename", None) or "rows.jsonl")
+            with open(path, "w", encoding="utf-8") as out:
+                for row in rows:
+                    out.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
+                    out.write("\n")
+                    bar.update(1)
+            bar.close()
+            return self.import_file(project, path, file_format="jsonl", **options)
+
+    def wait(self, result: dict, *, timeout: float | None = None, poll: float = 1.0) -> dict:
+        """Poll an import's status URL until it ends (the worker runs imports above the inline size)."""
+        if result["status"] in FINISHED:
+            return result
+        bar = _progress(self._gs.show_progress, total=result.get("bytes_total") or None, desc="Importing", unit="B")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while result["status"] not in FINISHED:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise GoldsetError(f"Import {result['id']} still {result['status']} after {timeout} s.")
+                time.sleep(poll)
+                before = result.get("bytes_read", 0)
+                result = self._http.json("GET", result["status_url"])
+                bar.update(max(0, result.get("bytes_read", 0) - before))
+                bar.set_description(f"Importing: {result.get('rows_seen', 0):,} rows read")
+        finally:
+            bar.close()
+        return result
+
+    def errors(self, result: dict) -> list[dict]:
+        """Every rejected line of an import, as {line, field, message}."""
+        with self._http.stream(result["errors_url"]) as response:
+            return [json.loads(line) for line in response.iter_lines() if line.strip()]
+
+    def _check(self, result: dict, *, raise_on_rejected: bool) -> dict:
+        if result["status"] != "succeeded" or (raise_on_rejected and result["rows_rejected"]):
+            raise ImportFailed(result, self.errors(result))
+        return result
+
+
+def _params(**filters: Any) -> dict:
+    params = {}
+    for name, value in filters.items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        params[name] = [value] if isinstance(value, str) else value
+    return params
+
+
+def _example(record: dict, layout: str) -> dict | None:
+    """One exported item in a training layout, from its agreed result; None when it has no place there."""
+    result = record.get("result") or {}
+    payload = result.get("payload") or {}
+    if result.get("status") not in ("consensus", "adjudicated") or not payload:
+        return None
+    base = {"item_id": record["item_id"], "prompt": record["prompt"], "provenance": record["provenance"]}
+    responses = record.get("responses") or []
+    if layout == "preference":
+        chosen, rejected = payload.get("chosen"), payload.get("rejected")
+        if record["kind"] != "preference" or payload.get("choice") != "response" or None in (chosen, rejected):
+            return None
+        return {**base, "chosen": responses[chosen]["text"], "rejected": responses[rejected]["text"]}
+    if layout == "sft":
+        if record["kind"] != "gold" or payload.get("action") not in ("accept", "edit", "write"):
+            return None
+        return {**base, "completion": payload.get("answer", "")}
+    raise GoldsetError(f"Unknown layout {layout!r}: use records, sft or preference.")
+
+
+_JSON_FIELDS = ("messages", "responses", "metadata", "result", "annotations", "adjudications")
+
+
+def _records_for_dataset(url: str, token: str, project: str, params: dict, layout: str, nonce: str):
+    """Rows for ``datasets.Dataset.from_generator`` (module level, so ``datasets`` can fingerprint it; ``nonce``
+    makes every call a fresh export rather than a cached one)."""
+    gs = Goldset(url, token, progress=False)
+    try:
+        for record in gs.annotations.export(project, **params):
+            if layout == "records":
+                yield {k: json.dumps(v, ensure_ascii=False) if k in _JSON_FIELDS else v for k, v in record.items()}
+            else:
+                example = _example(record, layout)
+                if example is not None:
+                    yield example
+    finally:
+        gs.close()
+
+
+class Annotations(_Area):
+    def export(
+        self,
+        project: str,
+        *,
+        kind: str | list[str] | None = None,
+        state: str | list[str] | None = None,
+        split: str | list[str] | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> Iterator[dict]:
+        """Every item with every reviewer's annotations (with revisions), consensus and adjudications, streamed
+        one item at a time (admins)."""
+        params = _params(kind=kind, state=state, split=split, since=since, until=until)
+        with self._http.stream(f"/projects/{project}/annotations/export", params=params) as response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def examples(self, project: str, *, layout: str = "preference", **filters: Any) -> Iterator[dict]:
+        """Agreed items as training examples: ``preference`` {prompt, chosen, rejected} or ``sft``
+        {prompt, completion}; items without an agreed answer of that shape are left out."""
+        for record in self.export(project, **filters):
+            example = _example(record, layout)
+            if example is not None:
+                yield example
+
+    def to_dataset(self, project: str, *, layout: str = "records", cache_dir: str | None = None, **filters: Any):
+        """The export as a ``datasets.Dataset`` (written to Arrow files as it streams, so memory stays flat):
+        ``records`` (every item; nested fields as JSON text), ``sft`` or ``preference`` (see ``examples``)."""
+        from datasets import Dataset
+
+        gen_kwargs = {
+            "url": self._http.base,
+            "token": self._gs._token,
+            "project": project,
+            "params": filters,
+            "layout": layout,
+            "nonce": uuid.uuid4().hex,
+        }
+        return Dataset.from_generator(_records_for_dataset, gen_kwargs=gen_kwargs, cache_dir=cache_dir)
+
+
+class Queue(_Area):
+    """Scripted reviewing: the same queue, leases and checks as the page, blind in the same way."""
+
+    def __init__(self, gs: Goldset):
+        super().__init__(gs)
+        self._after: dict[int, dict | None] = {}
+
+    def next(self, project: str) -> dict | None:
+        """Your current item (leased to you), or None when nothing is left for you."""
+        return self._http.json("POST", f"/projects/{project}/queue/next")["task"]
+
+    def submit(self, task: dict, *, next: bool = True, **answer: Any) -> dict | None:
+        """Answer a task, naming responses by position (``source=1``, ``choice=2``, ``scores={...}``); returns
+        your next task (None when nothing is left)."""
+        result = self._http.json("POST", task["submit_url"], params={"next": next}, json=answer)
+        self._after[task["lease_id"]] = result["next"]
+        return result["next"]
+
+    def skip(self, task: dict, *, next: bool = True) -> dict | None:
+        result = self._http.json("POST", task["skip_url"], params={"next": next})
+        self._after[task["lease_id"]] = result["next"]
+        return result["next"]
+
+    def tasks(self, project: str) -> Iterator[dict]:
+        """Tasks one after another until none is left; submit or skip each before taking the next."""
+        task = self.next(project)
+        while task is not None:
+            yield task
+            if task["lease_id"] not in self._after:
+                raise GoldsetError(f"Submit or skip task {task['lease_id']} before asking for the next one.")
+            task = self._after.pop(task["lease_id"])
+
+
+class Reports(_Area):
+    def agreement(
+        self, project: str, *, version_id: int | None = None, make: bool = True, timeout: float = 600, poll: float = 2
+    ) -> dict | None:
+        """The agreement report of the data as it is now (admins and adjudicators); made and waited for when
+        ``make``, else None when none was made yet."""
+        params = {"version_id": version_id} if version_id is not None else None
+        report = self._http.json("GET", f"/projects/{project}/report", params=params)
+        if report["status"] == "none":
+            if not make:
+                return None
+            report = self._http.json("POST", f"/projects/{project}/report", params=params)
+        deadline = time.monotonic() + timeout
+        while report["status"] not in FINISHED:
+            if time.monotonic() > deadline:
+                raise GoldsetError(f"The agreement report is still {report['status']} after {timeout} s.")
+            time.sleep(poll)
+            report = self._http.json("GET", report["status_url"])
+        if report["status"] != "succeeded":
+            raise GoldsetError(f"The agreement report failed: {report['message']}")
+        return report["result"]
+
+
+class Rubrics(_Area):
+    def list(self, project: str) -> list[dict]:
+        return self._http.json("GET", f"/projects/{project}/rubrics")
+
+
+class Goldset:
+    """A client for one Goldset server, acting as the owner of ``token`` (a personal API token).
+
+    ``progress``: show progress bars for uploads and long waits. ``retries``/``backoff``: how 429 and 503
+    answers are retried. ``transport``: an httpx transport (tests, proxies)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        progress: bool = True,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self._token = token
+        self.show_progress = progress
+        self._http = Http(url, token, timeout=timeout, retries=retries, backoff=backoff, transport=transport)
+        self.projects = Projects(self)
+        self.items = Items(self)
+        self.queue = Queue(self)
+        self.annotations = Annotations(self)
+        self.reports = Reports(self)
+        self.rubrics = Rubrics(self)
+
+    def me(self) -> dict:
+        """Who the token acts as, with their roles and the token's scope."""
+        return self._http.json("GET", "/me")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Goldset:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
