@@ -167,6 +167,7 @@ def _argument_values(data, project) -> dict[str, list]:
         "annotate:fmt": ["jsonl", "csv"],
         "snapshot_id": [data["snapshot"].id],
         "job_id": [data["job"].id],
+        "preflight_id": [1],  # a preflight page, never CSV: a missing one answers 404
         "item_id": [data["item"].id],
         "evalsets:version_id": [data["version"].id],
         # Path arguments whose objects these data do not need: a missing one answers 404, never CSV.
