@@ -17,6 +17,7 @@ import datetime as dt
 
 import numpy as np
 from django.contrib.auth import get_user_model
+from django.db.models import JSONField, Value
 
 from annotate.models import Annotation, AnnotationRevision, ItemResult, RubricVersion
 from annotate.services import rubrics
@@ -256,3 +257,105 @@ def build(project, *, seed: int = 7) -> dict:
     for item, status in zip(items, statuses * 3, strict=False):
         ItemResult.objects.create(item=item, kind=item.kind, status=status, reviewer_ids=[])
     return {"items": items, "v1": v1, "v2": v2, "reviewers": reviewers}
+
+
+# Values a score may hold: the levels as sent, as text, as floats, off-scale, of the wrong type.
+SCORE_VALUES = {
+    "helpful": [1, 2, 3, 4, 5, "3", "5", 4.0, 2.0, 7, 0, True, False, None, "", "high", [3], {"v": 3}],
+    "correct": [0, 2.5, 5, 7.5, 10, "2.5", "10", 5.0, 10.0, 2.50, 3, -1, None, "ten"],
+    "safe": ["yes", "no", "Yes", "maybe", 1, True, None, ""],
+    "format": ["prose", "list", "1", 1, 1.0, "List", None, ["list"]],
+}
+PREFERENCE_ODD = [
+    ("choice", None),
+    ("choice", "Tie"),
+    ("choice", 3),
+    ("chosen", "1"),
+    ("chosen", 1.0),
+    ("chosen", True),
+    ("chosen", None),
+    ("chosen", 10**12),
+    ("chosen", -1),
+    ("rejected", "0"),
+    ("rejected", 2.5),
+    ("rejected", False),
+    ("rejected", 10**12),
+    ("order", None),
+]
+# Categories "response:<not digits>" sort level with "response:0"; the ORM reader broke that tie
+# by set iteration order, so a comparison with it leaves them out.
+LEVEL_LABELS = [("chosen", 1.0), ("chosen", True), ("chosen", None), ("chosen", -1)]
+ORDERS = [[0, 1], [1, 0], [0, 1, 2], [2, 0, 1], [1.0, 0], ["0", "1"], [True, False], [], [None, 1], {"a": 1}, None, 3]
+
+
+def random_payloads(rng, kind: str, *, exotic: str | None) -> tuple[dict, object]:
+    """A payload and display order of ``kind``; with ``exotic`` ("any", or "tie-free": no
+    category that sorts level with another) also shapes the app does not write."""
+    if kind == "rubric":
+        keys = list(SCORE_VALUES)
+        if not exotic:
+            values = {"helpful": [1, 2, 3, 4, 5], "correct": [0, 2.5, 5, 7.5, 10], "safe": ["yes", "no"]}
+            values["format"] = ["prose", "list", "1"]
+            return {"response_index": 0, "scores": {k: values[k][int(rng.integers(len(values[k])))] for k in keys}}, [0]
+        scores = {k: SCORE_VALUES[k][int(rng.integers(len(SCORE_VALUES[k])))] for k in keys if rng.random() < 0.9}
+        return ({"response_index": 0, "scores": scores} if rng.random() < 0.95 else {"response_index": 0}), [0]
+    if kind == "preference":
+        n = int(rng.choice([2, 2, 2, 3, 4]))
+        order = [int(x) for x in rng.permutation(n)]
+        roll = rng.random()
+        if roll < 0.15:
+            payload = pref("tie")
+        elif roll < 0.25:
+            payload = pref("both_bad")
+        else:
+            chosen = int(rng.integers(n))
+            rejected = int(rng.integers(n)) if rng.random() < 0.6 else None
+            payload = pref(chosen=chosen, rejected=rejected if rejected != chosen else None)
+        if exotic and rng.random() < 0.35:
+            odd = PREFERENCE_ODD if exotic == "any" else [o for o in PREFERENCE_ODD if o not in LEVEL_LABELS]
+            field, value = odd[int(rng.integers(len(odd)))]
+            if field == "order":
+                order = ORDERS[int(rng.integers(len(ORDERS)))]
+            else:
+                payload = {**payload, "choice": payload["choice"] or "response", field: value}
+                if field == "choice" and value is None:
+                    del payload["choice"]
+        return payload, order
+    actions = ["accept", "edit", "write", "unusable"]
+    action = actions[int(rng.integers(4))]
+    payload = gold(action, f"Answer {int(rng.integers(3))}." if action in ("edit", "write") else "")
+    if exotic and rng.random() < 0.3:
+        payload = [
+            {**payload, "action": "skip"},
+            {**payload, "action": None},
+            {k: v for k, v in payload.items() if k != "action"},
+            {**payload, "action": "edit", "answer": ""},
+            {**payload, "action": "write", "answer": None},
+            {**payload, "action": "Edit"},
+        ][int(rng.integers(6))]
+    return payload, [0, 1]
+
+
+def build_random(project, version, reviewers, *, items: int, seed: int, exotic: str | None) -> list:
+    """``items`` items of every kind, each reviewed by a random subset of ``reviewers``, dates over 80 days."""
+    rng = np.random.default_rng(seed)
+    made = []
+    for i in range(items):
+        kind = ("rubric", "preference", "gold")[i % 3]
+        item = make_item(project, kind, responses=3)
+        made.append(item)
+        for reviewer in reviewers:
+            if rng.random() < 0.45:
+                continue
+            payload, order = random_payloads(rng, kind, exotic=exotic)
+            a = Annotation.objects.create(
+                item=item,
+                reviewer=reviewer,
+                kind=kind,
+                payload=payload,
+                rubric_version=version if kind == "rubric" else None,
+                # JSON null, not SQL NULL (the column is NOT NULL).
+                display_order=Value(None, JSONField()) if order is None else order,
+            )
+            _reviewed(a, day=float(rng.random() * 80))
+    return made
