@@ -70,8 +70,9 @@ def coincidence_matrix(counts: np.ndarray, weights: np.ndarray | None = None) ->
     if weights is not None:
         w = w * weights
     # N^T diag(w) N without materializing the U × K × K tensor.
-    o = (counts * w[:, None]).T @ counts
-    o[np.diag_indices_from(o)] -= (counts * w[:, None]).sum(axis=0)
+    weighted = counts * w[:, None]
+    o = weighted.T @ counts
+    o[np.diag_indices_from(o)] -= weighted.sum(axis=0)
     return o
 
 

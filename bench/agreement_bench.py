@@ -244,12 +244,16 @@ def run_once(client, project, worker: Worker) -> dict:
     if response.status_code != 302:
         raise SystemExit(f"The recompute request failed: {response.status_code} {response.content[:300]!r}")
     seen = []
+    # What the page shows while it waits: the row's stage text, or its message on models that keep
+    # the stage there.
+    shown = "stage" if any(f.name == "stage" for f in AgreementReport._meta.get_fields()) else "message"
+    running = (AgreementReport.Status.QUEUED, AgreementReport.Status.RUNNING)
     while True:
-        row = AgreementReport.objects.filter(project=project).values("status", "progress", "stage", "message").first()
-        if row and row["status"] in (AgreementReport.Status.DONE, AgreementReport.Status.FAILED):
+        row = AgreementReport.objects.filter(project=project).values("status", "progress", shown, "message").first()
+        if row and row["status"] not in running:
             break
-        if row and (not seen or seen[-1] != (row["progress"], row["stage"])):
-            seen.append((row["progress"], row["stage"]))
+        if row and (not seen or seen[-1] != (row["progress"], row[shown])):
+            seen.append((row["progress"], row[shown]))
         if time.perf_counter() - start > 600:
             raise SystemExit("No result after 10 minutes.")
         time.sleep(0.01)
