@@ -421,10 +421,23 @@ def _project_rows(annotation: str, item: str) -> str:
     )
 
 
-def _pg_statement(*, project: Project, version: RubricVersion | None, kinds: set[str], number_text) -> _Statement:
+def _item_bounds(cursor, project: Project) -> tuple[int | None, int | None]:
+    """The lowest and highest id of the project's items (an index lookup)."""
+    i = {f.name: f.column for f in Item._meta.concrete_fields}
+    cursor.execute(
+        f"SELECT min({i['id']}), max({i['id']}) FROM {_table(Item)}"
+        f" WHERE {i['project']} = %(project)s AND NOT {i['is_calibration']}",
+        {"project": project.pk},
+    )
+    return cursor.fetchone()
+
+
+def _pg_statement(
+    *, project: Project, version: RubricVersion | None, kinds: set[str], number_text, bounds: tuple
+) -> _Statement:
     """The query that streams one packed record per annotation of the project."""
     a = {f.name: f"a.{f.column}" for f in Annotation._meta.concrete_fields}
-    params = _Params(project=project.pk)
+    params = _Params(project=project.pk, low=bounds[0], high=bounds[1])
     counted = "TRUE"
     if version is not None:
         params["version"] = version.pk
@@ -443,8 +456,12 @@ def _pg_statement(*, project: Project, version: RubricVersion | None, kinds: set
     # A kind the project no longer lists (its items stay when the list changes) goes to Python.
     whens = " ".join(f"WHEN '{name}' THEN {flags.get(name, f'{code} + {EXOTIC}')}" for name, code in KIND_CODE.items())
     record.fields.insert(flags_field, ("flags", None, f"CASE {a['kind']} {whens} ELSE {OTHER_KIND} END", 2))
+    # A project's items are mostly a few runs of ids (each import inserts a run), so the range lets
+    # PostgreSQL read a small project's annotations through the item index instead of scanning the
+    # whole table; on a large project it is a cheap filter before the join.
+    rows = f"{_project_rows('a', 'i')} AND {a['item']} BETWEEN %(low)s AND %(high)s"
     return _Statement(
-        sql=f"SELECT {record.select()} {_project_rows('a', 'i')}",
+        sql=f"SELECT {record.select()} {rows}",
         params=params,
         wire=record.wire(),
         fields=[(column, criterion) for column, criterion, _, _ in record.fields],
@@ -651,7 +668,11 @@ def read(
         with _pg_session(alias) as db:
             with db.cursor() as cursor:
                 statement = _pg_statement(
-                    project=project, version=version, kinds=kinds, number_text=_number_texts(cursor, criteria)
+                    project=project,
+                    version=version,
+                    kinds=kinds,
+                    number_text=_number_texts(cursor, criteria),
+                    bounds=_item_bounds(cursor, project),
                 )
                 estimate = _estimate(cursor, statement)
             columns = _Columns(int(estimate * 1.05) + 1024, _spec(len(criteria), kinds))
