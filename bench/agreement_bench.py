@@ -15,8 +15,11 @@ A worker is started as docker-compose starts it (``celery -A config worker -Q de
 "recompute" (view → ``agreement_report_request`` → task queued on commit) until the result is
 stored (the report row seen done). Printed per run: those seconds, the peak RSS of the worker
 process that computed it (its VmHWM, reset before the run), the worker's own split (read /
-arrange / compute, from its log), the request's share, and how many distinct progress values the
-page could have shown. Then the best and spread per size, and the memory ratio between sizes.
+arrange / compute, from its log), the request's share, the CPU seconds of the worker process, of
+the PostgreSQL backends serving the worker and of the request (this process and its backend), which
+are steadier than wall time on a machine shared with other work, and how many distinct progress
+values the page could have shown. Then the best and spread per size, and the memory and time
+ratios between sizes.
 """
 
 from __future__ import annotations
@@ -228,6 +231,42 @@ class Worker:
             self.proc.wait()
 
 
+def backend_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a PostgreSQL backend, from /proc; None once it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PostgresCPU:
+    """CPU seconds of the backends serving the worker, sampled at every poll while a run lasts.
+
+    A backend that ends (the worker's reading connection) is counted up to its last sample, so at
+    most one poll's worth of its CPU is missed. This process's own backend is left out."""
+
+    def __init__(self, own_pid: int):
+        self.own_pid = own_pid
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def sample(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            pids = [pid for (pid,) in cursor.fetchall() if pid != self.own_pid]
+        for pid in pids:
+            used = backend_cpu(pid)
+            if used is not None:
+                self.first.setdefault(pid, used)
+                self.last[pid] = used
+
+    def seconds(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
 def run_once(client, project, worker: Worker) -> dict:
     from django.urls import reverse
 
@@ -238,9 +277,20 @@ def run_once(client, project, worker: Worker) -> dict:
     idle = {pid: worker.status(pid, "VmRSS") for pid in worker.children()}
     log_at = len(worker.log.read_text())
     url = reverse("annotate:report-refresh", kwargs={"slug": project.slug})
-    start = time.perf_counter()
+    import psutil
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (own_pid,) = cursor.fetchone()
+    worker_cpu = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in worker.children()}
+    postgres = PostgresCPU(own_pid)
+    postgres.sample()
+    own_before = backend_cpu(own_pid)
+    start, request_cpu = time.perf_counter(), time.process_time()
     response = client.post(url)
-    requested = time.perf_counter() - start
+    requested, request_cpu = time.perf_counter() - start, time.process_time() - request_cpu
+    request_cpu += backend_cpu(own_pid) - own_before  # the request's queries, in its own backend
     if response.status_code != 302:
         raise SystemExit(f"The recompute request failed: {response.status_code} {response.content[:300]!r}")
     seen = []
@@ -256,8 +306,10 @@ def run_once(client, project, worker: Worker) -> dict:
             seen.append((row["progress"], row[shown]))
         if time.perf_counter() - start > 600:
             raise SystemExit("No result after 10 minutes.")
-        time.sleep(0.01)
+        postgres.sample()
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
+    postgres.sample()
     if row["status"] == AgreementReport.Status.FAILED:
         raise SystemExit(f"The report failed: {row['message']}")
     time.sleep(0.3)  # the log line is written just before the result
@@ -269,9 +321,13 @@ def run_once(client, project, worker: Worker) -> dict:
         time.sleep(0.1)
     peaks = {pid: worker.status(pid, "VmHWM") for pid in worker.children()}
     computing = max(peaks, key=lambda pid: peaks[pid] - idle.get(pid, 0.0))
+    cpu = {pid: sum(psutil.Process(pid).cpu_times()[:2]) - worker_cpu.get(pid, 0.0) for pid in worker.children()}
     return {
         "seconds": seconds,
         "request": requested,
+        "cpu_request": request_cpu,
+        "cpu_worker": max(cpu.values()),
+        "cpu_postgres": postgres.seconds(),
         "peak": peaks[computing],
         "idle": idle.get(computing, 0.0),
         "read": float(match.group(3)) if match else float("nan"),
@@ -314,8 +370,10 @@ def main() -> None:
         try:
             print(f"load average before the runs: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
             print(
-                f"{'annotations':>11} {'run':>3} {'seconds':>8} {'request':>8} {'read':>6} {'arrange':>8}"
-                f" {'compute':>8} {'peak RSS':>9} {'idle RSS':>9} {'progress seen':>14}"
+                f"{'':>15} {'end to end':>10}  {'--- worker: wall s ---':^28}  {'--- CPU s ---':^20}"
+                f"  {'--- worker RSS ---':^19}\n"
+                f"{'annotations':>11} {'run':>3} {'seconds':>10} {'request':>8} {'read':>6} {'arrange':>7}"
+                f" {'compute':>7}  {'worker':>6} {'PG':>5} {'request':>7}  {'peak':>8} {'idle':>8}  progress seen"
             )
             results: dict[int, list[dict]] = {}
             for size in sizes:
@@ -323,9 +381,10 @@ def main() -> None:
                     r = run_once(client, projects[size], worker)
                     results.setdefault(size, []).append(r)
                     print(
-                        f"{size:>11,} {run:>3} {r['seconds']:>8.2f} {r['request']:>8.2f} {r['read']:>6.2f}"
-                        f" {r['arrange']:>8.2f} {r['compute']:>8.2f} {r['peak']:>5.0f} MiB {r['idle']:>5.0f} MiB"
-                        f" {r['reading_updates']:>4} reading, {r['updates']} in all",
+                        f"{size:>11,} {run:>3} {r['seconds']:>10.2f} {r['request']:>8.2f} {r['read']:>6.2f}"
+                        f" {r['arrange']:>7.2f} {r['compute']:>7.2f}  {r['cpu_worker']:>6.2f} {r['cpu_postgres']:>5.2f}"
+                        f" {r['cpu_request']:>7.2f}  {r['peak']:>4.0f} MiB {r['idle']:>4.0f} MiB"
+                        f"  {r['reading_updates']} while reading, {r['updates']} in all",
                         flush=True,
                     )
         finally:
@@ -343,7 +402,10 @@ def main() -> None:
         print(
             f"{size:>11,} annotations × {args.criteria} criteria: best {best['seconds']:.2f} s end to end"
             f" (request {best['request']:.2f}, read {best['read']:.2f}, arrange {best['arrange']:.2f},"
-            f" compute {best['compute']:.2f}){spread}; worker peak RSS {max(peaks):.0f} MiB"
+            f" compute {best['compute']:.2f}){spread}; worker peak RSS {max(peaks):.0f} MiB;"
+            f" CPU s per run (median): worker {statistics.median(r['cpu_worker'] for r in runs):.2f},"
+            f" PostgreSQL {statistics.median(r['cpu_postgres'] for r in runs):.2f},"
+            f" request {statistics.median(r['cpu_request'] for r in runs):.2f}"
         )
     if len(sizes) > 1:
         small, big = min(sizes), max(sizes)

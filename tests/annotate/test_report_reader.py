@@ -223,3 +223,26 @@ def test_scores_as_sent_by_a_form_or_as_floats_find_their_level():
         -1,
     ]
     assert np.iinfo(np.int32).min == report_reader.NONE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_reads_exactly_the_projects_annotations_whether_or_not_its_items_fill_their_id_range(
+    project, six, v2, admin_user
+):
+    """Items of one project in a run of ids are read without the join; interleaved ones with it."""
+    from annotate.services.projects import project_create
+
+    other = project_create(name="Other", slug="other", task_kinds=["gold", "preference", "rubric"])
+    other_v2 = report_dataset._version(other, report_dataset.V2_CRITERIA, "active", admin_user)
+    report_dataset.build_random(project, v2, six, items=60, seed=1, exotic="tie-free")
+    for k in range(2):  # now interleave: the other project's items inside this project's id range
+        report_dataset.build_random(other, other_v2, six, items=9, seed=10 + k, exotic="tie-free")
+        report_dataset.build_random(project, v2, six, items=9, seed=20 + k, exotic="tie-free")
+    alone = project_create(name="Alone", slug="alone", task_kinds=["gold", "preference", "rubric"])
+    alone_v2 = report_dataset._version(alone, report_dataset.V2_CRITERIA, "active", admin_user)
+    report_dataset.build_random(alone, alone_v2, six, items=60, seed=3, exotic="tie-free")
+    with connection.cursor() as cursor:
+        assert not report_reader._item_bounds(cursor, project).only_ours
+        assert report_reader._item_bounds(cursor, alone).only_ours
+    for p in (project, other, alone):
+        same_as_orm_reader(p)
