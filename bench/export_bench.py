@@ -14,7 +14,8 @@ size gets its own frozen version, and each layout is measured three ways:
   gunicorn worker that served it (its VmHWM, reset before). The canonical layout's body must hash
   to the version's sha256.
 - command (end to end): ``manage.py export_evalset <version> --format <layout>`` in a fresh
-  process, from start to exit; peak RSS from wait4. Run twice: the files must be byte-identical.
+  process, from start to exit, with the process's own peak RSS (VmHWM). Run twice: the files must
+  be byte-identical.
 - inner, labelled: ``write_export`` over the selector's records in a fresh process, timed around
   the call (no Django start): what this benchmark measured before it timed the user's wait.
 """
@@ -71,7 +72,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from _memory import PeakRSS  # noqa: E402
+from _memory import PeakRSS, run_watched  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
@@ -176,16 +177,13 @@ def run_inner(version_id: int, fmt: str, out: Path) -> tuple[float, float, Path]
 
 
 def run_command(version_id: int, fmt: str, out: Path) -> tuple[float, float, Path]:
-    """manage.py export_evalset in a fresh process: seconds to exit and its peak RSS (wait4)."""
+    """manage.py export_evalset in a fresh process: seconds to exit and its own peak RSS."""
     argv = [sys.executable, "manage.py", "export_evalset", str(version_id), "--format", fmt, "--out", str(out)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"export_evalset failed:\n{proc.stderr.read().decode()[-3000:]}")
+    run = run_watched(argv, env=os.environ, cwd=ROOT)
+    if run["returncode"] != 0:
+        raise SystemExit(f"export_evalset failed:\n{run['stderr'][-3000:]}")
     (data,) = [p for p in out.iterdir() if p.name.endswith(f".{fmt}.jsonl")]
-    return seconds, usage.ru_maxrss / 1024, data
+    return run["seconds"], run["peak_mib"], data
 
 
 class WebServer:

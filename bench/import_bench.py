@@ -5,7 +5,7 @@
 Each measurement is the real command on a generated file, from its start to its exit: Python and
 Django starting, the batch created, the file checked and written, the summary printed. Printed:
 the command's seconds and rows/s (what the user waits for), its peak RSS (the process's own
-high-water mark, from wait4) and rows per CPU-second of that process (PostgreSQL's server-side work
+high-water mark, VmHWM) and rows per CPU-second of that process (PostgreSQL's server-side work
 is not in it), and beside them, labelled, the service's own time (the batch's created → finished)
 and, with ``--tracemalloc``, the peak Python allocation in a second, slower run. SQLite uses a
 temporary database file; PostgreSQL (when DATABASE_URL is set) a scratch database named after
@@ -25,6 +25,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from _memory import run_watched  # noqa: E402
+
 # Named after the configured database, so two people's runs on one server do not meet.
 SCRATCH_DB = (urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "goldset") + "_import_bench"
 # Runs the command under tracemalloc and prints the peak Python allocation when it exits.
@@ -105,23 +108,21 @@ def run_command(file: Path, env: dict, *, traced: bool) -> dict:
     """``manage.py import_items`` on ``file`` into a new project, in a fresh process; its own figures."""
     slug = _python([__file__, "--helper", "project"], env)
     command = ["import_items", slug, str(file)]
-    argv = [sys.executable, "-c", TRACED, *command] if traced else [sys.executable, "manage.py", *command]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # wait4 gives the child's own rusage: its peak RSS and CPU seconds, nothing of this process.
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"import_items failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+    manage = str(ROOT / "manage.py")
+    argv = [sys.executable, "-c", TRACED, *command] if traced else [sys.executable, manage, *command]
+    run = run_watched(argv, env=env, cwd=ROOT)
+    if run["returncode"] != 0:
+        raise SystemExit(
+            f"import_items failed ({run['returncode']}):\n{run['stdout'][-2000:]}\n{run['stderr'][-3000:]}"
+        )
+    err = run["stderr"]
     batch = json.loads(_python([__file__, "--helper", "batch", "--slug", slug], env))
     peak = next((int(line.split()[-1]) for line in err.splitlines() if line.startswith("tracemalloc peak")), 0)
     return {
         "rows": batch["rows"],
-        "seconds": seconds,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "rss_peak": usage.ru_maxrss * 1024,
+        "seconds": run["seconds"],
+        "cpu_seconds": run["cpu_seconds"],
+        "rss_peak": run["peak_mib"] * 2**20,
         "service_seconds": batch["service_seconds"],
         "tracemalloc_peak": peak,
     }
