@@ -164,31 +164,14 @@ def cohen_kappa(table: np.ndarray) -> float:
     return float(kappa) if np.ndim(kappa) == 0 else kappa
 
 
-def rater_pairs(units: np.ndarray, raters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j), i < j in sorted order, of judgements on the same unit by different raters."""
-    order = np.lexsort((raters, units))
-    u = units[order]
-    firsts, seconds = [], []
-    for gap in range(1, len(u)):
-        same = u[gap:] == u[:-gap]
-        if not same.any():
-            break
-        where = np.nonzero(same)[0]
-        firsts.append(order[where])
-        seconds.append(order[where + gap])
-    if not firsts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
 def pairwise_tables(
     units: np.ndarray, raters: np.ndarray, codes: np.ndarray, n_raters: int, n_levels: int
 ) -> np.ndarray:
     """Contingency tables for every rater pair, shape (R, R, K, K); [a, b] has a's values on rows."""
     units, raters, codes = (np.asarray(x, dtype=np.int64) for x in (units, raters, codes))
-    # Each judgement as one "slot" (rater, value); the pairs of rater_pairs, counted gap by gap
-    # over the (unit, rater)-sorted judgements, so no array of all pairs is ever built.
+    # Each judgement as one "slot" (rater, value). Over the judgements sorted by (unit, rater), the
+    # pairs on one unit are those `gap` apart for gap = 1, 2, ...: counted gap by gap, so no array
+    # of all pairs is ever built.
     slots = n_raters * n_levels
     slot = raters * n_levels + codes
     key = units * n_raters + raters

@@ -443,12 +443,13 @@ def report_build(
     }
     seconds = clock.seconds
     logger.info(
-        "agreement report %s: %d annotations; read %.2f s, arrange %.2f s, compute %.2f s",
+        "agreement report %s: %d annotations; read %.2f s, arrange %.2f s, compute %.2f s; %d coded in Python",
         project.slug,
         rows.n,
         seconds["read"],
         seconds["arrange"],
         seconds["compute"],
+        data.coded_in_python,
     )
     progress(1.0, "Done")
     return report
