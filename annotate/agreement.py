@@ -70,8 +70,9 @@ def coincidence_matrix(counts: np.ndarray, weights: np.ndarray | None = None) ->
     if weights is not None:
         w = w * weights
     # N^T diag(w) N without materializing the U × K × K tensor.
-    o = (counts * w[:, None]).T @ counts
-    o[np.diag_indices_from(o)] -= (counts * w[:, None]).sum(axis=0)
+    weighted = counts * w[:, None]
+    o = weighted.T @ counts
+    o[np.diag_indices_from(o)] -= weighted.sum(axis=0)
     return o
 
 
@@ -163,35 +164,30 @@ def cohen_kappa(table: np.ndarray) -> float:
     return float(kappa) if np.ndim(kappa) == 0 else kappa
 
 
-def rater_pairs(units: np.ndarray, raters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j), i < j in sorted order, of judgements on the same unit by different raters."""
-    order = np.lexsort((raters, units))
-    u = units[order]
-    firsts, seconds = [], []
-    for gap in range(1, len(u)):
-        same = u[gap:] == u[:-gap]
-        if not same.any():
-            break
-        where = np.nonzero(same)[0]
-        firsts.append(order[where])
-        seconds.append(order[where + gap])
-    if not firsts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
 def pairwise_tables(
     units: np.ndarray, raters: np.ndarray, codes: np.ndarray, n_raters: int, n_levels: int
 ) -> np.ndarray:
     """Contingency tables for every rater pair, shape (R, R, K, K); [a, b] has a's values on rows."""
-    i, j = rater_pairs(units, raters)
-    ra, rb, ca, cb = raters[i], raters[j], codes[i], codes[j]
+    units, raters, codes = (np.asarray(x, dtype=np.int64) for x in (units, raters, codes))
+    # Each judgement as one "slot" (rater, value). Over the judgements sorted by (unit, rater), the
+    # pairs on one unit are those `gap` apart for gap = 1, 2, ...: counted gap by gap, so no array
+    # of all pairs is ever built.
+    slots = n_raters * n_levels
+    slot = raters * n_levels + codes
+    key = units * n_raters + raters
+    if len(key) > 1 and not np.all(key[1:] >= key[:-1]):
+        order = np.lexsort((raters, units))
+        units, slot = units[order], slot[order]
+    half = np.zeros(slots * slots, dtype=np.int64)
+    for gap in range(1, len(units)):
+        first = np.flatnonzero(units[gap:] == units[:-gap])
+        if not len(first):
+            break
+        half += np.bincount(slot[first] * slots + slot[first + gap], minlength=slots * slots)
+    half = half.reshape(slots, slots)
     # Count each pair both ways so tables[a, b] and tables[b, a] are transposes of each other.
-    ra, rb, ca, cb = np.r_[ra, rb], np.r_[rb, ra], np.r_[ca, cb], np.r_[cb, ca]
-    flat = ((ra * n_raters + rb) * n_levels + ca) * n_levels + cb
-    size = n_raters * n_raters * n_levels * n_levels
-    return np.bincount(flat, minlength=size).reshape(n_raters, n_raters, n_levels, n_levels).astype(np.float64)
+    both = (half + half.T).reshape(n_raters, n_levels, n_raters, n_levels).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(both, dtype=np.float64)
 
 
 def pairwise_kappa(tables: np.ndarray) -> np.ndarray:

@@ -1,36 +1,35 @@
-"""The agreement report: a few queries turn a project's annotations into arrays, numpy does the rest.
+"""The agreement report: a project's annotations as arrays (``annotate.report_reader``), numpy does the rest.
 
-``report_build`` reads the data (five queries whatever the size) and calls ``variables_report``,
-which works only on arrays and is what ``bench/agreement_bench.py`` times. The result is a plain
-JSON-serializable dict, cached in ``AgreementReport`` and offered as HTML, CSV and JSON.
+``report_build`` reads (a stream of packed rows on PostgreSQL), arranges the rows into one set of
+arrays per judged variable, and computes every figure with ``variables_report``, which works only
+on arrays. The result is a plain JSON-serializable dict, cached in ``AgreementReport`` and offered
+as HTML, CSV and JSON. ``bench/agreement_bench.py`` times the whole of it as a worker runs it.
 """
 
 from __future__ import annotations
 
 import difflib
 import io
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from django.contrib.auth import get_user_model
-from django.db.models import Count
 from django.utils import timezone
 
 from annotate import agreement as ag
-from annotate.consensus import (
-    agreement_with,
-    criteria_by_key,
-    gold_category,
-    normalize_text,
-    preference_category,
-)
-from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
+from annotate import report_reader
+from annotate.consensus import agreement_with, criteria_by_key
+from annotate.models import ItemResult, Project, RubricVersion, TaskKind
 from config import csvwriter
 
+logger = logging.getLogger(__name__)
+
 Progress = Callable[[float, str], None]
-LEVEL_OF_MEASUREMENT = {"nominal": "nominal", "binary": "nominal", "ordinal": "ordinal", "interval": "interval"}
+LEVEL_OF_MEASUREMENT = report_reader.LEVEL_OF_MEASUREMENT
 # A reviewer giving one value to this share of their items (with at least MIN_BIAS_N items) is flagged.
 STRAIGHT_LINE_SHARE = 0.8
 MIN_BIAS_N = 20
@@ -203,80 +202,68 @@ def _rater_bias(var: Variable, counts: np.ndarray, rater_names: list[str]) -> li
 # --- From the database --------------------------------------------------------------------------
 
 
+class _Clock:
+    """Seconds spent per stage (read, arrange, compute), for the log and the benchmark."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
 @dataclass
-class Rows:
-    """Dense indices for item and reviewer ids, in order of first appearance."""
+class _Section:
+    """One task kind's rows, in (item, reviewer) order, with dense unit and rater indices."""
 
-    unit_of: dict[int, int] = field(default_factory=dict)
-    rater_of: dict[int, int] = field(default_factory=dict)
+    index: np.ndarray  # positions in ReportRows
+    units: np.ndarray
+    raters: np.ndarray
+    items: np.ndarray  # item id of each unit
 
-    def unit(self, item_id: int) -> int:
-        if item_id not in self.unit_of:
-            self.unit_of[item_id] = len(self.unit_of)
-        return self.unit_of[item_id]
-
-    def rater(self, reviewer_id: int) -> int:
-        if reviewer_id not in self.rater_of:
-            self.rater_of[reviewer_id] = len(self.rater_of)
-        return self.rater_of[reviewer_id]
+    @property
+    def n_units(self) -> int:
+        return len(self.items)
 
 
-def _categorical_variable(key, name, labels, rows) -> Variable:
-    index = {label: i for i, label in enumerate(labels)}
-    units, raters, codes, days = zip(*[(u, r, index[c], d) for u, r, c, d in rows], strict=True) if rows else ([],) * 4
-    return Variable(
-        key=key,
-        name=name,
-        level="nominal",
-        labels=list(labels),
-        levels=np.arange(len(labels), dtype=np.float64),
-        units=np.asarray(units, dtype=np.int64),
-        raters=np.asarray(raters, dtype=np.int64),
-        codes=np.asarray(codes, dtype=np.int64),
-        days=np.asarray(days, dtype=np.int64),
-    )
+def _section(rows: report_reader.ReportRows, mask: np.ndarray, rater: np.ndarray, n_raters: int) -> _Section:
+    index = np.flatnonzero(mask)
+    items = rows.item[index]
+    if len(items) and np.all(items[1:] >= items[:-1]):
+        new = np.empty(len(items), dtype=bool)
+        new[:1] = True
+        np.not_equal(items[1:], items[:-1], out=new[1:])
+        units = np.cumsum(new) - 1
+        unit_items = items[new]
+    else:
+        unit_items, units = np.unique(items, return_inverse=True)
+    raters = rater[index]
+    # Units are numbered by item id and rows ordered by (item, reviewer), whatever order the
+    # database returned them in: float sums over rows then come out the same on every plan.
+    key = units * n_raters + raters
+    if len(key) and not np.all(key[1:] > key[:-1]):
+        order = np.argsort(key, kind="stable")
+        index, units, raters = index[order], units[order], raters[order]
+    return _Section(index=index, units=units.astype(np.int64), raters=raters.astype(np.int64), items=unit_items)
 
 
-def rubric_variables(criteria: list[dict], rows: list[tuple[int, int, dict, int]]) -> list[Variable]:
-    """One variable per criterion from (unit, rater, payload, day) rows; values outside the levels are skipped."""
-    n = len(rows)
-    units = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    raters = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
-    days = np.fromiter((r[3] for r in rows), dtype=np.int64, count=n)
-    specs = []
-    for criterion in criteria:
-        level = LEVEL_OF_MEASUREMENT[criterion["scale"]]
-        levels = list(criterion["levels"])
-        if level != "nominal":
-            levels.sort(key=lambda lv: lv["value"])
-        index: dict = {}
-        for i, lv in enumerate(levels):
-            index[str(lv["value"])] = i  # a form may send "4" for 4
-            index[lv["value"]] = i
-        specs.append((criterion, level, levels, index))
-    # One pass over the payloads fills every criterion's code column (-1 where missing or off-scale).
-    codes = np.full((len(specs), n), -1, dtype=np.int64)
-    keys = [c["key"] for c, _, _, _ in specs]
-    lookups = [index for _, _, _, index in specs]
-    for i, (_, _, payload, _) in enumerate(rows):
-        given = payload.get("scores")
-        if not given:
-            continue
-        for j, key in enumerate(keys):
-            value = given.get(key)
-            if value is None:
-                continue
-            try:
-                code = lookups[j].get(value)
-            except TypeError:  # an unhashable value is off-scale
-                code = None
-            if code is None:
-                code = lookups[j].get(str(value))
-            if code is not None:
-                codes[j, i] = code
+def _rubric_variables(rows: report_reader.ReportRows, section: _Section, criteria: list[dict]) -> list[Variable]:
+    """One variable per criterion; scores outside the levels (code -1) are left out."""
+    days = rows.day[section.index].astype(np.int64)
     variables = []
-    for j, (criterion, level, levels, _) in enumerate(specs):
-        keep = codes[j] >= 0
+    for j, criterion in enumerate(criteria):
+        level, levels, _ = report_reader.score_lookup(criterion)
+        codes = rows.scores[j, section.index].astype(np.int64)
+        keep = codes >= 0
+        if keep.all():  # the usual case: every criterion shares the section's arrays
+            units, raters, kept_days = section.units, section.raters, days
+        else:
+            units, raters, kept_days, codes = section.units[keep], section.raters[keep], days[keep], codes[keep]
         numeric = (
             np.arange(len(levels), dtype=np.float64)
             if level == "nominal"
@@ -289,14 +276,61 @@ def rubric_variables(criteria: list[dict], rows: list[tuple[int, int, dict, int]
                 level=level,
                 labels=[str(lv.get("label") or lv["value"]) for lv in levels],
                 levels=numeric,
-                units=units[keep],
-                raters=raters[keep],
-                codes=codes[j][keep],
-                days=days[keep],
+                units=units,
+                raters=raters,
+                codes=codes,
+                days=kept_days,
                 meta={"scale": criterion["scale"]},
             )
         )
     return variables
+
+
+def _categorical(key: str, name: str, labels: list[str], codes: np.ndarray, rows, section: _Section) -> Variable:
+    return Variable(
+        key=key,
+        name=name,
+        level="nominal",
+        labels=labels,
+        levels=np.arange(len(labels), dtype=np.float64),
+        units=section.units,
+        raters=section.raters,
+        codes=codes.astype(np.int64),
+        days=rows.day[section.index].astype(np.int64),
+    )
+
+
+def _label_codes(names: list[str], table: np.ndarray, order: list[str]) -> np.ndarray:
+    """Codes (positions in ``order``) for rows whose label is ``names[table[i]]``."""
+    if not len(table):
+        return np.zeros(0, dtype=np.int64)
+    present, inverse = np.unique(table, return_inverse=True)
+    position = {label: i for i, label in enumerate(order)}
+    return np.asarray([position[names[int(p)]] for p in present], dtype=np.int64)[inverse]
+
+
+def _preference_variable(rows: report_reader.ReportRows, section: _Section) -> Variable:
+    pcat, chosen = rows.pcat[section.index], rows.chosen[section.index]
+    by_chosen = pcat == report_reader.RESPONSE_CHOSEN
+    chosen_values = np.unique(chosen[by_chosen])
+    names = {f"response:{int(c)}" for c in chosen_values}
+    names |= {rows.preference_labels[int(p)] for p in np.unique(pcat[~by_chosen])}
+    # Labels that sort level (anything "response:" with a non-number) are ordered by name.
+    labels = sorted(names, key=lambda label: (_category_order(label), label))
+    codes = np.empty(len(pcat), dtype=np.int64)
+    position = {label: i for i, label in enumerate(labels)}
+    chosen_codes = np.asarray([position[f"response:{int(c)}"] for c in chosen_values], dtype=np.int64)
+    codes[by_chosen] = chosen_codes[np.searchsorted(chosen_values, chosen[by_chosen])]
+    codes[~by_chosen] = _label_codes(rows.preference_labels, pcat[~by_chosen], labels)
+    return _categorical("choice", "Chosen side", labels, codes, rows, section)
+
+
+def _gold_variable(rows: report_reader.ReportRows, section: _Section) -> Variable:
+    gcat = rows.gcat[section.index]
+    names = {rows.gold_labels[int(g)] for g in np.unique(gcat)}
+    labels = [a for a in ("accept", "edit", "write", "unusable") if a in names]
+    labels += sorted(names - set(labels))
+    return _categorical("action", "Action", labels, _label_codes(rows.gold_labels, gcat, labels), rows, section)
 
 
 def report_rubric_version(*, project: Project, rubric_version: RubricVersion | None = None) -> RubricVersion | None:
@@ -310,6 +344,10 @@ def report_rubric_version(*, project: Project, rubric_version: RubricVersion | N
     )
 
 
+# Shares of the progress bar: reading the rows is most of the wait on a large project.
+READ_UNTIL, ARRANGE_UNTIL, COMPUTE_UNTIL = 0.6, 0.65, 0.97
+
+
 def report_build(
     *,
     project: Project,
@@ -319,88 +357,108 @@ def report_build(
     progress: Progress = _noop,
 ) -> dict:
     """The full agreement report of a project as a JSON-serializable dict."""
+    clock = _Clock()
     progress(0.02, "Reading annotations")
-    version = report_rubric_version(project=project, rubric_version=rubric_version)
-    rows = list(
-        Annotation.objects.filter(item__project=project, item__is_calibration=False).values_list(
-            "item_id", "reviewer_id", "kind", "payload", "display_order", "updated_at", "rubric_version_id"
+    with clock("read"):
+        version = report_rubric_version(project=project, rubric_version=rubric_version)
+        data = report_reader.read(
+            project=project,
+            version=version,
+            max_similarity_pairs=MAX_SIMILARITY_PAIRS,
+            progress=lambda f, stage: progress(0.02 + (READ_UNTIL - 0.02) * f, stage),
         )
-    )
-    checks = dict(Item.objects.filter(project=project, is_check=True).values_list("id", "check_answer"))
-    names = dict(
-        get_user_model().objects.filter(id__in={r[1] for r in rows}).values_list("id", get_user_model().USERNAME_FIELD)
-    )
-    status_counts = dict(
-        ItemResult.objects.filter(item__project=project).values_list("status").annotate(n=Count("id")).order_by()
-    )
-    progress(0.15, "Arranging arrays")
-
-    index = Rows()
-    for reviewer_id in sorted(names):
-        index.rater(reviewer_id)
-    rater_names = [names[rid] for rid in sorted(names)]
-    by_kind: dict[str, list] = defaultdict(list)
-    for item_id, reviewer_id, kind, payload, order, reviewed, version_id in rows:
-        day = int(reviewed.timestamp() // 86400)
-        by_kind[kind].append((item_id, index.rater(reviewer_id), payload, order, day, version_id))
-
+    progress(READ_UNTIL, "Arranging arrays")
+    rows = data.rows
+    with clock("arrange"):
+        rater_ids = np.asarray(sorted(data.names), dtype=np.int64)
+        rater_names = [data.names[int(r)] for r in rater_ids]
+        rater = np.searchsorted(rater_ids, rows.reviewer)
+        kind = rows.kind
+        present = np.bincount(kind, minlength=4)
+        plans = []
+        for name in (TaskKind.GOLD, TaskKind.PREFERENCE, TaskKind.RUBRIC):
+            code = report_reader.KIND_CODE[name]
+            if not present[code]:
+                continue
+            mask = kind == code
+            n_annotations = int(present[code])
+            if name == TaskKind.RUBRIC:
+                mask &= (rows.flags & report_reader.COUNTED) != 0
+                n_annotations = int(mask.sum())
+            section = _section(rows, mask, rater, len(rater_names))
+            if name == TaskKind.RUBRIC:
+                variables = _rubric_variables(rows, section, data.criteria)
+            elif name == TaskKind.PREFERENCE:
+                variables = [_preference_variable(rows, section)]
+            else:
+                variables = [_gold_variable(rows, section)]
+            plans.append((name, section, n_annotations, variables))
+        n_items = _distinct_count(rows.item)
+    progress(ARRANGE_UNTIL, "Computing agreement")
     sections = []
-    kinds = [k for k in (TaskKind.GOLD, TaskKind.PREFERENCE, TaskKind.RUBRIC) if k in by_kind]
-    for i, kind in enumerate(kinds):
+    with clock("compute"):
+        for i, (name, section, n_annotations, variables) in enumerate(plans):
 
-        def sub_progress(f, stage, i=i):
-            progress(0.2 + 0.75 * (i + f) / len(kinds), stage)
+            def sub_progress(f, stage, i=i):
+                progress(ARRANGE_UNTIL + (COMPUTE_UNTIL - ARRANGE_UNTIL) * (i + f) / len(plans), stage)
 
-        kind_rows = by_kind[kind]
-        units = Rows()
-        if kind == TaskKind.RUBRIC:
-            kind_rows = [r for r in kind_rows if version is None or r[5] == version.pk]
-            criteria = version.criteria if version else []
-            data = [(units.unit(r[0]), r[1], r[2], r[4]) for r in kind_rows]
-            variables = rubric_variables(criteria, data)
-            extra = {"rubric_version": {"id": version.pk, "label": str(version)} if version else None}
-        elif kind == TaskKind.PREFERENCE:
-            data = [(units.unit(r[0]), r[1], preference_category(r[2]), r[4]) for r in kind_rows]
-            labels = sorted({c for _, _, c, _ in data}, key=_category_order)
-            variables = [_categorical_variable("choice", "Chosen side", labels, data)]
-            extra = {"left_pick": left_pick(kind_rows, rater_names), "rankings": rankings(kind_rows)}
-        else:
-            data = [(units.unit(r[0]), r[1], gold_category(r[2]), r[4]) for r in kind_rows]
-            labels = [a for a in ("accept", "edit", "write", "unusable") if any(c == a for _, _, c, _ in data)]
-            labels += sorted({c for _, _, c, _ in data} - set(labels))
-            variables = [_categorical_variable("action", "Action", labels, data)]
-            extra = {"edit_similarity": edit_similarity(kind_rows)}
-        sections.append(
-            {
-                "kind": str(kind),
-                "title": TaskKind(kind).label,
-                "n_annotations": len(kind_rows),
-                "n_items": len(units.unit_of),
-                "variables": variables_report(
-                    variables,
-                    n_units=len(units.unit_of),
-                    rater_names=rater_names,
-                    n_boot=n_boot,
-                    seed=seed,
-                    progress=sub_progress,
-                ),
-                **extra,
-            }
-        )
-    progress(0.97, "Scoring check items")
+            if name == TaskKind.RUBRIC:
+                extra = {"rubric_version": {"id": version.pk, "label": str(version)} if version else None}
+            elif name == TaskKind.PREFERENCE:
+                extra = {
+                    "left_pick": left_pick(rows, section, rater_names),
+                    "rankings": rankings(rows, section),
+                }
+            else:
+                extra = {"edit_similarity": edit_similarity(data.answers)}
+            sections.append(
+                {
+                    "kind": str(name),
+                    "title": TaskKind(name).label,
+                    "n_annotations": n_annotations,
+                    "n_items": section.n_units,
+                    "variables": variables_report(
+                        variables,
+                        n_units=section.n_units,
+                        rater_names=rater_names,
+                        n_boot=n_boot,
+                        seed=seed,
+                        progress=sub_progress,
+                    ),
+                    **extra,
+                }
+            )
+        progress(COMPUTE_UNTIL, "Scoring check items")
+        checks = check_accuracy(project, data.check_rows, data.checks, data.names, version)
     report = {
         "project": {"slug": project.slug, "name": project.name},
         "generated_at": timezone.now().isoformat(),
-        "n_annotations": len(rows),
-        "n_items": len({r[0] for r in rows}),
+        "n_annotations": rows.n,
+        "n_items": n_items,
         "reviewers": rater_names,
-        "result_status": {s: int(status_counts.get(s, 0)) for s in ItemResult.Status.values},
+        "result_status": {s: int(data.status_counts.get(s, 0)) for s in ItemResult.Status.values},
         "bootstrap": {"resamples": n_boot, "seed": seed, "interval": 0.95},
         "sections": sections,
-        "checks": check_accuracy(project, rows, checks, names, version),
+        "checks": checks,
     }
+    seconds = clock.seconds
+    logger.info(
+        "agreement report %s: %d annotations; read %.2f s, arrange %.2f s, compute %.2f s; %d coded in Python",
+        project.slug,
+        rows.n,
+        seconds["read"],
+        seconds["arrange"],
+        seconds["compute"],
+        data.coded_in_python,
+    )
     progress(1.0, "Done")
     return report
+
+
+def _distinct_count(values: np.ndarray) -> int:
+    if len(values) and np.all(values[1:] >= values[:-1]):
+        return int(np.count_nonzero(values[1:] != values[:-1])) + 1
+    return len(np.unique(values))
 
 
 def _category_order(label: str) -> tuple:
@@ -409,15 +467,13 @@ def _category_order(label: str) -> tuple:
     return (1, label)
 
 
-def left_pick(rows: list[tuple], rater_names: list[str]) -> list[dict]:
+def left_pick(rows: report_reader.ReportRows, section: _Section, rater_names: list[str]) -> list[dict]:
     """Per reviewer, how often the response shown on the left was chosen, against chance (two-response items)."""
-    left = np.zeros(len(rater_names), dtype=np.int64)
-    total = np.zeros(len(rater_names), dtype=np.int64)
-    for _, rater, payload, order, _, _ in rows:
-        if payload.get("choice") != "response" or not isinstance(order, list) or len(order) != 2:
-            continue
-        total[rater] += 1
-        left[rater] += int(order[0] == payload.get("chosen"))
+    flags, olen = rows.flags[section.index], rows.olen[section.index]
+    counted = ((flags & report_reader.RESPONSE) != 0) & (olen == 2)
+    chose_left = counted & ((flags & report_reader.LEFT) != 0)
+    total = np.bincount(section.raters[counted], minlength=len(rater_names))
+    left = np.bincount(section.raters[chose_left], minlength=len(rater_names))
     out = []
     for r, name in enumerate(rater_names):
         if total[r] == 0:
@@ -436,19 +492,24 @@ def left_pick(rows: list[tuple], rater_names: list[str]) -> list[dict]:
     return out
 
 
-def rankings(rows: list[tuple]) -> dict:
+def rankings(rows: report_reader.ReportRows, section: _Section) -> dict:
     """For items with more than two responses: the ranking by net wins and any intransitive cycles."""
+    index = section.index
+    ranked = index[((rows.flags[index] & report_reader.RESPONSE) != 0) & (rows.olen[index] > 2)]
     comparisons: dict[int, list] = defaultdict(list)
     sizes: dict[int, int] = {}
-    for item_id, _, payload, order, _, _ in rows:
-        n = len(order) if isinstance(order, list) else 0
-        if n <= 2 or payload.get("choice") != "response":
-            continue
+    none = report_reader.NONE
+    for item_id, n, chosen, rejected in zip(
+        rows.item[ranked].tolist(),
+        rows.olen[ranked].tolist(),
+        rows.chosen[ranked].tolist(),
+        rows.rejected[ranked].tolist(),
+        strict=True,
+    ):
         sizes[item_id] = n
-        chosen, rejected = payload.get("chosen"), payload.get("rejected")
-        if isinstance(chosen, int) and isinstance(rejected, int):
+        if chosen != none and rejected != none:
             comparisons[item_id].append((chosen, rejected))
-        elif isinstance(chosen, int):
+        elif chosen != none:
             comparisons[item_id] += [(chosen, j) for j in range(n) if j != chosen]
     cyclic = []
     for item_id, pairs in comparisons.items():
@@ -458,12 +519,8 @@ def rankings(rows: list[tuple]) -> dict:
     return {"items_ranked": len(comparisons), "items_with_cycles": len(cyclic), "examples": cyclic[:20]}
 
 
-def edit_similarity(rows: list[tuple]) -> dict:
+def edit_similarity(answers: dict[int, list[str]]) -> dict:
     """How close reviewers' edited or written answers to the same item are (difflib ratio, 0..1)."""
-    answers: dict[int, list[str]] = defaultdict(list)
-    for item_id, _, payload, _, _, _ in rows:
-        if payload.get("action") in ("edit", "write") and payload.get("answer"):
-            answers[item_id].append(normalize_text(payload["answer"]))
     ratios = []
     for texts in answers.values():
         for i in range(len(texts)):
@@ -484,13 +541,13 @@ def edit_similarity(rows: list[tuple]) -> dict:
     }
 
 
-def check_accuracy(project: Project, rows, checks: dict, names: dict, version) -> list[dict]:
+def check_accuracy(project: Project, rows: list[tuple], checks: dict, names: dict, version) -> list[dict]:
     """Each reviewer's accuracy on known-answer check items (0..1; rubric items score the share of criteria)."""
     if not checks:
         return []
     criteria = criteria_by_key(version)
     scores: dict[int, list[float]] = defaultdict(list)
-    for item_id, reviewer_id, kind, payload, _, _, _ in rows:
+    for item_id, reviewer_id, kind, payload in rows:
         answer = checks.get(item_id)
         if answer is None:
             continue

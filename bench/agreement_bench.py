@@ -1,145 +1,426 @@
-"""Agreement report on a large synthetic project: prints seconds and peak memory.
+"""Agreement report end to end: the page asks for it, a Celery worker computes it from PostgreSQL.
 
-    python bench/agreement_bench.py                  # 100k items × 5 reviews × 2 criteria = 1M ratings
-    python bench/agreement_bench.py --items 10000    # quicker
+    python bench/agreement_bench.py                         # 100k and 1M annotations × 3 criteria, 3 runs each
+    python bench/agreement_bench.py --sizes 100000 --repeat 1
 
-Reviews are drawn from a pool of reviewers larger than the overlap, so not every reviewer sees
-every item (the missing-data case). One reviewer scores everything 5 and one leans high, so the
-bias code has something to find. Two timings: the numpy report from arrays (what a worker
-spends once the rows are read), and the array building from annotation payload dicts.
+Needs DATABASE_URL (PostgreSQL) and REDIS_URL, as the app runs in production. The projects live in
+a scratch database named after DATABASE_URL's plus "_agreement_bench", built once with COPY and
+kept for the next run (``--fresh`` rebuilds, ``--drop`` removes it). Each item gets ``--overlap``
+rubric reviews from a pool of ``--reviewers`` (so not every reviewer sees every item), scored on
+``--criteria`` criteria (ordinal 1-5, interval 0-10, binary), dated over 90 days; one reviewer
+scores everything at the top and one leans high, so the bias checks have something to find.
+
+A worker is started as docker-compose starts it (``celery -A config worker -Q default -l info
+--concurrency 2``). Each run is what a user waits for: an admin's POST to the report page's
+"recompute" (view → ``agreement_report_request`` → task queued on commit) until the result is
+stored (the report row seen done). Printed per run: those seconds, the peak RSS of the worker
+process that computed it (its VmHWM, reset before the run), the worker's own split (read /
+arrange / compute, from its log), the request's share, the CPU seconds of the worker process, of
+the PostgreSQL backends serving the worker and of the request (this process and its backend), which
+are steadier than wall time on a machine shared with other work, and how many distinct progress
+values the page could have shown. Then the best and spread per size, and the memory and time
+ratios between sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
-import resource
+import re
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+    raise SystemExit("Set DATABASE_URL to a PostgreSQL database (and REDIS_URL): the worker reads PostgreSQL.")
+if not os.environ.get("REDIS_URL"):
+    raise SystemExit("Set REDIS_URL: the report goes to a Celery worker through Redis, as in production.")
+SCRATCH = (urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/") or "goldset") + "_agreement_bench"
+os.environ["GOLDSET_DB_NAME"] = SCRATCH
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-
-import django  # noqa: E402
-
-django.setup()
-
-from annotate.reports import Variable, rubric_variables, variables_report  # noqa: E402
+os.environ.setdefault("SECRET_KEY", "bench")
 
 CRITERIA = [
-    {"key": "helpful", "name": "Helpfulness", "scale": "ordinal", "levels": [{"value": v} for v in range(1, 6)]},
-    {"key": "correct", "name": "Correctness", "scale": "interval", "levels": [{"value": v} for v in range(11)]},
-    {"key": "safe", "name": "Safe", "scale": "binary", "levels": [{"value": "yes"}, {"value": "no"}]},
+    {"key": "helpful", "name": "Helpfulness", "scale": "ordinal", "values": list(range(1, 6))},
+    {"key": "correct", "name": "Correctness", "scale": "interval", "values": list(range(11))},
+    {"key": "safe", "name": "Safe", "scale": "binary", "values": ["yes", "no"]},
 ]
+SPLIT = re.compile(
+    r"agreement report (\S+): (\d+) annotations; read ([\d.]+) s, arrange ([\d.]+) s, compute ([\d.]+) s"
+)
 
 
-def generate(items: int, reviewers: int, overlap: int, n_criteria: int, seed: int):
+def scratch_database(*, fresh: bool, drop: bool = False) -> None:
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [SCRATCH]).fetchone()
+        if exists and (fresh or drop):
+            conn.execute(f'DROP DATABASE "{SCRATCH}"')
+            exists = None
+        if drop:
+            return
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{SCRATCH}"')
+    env = {**os.environ, "REDIS_URL": ""}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+
+def build(size: int, *, reviewers: int, overlap: int, n_criteria: int, seed: int = 0):
+    """The project of ``size`` annotations, made with COPY unless it is already there."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection, transaction
+
+    from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion
+    from annotate.services import rubrics
+    from annotate.services.projects import project_add_members, project_create, roles_ensure, user_grant_role
+
+    slug = f"bench-{size}-c{n_criteria}-r{reviewers}-k{overlap}"
+    project = Project.objects.filter(slug=slug).first()
+    if project and Annotation.objects.filter(item__project=project).count() == size:
+        return project
+    if project:
+        project.delete()
+    started = time.perf_counter()
+    users = get_user_model()
+    roles_ensure()
+    admin = users.objects.filter(username="bench-admin").first()
+    if admin is None:
+        admin = users.objects.create_user(username="bench-admin", password="bench")
+        user_grant_role(user=admin, role="admin")
+    pool = []
+    for r in range(reviewers):
+        user = users.objects.filter(username=f"reviewer{r}").first() or users.objects.create_user(
+            username=f"reviewer{r}"
+        )
+        pool.append(user)
+    criteria = [
+        {
+            "key": c["key"],
+            "name": c["name"],
+            "scale": c["scale"],
+            "levels": [{"value": v, "label": str(v), "description": f"{c['name']} {v}"} for v in c["values"]],
+        }
+        for c in CRITERIA[:n_criteria]
+    ]
+    with transaction.atomic():
+        project = project_create(name=slug, slug=slug, task_kinds=["rubric"], created_by=admin)
+        project_add_members(project=project, users=[admin, *pool])
+        rubric = rubrics.rubric_create(project=project, name="Quality")
+        version = rubrics.rubric_version_create(rubric=rubric, criteria=criteria, created_by=admin)
+        RubricVersion.objects.filter(pk=version.pk).update(
+            status=RubricVersion.Status.ACTIVE, activated_at=dt.datetime.now(dt.UTC)
+        )
+
+    items = size // overlap
     rng = np.random.default_rng(seed)
     # Each item gets `overlap` distinct reviewers from the pool.
     raters = np.argsort(rng.random((items, reviewers)), axis=1)[:, :overlap].ravel()
     units = np.repeat(np.arange(items), overlap)
-    days = np.repeat(rng.integers(20000, 20090, size=items), overlap)
-    variables = []
-    for criterion in CRITERIA[:n_criteria]:
-        k = len(criterion["levels"])
+    days = np.repeat(rng.integers(0, 90, size=items), overlap)
+    minutes = rng.integers(0, 24 * 60, size=len(units))
+    codes = []
+    for c in CRITERIA[:n_criteria]:
+        k = len(c["values"])
         truth = np.repeat(rng.integers(0, k, size=items), overlap)
         noise = rng.integers(-1, 2, size=len(units)) * (rng.random(len(units)) < 0.3)
-        codes = np.clip(truth + noise, 0, k - 1)
-        codes[raters == 0] = k - 1 if criterion["scale"] != "binary" else 0  # reviewer 0 gives the top level
-        codes[raters == 1] = np.minimum(codes[raters == 1] + 1, k - 1)  # reviewer 1 leans high
-        level = {"binary": "nominal"}.get(criterion["scale"], criterion["scale"])
-        levels = (
-            np.arange(k, dtype=np.float64)
-            if level == "nominal"
-            else np.asarray([lv["value"] for lv in criterion["levels"]], dtype=np.float64)
-        )
-        variables.append(
-            Variable(
-                key=criterion["key"],
-                name=criterion["name"],
-                level=level,
-                labels=[str(lv["value"]) for lv in criterion["levels"]],
-                levels=levels,
-                units=units,
-                raters=raters,
-                codes=codes.astype(np.int64),
-                days=days,
-            )
-        )
-    return variables
+        code = np.clip(truth + noise, 0, k - 1)
+        code[raters == 0] = k - 1 if c["scale"] != "binary" else 0  # reviewer0 gives the top level
+        code[raters == 1] = np.minimum(code[raters == 1] + 1, k - 1)  # reviewer1 leans high
+        codes.append(code)
+    first_day = dt.date(2025, 1, 6)
+    day_text = [str(first_day + dt.timedelta(days=d)) for d in range(90)]
+    minute_text = [f"{m // 60:02d}:{m % 60:02d}:00+00" for m in range(24 * 60)]
+    user_ids = [u.pk for u in pool]
+    value_json = [[f'"{v}"' if isinstance(v, str) else str(v) for v in c["values"]] for c in CRITERIA[:n_criteria]]
+    keys = [c["key"] for c in CRITERIA[:n_criteria]]
+    item_cols = (
+        "project_id, kind, prompt, responses, metadata, provenance, content_hash, split, is_check, is_calibration,"
+        " created_at, review_count"
+    )
+    ann_cols = (
+        "item_id, reviewer_id, kind, payload, revision, rubric_version_id, display_order, duration_ms, created_at,"
+        " updated_at"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        raw = cursor.connection
+        with raw.cursor().copy(f"COPY {Item._meta.db_table} ({item_cols}) FROM STDIN") as copy:
+            for start in range(0, items, 50_000):
+                copy.write(
+                    "".join(
+                        f"{project.pk}\trubric\tPrompt {i} of {slug}\t"
+                        '[{"text": "A response", "model": "m"}]\t{}\thuman\t'
+                        f"{slug}-{i:09d}\ttrain\tf\tf\t2025-01-06 00:00:00+00\t{overlap}\n"
+                        for i in range(start, min(items, start + 50_000))
+                    )
+                )
+        cursor.execute(f"SELECT id FROM {Item._meta.db_table} WHERE project_id = %s ORDER BY id", [project.pk])
+        item_ids = [row[0] for row in cursor.fetchall()]
+        with raw.cursor().copy(f"COPY {Annotation._meta.db_table} ({ann_cols}) FROM STDIN") as copy:
+            for start in range(0, len(units), 50_000):
+                lines = []
+                for i in range(start, min(len(units), start + 50_000)):
+                    when = f"{day_text[days[i]]} {minute_text[minutes[i]]}"
+                    scores = ", ".join(f'"{k}": {value_json[j][codes[j][i]]}' for j, k in enumerate(keys))
+                    lines.append(
+                        f"{item_ids[units[i]]}\t{user_ids[raters[i]]}\trubric\t"
+                        f'{{"response_index": 0, "scores": {{{scores}}}}}\t1\t{version.pk}\t[0]\t9000\t{when}\t{when}\n'
+                    )
+                copy.write("".join(lines))
+        with raw.cursor().copy(
+            f"COPY {ItemResult._meta.db_table} (item_id, kind, status, reviewer_ids, updated_at) FROM STDIN"
+        ) as copy:
+            copy.write("".join(f"{i}\trubric\tconsensus\t[]\t2025-04-06 00:00:00+00\n" for i in item_ids))
+    with connection.cursor() as cursor:
+        for model in (Item, Annotation, ItemResult):
+            cursor.execute(f"ANALYZE {model._meta.db_table}")
+    print(f"built {slug}: {items:,} items, {len(units):,} annotations in {time.perf_counter() - started:.0f} s")
+    return project
 
 
-def measure(fn):
-    """Seconds from a plain run, peak memory from a second run under tracemalloc (which slows Python code)."""
-    start = time.perf_counter()
-    out = fn()
+class Worker:
+    """A Celery worker process as docker-compose runs it, logging to a file."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        env = {**os.environ, "GOLDSET_LOG_LEVEL": "INFO"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-l", "info"]
+            + ["--concurrency", "2", "-n", f"agreement-bench-{os.getpid()}@%h"],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"The worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def children(self) -> list[int]:
+        import psutil
+
+        return [c.pid for c in psutil.Process(self.proc.pid).children()]
+
+    def reset_peaks(self) -> None:
+        for pid in self.children():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+    def status(self, pid: int, field: str) -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def backend_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a PostgreSQL backend, from /proc; None once it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PostgresCPU:
+    """CPU seconds of the backends serving the worker, sampled at every poll while a run lasts.
+
+    A backend that ends (the worker's reading connection) is counted up to its last sample, so at
+    most one poll's worth of its CPU is missed. This process's own backend is left out."""
+
+    def __init__(self, own_pid: int):
+        self.own_pid = own_pid
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def sample(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            pids = [pid for (pid,) in cursor.fetchall() if pid != self.own_pid]
+        for pid in pids:
+            used = backend_cpu(pid)
+            if used is not None:
+                self.first.setdefault(pid, used)
+                self.last[pid] = used
+
+    def seconds(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def run_once(client, project, worker: Worker) -> dict:
+    from django.urls import reverse
+
+    from annotate.models import AgreementReport
+
+    AgreementReport.objects.filter(project=project).delete()
+    worker.reset_peaks()
+    idle = {pid: worker.status(pid, "VmRSS") for pid in worker.children()}
+    log_at = len(worker.log.read_text())
+    url = reverse("annotate:report-refresh", kwargs={"slug": project.slug})
+    import psutil
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (own_pid,) = cursor.fetchone()
+    worker_cpu = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in worker.children()}
+    postgres = PostgresCPU(own_pid)
+    postgres.sample()
+    own_before = backend_cpu(own_pid)
+    start, request_cpu = time.perf_counter(), time.process_time()
+    response = client.post(url)
+    requested, request_cpu = time.perf_counter() - start, time.process_time() - request_cpu
+    request_cpu += backend_cpu(own_pid) - own_before  # the request's queries, in its own backend
+    if response.status_code != 302:
+        raise SystemExit(f"The recompute request failed: {response.status_code} {response.content[:300]!r}")
+    seen = []
+    # What the page shows while it waits: the row's stage text, or its message on models that keep
+    # the stage there.
+    shown = "stage" if any(f.name == "stage" for f in AgreementReport._meta.get_fields()) else "message"
+    running = (AgreementReport.Status.QUEUED, AgreementReport.Status.RUNNING)
+    while True:
+        row = AgreementReport.objects.filter(project=project).values("status", "progress", shown, "message").first()
+        if row and row["status"] not in running:
+            break
+        if row and (not seen or seen[-1] != (row["progress"], row[shown])):
+            seen.append((row["progress"], row[shown]))
+        if time.perf_counter() - start > 600:
+            raise SystemExit("No result after 10 minutes.")
+        postgres.sample()
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
-    tracemalloc.start()
-    fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return out, seconds, peak / 2**20
+    postgres.sample()
+    if row["status"] == AgreementReport.Status.FAILED:
+        raise SystemExit(f"The report failed: {row['message']}")
+    time.sleep(0.3)  # the log line is written just before the result
+    match = None
+    for _ in range(20):
+        match = SPLIT.search(worker.log.read_text()[log_at:])
+        if match:
+            break
+        time.sleep(0.1)
+    peaks = {pid: worker.status(pid, "VmHWM") for pid in worker.children()}
+    computing = max(peaks, key=lambda pid: peaks[pid] - idle.get(pid, 0.0))
+    cpu = {pid: sum(psutil.Process(pid).cpu_times()[:2]) - worker_cpu.get(pid, 0.0) for pid in worker.children()}
+    return {
+        "seconds": seconds,
+        "request": requested,
+        "cpu_request": request_cpu,
+        "cpu_worker": max(cpu.values()),
+        "cpu_postgres": postgres.seconds(),
+        "peak": peaks[computing],
+        "idle": idle.get(computing, 0.0),
+        "read": float(match.group(3)) if match else float("nan"),
+        "arrange": float(match.group(4)) if match else float("nan"),
+        "compute": float(match.group(5)) if match else float("nan"),
+        "reading_updates": sum(1 for _, stage in seen if stage.startswith("Reading annotations (")),
+        "updates": len(seen),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--sizes", default="100000,1000000", help="annotations per project, comma-separated")
     parser.add_argument("--reviewers", type=int, default=8, help="size of the reviewer pool")
     parser.add_argument("--overlap", type=int, default=5, help="reviews per item")
-    parser.add_argument("--criteria", type=int, default=2, choices=[1, 2, 3])
-    parser.add_argument("--boot", type=int, default=500, help="bootstrap resamples")
-    parser.add_argument("--payload-items", type=int, default=None, help="items for the payload timing (default: all)")
+    parser.add_argument("--criteria", type=int, default=3, choices=[1, 2, 3])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fresh", action="store_true", help="rebuild the scratch database")
+    parser.add_argument("--drop", action="store_true", help="drop the scratch database and stop")
     args = parser.parse_args()
+    scratch_database(fresh=args.fresh, drop=args.drop)
+    if args.drop:
+        print(f"dropped {SCRATCH}")
+        return
 
-    variables = generate(args.items, args.reviewers, args.overlap, args.criteria, seed=0)
-    ratings = sum(len(v.codes) for v in variables)
-    names = [f"reviewer{i}" for i in range(args.reviewers)]
-    print(
-        f"{args.items:,} items × {args.overlap} reviews (pool of {args.reviewers}) × {args.criteria} criteria "
-        f"= {args.items * args.overlap:,} annotations, {ratings:,} ratings; {args.boot} bootstrap resamples"
-    )
+    import django
 
-    report, seconds, peak = measure(
-        lambda: variables_report(variables, n_units=args.items, rater_names=names, n_boot=args.boot)
-    )
-    print(f"report from arrays:       {seconds:7.2f} s   peak traced memory {peak:8.1f} MiB")
-    for v in report:
-        a = v["alpha"]
-        flagged = [r["reviewer"] for r in v["reviewers"] if r["flags"]]
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    projects = {
+        size: build(size, reviewers=args.reviewers, overlap=args.overlap, n_criteria=args.criteria) for size in sizes
+    }
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="bench-admin"))
+    with tempfile.TemporaryDirectory(prefix="agreement-bench-") as tmp:
+        worker = Worker(Path(tmp) / "worker.log")
+        try:
+            print(f"load average before the runs: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
+            print(
+                f"{'':>15} {'end to end':>10}  {'--- worker: wall s ---':^28}  {'--- CPU s ---':^20}"
+                f"  {'--- worker RSS ---':^19}\n"
+                f"{'annotations':>11} {'run':>3} {'seconds':>10} {'request':>8} {'read':>6} {'arrange':>7}"
+                f" {'compute':>7}  {'worker':>6} {'PG':>5} {'request':>7}  {'peak':>8} {'idle':>8}  progress seen"
+            )
+            results: dict[int, list[dict]] = {}
+            for size in sizes:
+                for run in range(1, args.repeat + 1):
+                    r = run_once(client, projects[size], worker)
+                    results.setdefault(size, []).append(r)
+                    print(
+                        f"{size:>11,} {run:>3} {r['seconds']:>10.2f} {r['request']:>8.2f} {r['read']:>6.2f}"
+                        f" {r['arrange']:>7.2f} {r['compute']:>7.2f}  {r['cpu_worker']:>6.2f} {r['cpu_postgres']:>5.2f}"
+                        f" {r['cpu_request']:>7.2f}  {r['peak']:>4.0f} MiB {r['idle']:>4.0f} MiB"
+                        f"  {r['reading_updates']} while reading, {r['updates']} in all",
+                        flush=True,
+                    )
+        finally:
+            worker.stop()
+    print()
+    for size, runs in results.items():
+        secs = [r["seconds"] for r in runs]
+        peaks = [r["peak"] for r in runs]
+        best = min(runs, key=lambda r: r["seconds"])
+        spread = (
+            f", spread {min(secs):.2f}-{max(secs):.2f} s, median {statistics.median(secs):.2f} s"
+            if len(runs) > 1
+            else ""
+        )
         print(
-            f"  {v['name']:<12} alpha {a['value']:.4f} [{a['low']:.4f}, {a['high']:.4f}]  "
-            f"percent {v['percent']['value']:.4f}  fleiss {v['fleiss_kappa']:.4f}  flagged {flagged}"
+            f"{size:>11,} annotations × {args.criteria} criteria: best {best['seconds']:.2f} s end to end"
+            f" (request {best['request']:.2f}, read {best['read']:.2f}, arrange {best['arrange']:.2f},"
+            f" compute {best['compute']:.2f}){spread}; worker peak RSS {max(peaks):.0f} MiB;"
+            f" CPU s per run (median): worker {statistics.median(r['cpu_worker'] for r in runs):.2f},"
+            f" PostgreSQL {statistics.median(r['cpu_postgres'] for r in runs):.2f},"
+            f" request {statistics.median(r['cpu_request'] for r in runs):.2f}"
         )
-
-    n = args.payload_items or args.items
-    keep = np.nonzero(variables[0].units < n)[0]
-    # Every criterion's arrays share one order (each review scores all criteria), so position i is one review.
-    payload_rows = [
-        (
-            int(variables[0].units[i]),
-            int(variables[0].raters[i]),
-            {
-                "response_index": 0,
-                "scores": {
-                    c["key"]: c["levels"][v.codes[i]]["value"] for c, v in zip(CRITERIA, variables, strict=False)
-                },
-            },
-            int(variables[0].days[i]),
+    if len(sizes) > 1:
+        small, big = min(sizes), max(sizes)
+        a = max(r["peak"] for r in results[small])
+        b = max(r["peak"] for r in results[big])
+        above_a = a - min(r["idle"] for r in results[small])
+        above_b = b - min(r["idle"] for r in results[big])
+        print(
+            f"memory, {big // small}x the annotations: peak RSS ×{b / a:.2f} ({a:.0f} → {b:.0f} MiB);"
+            f" above the idle worker ×{above_b / max(above_a, 1):.2f} ({above_a:.0f} → {above_b:.0f} MiB)"
         )
-        for i in keep
-    ]
-    _, seconds_b, peak_b = measure(lambda: rubric_variables(CRITERIA[: args.criteria], payload_rows))
-    print(
-        f"arrays from payload dicts: {seconds_b:6.2f} s   peak traced memory {peak_b:8.1f} MiB   "
-        f"({len(payload_rows):,} annotations)"
-    )
-    total = seconds + seconds_b * (args.items / n)
-    print(f"total (payloads → report): {total:6.2f} s")
-    print(f"process max RSS:           {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.1f} MiB")
+        ta = min(r["seconds"] for r in results[small])
+        tb = min(r["seconds"] for r in results[big])
+        print(f"time, {big // small}x the annotations: ×{tb / ta:.2f} ({ta:.2f} → {tb:.2f} s)")
+    print(f"load average after the runs: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

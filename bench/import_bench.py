@@ -1,30 +1,41 @@
-"""Import throughput and memory: rows/s and peak memory for generated files, SQLite and PostgreSQL.
+"""Import end to end: ``manage.py import_items`` in a fresh process, as a user runs it, SQLite and PostgreSQL.
 
     python bench/import_bench.py [--sizes 100000,1000000] [--formats jsonl,csv] [--backends sqlite,postgresql]
 
-rows/s is wall-clock; rows/cpu-s counts only this process's CPU time (the import's own cost, steady
-on a busy machine; PostgreSQL's server-side work is not in it). Each measurement runs in a fresh
-child process through the real service (``import_batch_create`` + ``import_batch_run``): one timed
-run (rows/s, peak RSS above the process's baseline) and one run under tracemalloc (peak Python
-allocation; slower, so not timed). SQLite uses a temporary database file; PostgreSQL (when
-DATABASE_URL is set) a scratch database, created and dropped here.
-The last lines print the 1M/100k memory ratio: flat memory means a ratio near 1.
+Each measurement is the real command on a generated file, from its start to its exit: Python and
+Django starting, the batch created, the file checked and written, the summary printed. Printed:
+the command's seconds and rows/s (what the user waits for), its peak RSS (the process's own
+high-water mark, VmHWM) and rows per CPU-second of that process (PostgreSQL's server-side work
+is not in it), and beside them, labelled, the service's own time (the batch's created → finished)
+and, with ``--tracemalloc``, the peak Python allocation in a second, slower run. SQLite uses a
+temporary database file; PostgreSQL (when DATABASE_URL is set) a scratch database named after
+DATABASE_URL's plus "_import_bench", created and dropped here. The last lines print the 1M/100k
+memory ratio: flat memory means a ratio near 1.
 """
 
 import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-# One scratch database per run, so two runs on one server never drop each other's.
-SCRATCH_DB = f"goldset_bench_intake_{os.getpid()}"
+sys.path.insert(0, str(ROOT / "bench"))
+from _memory import run_watched  # noqa: E402
+
+# Named after the configured database, so two people's runs on one server do not meet.
+SCRATCH_DB = (urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "goldset") + "_import_bench"
+# Runs the command under tracemalloc and prints the peak Python allocation when it exits.
+TRACED = (
+    "import runpy, sys, tracemalloc; tracemalloc.start(); sys.argv = ['manage.py', *sys.argv[1:]]\n"
+    "try:\n    runpy.run_path('manage.py', run_name='__main__')\n"
+    "finally:\n    print('tracemalloc peak', tracemalloc.get_traced_memory()[1], file=sys.stderr)"
+)
 
 TOPICS = ["refund", "order", "shipping", "account", "billing", "return"]
 
@@ -61,56 +72,60 @@ def generate(path: Path, rows: int, file_format: str, seed: int = 1) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def child(args) -> None:
-    """One import in this process; prints a JSON line with the figures."""
+def helper(args) -> None:
+    """Set-up and read-back steps in their own process (``--helper project`` or ``--helper batch SLUG``)."""
     import django
 
     django.setup()
-    import tracemalloc
-
-    from _roles import migrate_alias
-    from django.core.management import call_command
-
     from annotate.models import ImportBatch
-    from annotate.services.imports import import_batch_create, import_batch_run
     from annotate.services.projects import project_create
 
-    call_command("migrate", database=migrate_alias(), verbosity=0)
-    slug = f"bench-{os.getpid()}-{int(time.time() * 1000)}"
-    project = project_create(name=slug, slug=slug, task_kinds=["gold", "preference", "rubric"])
-    path = Path(args.file)
-    batch = import_batch_create(project=project, uploaded_by=None, filename=path.name, path=path)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if args.traced:
-        tracemalloc.start()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    import_batch_run(batch_id=batch.id)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak = tracemalloc.get_traced_memory()[1] if args.traced else 0
-    batch.refresh_from_db()
-    if batch.status != ImportBatch.Status.SUCCEEDED:
-        raise SystemExit(f"import failed: {batch.message}")
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.helper == "project":
+        slug = f"bench-{os.getpid()}-{int(time.time() * 1000)}"
+        project_create(name=slug, slug=slug, task_kinds=["gold", "preference", "rubric"])
+        print(slug)
+        return
+    batch = ImportBatch.objects.filter(project__slug=args.slug).latest("created_at")
     print(
         json.dumps(
             {
+                "status": batch.status,
                 "rows": batch.rows_imported,
-                "seconds": seconds,
-                "cpu_seconds": cpu_seconds,
-                "tracemalloc_peak": peak,
-                "rss_peak_kib": rss_kib,
-                "rss_growth_kib": max(0, rss_kib - baseline_rss),
+                "service_seconds": (batch.finished_at - batch.created_at).total_seconds(),
             }
         )
     )
 
 
-def run_child(backend: str, file: Path, traced: bool, env: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--file", str(file)] + (["--traced"] if traced else [])
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+def _python(args: list[str], env: dict) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"{backend} child failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{' '.join(args[:3])} failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def run_command(file: Path, env: dict, *, traced: bool) -> dict:
+    """``manage.py import_items`` on ``file`` into a new project, in a fresh process; its own figures."""
+    slug = _python([__file__, "--helper", "project"], env)
+    command = ["import_items", slug, str(file)]
+    manage = str(ROOT / "manage.py")
+    argv = [sys.executable, "-c", TRACED, *command] if traced else [sys.executable, manage, *command]
+    run = run_watched(argv, env=env, cwd=ROOT)
+    if run["returncode"] != 0:
+        raise SystemExit(
+            f"import_items failed ({run['returncode']}):\n{run['stdout'][-2000:]}\n{run['stderr'][-3000:]}"
+        )
+    err = run["stderr"]
+    batch = json.loads(_python([__file__, "--helper", "batch", "--slug", slug], env))
+    peak = next((int(line.split()[-1]) for line in err.splitlines() if line.startswith("tracemalloc peak")), 0)
+    return {
+        "rows": batch["rows"],
+        "seconds": run["seconds"],
+        "cpu_seconds": run["cpu_seconds"],
+        "rss_peak": run["peak_mib"] * 2**20,
+        "service_seconds": batch["service_seconds"],
+        "tracemalloc_peak": peak,
+    }
 
 
 def backend_env(backend: str, tmp: Path) -> dict:
@@ -130,12 +145,14 @@ def backend_env(backend: str, tmp: Path) -> dict:
 
 
 def pg_scratch(create: bool) -> None:
-    from _roles import owner_sql
+    import psycopg
 
-    # As the owner role, on the maintenance database: the app role must own nothing.
-    owner_sql(os.environ["DATABASE_URL"], f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-    if create:
-        owner_sql(os.environ["DATABASE_URL"], f"CREATE DATABASE {SCRATCH_DB}")
+    url = os.environ["DATABASE_URL"]
+    # Connect to the maintenance database: the app database itself may not exist yet.
+    with psycopg.connect(url, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
+        if create:
+            conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
 
 
 def main() -> None:
@@ -143,14 +160,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--formats", default="jsonl,csv")
     parser.add_argument("--backends", default="", help="Default: sqlite, plus postgresql when DATABASE_URL is set.")
-    parser.add_argument("--no-tracemalloc", action="store_true", help="Skip the (slow) tracemalloc runs.")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--tracemalloc", action="store_true", help="Also run each import under tracemalloc (slow).")
+    parser.add_argument("--helper", help=argparse.SUPPRESS)
+    parser.add_argument("--slug", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.helper:
         sys.path.insert(0, str(ROOT))
-        child(args)
+        helper(args)
         return
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -168,48 +184,52 @@ def main() -> None:
             for size in sizes:
                 files[fmt, size] = tmp / f"rows-{size}.{fmt}"
                 generate(files[fmt, size], size, fmt)
+        print(f"load average before the runs: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
         print(
-            f"{'backend':<11} {'format':<6} {'rows':>9} {'MB':>7} {'rows/s':>9} {'rows/cpu-s':>10} "
-            f"{'tracemalloc peak':>17} {'RSS growth':>11} {'RSS peak':>9}"
+            f"{'':28} {'--- manage.py import_items, end to end ---':^46}  {'--- inner ---':^32}\n"
+            f"{'backend':<11} {'format':<6} {'rows':>9} {'seconds':>8} {'rows/s':>8} {'rows/cpu-s':>10}"
+            f" {'peak RSS':>9}   {'service s':>9} {'rows/s':>8} {'tracemalloc*':>12}"
         )
         for backend in backends:
             if backend == "postgresql":
                 pg_scratch(create=True)
             try:
                 env = backend_env(backend, tmp)
+                subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
                 for fmt in formats:
                     for size in sizes:
-                        timed = run_child(backend, files[fmt, size], False, env)
-                        traced = {} if args.no_tracemalloc else run_child(backend, files[fmt, size], True, env)
-                        r = {
-                            "rows_s": timed["rows"] / timed["seconds"],
-                            "rows_cpu_s": timed["rows"] / timed["cpu_seconds"],
-                            "trace": traced.get("tracemalloc_peak", 0),
-                            "rss_growth": timed["rss_growth_kib"] * 1024,
-                            "rss": timed["rss_peak_kib"] * 1024,
-                        }
+                        r = run_command(files[fmt, size], env, traced=False)
+                        if args.tracemalloc:
+                            r["tracemalloc_peak"] = run_command(files[fmt, size], env, traced=True)["tracemalloc_peak"]
                         results[backend, fmt, size] = r
-                        mb = files[fmt, size].stat().st_size / 1e6
-                        trace = f"{r['trace'] / 2**20:.1f} MiB" if traced else "-"
+                        trace = f"{r['tracemalloc_peak'] / 2**20:.1f} MiB" if args.tracemalloc else "-"
                         print(
-                            f"{backend:<11} {fmt:<6} {size:>9,} {mb:>7.1f} {r['rows_s']:>9,.0f} "
-                            f"{r['rows_cpu_s']:>10,.0f} {trace:>17} "
-                            f"{r['rss_growth'] / 2**20:>7.1f} MiB {r['rss'] / 2**20:>5.0f} MiB",
+                            f"{backend:<11} {fmt:<6} {r['rows']:>9,} {r['seconds']:>8.1f}"
+                            f" {r['rows'] / r['seconds']:>8,.0f} {r['rows'] / r['cpu_seconds']:>10,.0f}"
+                            f" {r['rss_peak'] / 2**20:>5.0f} MiB"
+                            f"   {r['service_seconds']:>9.1f} {r['rows'] / r['service_seconds']:>8,.0f} {trace:>12}",
                             flush=True,
                         )
             finally:
                 if backend == "postgresql":
                     pg_scratch(create=False)
+    if args.tracemalloc:
+        print("* peak Python allocation over the whole command (Django's start included), from a second run")
     if len(sizes) >= 2:
         small, big = min(sizes), max(sizes)
         for backend in backends:
             for fmt in formats:
                 a, b = results[backend, fmt, small], results[backend, fmt, big]
-                trace = f"tracemalloc peak ×{b['trace'] / a['trace']:.2f}, " if a["trace"] else ""
+                trace = (
+                    f"tracemalloc peak ×{b['tracemalloc_peak'] / a['tracemalloc_peak']:.2f}, "
+                    if a["tracemalloc_peak"]
+                    else ""
+                )
                 print(
                     f"memory ratio {big:,}/{small:,} rows, {backend} {fmt}: {trace}"
-                    f"RSS peak ×{b['rss'] / a['rss']:.2f} (rows ×{big / small:.0f})"
+                    f"command's peak RSS ×{b['rss_peak'] / a['rss_peak']:.2f} (rows ×{big / small:.0f})"
                 )
+    print(f"load average after the runs: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,25 @@ def test_cohens_kappa_reproduces_the_textbook_example():
     assert ag.cohen_kappa(table) == pytest.approx(0.4, abs=1e-12)
 
 
+@pytest.mark.parametrize("order", ["by rater", "by unit and rater", "shuffled"])
+def test_pairwise_tables_count_every_pair_of_raters_on_a_unit_whatever_the_row_order(order):
+    data = random_reliability(3, raters=7, units=120, values=4, missing=0.2)
+    raters, units = np.nonzero(~np.isnan(data))
+    codes, levels = ag.encode(data[raters, units])
+    if order == "by unit and rater":
+        rows = np.lexsort((raters, units))
+    else:
+        rows = np.random.default_rng(0).permutation(len(units)) if order == "shuffled" else np.arange(len(units))
+    tables = ag.pairwise_tables(units[rows], raters[rows], codes[rows], 7, len(levels))
+    expected = np.zeros((7, 7, len(levels), len(levels)))
+    for u in range(data.shape[1]):
+        for a in range(7):
+            for b in range(7):
+                if a != b and not np.isnan(data[a, u]) and not np.isnan(data[b, u]):
+                    expected[a, b, np.searchsorted(levels, data[a, u]), np.searchsorted(levels, data[b, u])] += 1
+    assert tables.dtype == np.float64 and np.array_equal(tables, expected)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_pairwise_cohens_kappa_matches_statsmodels_for_every_pair_with_missing_values(seed):
     data = random_reliability(seed, raters=5)
