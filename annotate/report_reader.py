@@ -32,8 +32,8 @@ from django.contrib.auth import get_user_model
 from django.db import connections, router
 from django.db.models import Count
 
-from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
 from annotate.consensus import gold_category, preference_category
+from annotate.models import Annotation, Item, ItemResult, Project, RubricVersion, TaskKind
 
 KIND_CODE = {TaskKind.GOLD.value: 0, TaskKind.PREFERENCE.value: 1, TaskKind.RUBRIC.value: 2}
 OTHER_KIND = 3
@@ -107,6 +107,14 @@ def score_code(lookup: dict, value) -> int:
     return -1 if code is None else code
 
 
+def _response(payload) -> int:
+    """The response a rubric review scored (its index into the item's responses), or -1 when none is named."""
+    value = payload.get("response_index") if isinstance(payload, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10_000:
+        return -1
+    return value
+
+
 def _int_or_none(value) -> int:
     """An index as the rankings read it (``isinstance(value, int)``), kept inside int32."""
     if not isinstance(value, int):
@@ -123,6 +131,7 @@ class Coded:
     rejected: int = NONE
     olen: int = 0
     gcat: int = 0
+    response: int = -1
 
 
 class RowCoder:
@@ -145,7 +154,7 @@ class RowCoder:
                 codes = [
                     score_code(lookup, given.get(key)) for key, lookup in zip(self.keys, self.lookups, strict=True)
                 ]
-            return Coded(flags=kind_code | (COUNTED if counted else 0), scores=codes)
+            return Coded(flags=kind_code | (COUNTED if counted else 0), scores=codes, response=_response(payload))
         if kind_code == KIND_CODE[TaskKind.PREFERENCE]:
             response = payload.get("choice") == "response"
             is_list = isinstance(order, list)
@@ -181,6 +190,7 @@ class ReportRows:
     rejected: np.ndarray | None = None
     olen: np.ndarray | None = None  # length of the display order (0 when it is not a list)
     gcat: np.ndarray | None = None  # gold action: a code of ``gold_labels``
+    response: np.ndarray | None = None  # rubric: the scored response's index, -1 when none is named
     preference_labels: list[str] = field(default_factory=list)
     gold_labels: list[str] = field(default_factory=list)
 
@@ -249,6 +259,7 @@ def _spec(n_criteria: int, kinds: set[str]) -> dict[str, tuple[np.dtype, int | N
         spec |= {name: (np.dtype(np.int32), None) for name in ("pcat", "chosen", "rejected", "olen")}
     if TaskKind.GOLD in kinds:
         spec["gcat"] = (np.dtype(np.int16), None)
+    spec["response"] = (np.dtype(np.int16), None)  # the rubric record always carries it
     return spec
 
 
@@ -382,6 +393,15 @@ def _rubric_sql(a: dict, criteria: list[dict], counted: str, params: _Params, nu
         whens = " ".join(f"WHEN {params.add(t)} THEN {code}" for t, code in pairs)
         code = f"CASE {text} {whens} ELSE CASE WHEN {text} IS NULL THEN -1 ELSE {UNCODED} END END"
         record.add("scores", f"CASE WHEN {a['kind']} = 'rubric' AND {counted} THEN {code} ELSE -1 END", 2, j)
+    # The scored response, as _response reads it: a plain non-negative integer, else -1.
+    index = f"{a['payload']}->'response_index'"
+    record.add(
+        "response",
+        f"CASE WHEN {a['kind']} = 'rubric' AND jsonb_typeof({index}) = 'number'"
+        f" AND {a['payload']}->>'response_index' ~ '^[0-9]{{1,4}}$'"
+        f" THEN ({a['payload']}->>'response_index')::int4 ELSE -1 END",
+        2,
+    )
     return f"{KIND_CODE['rubric']} + CASE WHEN {counted} THEN {COUNTED} ELSE 0 END"
 
 
@@ -601,7 +621,7 @@ def _store(rows: dict[str, np.ndarray], k: int, coded: Coded) -> None:
     rows["flags"][k] = coded.flags
     if rows["scores"].size:
         rows["scores"][:, k] = coded.scores or -1
-    for name in ("pcat", "chosen", "rejected", "olen", "gcat"):
+    for name in ("pcat", "chosen", "rejected", "olen", "gcat", "response"):
         if name in rows:
             rows[name][k] = getattr(coded, name)
 
@@ -687,6 +707,8 @@ def _add_missing_kinds(rows: dict[str, np.ndarray], n_criteria: int) -> None:
         rows["olen"] = np.zeros(n, dtype=np.int32)
     if present[KIND_CODE[TaskKind.GOLD]] and "gcat" not in rows:
         rows["gcat"] = np.zeros(n, dtype=np.int16)
+    if present[KIND_CODE[TaskKind.RUBRIC]] and "response" not in rows:
+        rows["response"] = np.full(n, -1, dtype=np.int16)
 
 
 def read(
@@ -753,6 +775,7 @@ def read(
             rejected=rows.get("rejected"),
             olen=rows.get("olen"),
             gcat=rows.get("gcat"),
+            response=rows.get("response"),
             preference_labels=preference.names,
             gold_labels=gold.names,
         ),

@@ -231,9 +231,16 @@ class _Section:
         return len(self.items)
 
 
-def _section(rows: report_reader.ReportRows, mask: np.ndarray, rater: np.ndarray, n_raters: int) -> _Section:
+def _section(
+    rows: report_reader.ReportRows, mask: np.ndarray, rater: np.ndarray, n_raters: int, sub: np.ndarray | None = None
+) -> _Section:
+    """The rows of ``mask`` as units: one per item, or per (item, ``sub``) when given (rubric reviews of
+    different responses of one item are different units: their scores are never compared)."""
     index = np.flatnonzero(mask)
     items = rows.item[index]
+    if sub is not None:
+        # Responses per item are few (an import allows 20): item and response in one sortable key.
+        items = items * 1024 + (sub[index].astype(np.int64) + 1)
     if len(items) and np.all(items[1:] >= items[:-1]):
         new = np.empty(len(items), dtype=bool)
         new[:1] = True
@@ -242,6 +249,8 @@ def _section(rows: report_reader.ReportRows, mask: np.ndarray, rater: np.ndarray
         unit_items = items[new]
     else:
         unit_items, units = np.unique(items, return_inverse=True)
+    if sub is not None:
+        unit_items = unit_items // 1024
     raters = rater[index]
     # Units are numbered by item id and rows ordered by (item, reviewer), whatever order the
     # database returned them in: float sums over rows then come out the same on every plan.
@@ -385,7 +394,8 @@ def report_build(
             if name == TaskKind.RUBRIC:
                 mask &= (rows.flags & report_reader.COUNTED) != 0
                 n_annotations = int(mask.sum())
-            section = _section(rows, mask, rater, len(rater_names))
+            sub = rows.response if name == TaskKind.RUBRIC and rows.response is not None else None
+            section = _section(rows, mask, rater, len(rater_names), sub)
             if name == TaskKind.RUBRIC:
                 variables = _rubric_variables(rows, section, data.criteria)
             elif name == TaskKind.PREFERENCE:
@@ -416,7 +426,7 @@ def report_build(
                     "kind": str(name),
                     "title": TaskKind(name).label,
                     "n_annotations": n_annotations,
-                    "n_items": section.n_units,
+                    "n_items": _distinct_count(section.items),
                     "variables": variables_report(
                         variables,
                         n_units=section.n_units,

@@ -20,8 +20,6 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count
 
 from annotate import agreement as ag
-from annotate.models import Annotation, Item, ItemResult, TaskKind
-from annotate.reports import LEVEL_OF_MEASUREMENT, MAX_SIMILARITY_PAIRS, SIGNIFICANCE, Variable, variables_report
 from annotate.consensus import (
     agreement_with,
     criteria_by_key,
@@ -29,6 +27,8 @@ from annotate.consensus import (
     normalize_text,
     preference_category,
 )
+from annotate.models import Annotation, Item, ItemResult, TaskKind
+from annotate.reports import LEVEL_OF_MEASUREMENT, MAX_SIMILARITY_PAIRS, SIGNIFICANCE, Variable, variables_report
 
 
 def _num(x) -> float | None:

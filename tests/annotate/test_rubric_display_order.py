@@ -73,3 +73,26 @@ def test_reviews_of_different_responses_are_not_compared_and_leave_the_item_disp
         1.0,
     )
     assert rubric_consensus(mixed, criteria, rule="majority", tolerance=0.5) == (None, 0.5)
+
+
+def test_agreement_compares_only_scores_of_the_same_response(project, alice, bob):
+    """Reviews stored before items named their scored response keep the response they scored: the agreement
+    report pairs them only with reviews of that same response."""
+    project.task_kinds = ["rubric"]
+    project.save()
+    rubric = Rubric.objects.create(project=project, name="Style")
+    version = RubricVersion.objects.create(
+        rubric=rubric, number=1, status="active", activated_at=timezone.now(), criteria=CRITERIA
+    )
+    mixed = factories.make_item(project, "rubric", n=1)
+    same = factories.make_item(project, "rubric", n=2)
+    for reviewer, index in ((alice, 0), (bob, 1)):  # one item, two different responses scored
+        factories.annotate(mixed, reviewer, {"response_index": index, "scores": {"length": 3}}, version=version)
+    for reviewer, value in ((alice, 1), (bob, 2)):
+        factories.annotate(same, reviewer, {"response_index": 0, "scores": {"length": value}}, version=version)
+    report = report_build(project=project, n_boot=0)
+    (section,) = report["sections"]
+    length = next(v for v in section["variables"] if v["key"] == "length")
+    assert length["n_units"] == 1  # only the item whose reviews scored one response is paired
+    assert length["percent"]["value"] == 0.0  # ... and there the two scores differ
+    assert section["n_items"] == 2
