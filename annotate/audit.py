@@ -321,6 +321,33 @@ def compression_ratio(texts: list[str]) -> float | None:
     return round(len(zlib.compress(raw, 6)) / len(raw), 4) if raw else None
 
 
+def pair_issues(chosen: str, rejected: str, *, normalized: bool = False) -> list[str]:
+    """Why a preference pair teaches nothing (or little): empty, identical, format_only, near_identical,
+    far_shorter, truncated, other_script. Empty for a pair with a real contrast."""
+    if not normalized:
+        chosen, rejected = normalize(chosen), normalize(rejected)
+    if not rejected.strip():
+        return ["empty"]
+    if chosen == rejected:
+        return ["identical"]
+    if format_key(chosen, normalized=True) == format_key(rejected, normalized=True):
+        return ["format_only"]
+    chosen_words, rejected_words = chosen.split(), rejected.split()
+    if (
+        0.8 * len(chosen_words) <= len(rejected_words) <= 1.25 * len(chosen_words)
+        and similarity(chosen, rejected, normalized=True) >= 0.9
+    ):
+        return ["near_identical"]
+    issues = []
+    if len(chosen_words) >= 12 and len(rejected_words) < 0.25 * len(chosen_words):
+        issues.append("far_shorter")
+    elif not rejected.rstrip().endswith((".", "!", "?", '"', ")", "`", "*")) and len(rejected) < 0.8 * len(chosen):
+        issues.append("truncated")
+    if abs(_latin_share(chosen) - _latin_share(rejected)) > 0.5:
+        issues.append("other_script")
+    return issues
+
+
 def similarity(a: str, b: str, *, normalized: bool = False) -> float:
     """Jaccard similarity of the two texts' word sets (1.0 for two empty texts)."""
     if normalized:
@@ -489,33 +516,11 @@ class Auditor:
         if r_closing:
             self.rejected_closings.add(r_closing, rid)
         chosen_words, rejected_words = chosen.split(), rejected.split()
-
-        def issue(name: str) -> None:
+        for name in pair_issues(chosen, rejected, normalized=True):
             slot = self.pair_issues[name]
             slot[0] += 1
             if len(slot[1]) < EXAMPLES:
                 slot[1].append(rid)
-
-        if not rejected.strip():
-            issue("empty")
-        elif chosen == rejected:
-            issue("identical")
-        elif format_key(chosen, normalized=True) == format_key(rejected, normalized=True):
-            issue("format_only")
-        elif (
-            0.8 * len(chosen_words) <= len(rejected_words) <= 1.25 * len(chosen_words)
-            and similarity(chosen, rejected, normalized=True) >= 0.9
-        ):
-            issue("near_identical")
-        else:
-            if len(chosen_words) >= 12 and len(rejected_words) < 0.25 * len(chosen_words):
-                issue("far_shorter")
-            elif not rejected.rstrip().endswith((".", "!", "?", '"', ")", "`", "*")) and len(rejected) < 0.8 * len(
-                chosen
-            ):
-                issue("truncated")
-            if abs(_latin_share(chosen) - _latin_share(rejected)) > 0.5:
-                issue("other_script")
         if len(chosen_words) > len(rejected_words):
             self.longer_chosen += 1
         elif len(chosen_words) < len(rejected_words):
@@ -547,6 +552,8 @@ class Auditor:
         swapped = self._swapped_pairs()
         if swapped:
             findings.append(swapped)
+        for finding in findings:
+            finding["key"] = finding_key(finding)
         return {
             "n_records": self.n,
             "n_sft": self.n_sft,
@@ -589,7 +596,6 @@ class Auditor:
                 out.append(
                     {
                         "type": f"recurring_{where}",
-                        "severity": "warn",
                         "title": f"{share:.0%} of answers {'start' if where == 'opening' else 'end'} with “{phrase}”",
                         "phrase": phrase,
                         "count": count,
@@ -615,7 +621,6 @@ class Auditor:
                         out.append(
                             {
                                 "type": f"preferred_{where}",
-                                "severity": "warn",
                                 "title": f"Chosen answers {'start' if where == 'opening' else 'end'} with “{phrase}” "
                                 f"({share:.0%}) far more than rejected ones ({other:.0%})",
                                 "phrase": phrase,
@@ -658,7 +663,6 @@ class Auditor:
                 out.append(
                     {
                         "type": "known_phrase",
-                        "severity": "warn",
                         "title": f"{category.capitalize()} in {count} answer(s), such as “{phrase}”",
                         "phrase": phrase,
                         "category": category,
@@ -685,7 +689,6 @@ class Auditor:
             out.append(
                 {
                     "type": "conflicting_facts",
-                    "severity": "block" if minority / total >= 0.02 else "warn",
                     "title": f"Answers disagree on “{slot}”: "
                     + ", ".join(f"{value} ({entry[0]})" for value, entry in ranked[:6]),
                     "slot": slot,
@@ -717,7 +720,6 @@ class Auditor:
                 out.append(
                     {
                         "type": f"pair_{name}",
-                        "severity": "warn",
                         "title": f"{count} pair(s): {titles[name]}",
                         "count": count,
                         "share": _share(count, self.pairs),
@@ -737,7 +739,6 @@ class Auditor:
                 out.append(
                     {
                         "type": "length_bias",
-                        "severity": "warn",
                         "title": f"The chosen answer is the longer one in {share:.0%} of pairs: "
                         "DPO will learn that longer is better",
                         "count": self.longer_chosen,
@@ -755,7 +756,6 @@ class Auditor:
                 out.append(
                     {
                         "type": "position_bias",
-                        "severity": "warn",
                         "title": f"Reviewers chose the response shown first in {share:.0%} of their picks",
                         "count": self.left_picks,
                         "share": round(share, 4),
@@ -776,9 +776,9 @@ class Auditor:
         return [
             {
                 "type": "template",
-                "severity": "warn",
                 "title": f"{share:.0%} of answers are one template (numbers aside)",
                 "template": shape[:300],
+                "template_hash": _hash64(shape),
                 "count": count,
                 "share": round(share, 4),
                 "lift": None,
@@ -796,7 +796,6 @@ class Auditor:
                 out.append(
                     {
                         "type": "dominant_source",
-                        "severity": "warn",
                         "title": f"{share:.0%} of the examples come from one source: {top}",
                         "source": top,
                         "count": count,
@@ -825,13 +824,14 @@ class Auditor:
         dpo = self.kinds.array() == 1
         if dpo.sum() < 2:
             return None
-        hit = dpo & np.isin(pairs, swapped[dpo])
+        # An identical pair is its own swap: that is pair_identical, not this.
+        hit = dpo & (pairs != swapped) & np.isin(pairs, swapped[dpo])
         count = int(hit.sum())
         if not count:
             return None
         return {
             "type": "swapped_pairs",
-            "severity": "block",
+            "pair_hashes": sorted(int(h) for h in pairs[hit]),
             "title": f"{count} preference pair(s) also appear with chosen and rejected swapped",
             "count": count,
             "share": _share(count, int(dpo.sum())),
@@ -861,3 +861,161 @@ class Auditor:
 def answers_disagree(texts: list[str], *, threshold: float = 0.5) -> bool:
     """Whether answers to one prompt differ materially: some pair shares under ``threshold`` of its words."""
     return any(similarity(a, b) < threshold for i, a in enumerate(texts) for b in texts[i + 1 :])
+
+
+# --- Findings: keys, gates, and which examples a finding is about ---------------------------------------
+
+# What a finding of each type does to a snapshot unless a project says otherwise: "block" (no job starts
+# until the data is fixed or the finding acknowledged), "warn" (shown), "off" (not reported); and the share
+# from which it applies.
+DEFAULT_GATES: dict[str, dict] = {
+    "recurring_opening": {"action": "warn", "min_share": MIN_SHARE},
+    "recurring_closing": {"action": "warn", "min_share": MIN_SHARE},
+    "preferred_opening": {"action": "warn", "min_share": 0.1},
+    "preferred_closing": {"action": "warn", "min_share": 0.1},
+    "known_phrase": {"action": "warn", "min_share": 0.0},
+    "conflicting_facts": {"action": "block", "min_share": 0.02},
+    "same_prompt_different_answers": {"action": "warn", "min_share": 0.0},
+    "swapped_pairs": {"action": "block", "min_share": 0.0},
+    "pair_identical": {"action": "block", "min_share": 0.0},
+    "pair_format_only": {"action": "warn", "min_share": 0.0},
+    "pair_near_identical": {"action": "warn", "min_share": 0.01},
+    "pair_empty": {"action": "warn", "min_share": 0.0},
+    "pair_truncated": {"action": "warn", "min_share": 0.01},
+    "pair_far_shorter": {"action": "warn", "min_share": 0.01},
+    "pair_other_script": {"action": "warn", "min_share": 0.01},
+    "length_bias": {"action": "warn", "min_share": 0.65},
+    "position_bias": {"action": "warn", "min_share": 0.0},
+    "template": {"action": "warn", "min_share": TEMPLATE_SHARE},
+    "dominant_source": {"action": "warn", "min_share": DOMINANT_SHARE},
+}
+GATE_ACTIONS = ("off", "warn", "block")
+
+
+def finding_key(finding: dict) -> str:
+    """A finding's identity within an audit: its type and what it is about (a phrase, a slot, a source)."""
+    about = next(
+        (finding[k] for k in ("phrase", "slot", "source", "category") if finding.get(k) not in (None, "")),
+        finding.get("template_hash", ""),
+    )
+    return f"{finding['type']}:{about}"[:300]
+
+
+def gates_merge(*gate_sets: dict) -> dict[str, dict]:
+    """The defaults overridden by each project's gates; where projects differ, the strictest wins
+    (block over warn over off, the lower share)."""
+    merged = {kind: dict(gate) for kind, gate in DEFAULT_GATES.items()}
+    chosen: dict[str, dict] = {}
+    for gates in gate_sets:
+        for kind, gate in (gates or {}).items():
+            if kind not in DEFAULT_GATES or not isinstance(gate, dict):
+                continue
+            action = gate.get("action", merged[kind]["action"])
+            share = gate.get("min_share", merged[kind]["min_share"])
+            current = chosen.get(kind)
+            if current is None:
+                chosen[kind] = {"action": action, "min_share": share}
+            else:
+                rank = GATE_ACTIONS.index
+                current["action"] = max(current["action"], action, key=rank)
+                current["min_share"] = min(current["min_share"], share)
+    merged.update(chosen)
+    return merged
+
+
+def gates_validate(gates) -> dict[str, dict]:
+    """A project's gates as given in a form or the API, checked: errors name the finding type and the fix."""
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(gates, dict):
+        raise ValidationError("Audit gates are an object: {finding type: {action, min_share}}.")
+    clean = {}
+    for kind, gate in gates.items():
+        if kind not in DEFAULT_GATES:
+            raise ValidationError(f"{kind!r} is not an audit finding type: use one of {', '.join(DEFAULT_GATES)}.")
+        if not isinstance(gate, dict) or gate.get("action") not in GATE_ACTIONS:
+            raise ValidationError(f"{kind}: action is one of {', '.join(GATE_ACTIONS)}.")
+        share = gate.get("min_share", DEFAULT_GATES[kind]["min_share"])
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise ValidationError(f"{kind}: min_share is a number from 0 to 1 (a share of the examples).")
+        clean[kind] = {"action": gate["action"], "min_share": float(share)}
+    return clean
+
+
+def apply_gates(findings: list[dict], gates: dict[str, dict]) -> list[dict]:
+    """Each finding with ``gate``: block, warn, or info (under its gate's share); findings gated off are dropped."""
+    out = []
+    for finding in findings:
+        gate = gates.get(finding["type"], {"action": "warn", "min_share": 0.0})
+        if gate["action"] == "off":
+            continue
+        applies = (finding.get("share") or 0.0) >= gate["min_share"]
+        out.append({**finding, "gate": gate["action"] if applies else "info"})
+    order = {"block": 0, "warn": 1, "info": 2}
+    return sorted(out, key=lambda f: (order[f["gate"]], -(f.get("share") or 0.0)))
+
+
+def same_prompt_finding(groups: list[list[tuple[int, str, str]]], n_sft: int) -> dict | None:
+    """The finding for SFT examples that share a prompt but answer it materially differently.
+
+    ``groups``: for each candidate group, its records as (record id, prompt, answer)."""
+    disagreeing = [g for g in groups if answers_disagree([answer for _, _, answer in g])]
+    if not disagreeing:
+        return None
+    records = sum(len(g) for g in disagreeing)
+    finding = {
+        "type": "same_prompt_different_answers",
+        "title": f"{len(disagreeing)} prompt(s) have materially different gold answers ({records} examples)",
+        "count": records,
+        "share": _share(records, n_sft),
+        "lift": None,
+        "prompt_hashes": sorted({_hash64(normalize(g[0][1])) for g in disagreeing}),
+        "examples": [rid for g in disagreeing[:4] for rid, _, _ in g][:EXAMPLES],
+    }
+    finding["key"] = finding_key(finding)
+    return finding
+
+
+def matcher(finding: dict):
+    """A predicate over ``AuditRecord`` that is True for the examples a finding is about, for excluding them
+    from a new snapshot; None for findings about the data as a whole (biases, a dominant source)."""
+    kind = finding["type"]
+    phrase = finding.get("phrase", "")
+
+    def opening(record):
+        return opening_and_closing(record.target)[0]
+
+    def closing(record):
+        return opening_and_closing(record.target)[1]
+
+    if kind == "recurring_opening":
+        return lambda r: opening(r) == phrase
+    if kind == "recurring_closing":
+        return lambda r: closing(r) == phrase
+    if kind == "preferred_opening":
+        return lambda r: r.kind == "dpo" and opening(r) == phrase
+    if kind == "preferred_closing":
+        return lambda r: r.kind == "dpo" and closing(r) == phrase
+    if kind == "known_phrase":
+        phrases = [p for p, category in KNOWN_PHRASES.items() if category == finding.get("category")]
+        return lambda r: any(p in normalize(r.target) for p in phrases)
+    if kind == "conflicting_facts":
+        slot, majority = finding["slot"], finding["values"][0]["value"]
+        return lambda r: any(s == slot and v != majority for s, v in facts(r.target))
+    if kind.startswith("pair_"):
+        issue = kind.removeprefix("pair_")
+        return lambda r: r.kind == "dpo" and issue in pair_issues(r.target, r.rejected)
+    if kind == "template":
+        wanted = finding["template_hash"]
+        return lambda r: _hash64(skeleton(r.target)) == wanted
+    if kind == "swapped_pairs":
+        hashes = set(finding.get("pair_hashes", []))
+        return lambda r: r.kind == "dpo" and _pair_hash(r) in hashes
+    if kind == "same_prompt_different_answers":
+        prompts = set(finding.get("prompt_hashes", []))
+        return lambda r: r.kind == "sft" and _hash64(normalize(r.prompt)) in prompts
+    return None
+
+
+def _pair_hash(record: AuditRecord) -> int:
+    return _hash64(normalize(record.prompt) + "\x00" + normalize(record.target) + "\x00" + normalize(record.rejected))

@@ -11,6 +11,7 @@ from collections import defaultdict
 from django import forms
 from django.core.exceptions import ValidationError
 
+from annotate.audit import DEFAULT_GATES, gates_validate
 from annotate.importers import MAX_FIELD_CHARS, MAX_LINE_BYTES
 from annotate.models import ImportBatch, Item, ItemResult, Project, Provenance, RubricVersion, TaskKind
 from annotate.payloads import (
@@ -320,7 +321,21 @@ class ProjectSettingsForm(forms.ModelForm):
             "calibration_required",
             "calibration_threshold",
             "reviewers_see_evalsets",
+            "audit_gates",
         ]
+        help_texts = {
+            "audit_gates": "What each audit finding does to a snapshot of this project, as JSON: "
+            '{"recurring_closing": {"action": "block", "min_share": 0.05}}. Actions: off, warn, block; '
+            "min_share: the share of examples from which it applies. Types not named keep their defaults: "
+            + ", ".join(f"{kind} ({gate['action']})" for kind, gate in DEFAULT_GATES.items())
+            + ".",
+        }
+
+    def clean_audit_gates(self):
+        try:
+            return gates_validate(self.cleaned_data.get("audit_gates") or {})
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from None
 
 
 class ProjectCreateForm(ProjectSettingsForm):

@@ -69,6 +69,12 @@ class Project(models.Model):
     calibration_required = models.BooleanField(default=False)
     calibration_threshold = models.FloatField(default=0.667, help_text="Krippendorff's alpha to reach.")
     reviewers_see_evalsets = models.BooleanField(default=False)
+    audit_gates = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per audit finding type, {action: off|warn|block, min_share}: what a finding does to a snapshot "
+        "(defaults in annotate/audit.py: DEFAULT_GATES).",
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="goldset_projects", blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -160,6 +166,12 @@ class Item(models.Model):
     is_check = models.BooleanField(default=False, help_text="A known-answer item seeded to measure reviewers.")
     check_answer = models.JSONField(null=True, blank=True)
     is_calibration = models.BooleanField(default=False)
+    unusable_reason = models.TextField(
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Set by an admin curating training data: why the item must not be trained on (never snapshotted).",
+    )
     review_count = models.PositiveSmallIntegerField(
         default=0,
         editable=False,

@@ -228,6 +228,8 @@ GOLDSET_IMPORT_INLINE_MAX_BYTES = int(os.environ.get("GOLDSET_IMPORT_INLINE_MAX_
 # --- Celery ----------------------------------------------------------------------------------
 # Agreement reports over more annotations than this are computed by a worker, with a progress bar.
 GOLDSET_REPORT_INLINE_MAX = int(os.environ.get("GOLDSET_REPORT_INLINE_MAX", "20000"))
+# Snapshots of more records than this are audited by a worker, with a progress bar.
+GOLDSET_AUDIT_INLINE_MAX = int(os.environ.get("GOLDSET_AUDIT_INLINE_MAX", "5000"))
 
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
@@ -235,6 +237,8 @@ CELERY_TASK_ROUTES = {
     "training.tasks.training_jobs_fail_stale": {"queue": "default"},
     # Needs the training extra and the base models but no GPU: its own workers, so it never waits behind a run.
     "training.tasks.training_preflight_run": {"queue": "preflight"},
+    # Audits read the annotations behind a snapshot: the web side's worker and role, not the gpu queue.
+    "training.tasks.snapshot_audit_run_task": {"queue": "default"},
     "training.tasks.*": {"queue": "gpu"},
 }
 CELERY_TASK_IGNORE_RESULT = True

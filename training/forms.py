@@ -6,8 +6,10 @@ import dataclasses
 
 from django import forms
 
-from annotate.models import Project
+from annotate.audit import matcher
+from annotate.models import Project, Provenance, TaskKind
 from training.config import COMPUTE_DTYPES, QUANT_TYPES, TRI_STATE, TrainingConfig
+from training.curation import SnapshotFilters
 from training.models import TrainingJob, TrainingSnapshot
 
 CHOICES = {
@@ -19,12 +21,90 @@ CHOICES = {
 
 
 class SnapshotForm(forms.Form):
+    """A new snapshot: which projects, which of their approved items (lineage filters), and what to leave out.
+
+    ``audit``: the audit of a snapshot this one is curated from; its findings that name examples can be
+    excluded (every example a finding is about), as can the items its contamination check flagged."""
+
     name = forms.CharField(max_length=200)
     projects = forms.ModelMultipleChoiceField(queryset=Project.objects.all(), widget=forms.CheckboxSelectMultiple)
     include_llm_judged = forms.BooleanField(
         required=False, help_text="Also take items whose provenance is LLM-judged (left out by default)."
     )
+    adjudicated_only = forms.BooleanField(required=False, help_text="Only items an adjudicator decided.")
+    min_agreement = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        help_text="Only items whose reviews agreed at least this much (0 to 1; e.g. 1.0 for unanimous).",
+    )
+    provenances = forms.MultipleChoiceField(
+        required=False,
+        choices=Provenance.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only these sources (none ticked: every source).",
+    )
+    kinds = forms.MultipleChoiceField(
+        required=False,
+        choices=[(TaskKind.GOLD, "Gold answers (SFT)"), (TaskKind.PREFERENCE, "Preference pairs (DPO)")],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: both.",
+    )
+    decided_from = forms.DateField(required=False, help_text="Only items decided on or after (YYYY-MM-DD).")
+    decided_until = forms.DateField(required=False, help_text="Only items decided on or before (YYYY-MM-DD).")
+    exclude_findings = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Leave out every example of these findings"
+    )
+    exclude_contaminated = forms.BooleanField(
+        required=False, label="Leave out the items its latest contamination check flagged"
+    )
+    exclude_items = forms.CharField(
+        required=False, help_text="Item ids to leave out, comma-separated (examples picked by hand)."
+    )
+    from_snapshot = forms.IntegerField(required=False, widget=forms.HiddenInput)
     note = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args, audit=None, check=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.audit, self.check = audit, check
+        findings = [f for f in (audit.findings if audit else []) if matcher(f) is not None]
+        self.fields["exclude_findings"].choices = [
+            (f["key"], f"{f['title']} ({f.get('count', '?')} examples)") for f in findings
+        ]
+        if not findings:
+            del self.fields["exclude_findings"]
+        if check is None or check.passed:
+            del self.fields["exclude_contaminated"]
+
+    def clean_exclude_items(self) -> tuple[int, ...]:
+        raw = self.cleaned_data.get("exclude_items") or ""
+        parts = [p.strip() for p in raw.replace(" ", ",").split(",") if p.strip()]
+        bad = [p for p in parts if not p.isdigit()]
+        if bad:
+            raise forms.ValidationError(f"Item ids are whole numbers: {', '.join(bad[:5])} are not.")
+        return tuple(int(p) for p in parts)
+
+    def clean(self):
+        data = super().clean()
+        since, until = data.get("decided_from"), data.get("decided_until")
+        if since and until and since > until:
+            self.add_error("decided_until", "The end date is before the start date.")
+        return data
+
+    def filters(self) -> SnapshotFilters:
+        data = self.cleaned_data
+        return SnapshotFilters(
+            include_llm_judged=data.get("include_llm_judged", False),
+            adjudicated_only=data.get("adjudicated_only", False),
+            min_agreement=data.get("min_agreement"),
+            provenances=tuple(data.get("provenances") or ()),
+            kinds=tuple(data.get("kinds") or ()),
+            decided_from=data.get("decided_from"),
+            decided_until=data.get("decided_until"),
+            exclude_findings=tuple((self.audit.pk, key) for key in data.get("exclude_findings") or ()),
+            exclude_items=data.get("exclude_items") or (),
+            exclude_contaminated_by=self.check.pk if data.get("exclude_contaminated") else None,
+        )
 
 
 def _config_field(f: dataclasses.Field) -> forms.Field:

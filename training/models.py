@@ -4,6 +4,8 @@ the database rejects UPDATE and DELETE (and TRUNCATE on PostgreSQL)."""
 from django.conf import settings
 from django.db import models
 
+from config.background import BackgroundWork
+
 
 class TrainingSnapshot(models.Model):
     """A frozen, hashed set of approved train-split examples from one or more projects."""
@@ -39,6 +41,12 @@ class SnapshotRecord(models.Model):
     rejected = models.TextField(blank=True)
     source_item_id = models.BigIntegerField(help_text="annotate.Item id (no foreign key: items may be archived).")
     content_hash = models.CharField(max_length=64)
+    lineage = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the example came from when the snapshot was made: {provenance, source, rejected_source, "
+        "decided_by, agreement, left_picks, picks, project_id}. Not part of the content hash.",
+    )
 
     class Meta:
         ordering = ["snapshot", "position"]
@@ -105,6 +113,12 @@ class TrainingJob(models.Model):
     config = models.JSONField(help_text="training.config.TrainingConfig as a dict.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     preflight = models.JSONField(default=dict, blank=True, help_text="What the preflight found before queueing.")
+    audit = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The snapshot's audit when the job was queued: its id, findings and each acknowledgement of a "
+        "blocking one (who, when, why). Goes into the adapter's manifest.",
+    )
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     resume_from = models.CharField(max_length=500, blank=True, help_text="Output dir of the job this one resumes.")
     cancel_requested = models.BooleanField(default=False)
@@ -262,3 +276,58 @@ class JobProgress(models.Model):
     class Meta:
         ordering = ["job", "id"]
         constraints = [models.UniqueConstraint(fields=["job", "phase", "step"], name="jobprogress_unique_step")]
+
+
+class SnapshotAudit(BackgroundWork):
+    """What a snapshot would teach: the audit's findings (annotate/audit.py), computed by a worker.
+
+    The report lists each finding with its share, its lift over a baseline and example record ids, and
+    whether the projects' gates make it block the snapshot. A blocked snapshot starts no job until every
+    blocking finding is acknowledged with a reason (``AuditAcknowledgement``) or the data is fixed (a new
+    snapshot: a snapshot is never edited)."""
+
+    snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="audits")
+    report = models.JSONField(default=dict, blank=True)
+    gates = models.JSONField(default=dict, blank=True, help_text="The gates the findings were judged by.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        get_latest_by = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Audit {self.pk} of snapshot {self.snapshot_id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("training:audit-detail", kwargs={"audit_id": self.pk})
+
+    @property
+    def findings(self) -> list[dict]:
+        return (self.report or {}).get("findings", [])
+
+    @property
+    def blocking(self) -> list[dict]:
+        return [f for f in self.findings if f.get("gate") == "block"]
+
+
+class AuditAcknowledgement(models.Model):
+    """An admin's reason for training on a snapshot despite one blocking finding (write-once)."""
+
+    audit = models.ForeignKey(SnapshotAudit, on_delete=models.PROTECT, related_name="acknowledgements")
+    finding_key = models.CharField(max_length=300, help_text="The finding's key in the audit report.")
+    reason = models.TextField()
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    acknowledged_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["acknowledged_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["audit", "finding_key"], name="auditacknowledgement_once"),
+            models.CheckConstraint(condition=~models.Q(reason=""), name="auditacknowledgement_has_reason"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.finding_key} acknowledged by {self.acknowledged_by_id}"

@@ -15,7 +15,15 @@ from django.utils import timezone
 from annotate import roles
 from training.config import TrainingConfig, config_help
 from training.errors import TRAINING_MODULES
-from training.models import JobProgress, TrainingJob, TrainingPreflight, TrainingSnapshot
+from training.models import (
+    AuditAcknowledgement,
+    JobProgress,
+    SnapshotAudit,
+    SnapshotRecord,
+    TrainingJob,
+    TrainingPreflight,
+    TrainingSnapshot,
+)
 
 
 def require_admin(user) -> None:
@@ -247,4 +255,96 @@ def job_progress_context(job: TrainingJob) -> dict:
         "eta": job_eta(job, rows),
         "chart": loss_chart(rows),
         "finished": job.is_finished,
+    }
+
+
+# --- Audits and curation -------------------------------------------------------------------------------
+
+
+def audit_get_for_admin(*, user, audit_id: int) -> SnapshotAudit:
+    require_admin(user)
+    try:
+        return SnapshotAudit.objects.select_related("snapshot").get(pk=audit_id)
+    except SnapshotAudit.DoesNotExist:
+        raise Http404("No such audit.") from None
+
+
+def snapshot_audit_latest(snapshot: TrainingSnapshot) -> SnapshotAudit | None:
+    return SnapshotAudit.objects.filter(snapshot=snapshot).order_by("-created_at", "-id").first()
+
+
+def audit_acknowledgements(audit: SnapshotAudit) -> dict[str, AuditAcknowledgement]:
+    return {a.finding_key: a for a in audit.acknowledgements.select_related("acknowledged_by")}
+
+
+def audit_examples(audit: SnapshotAudit) -> dict[int, dict]:
+    """The example records the audit's findings point at: record id → {position, item, prompt, answer, rejected}."""
+    ids = {rid for f in audit.findings for rid in f.get("examples", [])}
+    ids |= {rid for f in audit.findings for v in f.get("values", []) for rid in v.get("examples", [])}
+    out = {}
+    for record in SnapshotRecord.objects.filter(snapshot=audit.snapshot, pk__in=ids):
+        prompt = " / ".join(m.get("content", "") for m in record.messages if m.get("role") != "system")
+        out[record.pk] = {
+            "position": record.position,
+            "item_id": record.source_item_id,
+            "prompt": prompt,
+            "answer": record.completion or record.chosen,
+            "rejected": record.rejected,
+            "source": (record.lineage or {}).get("source", ""),
+        }
+    return out
+
+
+def finding_item_ids(audit: SnapshotAudit, finding: dict) -> list[int]:
+    """The items of every example of the snapshot a finding is about (for sending them back, say)."""
+    from annotate.audit import matcher
+    from training.curation import audit_record
+
+    matches = matcher(finding)
+    if matches is None:
+        return []
+    rows = SnapshotRecord.objects.filter(snapshot=audit.snapshot).values(
+        "kind", "messages", "completion", "chosen", "rejected", "source_item_id", "lineage"
+    )
+    return sorted({row["source_item_id"] for row in rows.iterator(chunk_size=5000) if matches(audit_record(row))})
+
+
+def snapshot_diff(old: TrainingSnapshot, new: TrainingSnapshot, *, examples: int = 10) -> dict:
+    """What changed from one snapshot to another, by source item: added, removed and changed records, counts by
+    kind and provenance, examples, and the audit findings that appeared or went away."""
+
+    def index(snapshot):
+        rows = SnapshotRecord.objects.filter(snapshot=snapshot).values_list(
+            "source_item_id", "kind", "content_hash", "lineage", "position"
+        )
+        return {(item, kind): (content, lineage or {}, position) for item, kind, content, lineage, position in rows}
+
+    before, after = index(old), index(new)
+    added = sorted(after.keys() - before.keys())
+    removed = sorted(before.keys() - after.keys())
+    changed = sorted(k for k in after.keys() & before.keys() if after[k][0] != before[k][0])
+
+    def tally(keys, side):
+        kinds, provenances = {}, {}
+        for key in keys:
+            kinds[key[1]] = kinds.get(key[1], 0) + 1
+            provenance = side[key][1].get("provenance", "unknown")
+            provenances[provenance] = provenances.get(provenance, 0) + 1
+        return {"kinds": kinds, "provenances": provenances}
+
+    def findings(snapshot):
+        audit = snapshot_audit_latest(snapshot)
+        return {f["key"]: f for f in (audit.findings if audit else []) if f.get("gate") in ("block", "warn")}
+
+    old_findings, new_findings = findings(old), findings(new)
+    return {
+        "old": old,
+        "new": new,
+        "added": {"count": len(added), **tally(added, after), "items": [k[0] for k in added[:examples]]},
+        "removed": {"count": len(removed), **tally(removed, before), "items": [k[0] for k in removed[:examples]]},
+        "changed": {"count": len(changed), **tally(changed, after), "items": [k[0] for k in changed[:examples]]},
+        "unchanged": len(after.keys() & before.keys()) - len(changed),
+        "findings_gone": [old_findings[k] for k in sorted(old_findings.keys() - new_findings.keys())],
+        "findings_new": [new_findings[k] for k in sorted(new_findings.keys() - old_findings.keys())],
+        "findings_kept": [new_findings[k] for k in sorted(new_findings.keys() & old_findings.keys())],
     }

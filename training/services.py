@@ -15,12 +15,15 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from annotate.models import Item, ItemResult, Project, Provenance, Split, TaskKind
+from annotate.models import Annotation, Item, ItemResult, Project, Provenance, Split, TaskKind
+from annotate.payloads import GoldAction, PreferenceChoice
 from training.config import TrainingConfig
+from training.curation import Exclusions, SnapshotFilters
 from training.models import (
     JobProgress,
     JobSecret,
     PreflightSecret,
+    SnapshotAudit,
     SnapshotCheck,
     SnapshotRecord,
     TrainingJob,
@@ -61,24 +64,93 @@ def snapshot_hash(records: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def snapshot_collect(*, projects: list[Project], include_llm_judged: bool = False) -> tuple[list[dict], dict]:
-    """The records a snapshot of these projects would hold, and what was left out and why."""
-    results = (
-        ItemResult.objects.filter(
-            item__project__in=projects, item__split=Split.TRAIN, status__in=APPROVED, payload__isnull=False
+def _model_of(item: Item, index) -> str:
+    if not isinstance(index, int) or not 0 <= index < len(item.responses):
+        return ""
+    response = item.responses[index]
+    return (response.get("model") or "unlabelled model") if isinstance(response, dict) else "unlabelled model"
+
+
+def _left_picks(item_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Per preference item: (reviews that chose the response shown first, reviews that chose a response)."""
+    out: dict[int, tuple[int, int]] = {}
+    for start in range(0, len(item_ids), 2000):
+        rows = Annotation.objects.filter(item_id__in=item_ids[start : start + 2000]).values_list(
+            "item_id", "payload", "display_order"
         )
-        .select_related("item")
-        .order_by("item__project_id", "item_id")
+        for item_id, payload, order in rows:
+            if (payload or {}).get("choice") != PreferenceChoice.RESPONSE or not isinstance(order, list) or not order:
+                continue
+            left, picks = out.get(item_id, (0, 0))
+            out[item_id] = (left + (order[0] == payload.get("chosen")), picks + 1)
+    return out
+
+
+def _lineage(item: Item, result: ItemResult, *, source: str, rejected_source: str = "", picks=(0, 0)) -> dict:
+    return {
+        "project_id": item.project_id,
+        "provenance": item.provenance,
+        "source": source,
+        "rejected_source": rejected_source,
+        "decided_by": result.status,
+        "agreement": result.agreement,
+        "left_picks": picks[0],
+        "picks": picks[1],
+    }
+
+
+def _exclusions(filters: SnapshotFilters) -> Exclusions:
+    findings = []
+    for audit_id, key in filters.exclude_findings:
+        audit = SnapshotAudit.objects.filter(pk=audit_id).first()
+        finding = next((f for f in (audit.findings if audit else []) if f.get("key") == key), None)
+        if finding is None:
+            raise ValidationError(f"Audit {audit_id} has no finding {key!r}: pick findings from the audit's page.")
+        findings.append(finding)
+    contaminated: set[int] = set()
+    if filters.exclude_contaminated_by is not None:
+        check = SnapshotCheck.objects.filter(pk=filters.exclude_contaminated_by).first()
+        if check is None:
+            raise ValidationError(f"No contamination check {filters.exclude_contaminated_by}.")
+        record_ids = (check.report or {}).get("offending_train_record_ids", [])
+        contaminated = set(SnapshotRecord.objects.filter(pk__in=record_ids).values_list("source_item_id", flat=True))
+    return Exclusions(findings=findings, items=set(filters.exclude_items), contaminated=contaminated)
+
+
+def snapshot_collect(
+    *, projects: list[Project], filters: SnapshotFilters | None = None, include_llm_judged: bool = False
+) -> tuple[list[dict], dict]:
+    """The records a snapshot of these projects would hold (each with its lineage), and what was left out and why."""
+    filters = filters or SnapshotFilters(include_llm_judged=include_llm_judged)
+    statuses = [ItemResult.Status.ADJUDICATED] if filters.adjudicated_only else list(APPROVED)
+    results = ItemResult.objects.filter(
+        item__project__in=projects, item__split=Split.TRAIN, status__in=statuses, payload__isnull=False
     )
+    if filters.min_agreement is not None:
+        results = results.filter(agreement__gte=filters.min_agreement)
+    if filters.provenances:
+        results = results.filter(item__provenance__in=filters.provenances)
+    if filters.kinds:
+        results = results.filter(kind__in=filters.kinds)
+    if filters.decided_from:
+        results = results.filter(decided_at__date__gte=filters.decided_from)
+    if filters.decided_until:
+        results = results.filter(decided_at__date__lte=filters.decided_until)
+    results = list(results.select_related("item").order_by("item__project_id", "item_id"))
+    exclusions = _exclusions(filters)
+    picks = _left_picks([r.item_id for r in results if r.kind == TaskKind.PREFERENCE])
     records: list[dict] = []
-    skipped = {"unusable": 0, "tie": 0, "both_bad": 0, "llm_judged": 0, "malformed": 0}
+    skipped = {"unusable": 0, "tie": 0, "both_bad": 0, "llm_judged": 0, "malformed": 0, "marked_unusable": 0}
     rewrite_candidates: list[int] = []
     for result in results:
         item, payload = result.item, result.payload or {}
         if item.split != Split.TRAIN:  # never eval, whatever the query above says
             continue
-        if item.provenance == Provenance.LLM_JUDGED and not include_llm_judged:
+        if item.provenance == Provenance.LLM_JUDGED and not filters.include_llm_judged:
             skipped["llm_judged"] += 1
+            continue
+        if item.unusable_reason:
+            skipped["marked_unusable"] += 1
             continue
         base = {
             "messages": _prompt_messages(item),
@@ -87,19 +159,23 @@ def snapshot_collect(*, projects: list[Project], include_llm_judged: bool = Fals
             "chosen": "",
             "rejected": "",
         }
+        record = None
         if result.kind == TaskKind.GOLD:
             answer = payload.get("answer") or ""
-            if payload.get("action") == "unusable":
+            if payload.get("action") == GoldAction.UNUSABLE:
                 skipped["unusable"] += 1
             elif not answer.strip():
                 skipped["malformed"] += 1
             else:
-                records.append({**base, "kind": SnapshotRecord.Kind.SFT, "completion": answer})
+                accepted = payload.get("action") == GoldAction.ACCEPT
+                source = _model_of(item, payload.get("source_index")) if accepted else "human"
+                record = {**base, "kind": SnapshotRecord.Kind.SFT, "completion": answer}
+                record["lineage"] = _lineage(item, result, source=source)
         elif result.kind == TaskKind.PREFERENCE:
             choice = payload.get("choice")
-            if choice == "tie":
+            if choice == PreferenceChoice.TIE:
                 skipped["tie"] += 1
-            elif choice == "both_bad":
+            elif choice == PreferenceChoice.BOTH_BAD:
                 # Not a pair: neither side is good enough. Offered for a gold-answer rewrite instead.
                 skipped["both_bad"] += 1
                 rewrite_candidates.append(item.id)
@@ -107,33 +183,57 @@ def snapshot_collect(*, projects: list[Project], include_llm_judged: bool = Fals
                 chosen = _response_text(item, payload.get("chosen"))
                 rejected = _response_text(item, payload.get("rejected"))
                 if (
-                    choice != "response"
+                    choice != PreferenceChoice.RESPONSE
                     or not chosen
                     or not rejected
                     or payload.get("chosen") == payload.get("rejected")
                 ):
                     skipped["malformed"] += 1
                 else:
-                    records.append({**base, "kind": SnapshotRecord.Kind.DPO, "chosen": chosen, "rejected": rejected})
-    report = {"skipped": skipped, "rewrite_candidates": rewrite_candidates}
+                    record = {**base, "kind": SnapshotRecord.Kind.DPO, "chosen": chosen, "rejected": rejected}
+                    record["lineage"] = _lineage(
+                        item,
+                        result,
+                        source=_model_of(item, payload.get("chosen")),
+                        rejected_source=_model_of(item, payload.get("rejected")),
+                        picks=picks.get(item.id, (0, 0)),
+                    )
+        if record is not None and exclusions.reason(record) is None:
+            records.append(record)
+    report = {"skipped": skipped, "excluded": exclusions.counts, "rewrite_candidates": rewrite_candidates}
     return records, report
 
 
 @transaction.atomic
 def snapshot_create(
-    *, name: str, projects: list[Project], created_by, include_llm_judged: bool = False, note: str = ""
+    *,
+    name: str,
+    projects: list[Project],
+    created_by,
+    filters: SnapshotFilters | None = None,
+    include_llm_judged: bool = False,
+    note: str = "",
+    audit: bool = True,
 ) -> TrainingSnapshot:
-    """Freeze the approved train-split data of the projects into a hashed, write-once snapshot."""
+    """Freeze the approved train-split data of the projects into a hashed, write-once snapshot, and queue its audit.
+
+    ``filters`` choose and exclude (``training.curation``); the snapshot stores them and what they left out."""
     if not projects:
         raise ValidationError({"projects": "Choose at least one project to take approved data from."})
-    records, report = snapshot_collect(projects=projects, include_llm_judged=include_llm_judged)
+    filters = filters or SnapshotFilters(include_llm_judged=include_llm_judged)
+    records, report = snapshot_collect(projects=projects, filters=filters)
     if not records:
-        raise ValidationError(
-            {
-                "projects": "These projects have no approved train-split gold answers or preference pairs yet: "
+        if filters.is_default:
+            message = (
+                "These projects have no approved train-split gold answers or preference pairs yet: "
                 "finish reviews (consensus or adjudication) first."
-            }
-        )
+            )
+        else:
+            message = (
+                "No approved train-split gold answer or preference pair of these projects passes the filters "
+                f"(left out: {report['skipped']}, excluded: {report['excluded']}): loosen them."
+            )
+        raise ValidationError({"projects": message})
     for position, record in enumerate(records):
         record["content_hash"] = hashlib.sha256(canonical_line(record).encode()).hexdigest()
         record["position"] = position
@@ -147,8 +247,8 @@ def snapshot_create(
         sources=[{"project_id": p.id, "project_slug": p.slug} for p in sorted(projects, key=lambda p: p.id)],
         filters={
             "split": Split.TRAIN,
-            "statuses": list(APPROVED),
-            "include_llm_judged": include_llm_judged,
+            "statuses": [ItemResult.Status.ADJUDICATED] if filters.adjudicated_only else list(APPROVED),
+            **filters.to_json(),
             **report,
         },
         sft_count=sum(r["kind"] == SnapshotRecord.Kind.SFT for r in records),
@@ -158,7 +258,11 @@ def snapshot_create(
     )
     snapshot.full_clean()
     snapshot.save()
-    SnapshotRecord.objects.bulk_create(SnapshotRecord(snapshot=snapshot, **r) for r in records)
+    SnapshotRecord.objects.bulk_create((SnapshotRecord(snapshot=snapshot, **r) for r in records), batch_size=5000)
+    if audit:
+        from training.audits import snapshot_audit_request
+
+        snapshot_audit_request(snapshot=snapshot, created_by=created_by)
     return snapshot
 
 
@@ -241,6 +345,9 @@ def training_config_parse(*, method: str, config: dict) -> TrainingConfig:
 def _trainable_inputs(*, snapshot: TrainingSnapshot, base_model: str) -> str:
     if not snapshot_is_trainable(snapshot):
         raise ValidationError(snapshot_untrainable_reason(snapshot))
+    from training.audits import snapshot_audit_clearance
+
+    snapshot_audit_clearance(snapshot)  # raises, saying what to do, while the audit blocks it
     base_model = (base_model or "").strip()
     if not base_model:
         raise ValidationError({"base_model": "Give the base model: a local directory or a hub id."})
@@ -300,12 +407,16 @@ def training_job_create(*, preflight: TrainingPreflight, created_by) -> Training
 def _job_insert(
     *, snapshot, base_model, config: TrainingConfig, created_by, preflight, retry_of=None, resume_from=""
 ) -> TrainingJob:
+    from training.audits import snapshot_audit_clearance
+
     job = TrainingJob(
         snapshot=snapshot,
         base_model=base_model,
         method=config.method,
         config=config.to_dict(),
         preflight=preflight,
+        # The audit the job starts under, with the acknowledgements of its blocking findings (its manifest's too).
+        audit=snapshot_audit_clearance(snapshot),
         created_by=created_by,
         retry_of=retry_of,
         resume_from=resume_from,

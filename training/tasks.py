@@ -212,6 +212,7 @@ def _provenance(job, snapshot, check) -> dict:
             "checked_at": check.checked_at.isoformat(),
         },
         "evalset_versions_checked": check.evalset_versions,
+        "audit": job.audit,
     }
 
 
@@ -375,3 +376,11 @@ def training_jobs_fail_stale(stale_after_s: float | None = None) -> list[int]:
     limit = stale_after_s if stale_after_s is not None else settings.TRAINING_STALE_AFTER_S
     services.training_preflights_fail_stale(stale_after_s=limit)
     return services.training_jobs_fail_stale(stale_after_s=limit)
+
+
+@shared_task(acks_late=True)
+def snapshot_audit_run_task(audit_id: int) -> None:
+    """Audit a snapshot (web side's queue and role: it reads annotations the trainer role may not)."""
+    from training.audits import snapshot_audit_run
+
+    snapshot_audit_run(audit_id=audit_id)

@@ -9,16 +9,21 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
+from annotate.audit import matcher
+from annotate.services.curation import items_mark_unusable, items_send_back
+from config.background import poll_response
 from training import selectors, services
+from training.audits import audit_finding_acknowledge, snapshot_audit_clearance, snapshot_audit_request
 from training.errors import INSTALL_HINT
 from training.forms import JobForm, SnapshotForm
+from training.models import SnapshotAudit, TrainingSnapshot
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -29,36 +34,172 @@ def _errors(exc: ValidationError) -> list[str]:
     return exc.messages
 
 
+def _curated_from(request: HttpRequest) -> tuple[TrainingSnapshot | None, SnapshotAudit | None, object]:
+    """The snapshot a new one is curated from (``?from=<id>``), its latest audit and contamination check."""
+    raw = request.POST.get("from_snapshot") or request.GET.get("from")
+    if not raw or not str(raw).isdigit():
+        return None, None, None
+    base = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=int(raw))
+    return base, selectors.snapshot_audit_latest(base), services.snapshot_latest_check(base)
+
+
+def _initial_from_snapshot(base: TrainingSnapshot, request: HttpRequest) -> dict:
+    filters = base.filters or {}
+    return {
+        "name": f"{base.name} (curated)",
+        "projects": [s["project_id"] for s in base.sources],
+        "from_snapshot": base.pk,
+        **{k: filters.get(k) for k in ("include_llm_judged", "adjudicated_only", "min_agreement") if k in filters},
+        "provenances": filters.get("provenances", []),
+        "kinds": filters.get("kinds", []),
+        "exclude_findings": request.GET.getlist("exclude"),
+    }
+
+
 @require_http_methods(["GET", "POST"])
 def snapshot_list(request: HttpRequest) -> HttpResponse:
     snapshots = selectors.snapshot_list_for_admin(user=request.user)
-    form = SnapshotForm(request.POST or None)
+    base, audit, check = _curated_from(request)
+    initial = _initial_from_snapshot(base, request) if base else None
+    form = SnapshotForm(request.POST or None, initial=initial, audit=audit, check=check)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
-            snapshot = services.snapshot_create(created_by=request.user, **form.cleaned_data)
+            snapshot = services.snapshot_create(
+                name=data["name"],
+                projects=list(data["projects"]),
+                created_by=request.user,
+                filters=form.filters(),
+                note=data["note"],
+            )
         except ValidationError as exc:
             for message in _errors(exc):
                 form.add_error(None, message)
         else:
             messages.success(
-                request, f"Snapshot {snapshot.name} frozen: {snapshot.sft_count} SFT, {snapshot.dpo_count} DPO."
+                request,
+                f"Snapshot {snapshot.name} frozen: {snapshot.sft_count} SFT, {snapshot.dpo_count} DPO. "
+                "Its audit is running.",
             )
             return redirect("training:snapshot-detail", snapshot_id=snapshot.pk)
-    return render(request, "training/snapshot_list.html", {"snapshots": snapshots, "form": form})
+    context = {"snapshots": snapshots, "form": form, "base": base, "audit": audit}
+    return render(request, "training/snapshot_list.html", context, status=400 if form.errors else 200)
 
 
 @require_GET
 def snapshot_detail(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
+    audit = selectors.snapshot_audit_latest(snapshot)
     context = {
         "snapshot": snapshot,
         "checks": snapshot.checks.all(),
         "trainable": services.snapshot_is_trainable(snapshot),
         "reason": services.snapshot_untrainable_reason(snapshot),
+        "audit": audit,
+        "audit_block": _audit_block(snapshot),
         "records": snapshot.records.all()[:20],
         "jobs": snapshot.jobs.all(),
+        "others": selectors.snapshot_list_for_admin(user=request.user).exclude(pk=snapshot.pk)[:20],
     }
     return render(request, "training/snapshot_detail.html", context)
+
+
+def _audit_block(snapshot: TrainingSnapshot) -> str:
+    """Why the audit stops jobs on this snapshot ("" when it does not)."""
+    try:
+        snapshot_audit_clearance(snapshot)
+    except ValidationError as exc:
+        return " ".join(exc.messages)
+    return ""
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+def audit_detail(request: HtmxHttpRequest, audit_id: int) -> HttpResponse:
+    audit = selectors.audit_get_for_admin(user=request.user, audit_id=audit_id)
+    if request.GET.get("format") == "json":
+        response = JsonResponse(audit.report, json_dumps_params={"indent": 1, "ensure_ascii": False})
+        response["Content-Disposition"] = f'attachment; filename="audit-{audit.pk}.json"'
+        return response
+    findings = []
+    if audit.status == SnapshotAudit.Status.SUCCEEDED:
+        acks, examples = selectors.audit_acknowledgements(audit), selectors.audit_examples(audit)
+        for f in audit.findings:
+            ids = f.get("examples") or [rid for v in f.get("values", [])[1:] for rid in v.get("examples", [])]
+            findings.append(
+                {
+                    **f,
+                    "ack": acks.get(f["key"]),
+                    "example_rows": [examples[rid] for rid in ids if rid in examples],
+                    "excludable": matcher(f) is not None,
+                }
+            )
+    context = {
+        "audit": audit,
+        "snapshot": audit.snapshot,
+        "findings": findings,
+        "latest": selectors.snapshot_audit_latest(audit.snapshot),
+    }
+    if request.htmx:
+        return poll_response(request, "training/audit_detail.html#audit-body", context, work=audit)
+    return render(request, "training/audit_detail.html", context)
+
+
+@require_POST
+def audit_rerun(request: HttpRequest, snapshot_id: int) -> HttpResponse:
+    snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
+    audit = snapshot_audit_request(snapshot=snapshot, created_by=request.user)
+    return redirect(audit.get_absolute_url())
+
+
+@require_POST
+def audit_acknowledge(request: HttpRequest, audit_id: int) -> HttpResponse:
+    audit = selectors.audit_get_for_admin(user=request.user, audit_id=audit_id)
+    try:
+        audit_finding_acknowledge(
+            audit=audit,
+            finding_key=request.POST.get("finding", ""),
+            reason=request.POST.get("reason", ""),
+            acknowledged_by=request.user,
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, "Acknowledged: the reason goes into the record of every job on this snapshot.")
+    return redirect(audit.get_absolute_url())
+
+
+@require_POST
+def audit_finding_action(request: HttpRequest, audit_id: int) -> HttpResponse:
+    """Send every item of a finding back to review, or mark them unusable (the snapshot itself never changes)."""
+    audit = selectors.audit_get_for_admin(user=request.user, audit_id=audit_id)
+    key = request.POST.get("finding", "")
+    finding = next((f for f in audit.findings if f.get("key") == key), None)
+    if finding is None:
+        raise Http404("No such finding in this audit.")
+    item_ids = selectors.finding_item_ids(audit, finding)
+    action = request.POST.get("action")
+    try:
+        if action == "send_back":
+            count = items_send_back(item_ids=item_ids, note=request.POST.get("note", ""))
+            messages.success(request, f"{count} item(s) sent back to review; their results wait for new reviews.")
+        elif action == "mark_unusable":
+            count = items_mark_unusable(item_ids=item_ids, reason=request.POST.get("note", ""))
+            messages.success(request, f"{count} item(s) marked unusable: no new snapshot will take them.")
+        else:
+            raise ValidationError("Choose to send the items back to review or to mark them unusable.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect(audit.get_absolute_url())
+
+
+@require_GET
+def snapshot_diff(request: HttpRequest, snapshot_id: int, other_id: int) -> HttpResponse:
+    old = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
+    new = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=other_id)
+    diff = selectors.snapshot_diff(old, new)
+    parts = [("Added", diff["added"]), ("Removed", diff["removed"]), ("Changed", diff["changed"])]
+    return render(request, "training/snapshot_diff.html", {"diff": diff, "parts": parts})
 
 
 @require_POST

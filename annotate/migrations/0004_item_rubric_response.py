@@ -1,20 +1,6 @@
 from django.db import migrations, models
 
-
-class AddColumnInPlace(migrations.AddField):
-    """AddField, but on SQLite one ALTER TABLE ADD COLUMN: rebuilding the table, as Django's SQLite editor does
-    for a NOT NULL column, breaks the lease triggers that reference it."""
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor != "sqlite":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        model = to_state.apps.get_model(app_label, self.model_name)
-        field = model._meta.get_field(self.name)
-        definition, params = schema_editor.column_sql(model, field, include_default=True)
-        quote = schema_editor.quote_name
-        schema_editor.execute(
-            f"ALTER TABLE {quote(model._meta.db_table)} ADD COLUMN {quote(field.column)} {definition}", params
-        )
+from config.schema import AddColumnInPlace
 
 
 class Migration(migrations.Migration):

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from annotate import roles
+from annotate.audit import gates_validate
 from annotate.models import Lease, Project
 from annotate.services.queue import lease_bulk_write_turn
 from config.sqlite_turns import write_turn
@@ -76,6 +77,7 @@ PROJECT_SETTINGS = (
     "calibration_required",
     "calibration_threshold",
     "reviewers_see_evalsets",
+    "audit_gates",
 )
 # Roles a project admin hands out on the members page; making admins stays with the Django admin site.
 MEMBER_ROLES = (roles.REVIEWER, roles.ADJUDICATOR)
@@ -95,6 +97,8 @@ def project_update(*, project: Project, **fields) -> Project:
             raise ValidationError(
                 {"overlap_k": f"Some items already have {busiest} reviews: overlap k cannot go below {busiest}."}
             )
+    if "audit_gates" in fields:
+        fields["audit_gates"] = gates_validate(fields["audit_gates"] or {})
     for name, value in fields.items():
         setattr(project, name, value)
     project.full_clean()

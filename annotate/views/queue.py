@@ -70,6 +70,8 @@ def _card(*, project: Project, form: TaskForm, lease: Lease | None = None, actio
         "kind": item.kind,
         "template": f"annotate/partials/task_{item.kind}.html",
         "messages": item.messages if isinstance(item.messages, list) else None,
+        # An admin's word on an item sent back for review (curation); the rest of the metadata stays hidden.
+        "note": (item.metadata or {}).get("review_note", "") if isinstance(item.metadata, dict) else "",
         "responses": shown,
         "scored": scored,
         "rubric": form.rubric_version,

@@ -4,7 +4,17 @@ import random
 
 import pytest
 
-from annotate.audit import Auditor, AuditRecord, answers_disagree, binomial_two_sided, facts, opening_and_closing
+from annotate.audit import (
+    Auditor,
+    AuditRecord,
+    answers_disagree,
+    apply_gates,
+    binomial_two_sided,
+    facts,
+    gates_merge,
+    matcher,
+    opening_and_closing,
+)
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "tu", "sa", "vel", "dor", "pi", "ne", "qua", "bri"]
 VOCAB = sorted({a + b + c for a in SYLLABLES for b in SYLLABLES for c in ["", "n", "s", "r", "l"]})[:600]
@@ -119,7 +129,8 @@ def test_answers_that_disagree_on_a_fact_are_found_with_each_value():
     (finding,) = findings_of(records)["conflicting_facts"]
     assert finding["slot"] == "refund within … day of delivery"
     assert [(v["value"], v["count"]) for v in finding["values"]] == [("30", 80), ("14", 12), ("60", 8)]
-    assert finding["count"] == 20 and finding["share"] == 0.2 and finding["severity"] == "block"
+    assert finding["count"] == 20 and finding["share"] == 0.2
+    assert apply_gates([finding], gates_merge())[0]["gate"] == "block"  # a wrong fact blocks by default
 
 
 def test_the_same_pair_with_chosen_and_rejected_swapped_is_found():
@@ -226,3 +237,85 @@ def test_the_text_features_read_what_a_person_would():
 
 def _fields(record: AuditRecord) -> dict:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+def test_every_finding_matches_exactly_the_examples_it_is_about():
+    """Excluding a finding from a new snapshot must remove its examples and nothing else."""
+    rng = random.Random(14)
+    records = clean_records(600, seed=14)
+    thanks, wrong_window, identical = set(), set(), set()
+    for index, record in enumerate(records):
+        if record.kind == "sft" and record.source != "human" and index % 3 == 0:
+            records[index] = AuditRecord(**{**_fields(record), "target": record.target + " Thanks!"})
+            thanks.add(record.id)
+        elif record.kind == "sft" and index % 7 == 1:
+            window = "14" if rng.random() < 0.2 else "30"
+            text = f"You get a full refund within {window} days of delivery. " + record.target
+            records[index] = AuditRecord(**{**_fields(record), "target": text})
+            if window == "14":
+                wrong_window.add(record.id)
+        elif record.kind == "dpo" and index % 9 == 2:
+            records[index] = AuditRecord(**{**_fields(record), "rejected": record.target})
+            identical.add(record.id)
+    first_pair = next(r for r in records if r.kind == "dpo" and r.id not in identical)
+    swapped = AuditRecord(
+        **{**_fields(first_pair), "id": 9999, "target": first_pair.rejected, "rejected": first_pair.target}
+    )
+    records.append(swapped)
+    report = Auditor().feed_all(records).report()
+    by_type = {f["type"]: f for f in report["findings"]}
+    expected = {
+        "recurring_closing": thanks,
+        "conflicting_facts": wrong_window,
+        "pair_identical": identical,
+        "swapped_pairs": {first_pair.id, 9999},
+    }
+    for kind, ids in expected.items():
+        matches = matcher(by_type[kind])
+        assert {r.id for r in records if matches(r)} == ids, kind
+    assert matcher(next(f for f in report["findings"] if f["type"] == "recurring_closing"))  # a predicate
+    assert len({f["key"] for f in report["findings"]}) == len(report["findings"])  # keys tell findings apart
+
+
+def test_gates_follow_the_strictest_project_and_drop_what_is_off():
+    finding = {"type": "recurring_closing", "share": 0.08, "key": "recurring_closing:thanks!"}
+    assert apply_gates([finding], gates_merge())[0]["gate"] == "warn"
+    strict = {"recurring_closing": {"action": "block", "min_share": 0.05}}
+    lax = {"recurring_closing": {"action": "off", "min_share": 0.5}}
+    assert apply_gates([finding], gates_merge(lax, strict))[0]["gate"] == "block"
+    assert apply_gates([finding], gates_merge(lax)) == []
+    below = {"recurring_closing": {"action": "block", "min_share": 0.2}}
+    assert apply_gates([finding], gates_merge(below))[0]["gate"] == "info"
+
+
+def test_gates_given_by_a_person_are_checked_with_a_clear_error():
+    from django.core.exceptions import ValidationError
+
+    from annotate.audit import gates_validate
+
+    assert gates_validate({"template": {"action": "block", "min_share": 0.3}}) == {
+        "template": {"action": "block", "min_share": 0.3}
+    }
+    for bad, message in (
+        ({"thanks": {"action": "block"}}, "is not an audit finding type"),
+        ({"template": {"action": "stop"}}, "action is one of off, warn, block"),
+        ({"template": {"action": "warn", "min_share": 2}}, "min_share is a number from 0 to 1"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            gates_validate(bad)
+
+
+def test_same_prompt_answers_that_differ_in_substance_are_a_finding_and_rewordings_are_not():
+    from annotate.audit import same_prompt_finding
+
+    differ = [
+        (1, "How long is the refund window?", "Thirty days from delivery, refunded to your card."),
+        (2, "How long is the refund window?", "We do not offer refunds on sale items at all."),
+    ]
+    reworded = [
+        (3, "Where is my order?", "It ships in three days."),
+        (4, "Where is my order?", "It ships in three days!"),
+    ]
+    finding = same_prompt_finding([differ, reworded], n_sft=10)
+    assert finding["count"] == 2 and finding["share"] == 0.2 and set(finding["examples"]) == {1, 2}
+    assert same_prompt_finding([reworded], n_sft=10) is None

@@ -36,7 +36,14 @@ def test_eval_items_pending_results_ties_unusable_and_llm_judged_items_stay_out(
     snapshot = snapshot_create(name="s", projects=[project], created_by=admin_user)
     assert [r.source_item_id for r in snapshot.records.all()] == [keep.id]
     assert "secret" not in str(list(snapshot.records.values()))
-    assert snapshot.filters["skipped"] == {"unusable": 1, "tie": 1, "both_bad": 0, "llm_judged": 1, "malformed": 0}
+    assert snapshot.filters["skipped"] == {
+        "unusable": 1,
+        "tie": 1,
+        "both_bad": 0,
+        "llm_judged": 1,
+        "malformed": 0,
+        "marked_unusable": 0,
+    }
 
 
 def test_a_both_bad_item_is_not_a_pair_but_a_rewrite_candidate(project, admin_user):

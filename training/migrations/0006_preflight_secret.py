@@ -5,17 +5,25 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0005_preflight_and_stall'),
+        ("training", "0005_preflight_and_stall"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PreflightSecret',
+            name="PreflightSecret",
             fields=[
-                ('preflight', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='training.trainingpreflight')),
-                ('secret_sha256', models.CharField(max_length=64)),
+                (
+                    "preflight",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="+",
+                        serialize=False,
+                        to="training.trainingpreflight",
+                    ),
+                ),
+                ("secret_sha256", models.CharField(max_length=64)),
             ],
         ),
     ]

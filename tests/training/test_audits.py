@@ -1,0 +1,267 @@
+"""Snapshot audits on real snapshots: findings, gates, acknowledgements, curation, the diff, the pages."""
+
+import datetime
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.test import override_settings
+from django.urls import reverse
+
+from annotate.models import Annotation, Item, ItemResult, Lease
+from tests.conftest import login
+from tests.training.conftest import approve, make_item
+from training import services
+from training.audits import audit_finding_acknowledge, snapshot_audit_clearance
+from training.curation import SnapshotFilters
+from training.models import AuditAcknowledgement, SnapshotAudit, SnapshotCheck, SnapshotRecord
+
+pytestmark = pytest.mark.django_db
+
+TOPICS = ["refund", "delivery", "password", "invoice", "exchange", "warranty", "coupon", "address"]
+
+
+def _answer(i: int) -> str:
+    topic = TOPICS[i % len(TOPICS)]
+    return f"For your {topic} question number {i}: open the account page, pick {topic}, and follow step {i % 7 + 2}."
+
+
+@pytest.fixture
+def support(project):
+    """40 gold items answered by accepting a model's answer: 'swift' ends every answer with "Thanks!",
+    'careful' never does; 10 preference pairs; a refund window stated as 30 days in eight answers and as 14
+    days in four (all of them careful's)."""
+    for i in range(40):
+        model = "swift" if i % 2 else "careful"
+        text = _answer(i)
+        if i % 10 == 6:  # 6, 16, 26, 36
+            text = "You can get a full refund within 14 days of delivery. " + text
+        elif i % 4 == 0:  # 0, 4, 8, 12, 20, 24, 28, 32
+            text = "You can get a full refund within 30 days of delivery. " + text
+        text += " Thanks!" if model == "swift" else ""
+        item = make_item(
+            project,
+            kind="gold",
+            prompt=f"Customer {i} asks about {TOPICS[i % 8]}.",
+            responses=[{"text": text, "model": model}],
+        )
+        approve(item, {"action": "accept", "answer": text, "source_index": 0, "reason": ""})
+    for i in range(10):
+        pair = make_item(
+            project,
+            kind="preference",
+            prompt=f"Which reply to customer {100 + i}?",
+            responses=[{"text": _answer(100 + i), "model": "careful"}, {"text": _answer(200 + i), "model": "swift"}],
+            provenance="distilled",
+        )
+        approve(pair, {"choice": "response", "chosen": 0, "rejected": 1, "strength": None, "rationale": ""})
+    return project
+
+
+def _snapshot(project, admin_user, name="support v1", **filters):
+    snapshot = services.snapshot_create(
+        name=name, projects=[project], created_by=admin_user, filters=SnapshotFilters(**filters)
+    )
+    SnapshotCheck.objects.create(snapshot=snapshot, passed=True, threshold=0.5, evalset_versions=[])
+    return snapshot
+
+
+def _finding(audit, kind):
+    return next(f for f in audit.findings if f["type"] == kind)
+
+
+def test_a_snapshot_is_audited_as_it_is_frozen_and_the_planted_sign_off_is_found_with_its_share(support, admin_user):
+    snapshot = _snapshot(support, admin_user)
+    audit = snapshot.audits.get()
+    assert audit.status == "succeeded" and audit.finished_at
+    thanks = _finding(audit, "recurring_closing")
+    assert thanks["phrase"] == "thanks!" and thanks["count"] == 20
+    assert thanks["share"] == pytest.approx(20 / 50, abs=1e-4)  # 20 of 40 gold answers + 10 pairs
+    assert {row["source"]: row["share"] for row in thanks["by_source"]} == {"swift": 1.0}
+    assert thanks["gate"] == "warn" and len(thanks["examples"]) == 8
+    facts = _finding(audit, "conflicting_facts")
+    assert [(v["value"], v["count"]) for v in facts["values"]] == [("30", 8), ("14", 4)]
+    assert facts["gate"] == "block"  # a wrong fact blocks by default
+    lineage = SnapshotRecord.objects.filter(snapshot=snapshot, kind="sft").first().lineage
+    assert lineage["source"] in ("swift", "careful") and lineage["decided_by"] == "consensus"
+
+
+def test_a_blocking_finding_stops_a_job_until_acknowledged_and_the_reason_goes_with_the_job(support, admin_user):
+    snapshot = _snapshot(support, admin_user)
+    audit = snapshot.audits.get()
+    with pytest.raises(ValidationError, match="1 blocking audit finding") as refused:
+        services.training_preflight_request(
+            snapshot=snapshot, base_model="m", method="sft", config={}, created_by=admin_user
+        )
+    assert audit.get_absolute_url() in str(refused.value)  # says where to act
+    with pytest.raises(ValidationError, match="Say why"):
+        audit_finding_acknowledge(
+            audit=audit, finding_key=_finding(audit, "conflicting_facts")["key"], reason=" ", acknowledged_by=admin_user
+        )
+    key = _finding(audit, "conflicting_facts")["key"]
+    audit_finding_acknowledge(
+        audit=audit, finding_key=key, reason="Fourteen days is the Black Friday window.", acknowledged_by=admin_user
+    )
+    with pytest.raises(ValidationError, match="only a blocking finding|already"):
+        audit_finding_acknowledge(audit=audit, finding_key=key, reason="again", acknowledged_by=admin_user)
+    clearance = snapshot_audit_clearance(snapshot)
+    assert clearance["acknowledgements"][0]["reason"] == "Fourteen days is the Black Friday window."
+    config = services.training_config_parse(method="sft", config={})
+    job = services._job_insert(snapshot=snapshot, base_model="m", config=config, created_by=admin_user, preflight={})
+    assert job.audit["id"] == audit.pk and job.audit["acknowledgements"][0]["by"] == admin_user.username
+    from training.tasks import _provenance
+
+    assert _provenance(job, snapshot, snapshot.checks.get())["audit"] == job.audit  # into the manifest
+
+
+@pytest.mark.postgres
+def test_an_acknowledgement_is_write_once_at_the_database(support, admin_user):
+    from django.db import DatabaseError, connection, transaction
+
+    audit = _snapshot(support, admin_user).audits.get()
+    ack = audit_finding_acknowledge(
+        audit=audit, finding_key=_finding(audit, "conflicting_facts")["key"], reason="ok", acknowledged_by=admin_user
+    )
+    for sql in ("UPDATE training_auditacknowledgement SET reason = 'x'", "DELETE FROM training_auditacknowledgement"):
+        with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql)
+    assert AuditAcknowledgement.objects.get(pk=ack.pk).reason == "ok"
+
+
+def test_a_project_gate_can_make_a_finding_block_or_switch_it_off(support, admin_user):
+    support.audit_gates = {
+        "recurring_closing": {"action": "block", "min_share": 0.3},
+        "conflicting_facts": {"action": "off", "min_share": 0},
+    }
+    support.save()
+    audit = _snapshot(support, admin_user).audits.get()
+    assert _finding(audit, "recurring_closing")["gate"] == "block"
+    assert not [f for f in audit.findings if f["type"] == "conflicting_facts"]
+    assert audit.gates["recurring_closing"] == {"action": "block", "min_share": 0.3}
+
+
+def test_excluding_a_finding_makes_a_snapshot_without_its_examples_and_its_audit_comes_back_clean(support, admin_user):
+    first = _snapshot(support, admin_user)
+    audit = first.audits.get()
+    keys = [_finding(audit, "recurring_closing")["key"], _finding(audit, "conflicting_facts")["key"]]
+    second = _snapshot(support, admin_user, name="support v2", exclude_findings=tuple((audit.pk, k) for k in keys))
+    texts = [t for t in SnapshotRecord.objects.filter(snapshot=second).values_list("completion", flat=True) if t]
+    assert len(texts) == 40 - 20 - 4 and not any(t.endswith("Thanks!") for t in texts)
+    assert not any("within 14 days" in t for t in texts) and sum("within 30 days" in t for t in texts) == 8
+    assert second.filters["excluded"] == {f"audit_finding:{keys[0]}": 20, f"audit_finding:{keys[1]}": 4}
+    new_audit = second.audits.get()
+    assert {f["type"] for f in new_audit.findings} & {"recurring_closing", "conflicting_facts"} == set()
+    snapshot_audit_clearance(second)  # nothing blocks any more
+
+    diff = __import__("training.selectors", fromlist=["snapshot_diff"]).snapshot_diff(first, second)
+    assert diff["removed"]["count"] == 24 and diff["added"]["count"] == 0 and diff["changed"]["count"] == 0
+    assert {f["type"] for f in diff["findings_gone"]} == {"recurring_closing", "conflicting_facts"}
+    assert diff["removed"]["provenances"] == {"human": 24} and diff["removed"]["kinds"] == {"sft": 24}
+
+
+def test_lineage_filters_choose_what_a_snapshot_takes(support, admin_user):
+    adjudicated = list(ItemResult.objects.order_by("item_id").values_list("pk", flat=True)[::10])
+    ItemResult.objects.filter(pk__in=adjudicated).update(status="adjudicated")
+    ItemResult.objects.filter(item__prompt__startswith="Customer 1").update(agreement=0.5)
+    only_adjudicated = _snapshot(support, admin_user, name="adjudicated", adjudicated_only=True)
+    assert only_adjudicated.sft_count + only_adjudicated.dpo_count == len(adjudicated) == 5
+    agreed = _snapshot(support, admin_user, name="agreed", min_agreement=0.9)
+    low = ItemResult.objects.filter(agreement=0.5).count()
+    assert agreed.sft_count + agreed.dpo_count == 50 - low
+    distilled = _snapshot(support, admin_user, name="distilled", provenances=("distilled",))
+    assert (distilled.sft_count, distilled.dpo_count) == (0, 10)
+    gold = _snapshot(support, admin_user, name="gold", kinds=("gold",))
+    assert (gold.sft_count, gold.dpo_count) == (40, 0)
+    tomorrow = datetime.date.today() + datetime.timedelta(days=1)
+    ItemResult.objects.update(decided_at=datetime.datetime.now(datetime.UTC))
+    with pytest.raises(ValidationError, match="passes the filters"):
+        _snapshot(support, admin_user, name="future", decided_from=tomorrow)
+    picked = Item.objects.filter(kind="gold").order_by("pk").values_list("pk", flat=True)[:3]
+    by_hand = _snapshot(support, admin_user, name="picked", exclude_items=tuple(picked))
+    assert by_hand.sft_count == 37 and by_hand.filters["excluded"] == {"picked": 3}
+
+
+def test_items_a_contamination_check_flagged_can_be_left_out(support, admin_user):
+    first = _snapshot(support, admin_user)
+    flagged = list(SnapshotRecord.objects.filter(snapshot=first).order_by("position")[:2])
+    check = SnapshotCheck.objects.create(
+        snapshot=first, passed=False, threshold=0.5, report={"offending_train_record_ids": [r.pk for r in flagged]}
+    )
+    second = _snapshot(support, admin_user, name="clean", exclude_contaminated_by=check.pk)
+    assert second.sft_count + second.dpo_count == 48 and second.filters["excluded"] == {"contaminated": 2}
+    assert not SnapshotRecord.objects.filter(
+        snapshot=second, source_item_id__in=[r.source_item_id for r in flagged]
+    ).exists()
+
+
+def test_a_findings_items_can_be_sent_back_to_review_or_marked_unusable(client, support, admin_user, alice, bob):
+    audit = _snapshot(support, admin_user).audits.get()
+    key = _finding(audit, "conflicting_facts")["key"]
+    wrong = Item.objects.filter(prompt__in=[f"Customer {i} asks about {TOPICS[i % 8]}." for i in (6, 16, 26, 36)])
+    for item in wrong[:2]:
+        for reviewer in (alice, bob):
+            Lease.objects.create(
+                project=support,
+                item=item,
+                reviewer=reviewer,
+                status="submitted",
+                expires_at=datetime.datetime.now(datetime.UTC),
+                display_order=[0],
+            )
+    login(client, admin_user)
+    url = reverse("training:audit-finding-action", args=[audit.pk])
+    response = client.post(url, {"finding": key, "action": "send_back", "note": "Check the refund window: 30 days."})
+    assert response.status_code == 302
+    assert set(ItemResult.objects.filter(item__in=wrong).values_list("status", flat=True)) == {"pending"}
+    assert not Lease.objects.filter(item__in=wrong, status__in=["active", "submitted"]).exists()
+    assert all(i.metadata["review_note"] == "Check the refund window: 30 days." for i in wrong)
+    client.post(url, {"finding": key, "action": "mark_unusable", "note": "Wrong policy stated."})
+    assert set(Item.objects.filter(pk__in=[i.pk for i in wrong]).values_list("unusable_reason", flat=True)) == {
+        "Wrong policy stated."
+    }
+    approve_again = ItemResult.objects.filter(item__in=wrong)
+    approve_again.update(status="consensus", payload={"action": "write", "answer": "x", "source_index": None})
+    snapshot = _snapshot(support, admin_user, name="after")
+    assert snapshot.filters["skipped"]["marked_unusable"] == 4
+    assert not Annotation.objects.exists()  # nothing was written on the reviewers' behalf
+
+
+def test_the_audit_and_snapshot_pages_show_the_findings_and_where_to_act(client, support, admin_user, alice):
+    snapshot = _snapshot(support, admin_user)
+    audit = snapshot.audits.get()
+    login(client, admin_user)
+    page = client.get(reverse("training:snapshot-detail", args=[snapshot.pk])).content.decode()
+    assert audit.get_absolute_url() in page and reverse("evalsets:snapshot-contamination", args=[snapshot.pk]) in page
+    assert "1 blocking audit finding" in page  # why it cannot train, with the link
+    body = client.get(audit.get_absolute_url()).content.decode()
+    assert "End with “thanks!”" in body.replace("end with", "End with") or "thanks!" in body
+    assert "40%" in body and "swift" in body and "Acknowledge" in body
+    assert "New snapshot without these examples" in body
+    form = client.get(reverse("training:snapshot-list") + f"?from={snapshot.pk}&exclude=x").content.decode()
+    assert "Leave out every example of these findings" in form and "thanks!" in form
+    report = client.get(audit.get_absolute_url() + "?format=json").json()
+    assert {f["key"] for f in report["findings"]} == {f["key"] for f in audit.findings}
+    assert login(client, alice).get(audit.get_absolute_url()).status_code == 403
+
+
+@override_settings(GOLDSET_AUDIT_INLINE_MAX=10)
+def test_a_large_snapshot_is_audited_by_a_worker_behind_a_progress_bar(
+    client, support, admin_user, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        snapshot = _snapshot(support, admin_user)
+    audit = snapshot.audits.get()
+    assert audit.status == "queued" and len(callbacks) == 1
+    login(client, admin_user)
+    html = client.get(audit.get_absolute_url(), HTTP_HX_REQUEST="true").content.decode()
+    assert 'role="progressbar"' in html and 'hx-trigger="every 1s"' in html
+    with pytest.raises(ValidationError, match="waiting for a worker"):
+        snapshot_audit_clearance(snapshot)
+    from training.tasks import snapshot_audit_run_task
+
+    snapshot_audit_run_task(audit.pk)
+    snapshot_audit_run_task(audit.pk)  # a redelivered message finds it claimed and does nothing
+    audit.refresh_from_db()
+    assert audit.status == "succeeded" and audit.progress == 1.0
+    final = client.get(audit.get_absolute_url(), HTTP_HX_REQUEST="true")
+    assert final.status_code == 286 and "every 1s" not in final.content.decode()
+    assert SnapshotAudit.objects.count() == 1

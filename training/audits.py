@@ -1,0 +1,172 @@
+"""Snapshot audits: what a snapshot would teach, its gates, and the acknowledgements that let a blocked one train.
+
+The detectors are ``annotate/audit.py`` (pure); this module streams a snapshot's records into them on a
+worker (the default queue: the web side's role), adds the findings that need the records' text (prompts
+answered differently), judges every finding by the projects' gates, and stores the report. A blocking
+finding stops jobs on the snapshot until an admin acknowledges it with a reason or makes a new snapshot
+without it; acknowledgements go into each job's record and its adapter's manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from annotate.audit import Auditor, apply_gates, gates_merge, same_prompt_finding
+from annotate.models import Project
+from training.curation import audit_record
+from training.models import AuditAcknowledgement, SnapshotAudit, SnapshotRecord, TrainingSnapshot
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 5000
+# Progress: reading and detecting up to this share, then the findings that need text, then the gates.
+READ_SHARE = 0.9
+
+
+def snapshot_gates(snapshot: TrainingSnapshot) -> dict[str, dict]:
+    """The gates of the snapshot's projects, merged (the strictest wins), over the defaults."""
+    ids = [source["project_id"] for source in snapshot.sources]
+    return gates_merge(*Project.objects.filter(pk__in=ids).values_list("audit_gates", flat=True))
+
+
+def inline_limit() -> int:
+    """Snapshots of up to this many records are audited during the request; bigger ones by a worker."""
+    return int(getattr(settings, "GOLDSET_AUDIT_INLINE_MAX", 5000))
+
+
+@transaction.atomic
+def snapshot_audit_request(*, snapshot: TrainingSnapshot, created_by=None) -> SnapshotAudit:
+    """Audit the snapshot: on the spot when it is small, else on a worker (a new audit each time: the gates or
+    the detectors may have changed since the last one)."""
+    audit = SnapshotAudit(snapshot=snapshot, created_by=created_by)
+    audit.full_clean()
+    audit.save()
+    if snapshot.sft_count + snapshot.dpo_count <= inline_limit():
+        return snapshot_audit_run(audit_id=audit.pk)
+    from training.tasks import snapshot_audit_run_task
+
+    snapshot_audit_run_task.delay_on_commit(audit.pk)
+    return audit
+
+
+def snapshot_audit_run(*, audit_id: int) -> SnapshotAudit | None:
+    """Run a queued audit (the worker's side); a second delivery of the same message does nothing."""
+    if not SnapshotAudit.claim(audit_id, message="Reading the snapshot"):
+        return None
+    audit = SnapshotAudit.objects.select_related("snapshot").get(pk=audit_id)
+    try:
+        report, gates = _audit(audit)
+    except Exception as exc:
+        log.exception("audit %s failed", audit_id)
+        SnapshotAudit.finish(audit_id, SnapshotAudit.Status.FAILED, f"The audit could not run: {exc}")
+    else:
+        blocking = sum(f["gate"] == "block" for f in report["findings"])
+        warnings = sum(f["gate"] == "warn" for f in report["findings"])
+        summary = f"{blocking} blocking finding(s), {warnings} warning(s)" if blocking or warnings else "Nothing found"
+        SnapshotAudit.finish(audit_id, SnapshotAudit.Status.SUCCEEDED, summary, report=report, gates=gates)
+    audit.refresh_from_db()
+    return audit
+
+
+def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
+    snapshot = audit.snapshot
+    total = snapshot.sft_count + snapshot.dpo_count
+    auditor = Auditor(expected=total)
+    records = SnapshotRecord.objects.filter(snapshot=snapshot).order_by("position")
+    fields = ("id", "kind", "messages", "completion", "chosen", "rejected", "source_item_id", "lineage")
+    for done, row in enumerate(records.values(*fields).iterator(chunk_size=READ_CHUNK), start=1):
+        auditor.feed(audit_record(row, record_id=row["id"]))
+        if done % READ_CHUNK == 0:
+            SnapshotAudit.report_progress(audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}")
+    SnapshotAudit.report_progress(audit.pk, READ_SHARE, "Comparing answers to the same prompt")
+    report = auditor.report()
+    groups = report.pop("same_prompt_candidates")
+    if groups:
+        texts = {
+            r["id"]: r for r in SnapshotRecord.objects.filter(pk__in=[rid for g in groups for rid in g]).values(*fields)
+        }
+        finding = same_prompt_finding(
+            [[(rid, audit_record(texts[rid]).prompt, texts[rid]["completion"]) for rid in g] for g in groups],
+            auditor.n_sft,
+        )
+        if finding:
+            report["findings"].append(finding)
+    gates = snapshot_gates(snapshot)
+    report["findings"] = apply_gates(report["findings"], gates)
+    report["audited_at"] = timezone.now().isoformat()
+    return report, gates
+
+
+def snapshot_audit_latest(snapshot: TrainingSnapshot) -> SnapshotAudit | None:
+    return SnapshotAudit.objects.filter(snapshot=snapshot).order_by("-created_at", "-id").first()
+
+
+@transaction.atomic
+def audit_finding_acknowledge(*, audit: SnapshotAudit, finding_key: str, reason: str, acknowledged_by):
+    """Record an admin's reason for training despite one blocking finding (kept, never edited)."""
+    reason = (reason or "").strip()
+    finding = next((f for f in audit.findings if f.get("key") == finding_key), None)
+    if finding is None:
+        raise ValidationError(f"Audit {audit.pk} has no finding {finding_key!r}.")
+    if finding.get("gate") != "block":
+        raise ValidationError("Only a blocking finding needs an acknowledgement; this one does not stop a job.")
+    if not reason:
+        raise ValidationError({"reason": "Say why training on this data is right despite the finding: it is kept."})
+    if AuditAcknowledgement.objects.filter(audit=audit, finding_key=finding_key).exists():
+        raise ValidationError("This finding is acknowledged already.")
+    ack = AuditAcknowledgement(audit=audit, finding_key=finding_key, reason=reason, acknowledged_by=acknowledged_by)
+    ack.full_clean()
+    ack.save()
+    return ack
+
+
+def snapshot_audit_clearance(snapshot: TrainingSnapshot) -> dict:
+    """The audit a job on this snapshot is started under, as the job and its manifest record it.
+
+    Raises ValidationError (saying what to do, with the page to do it on) while the snapshot's latest audit
+    has not succeeded or has a blocking finding nobody acknowledged."""
+    audit = snapshot_audit_latest(snapshot)
+    if audit is None:
+        raise ValidationError(
+            f"Snapshot {snapshot.name} has not been audited: open its page and run the audit "
+            f"({reverse('training:snapshot-detail', kwargs={'snapshot_id': snapshot.pk})})."
+        )
+    url = audit.get_absolute_url()
+    if audit.status != SnapshotAudit.Status.SUCCEEDED:
+        state = {"queued": "is waiting for a worker", "running": "is still running", "failed": "failed"}
+        raise ValidationError(
+            f"Snapshot {snapshot.name}'s audit {state.get(audit.status, audit.status)}: a job starts once it has "
+            f"succeeded ({url})."
+        )
+    acks = {a.finding_key: a for a in audit.acknowledgements.select_related("acknowledged_by")}
+    open_blocks = [f for f in audit.blocking if f["key"] not in acks]
+    if open_blocks:
+        titles = "; ".join(f["title"] for f in open_blocks[:3]) + ("…" if len(open_blocks) > 3 else "")
+        raise ValidationError(
+            f"Snapshot {snapshot.name} has {len(open_blocks)} blocking audit finding(s): {titles}. Make a new "
+            f"snapshot that excludes them, or acknowledge each with a reason on the audit page ({url})."
+        )
+    return {
+        "id": audit.pk,
+        "audited_at": audit.report.get("audited_at"),
+        "findings": [
+            {k: f.get(k) for k in ("key", "type", "title", "share", "lift", "gate")}
+            for f in audit.findings
+            if f.get("gate") in ("block", "warn")
+        ],
+        "acknowledgements": [
+            {
+                "finding": a.finding_key,
+                "reason": a.reason,
+                "by": a.acknowledged_by.get_username(),
+                "at": a.acknowledged_at.isoformat(),
+            }
+            for a in acks.values()
+        ],
+    }
