@@ -166,7 +166,16 @@ def declared_write_once_tables() -> set[str]:
 
 
 def guarded_tables(connection) -> set[str]:
-    """PostgreSQL: the tables whose triggers call the write-once function, read from the catalog."""
+    """The tables whose write-once triggers are in place, read from the catalog (on SQLite: both of them)."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'")
+            names = cursor.fetchall()
+        return {
+            table
+            for table, name in names
+            if name == f"{table}_write_once_update" and (table, f"{table}_write_once_delete") in names
+        }
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT DISTINCT c.relname FROM pg_catalog.pg_trigger t "

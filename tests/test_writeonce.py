@@ -46,3 +46,12 @@ def test_it_refuses_truncate_on_postgres_whatever_the_app_role_sets(snapshot):
 def test_inserts_still_work(snapshot):
     TrainingSnapshot.objects.create(name="s2", sha256="b" * 64)
     assert TrainingSnapshot.objects.count() == 2
+
+
+def test_every_table_a_migration_makes_write_once_still_has_its_triggers():
+    """A later migration that rebuilds such a table (SQLite rebuilds to add a NOT NULL column) must not lose them."""
+    from config.writeonce import declared_write_once_tables, guarded_tables
+
+    declared = declared_write_once_tables()
+    assert {"training_snapshotrecord", "evalsets_evalrecord", "training_auditacknowledgement"} <= declared
+    assert guarded_tables(connection) == declared

@@ -4,6 +4,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from config.schema import AddColumnInPlace
 from config.writeonce import WriteOnce
 
 
@@ -14,7 +15,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
+        AddColumnInPlace(
             model_name="snapshotrecord",
             name="lineage",
             field=models.JSONField(
@@ -23,7 +24,7 @@ class Migration(migrations.Migration):
                 help_text="Where the example came from when the snapshot was made: {provenance, source, rejected_source, decided_by, agreement, left_picks, picks, project_id}. Not part of the content hash.",
             ),
         ),
-        migrations.AddField(
+        AddColumnInPlace(
             model_name="trainingjob",
             name="audit",
             field=models.JSONField(
