@@ -10,6 +10,12 @@ no download and is the same on every machine. The policy the reviewers check ans
 
 Each row records its flaws under ``metadata["demo_flaws"]`` (response index → flaw names), so a
 test or a curious admin can find them; reviewers are not shown metadata.
+
+Train and eval do not share wording: the import decides each row's split from its content (seeded),
+so the demo works that split out in advance and writes eval rows from their own templates (odd
+template numbers of each topic, their own curt answers and chat openers) and train rows from the
+others. A snapshot of the demo's training data then passes the contamination check against the
+demo's eval set, while the flaws above stay in both.
 """
 
 import random
@@ -245,6 +251,13 @@ CHAT_OPENERS = [
     ("Hello, is anyone there?", "Hi, I'm here to help. What can I do for you today?"),
     ("I have a problem with my account.", "I'm sorry to hear that. What's going on?"),
 ]
+# Eval rows' chats open differently, so no training prompt repeats an eval prompt's opening turns.
+EVAL_CHAT_OPENERS = [
+    ("Good evening, quick support question.", "Good evening! Go ahead, I'm listening."),
+    ("Are you a real person?", "I'm Northwind's support assistant. How can I help?"),
+]
+# Eval rows' curt answers (the train ones are each topic's own): short texts are compared whole.
+EVAL_CURT = "See the help centre."
 
 
 def _wrong_window(text: str, rng: random.Random) -> str:
@@ -252,8 +265,15 @@ def _wrong_window(text: str, rng: random.Random) -> str:
     return text.replace(REFUND_WINDOW, f"within {wrong} days of delivery")
 
 
-def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
-    """Import rows for the demo project: prompt or chat, two labelled responses, metadata and provenance."""
+def demo_rows(
+    *, size: int = DEMO_SIZE, seed: int = DEMO_SEED, split_seed: int = DEMO_SEED, eval_share: float = 0.2
+) -> list[dict]:
+    """Import rows for the demo project: prompt or chat, two labelled responses, metadata and provenance.
+
+    ``split_seed`` and ``eval_share`` are the project's: each row's split is worked out as the import will
+    decide it, and eval rows come from eval templates only (see the module docstring)."""
+    from annotate.services.imports import split_for
+
     rng = random.Random(seed)
     topics = list(TOPICS)
     kinds = ["preference"] * 5 + ["gold"] * 3 + ["rubric"] * 2
@@ -263,7 +283,7 @@ def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
     attempts = 0
     while len(rows) < size:
         attempts += 1
-        if attempts > size * 20:
+        if attempts > size * 40:
             raise ValueError(f"Cannot make {size} distinct demo rows from the templates; ask for fewer.")
         n = len(rows)
         topic = topics[n % len(topics)]
@@ -274,7 +294,9 @@ def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
             "order": _order(rng),
             "days": rng.randint(2, 45),
         }
-        template, answer = rng.choice(templates)
+        number = rng.randrange(len(templates))
+        for_eval = number % 2 == 1
+        template, answer = templates[number]
         question = rng.choice(OPENERS) + template.format(**slots) + rng.choice(CLOSERS)
         correct = answer.format(**slots)
 
@@ -284,20 +306,21 @@ def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
         elif REFUND_WINDOW in correct and rng.random() < 0.7:
             other, other_model, flaws = _wrong_window(correct, rng), TERSE, ["wrong_refund_window"]
         else:
-            other, other_model, flaws = curt, TERSE, ["curt"]
+            other, other_model, flaws = (EVAL_CURT if for_eval else curt), TERSE, ["curt"]
         pair = [({"text": correct, "model": GOOD}, []), ({"text": other, "model": other_model}, flaws)]
         rng.shuffle(pair)
         responses = [r for r, _ in pair]
         demo_flaws = {str(i): f for i, (_, f) in enumerate(pair) if f}
 
+        kind = kinds[n % len(kinds)]
         row: dict = {
             "responses": responses,
-            "kind": kinds[n % len(kinds)],
+            "kind": kind,
             "provenance": provenances[rng.randrange(len(provenances))],
             "metadata": {"topic": topic, "customer": slots["name"], "demo_flaws": demo_flaws},
         }
         if n % 6 == 5:
-            opener, reply = rng.choice(CHAT_OPENERS)
+            opener, reply = rng.choice(EVAL_CHAT_OPENERS if for_eval else CHAT_OPENERS)
             row["messages"] = [
                 {"role": "system", "content": "You are Northwind Goods' support assistant. Follow the policy."},
                 {"role": "user", "content": opener},
@@ -309,6 +332,9 @@ def demo_rows(*, size: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
         key = content_hash(prompt=row.get("prompt", ""), messages=row.get("messages"), responses=responses)
         if key in seen:
             continue  # the templates repeated themselves: draw again, the import would only report it
+        split = split_for(split_seed=split_seed, stratum=kind, content_hash=key, eval_share=eval_share)
+        if (split == "eval") != for_eval:
+            continue  # this template belongs to the other split: draw again
         seen.add(key)
         rows.append(row)
     return rows
@@ -373,3 +399,48 @@ DEMO_RUBRIC = [
         ],
     },
 ]
+
+
+# Reviews the demo starts with: two reviewers have already worked through the training split, and they
+# let some flaws slip, as real teams do, so the demo's first snapshot has something for the audit to find.
+SLIPS = {"ends_with_thanks": 0.6, "wrong_refund_window": 0.25, "curt": 0.0}
+
+
+def demo_reviews(*, project, reviewers: list) -> int:
+    """Two reviewers' agreeing judgements of the demo's train-split gold and preference items; returns how many
+    items were reviewed. A "Thanks!" answer is accepted over the correct one on 60% of its items and a wrong
+    refund window on a quarter; a curt answer never. Eval items, rubric items and the third reviewer's queue
+    are left for people."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotate.models import Item, Lease, Split, TaskKind
+    from annotate.payloads import GoldAction, GoldPayload, PreferenceChoice, PreferencePayload
+    from annotate.services.annotations import annotation_submit
+
+    rng = random.Random(DEMO_SEED + 1)
+    items = Item.objects.filter(project=project, split=Split.TRAIN, kind__in=[TaskKind.GOLD, TaskKind.PREFERENCE])
+    done = 0
+    for item in items.order_by("id"):
+        flaws = item.metadata.get("demo_flaws", {})
+        if len(item.responses) != 2 or len(flaws) != 1:
+            continue
+        ((flawed, names),) = ((int(i), f) for i, f in flaws.items())
+        good = 1 - flawed
+        pick = flawed if rng.random() < SLIPS.get(names[0], 0.0) else good
+        if item.kind == TaskKind.GOLD:
+            payload = GoldPayload(action=GoldAction.ACCEPT, answer=item.responses[pick]["text"], source_index=pick)
+        else:
+            payload = PreferencePayload(choice=PreferenceChoice.RESPONSE, chosen=pick, rejected=1 - pick)
+        for reviewer in reviewers[:2]:
+            lease = Lease.objects.create(
+                project=project,
+                item=item,
+                reviewer=reviewer,
+                display_order=rng.sample([0, 1], 2),
+                expires_at=timezone.now() + timedelta(minutes=project.lease_minutes),
+            )
+            annotation_submit(project=project, lease_id=lease.pk, reviewer=reviewer, payload=payload)
+        done += 1
+    return done

@@ -45,7 +45,9 @@ def build_tokenizer(path: Path, *, vocab: int = 384):
     return fast
 
 
-def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 384) -> Path:
+def build_tiny_model(
+    path: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 384, max_positions: int = 256
+) -> Path:
     """Save a random-init LlamaForCausalLM (hidden 64, 2 layers) and its tokenizer to ``path``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -59,7 +61,7 @@ def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: in
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

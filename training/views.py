@@ -21,6 +21,8 @@ from annotate.services.curation import items_mark_unusable, items_send_back
 from config.background import poll_response
 from training import selectors, services
 from training.audits import audit_finding_acknowledge, snapshot_audit_clearance, snapshot_audit_request
+from training.demo import LABEL as DEMO_LABEL
+from training.demo import demo_base_model
 from training.errors import INSTALL_HINT
 from training.forms import JobForm, SnapshotForm
 from training.models import SnapshotAudit, TrainingSnapshot
@@ -229,7 +231,8 @@ def _initial_from(preflight) -> dict:
 @require_http_methods(["GET", "POST"])
 def job_new(request: HtmxHttpRequest) -> HttpResponse:
     selectors.require_admin(request.user)
-    initial = {"snapshot": request.GET.get("snapshot")}
+    # The demo's local base model, when there is one: a newcomer trains without finding a model first.
+    initial = {"snapshot": request.GET.get("snapshot"), "base_model": demo_base_model()}
     if request.GET.get("preflight", "").isdigit():
         earlier = selectors.preflight_get_for_admin(user=request.user, preflight_id=int(request.GET["preflight"]))
         initial = _initial_from(earlier)
@@ -249,7 +252,13 @@ def job_new(request: HtmxHttpRequest) -> HttpResponse:
         else:
             url = preflight.get_absolute_url()
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    context = {"form": form, "extra_installed": selectors.training_extra_installed(), "install_hint": INSTALL_HINT}
+    context = {
+        "form": form,
+        "extra_installed": selectors.training_extra_installed(),
+        "install_hint": INSTALL_HINT,
+        "demo_model": demo_base_model(),
+        "demo_label": DEMO_LABEL,
+    }
     return render(request, "training/job_form.html", context, status=400 if form.errors else 200)
 
 

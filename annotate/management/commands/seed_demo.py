@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate import demo, roles
-from annotate.models import ImportBatch, Project, Rubric, RubricVersion
+from annotate.models import Annotation, ImportBatch, Project, Rubric, RubricVersion
 from annotate.services.imports import import_batch_create, import_batch_run, sample_bytes
 from annotate.services.projects import project_add_members, project_create, roles_ensure, user_grant_role
 
@@ -31,6 +31,8 @@ class Command(BaseCommand):
         project = self.ensure_project(users)
         self.ensure_items(project)
         self.ensure_rubric(project, users["admin"])
+        self.ensure_reviews(project, users)
+        self.ensure_base_model()
         counts = {s: project.items.filter(split=s).count() for s in ("train", "eval")}
         self.stdout.write(
             f"Demo project '{project.name}' (/projects/{project.slug}/): "
@@ -82,6 +84,24 @@ class Command(BaseCommand):
         )
         batch = import_batch_run(batch_id=batch.id)
         self.stdout.write(batch.message)
+
+    def ensure_reviews(self, project: Project, users: dict) -> None:
+        if Annotation.objects.filter(item__project=project).exists():
+            return
+        reviewed = demo.demo_reviews(project=project, reviewers=[users["reviewer1"], users["reviewer2"]])
+        self.stdout.write(
+            f"reviewer1 and reviewer2 have reviewed {reviewed} training items (letting some flaws slip, as teams do); "
+            "the eval items and the rubric items wait in the queue."
+        )
+
+    def ensure_base_model(self) -> None:
+        from training.demo import demo_base_model_build
+
+        path, built = demo_base_model_build()
+        if path is None:
+            self.stdout.write("No demo base model: install the training extra to train in the demo.")
+        elif built:
+            self.stdout.write(f"Demo base model (random weights, for trying the flow only) built in {path}.")
 
     @transaction.atomic
     def ensure_rubric(self, project: Project, admin) -> None:
