@@ -24,6 +24,7 @@ import math
 import re
 import unicodedata
 import zlib
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,7 +61,11 @@ MIN_LIFT = 3.0  # ... nor one that is common in the baseline too
 MIN_GROUP_SHARE = 0.30  # within one source: the share that makes a phrase that source's tic
 MIN_COUNT = 5
 BASELINE_MIN = 30  # human-written examples needed before they are the baseline
-SAMPLE_EVERY = 8  # 1 in N examples feeds the sampled detectors (phrases anywhere, templates, distinct-n)
+SAMPLE_EVERY = 8  # 1 in N examples feeds the sampled detectors (templates, distinct-n)
+PHRASE_EVERY = 4  # ... and 1 in N of those the phrases anywhere (word 4-grams), the costliest
+PHRASE_SHARE = 0.2  # a 4-gram in this share of answers is a habit
+PHRASE_KEEP = 200_000  # distinct 4-grams kept before the ones seen once are dropped
+PHRASE_CANDIDATES = 400  # the most frequent 4-grams considered for phrases
 SAMPLE_MIN = 20_000  # ... but below this many examples every one does
 TOP_K = 20_000  # distinct openings/closings/phrases tracked (space-saving counters)
 EXAMPLES = 8
@@ -88,7 +93,6 @@ KNOWN_PHRASES = {
 
 _TOKEN = re.compile(r"[\w']+|[^\w\s]")
 _WORD = re.compile(r"[\w']+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _DIGITS = re.compile(r"\d+")
 _QUANTITY = re.compile(
     r"\$?\d+(?:[.,]\d+)?(?:\s*(?:-|–|to)\s*\d+(?:[.,]\d+)?)?\s*"  # a number or a range
@@ -142,10 +146,6 @@ def normalize(text: str) -> str:
 
 def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
-
-
-def _sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text) if s]
 
 
 def _short(sentence: str, words: int, *, tail: bool) -> str:
@@ -206,20 +206,14 @@ class TopCounter:
 
 
 class _Growable:
-    """A column of int64 values that grows by doubling (for the hash joins done at the end)."""
+    """A column of int64 values (for the hash joins done at the end): 8 bytes each, appended in C."""
 
     def __init__(self):
-        self.data = np.empty(1024, dtype=np.int64)
-        self.size = 0
-
-    def append(self, value: int) -> None:
-        if self.size == len(self.data):
-            self.data = np.resize(self.data, 2 * len(self.data))
-        self.data[self.size] = value
-        self.size += 1
+        self.data = array("q")
+        self.append = self.data.append
 
     def array(self) -> np.ndarray:
-        return self.data[: self.size]
+        return np.frombuffer(self.data, dtype=np.int64) if self.data else np.zeros(0, dtype=np.int64)
 
 
 # --- Statistics -------------------------------------------------------------------------------------------------
@@ -250,12 +244,20 @@ def _share(count: int, n: int) -> float:
 # --- Text features ------------------------------------------------------------------------------------------------
 
 
+_FIRST_END = re.compile(r"[.!?] ")
+
+
 def opening_and_closing(text: str, *, normalized: bool = False) -> tuple[str, str]:
     """The first sentence's first words and the last sentence's last words, normalized (up to six words each)."""
-    sentences = _sentences(text if normalized else normalize(text))
-    if not sentences:
+    text = text if normalized else normalize(text)
+    if not text:
         return "", ""
-    return _short(sentences[0], 6, tail=False), _short(sentences[-1], 6, tail=True)
+    # normalize() leaves single spaces: a sentence ends at ". ", "! " or "? ".
+    first = _FIRST_END.search(text)
+    opening = text[: first.start() + 1] if first else text
+    last = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    closing = text[last + 2 :] if last >= 0 else text
+    return _short(opening, 6, tail=False), _short(closing, 6, tail=True)
 
 
 def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
@@ -389,7 +391,10 @@ class Auditor:
         self.chosen_closings = TopCounter()
         self.by_source: dict[str, _Group] = defaultdict(_Group)
         self.known: dict[str, list] = {category: [0, [], Counter()] for category in set(KNOWN_PHRASES.values())}
-        self.phrases = TopCounter()  # 4-grams anywhere, in sampled records (once per record)
+        # Word 4-grams anywhere, once per sampled answer: counts, and example ids once a gram recurs.
+        self.phrase_counts: dict[str, int] = {}
+        self.phrase_examples: dict[str, list[int]] = {}
+        self.phrase_docs = 0
         self.n_sampled = 0
         self.fact_slots: dict[str, dict[str, list]] = {}
         # Hash columns for the joins at the end.
@@ -478,19 +483,33 @@ class Auditor:
 
         if _sampled(rid, self.expected):
             self.n_sampled += 1
-            words = _WORD.findall(norm_target)
-            for gram in {" ".join(words[i : i + 4]) for i in range(len(words) - 3)}:
-                self.phrases.add(gram, rid)
+            if self.expected is None or self.expected <= SAMPLE_MIN or self.n_sampled % PHRASE_EVERY == 0:
+                self._phrases(norm_target, rid)
             shape = _DIGITS.sub("#", norm_target)
             self.skeletons[shape] += 1
             if len(self.skeletons) > TOP_K * 2:
                 self.skeletons = Counter(dict(self.skeletons.most_common(TOP_K)))
+                self.skeleton_examples = {k: v for k, v in self.skeleton_examples.items() if k in self.skeletons}
             examples = self.skeleton_examples.setdefault(shape, [])
             if len(examples) < EXAMPLES:
                 examples.append(rid)
             sample = self.distinct_samples[record.provenance or "unknown"]
             if len(sample) < DISTINCT_SAMPLE:
                 sample.append(target)
+
+    def _phrases(self, norm_target: str, rid: int) -> None:
+        self.phrase_docs += 1
+        words = _WORD.findall(norm_target)
+        counts, examples = self.phrase_counts, self.phrase_examples
+        for gram in {" ".join(words[i : i + 4]) for i in range(len(words) - 3)}:
+            count = counts.get(gram, 0) + 1
+            counts[gram] = count
+            if count >= 3:
+                ids = examples.setdefault(gram, [])
+                if len(ids) < EXAMPLES:
+                    ids.append(rid)
+        if len(counts) > PHRASE_KEEP:  # a gram seen once in that many is no habit: forget it
+            self.phrase_counts = {g: c for g, c in counts.items() if c > 1}
 
     def _fact(self, slot: str, value: str, rid: int) -> None:
         values = self.fact_slots.get(slot)
@@ -542,7 +561,9 @@ class Auditor:
         Same-prompt groups with different answers come back as ``candidates`` (record id groups): whether two
         answers differ materially needs their text, which the caller fetches and gives to ``answers_disagree``."""
         findings = []
-        findings += self._patterns()
+        patterns = self._patterns()
+        findings += patterns
+        findings += self._recurring_phrases(covered=[f["phrase"] for f in patterns])
         findings += self._known_phrases()
         findings += self._facts_findings()
         findings += self._pair_findings()
@@ -654,6 +675,56 @@ class Auditor:
                 }
             )
         return sorted(rows, key=lambda r: (-r["share"], r["source"]))
+
+    def _recurring_phrases(self, *, covered: Iterable[str] = ()) -> list[dict]:
+        """Phrases in a large share of the (sampled) answers, wherever they stand in them.
+
+        Counted as word 4-grams; overlapping 4-grams with the same count are one phrase and are reported as
+        such ("you can get a full refund within", not four findings). A phrase that an opening or closing
+        finding already reports (``covered``) is not reported twice."""
+        if self.phrase_docs < MIN_COUNT:
+            return []
+        frequent = {}
+        for gram, count in sorted(self.phrase_counts.items(), key=lambda kv: -kv[1])[:PHRASE_CANDIDATES]:
+            if count / self.phrase_docs < PHRASE_SHARE or count < MIN_COUNT:
+                break
+            frequent[gram] = count
+        # A 4-gram's successor shares its last three words as its first three, with the same count.
+        by_head = {(gram.rsplit(" ", 1)[0], count): gram for gram, count in frequent.items()}
+        successor = {gram: by_head.get((gram.split(" ", 1)[1], count)) for gram, count in frequent.items()}
+        has_predecessor = {nxt for gram, nxt in successor.items() if nxt and nxt != gram}
+        covered_words = [" ".join(_WORD.findall(phrase)) for phrase in covered]
+        out = []
+        for gram, count in frequent.items():
+            if gram in has_predecessor:
+                continue
+            words, seen, tail = gram.split(), {gram}, gram
+            while True:  # follow the chain of 4-grams that overlap by three words, as long as the count holds
+                nxt = successor[tail]
+                if nxt is None or nxt in seen:
+                    break
+                seen.add(nxt)
+                words.append(nxt.rsplit(" ", 1)[1])
+                tail = nxt
+            phrase = " ".join(words)
+            if any(phrase in other or other in phrase for other in covered_words if other):
+                continue
+            share = count / self.phrase_docs
+            out.append(
+                {
+                    "type": "recurring_phrase",
+                    "title": f"{share:.0%} of answers say “{phrase}”",
+                    "phrase": phrase,
+                    "count": count,
+                    "share": round(share, 4),
+                    "lift": None,
+                    "sampled": self.phrase_docs,
+                    "examples": self.phrase_examples.get(gram, [])[:EXAMPLES],
+                }
+            )
+            if len(out) >= 10:
+                break
+        return out
 
     def _known_phrases(self) -> list[dict]:
         out = []
@@ -871,6 +942,7 @@ def answers_disagree(texts: list[str], *, threshold: float = 0.5) -> bool:
 DEFAULT_GATES: dict[str, dict] = {
     "recurring_opening": {"action": "warn", "min_share": MIN_SHARE},
     "recurring_closing": {"action": "warn", "min_share": MIN_SHARE},
+    "recurring_phrase": {"action": "warn", "min_share": PHRASE_SHARE},
     "preferred_opening": {"action": "warn", "min_share": 0.1},
     "preferred_closing": {"action": "warn", "min_share": 0.1},
     "known_phrase": {"action": "warn", "min_share": 0.0},
@@ -992,6 +1064,8 @@ def matcher(finding: dict):
         return lambda r: opening(r) == phrase
     if kind == "recurring_closing":
         return lambda r: closing(r) == phrase
+    if kind == "recurring_phrase":
+        return lambda r: f" {phrase} " in f" {' '.join(_WORD.findall(normalize(r.target)))} "
     if kind == "preferred_opening":
         return lambda r: r.kind == "dpo" and opening(r) == phrase
     if kind == "preferred_closing":

@@ -12,17 +12,18 @@ STATUS_CHOICES = [
 
 
 def forwards(apps, schema_editor):
-    AgreementReport = apps.get_model("annotate", "AgreementReport")
-    for report in AgreementReport.objects.exclude(status="failed").only("id", "stage"):
-        AgreementReport.objects.filter(pk=report.pk).update(message=report.stage)
-    AgreementReport.objects.filter(status="done").update(status="succeeded")
+    # Through the migration's own connection (the owner role on PostgreSQL), not the app role's.
+    reports = apps.get_model("annotate", "AgreementReport").objects.using(schema_editor.connection.alias)
+    for report in reports.exclude(status="failed").only("id", "stage"):
+        reports.filter(pk=report.pk).update(message=report.stage)
+    reports.filter(status="done").update(status="succeeded")
 
 
 def backwards(apps, schema_editor):
-    AgreementReport = apps.get_model("annotate", "AgreementReport")
-    AgreementReport.objects.filter(status="succeeded").update(status="done")
-    for report in AgreementReport.objects.exclude(status="failed").only("id", "message"):
-        AgreementReport.objects.filter(pk=report.pk).update(stage=report.message[:200])
+    reports = apps.get_model("annotate", "AgreementReport").objects.using(schema_editor.connection.alias)
+    reports.filter(status="succeeded").update(status="done")
+    for report in reports.exclude(status="failed").only("id", "message"):
+        reports.filter(pk=report.pk).update(stage=report.message[:200])
 
 
 class Migration(migrations.Migration):

@@ -277,6 +277,24 @@ def test_every_finding_matches_exactly_the_examples_it_is_about():
     assert len({f["key"] for f in report["findings"]}) == len(report["findings"])  # keys tell findings apart
 
 
+def test_a_phrase_in_the_middle_of_many_answers_is_one_finding_matching_exactly_its_answers():
+    """Neither an opening nor a closing: a sentence dropped in mid-answer, reported once at its full length."""
+    records = clean_records(1500, seed=21)
+    planted = set()
+    for index, record in enumerate(records):
+        if index % 3 == 0:
+            first, _, rest = record.target.partition(". ")
+            text = f"{first}. As an expert I recommend this warmly. {rest or 'Kalo mi.'}"
+            records[index] = AuditRecord(**{**_fields(record), "target": text})
+            planted.add(record.id)
+    (finding,) = findings_of(records)["recurring_phrase"]
+    assert finding["phrase"] == "as an expert i recommend this warmly"
+    assert finding["share"] == pytest.approx(len(planted) / len(records), abs=0.02)
+    matches = matcher(finding)
+    assert {r.id for r in records if matches(r)} == planted
+    assert set(finding["examples"]) <= planted
+
+
 def test_gates_follow_the_strictest_project_and_drop_what_is_off():
     finding = {"type": "recurring_closing", "share": 0.08, "key": "recurring_closing:thanks!"}
     assert apply_gates([finding], gates_merge())[0]["gate"] == "warn"

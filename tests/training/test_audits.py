@@ -14,6 +14,7 @@ from training import services
 from training.audits import audit_finding_acknowledge, snapshot_audit_clearance
 from training.curation import SnapshotFilters
 from training.models import AuditAcknowledgement, SnapshotAudit, SnapshotCheck, SnapshotRecord
+from training.selectors import snapshot_diff
 
 pytestmark = pytest.mark.django_db
 
@@ -152,9 +153,10 @@ def test_excluding_a_finding_makes_a_snapshot_without_its_examples_and_its_audit
     assert {f["type"] for f in new_audit.findings} & {"recurring_closing", "conflicting_facts"} == set()
     snapshot_audit_clearance(second)  # nothing blocks any more
 
-    diff = __import__("training.selectors", fromlist=["snapshot_diff"]).snapshot_diff(first, second)
+    diff = snapshot_diff(first, second)
     assert diff["removed"]["count"] == 24 and diff["added"]["count"] == 0 and diff["changed"]["count"] == 0
-    assert {f["type"] for f in diff["findings_gone"]} == {"recurring_closing", "conflicting_facts"}
+    # (a phrase about the refund window may come back longer, now that all its answers say "30 days")
+    assert {f["type"] for f in diff["findings_gone"]} >= {"recurring_closing", "conflicting_facts"}
     assert diff["removed"]["provenances"] == {"human": 24} and diff["removed"]["kinds"] == {"sft": 24}
 
 
@@ -265,3 +267,34 @@ def test_a_large_snapshot_is_audited_by_a_worker_behind_a_progress_bar(
     final = client.get(audit.get_absolute_url(), HTTP_HX_REQUEST="true")
     assert final.status_code == 286 and "every 1s" not in final.content.decode()
     assert SnapshotAudit.objects.count() == 1
+
+
+def test_the_audit_reads_each_record_as_the_snapshot_wrote_it(support, admin_user, monkeypatch):
+    """The audit's own read (SQL on PostgreSQL, paged) gives the same records as the snapshot's rows do through
+    ``audit_record``: prompts of several turns joined line by line, DPO pairs, lineage, across page boundaries."""
+    from training import audits
+    from training.curation import audit_record
+
+    make_item(
+        support,
+        kind="gold",
+        prompt="",
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Line one\nline two"},
+            {"role": "assistant", "content": "Earlier answer."},
+            {"role": "user", "content": "And now?"},
+        ],
+        responses=[{"text": "Now this.", "model": "careful"}],
+    )
+    item = Item.objects.get(responses__0__text="Now this.")
+    approve(item, {"action": "accept", "answer": "Now this.", "source_index": 0, "reason": ""})
+    snapshot = _snapshot(support, admin_user)
+    monkeypatch.setattr(audits, "READ_CHUNK", 7)  # pages end mid-snapshot
+    read = list(audits._records(snapshot))
+    rows = SnapshotRecord.objects.filter(snapshot=snapshot).order_by("position").values()
+    expected = [audit_record(row, record_id=row["id"]) for row in rows]
+    assert len(read) == len(expected) == 51
+    assert read == expected
+    multi = next(r for r in read if r.target == "Now this.")
+    assert multi.prompt.count("\n") == 4 and multi.prompt.startswith("system: Be brief.\nuser: Line one\nline two")

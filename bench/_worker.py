@@ -1,0 +1,61 @@
+"""A Celery worker process for benchmarks, started as docker-compose starts it, with its memory readable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    """``celery -A config worker -Q <queues> -l info --concurrency 2``, logging to a file."""
+
+    def __init__(self, log: Path, *, name: str, queues: str = "default", env: dict | None = None):
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-l", "info"]
+            + ["--concurrency", "2", "-n", f"{name}-{os.getpid()}@%h"],
+            cwd=ROOT,
+            env={**os.environ, "GOLDSET_LOG_LEVEL": "INFO", **(env or {})},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"The worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def children(self) -> list[int]:
+        import psutil
+
+        return [c.pid for c in psutil.Process(self.proc.pid).children()]
+
+    def reset_peaks(self) -> None:
+        for pid in self.children():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+    def status(self, pid: int, field: str) -> float:
+        """A /proc status field of a child in MiB (VmHWM: peak RSS since the last reset; VmRSS: now)."""
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def peak_mib(self) -> float:
+        return max(self.status(pid, "VmHWM") for pid in self.children())
+
+    def idle_mib(self) -> float:
+        return max(self.status(pid, "VmRSS") for pid in self.children())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
