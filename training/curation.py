@@ -30,6 +30,10 @@ class SnapshotFilters:
     kinds: tuple[str, ...] = ()  # annotate TaskKind values: gold, preference
     decided_from: date | None = None
     decided_until: date | None = None
+    # Responses scored under this rubric version become SFT examples when every numeric or binary criterion
+    # reaches ``rubric_min`` of its scale (1.0: the top level); without a version, rubric items stay out.
+    rubric_version: int | None = None
+    rubric_min: float = 1.0
     # Exclusions: every example of these audit findings ({"audit": id, "key": finding key}), items picked
     # by hand, and the items a contamination check flagged (its id).
     exclude_findings: tuple[tuple[int, str], ...] = ()
@@ -50,6 +54,29 @@ class SnapshotFilters:
     @property
     def is_default(self) -> bool:
         return self == SnapshotFilters(include_llm_judged=self.include_llm_judged)
+
+
+def rubric_passes(scores: dict, criteria: list[dict], *, minimum: float) -> bool:
+    """Whether a rubric result reaches ``minimum`` (0 to 1) of the scale on every criterion that has a scale:
+    ordinal and interval criteria by their levels' range, binary ones as 0 or 1. Nominal criteria have no
+    better or worse and do not count; a criterion left unscored fails."""
+    for criterion in criteria:
+        scale = criterion.get("scale")
+        if scale not in ("ordinal", "interval", "binary"):
+            continue
+        value = scores.get(criterion.get("key"))
+        if scale == "binary":
+            if not isinstance(value, bool) or float(value) < minimum:
+                return False
+            continue
+        levels = [lv["value"] for lv in criterion.get("levels") or [] if isinstance(lv.get("value"), int | float)]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if len(levels) >= 2 and max(levels) > min(levels):
+            low, high = min(levels), max(levels)
+            if (value - low) / (high - low) < minimum - 1e-9:
+                return False
+    return True
 
 
 def audit_record(record: dict, *, record_id: int = 0) -> AuditRecord:

@@ -7,7 +7,7 @@ import dataclasses
 from django import forms
 
 from annotate.audit import matcher
-from annotate.models import Project, Provenance, TaskKind
+from annotate.models import Project, Provenance, RubricVersion, TaskKind
 from training.config import COMPUTE_DTYPES, QUANT_TYPES, TRI_STATE, TrainingConfig
 from training.curation import SnapshotFilters
 from training.models import TrainingJob, TrainingSnapshot
@@ -46,9 +46,28 @@ class SnapshotForm(forms.Form):
     )
     kinds = forms.MultipleChoiceField(
         required=False,
-        choices=[(TaskKind.GOLD, "Gold answers (SFT)"), (TaskKind.PREFERENCE, "Preference pairs (DPO)")],
+        choices=[
+            (TaskKind.GOLD, "Gold answers (SFT)"),
+            (TaskKind.PREFERENCE, "Preference pairs (DPO)"),
+            (TaskKind.RUBRIC, "Rubric-scored responses that reach the bar below (SFT)"),
+        ],
         widget=forms.CheckboxSelectMultiple,
-        help_text="None ticked: both.",
+        help_text="None ticked: all of them.",
+    )
+    rubric_version = forms.ModelChoiceField(
+        required=False,
+        queryset=RubricVersion.objects.filter(
+            status__in=[RubricVersion.Status.ACTIVE, RubricVersion.Status.RETIRED]
+        ).select_related("rubric"),
+        help_text="Also take responses reviewers scored under this rubric version (none: rubric items stay out).",
+    )
+    rubric_min = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        initial=1.0,
+        label="Rubric bar",
+        help_text="The share of each scored criterion's scale a response must reach: 1.0 is the top level.",
     )
     decided_from = forms.DateField(required=False, help_text="Only items decided on or after (YYYY-MM-DD).")
     decided_until = forms.DateField(required=False, help_text="Only items decided on or before (YYYY-MM-DD).")
@@ -89,6 +108,9 @@ class SnapshotForm(forms.Form):
         since, until = data.get("decided_from"), data.get("decided_until")
         if since and until and since > until:
             self.add_error("decided_until", "The end date is before the start date.")
+        version, projects = data.get("rubric_version"), data.get("projects")
+        if version is not None and projects is not None and version.rubric.project_id not in {p.pk for p in projects}:
+            self.add_error("rubric_version", f"{version} belongs to another project: tick its project too.")
         return data
 
     def filters(self) -> SnapshotFilters:
@@ -101,6 +123,8 @@ class SnapshotForm(forms.Form):
             kinds=tuple(data.get("kinds") or ()),
             decided_from=data.get("decided_from"),
             decided_until=data.get("decided_until"),
+            rubric_version=data["rubric_version"].pk if data.get("rubric_version") else None,
+            rubric_min=1.0 if data.get("rubric_min") is None else data["rubric_min"],
             exclude_findings=tuple((self.audit.pk, key) for key in data.get("exclude_findings") or ()),
             exclude_items=data.get("exclude_items") or (),
             exclude_contaminated_by=self.check.pk if data.get("exclude_contaminated") else None,

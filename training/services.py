@@ -15,10 +15,10 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from annotate.models import Annotation, Item, ItemResult, Project, Provenance, Split, TaskKind
+from annotate.models import Annotation, Item, ItemResult, Project, Provenance, RubricVersion, Split, TaskKind
 from annotate.payloads import GoldAction, PreferenceChoice
 from training.config import TrainingConfig
-from training.curation import Exclusions, SnapshotFilters
+from training.curation import Exclusions, SnapshotFilters, rubric_passes
 from training.models import (
     JobProgress,
     JobSecret,
@@ -141,6 +141,13 @@ def snapshot_collect(
     picks = _left_picks([r.item_id for r in results if r.kind == TaskKind.PREFERENCE])
     records: list[dict] = []
     skipped = {"unusable": 0, "tie": 0, "both_bad": 0, "llm_judged": 0, "malformed": 0, "marked_unusable": 0}
+    rubric_criteria: list[dict] = []
+    if filters.rubric_version is not None:
+        version = RubricVersion.objects.filter(pk=filters.rubric_version, rubric__project__in=projects).first()
+        if version is None:
+            raise ValidationError({"rubric_version": "Choose a rubric version of one of the chosen projects."})
+        rubric_criteria = version.criteria
+        skipped.update(other_rubric_version=0, below_rubric_bar=0)
     rewrite_candidates: list[int] = []
     for result in results:
         item, payload = result.item, result.payload or {}
@@ -198,6 +205,15 @@ def snapshot_collect(
                         rejected_source=_model_of(item, payload.get("rejected")),
                         picks=picks.get(item.id, (0, 0)),
                     )
+        elif result.kind == TaskKind.RUBRIC and filters.rubric_version is not None:
+            text = _response_text(item, payload.get("response_index"))
+            if result.rubric_version_id != filters.rubric_version or not (text or "").strip():
+                skipped["other_rubric_version" if text else "malformed"] += 1
+            elif not rubric_passes(payload.get("scores") or {}, rubric_criteria, minimum=filters.rubric_min):
+                skipped["below_rubric_bar"] += 1
+            else:
+                record = {**base, "kind": SnapshotRecord.Kind.SFT, "completion": text}
+                record["lineage"] = _lineage(item, result, source=_model_of(item, payload.get("response_index")))
         if record is not None and exclusions.reason(record) is None:
             records.append(record)
     report = {"skipped": skipped, "excluded": exclusions.counts, "rewrite_candidates": rewrite_candidates}

@@ -51,7 +51,19 @@ def _initial_from_snapshot(base: TrainingSnapshot, request: HttpRequest) -> dict
         "name": f"{base.name} (curated)",
         "projects": [s["project_id"] for s in base.sources],
         "from_snapshot": base.pk,
-        **{k: filters.get(k) for k in ("include_llm_judged", "adjudicated_only", "min_agreement") if k in filters},
+        **{
+            k: filters.get(k)
+            for k in (
+                "include_llm_judged",
+                "adjudicated_only",
+                "min_agreement",
+                "decided_from",
+                "decided_until",
+                "rubric_version",
+                "rubric_min",
+            )
+            if filters.get(k) is not None
+        },
         "provenances": filters.get("provenances", []),
         "kinds": filters.get("kinds", []),
         "exclude_findings": request.GET.getlist("exclude"),

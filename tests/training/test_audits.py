@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.test import override_settings
 from django.urls import reverse
 
-from annotate.models import Annotation, Item, ItemResult, Lease
+from annotate.models import Annotation, Item, ItemResult, Lease, Project
 from tests.conftest import login
 from tests.training.conftest import approve, make_item
 from training import services
@@ -298,3 +298,58 @@ def test_the_audit_reads_each_record_as_the_snapshot_wrote_it(support, admin_use
     assert read == expected
     multi = next(r for r in read if r.target == "Now this.")
     assert multi.prompt.count("\n") == 4 and multi.prompt.startswith("system: Be brief.\nuser: Line one\nline two")
+
+
+def test_responses_scored_under_a_rubric_version_join_a_snapshot_when_they_reach_its_bar(project, admin_user):
+    """Rubric-scored responses become SFT examples only when asked for, by version, above the bar of every
+    scaled criterion (nominal ones do not count); the snapshot says how many fell short."""
+    from annotate.models import Rubric, RubricVersion
+
+    rubric = Rubric.objects.create(project=project, name="Support quality")
+    criteria = [
+        {"key": "helpful", "name": "Helpful", "scale": "ordinal", "levels": [{"value": v} for v in (1, 2, 3, 4, 5)]},
+        {"key": "safe", "name": "Safe", "scale": "binary", "levels": []},
+        {"key": "tone", "name": "Tone", "scale": "nominal", "levels": [{"value": "warm"}, {"value": "dry"}]},
+    ]
+    old = RubricVersion.objects.create(rubric=rubric, number=1, status="retired", criteria=criteria)
+    current = RubricVersion.objects.create(rubric=rubric, number=2, status="active", criteria=criteria)
+    scored = {}
+    for name, helpful, safe, version in [
+        ("top", 5, True, current),
+        ("good", 4, True, current),
+        ("unsafe", 5, False, current),
+        ("old", 5, True, old),
+    ]:
+        reply = [{"text": f"The {name} reply.", "model": "m"}]
+        item = make_item(project, kind="rubric", prompt=f"Rate the {name} reply.", responses=reply)
+        payload = {"response_index": 0, "scores": {"helpful": helpful, "safe": safe, "tone": "dry"}}
+        ItemResult.objects.create(
+            item=item, kind="rubric", status="consensus", payload=payload, agreement=1.0, rubric_version=version
+        )
+        scored[name] = item
+    gold = make_item(project, kind="gold", prompt="Where is my parcel?")
+    approve(gold, {"action": "write", "answer": "It is on its way.", "source_index": None, "reason": ""})
+
+    def completions(**filters):
+        chosen = SnapshotFilters(**filters)
+        snapshot = services.snapshot_create(
+            name=str(filters), projects=[project], created_by=admin_user, filters=chosen, audit=False
+        )
+        return snapshot, sorted(SnapshotRecord.objects.filter(snapshot=snapshot).values_list("completion", flat=True))
+
+    _, without = completions()
+    assert without == ["It is on its way."]  # rubric items stay out unless a version is chosen
+    snapshot, at_top = completions(rubric_version=current.pk)
+    assert at_top == ["It is on its way.", "The top reply."]
+    skipped = snapshot.filters["skipped"]
+    assert skipped["below_rubric_bar"] == 2 and skipped["other_rubric_version"] == 1
+    _, at_75 = completions(rubric_version=current.pk, rubric_min=0.75, kinds=("rubric",))
+    assert at_75 == ["The good reply.", "The top reply."]
+    record = SnapshotRecord.objects.filter(completion="The good reply.").first()
+    assert record.source_item_id == scored["good"].pk and record.lineage["source"] == "m"
+
+    other = Project.objects.create(name="Other", slug="other", task_kinds=["gold"])
+    with pytest.raises(ValidationError, match="rubric version"):
+        services.snapshot_create(
+            name="x", projects=[other], created_by=admin_user, filters=SnapshotFilters(rubric_version=current.pk)
+        )
