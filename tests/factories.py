@@ -116,3 +116,44 @@ CRITERIA = [
         ],
     },
 ]
+
+
+def demo_eval_reviews(project, *, skip_reviewed: bool = True) -> int:
+    """The demo's two reviewers agree on the correct answer of every eval item (the response its good model
+    wrote), as they would; items a reviewer has already reviewed are left as they are. Returns reviews made."""
+    from datetime import timedelta
+
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from annotate import demo
+    from annotate.payloads import GoldPayload, PreferencePayload, RubricPayload
+
+    users = get_user_model().objects
+    reviewers = [users.get(username="reviewer1"), users.get(username="reviewer2")]
+    version = rubric_version_active(project=project)
+    made = 0
+    for item in Item.objects.filter(project=project, split="eval"):
+        good = next(i for i, r in enumerate(item.responses) if r["model"] == demo.GOOD)
+        if item.kind == TaskKind.GOLD:
+            payload = GoldPayload(action="accept", answer=item.responses[good]["text"], source_index=good)
+        elif item.kind == TaskKind.PREFERENCE:
+            payload = PreferencePayload(choice="response", chosen=good, rejected=1 - good)
+        else:
+            payload = RubricPayload(item.scored_response_index, {"helpfulness": 4, "correctness": 1, "tone": "warm"})
+        for reviewer in reviewers:
+            if skip_reviewed and Annotation.objects.filter(item=item, reviewer=reviewer).exists():
+                continue
+            Lease.objects.filter(item=item, reviewer=reviewer).delete()  # one the browser left open
+            lease = Lease.objects.create(
+                project=project,
+                item=item,
+                reviewer=reviewer,
+                display_order=[0, 1],
+                expires_at=timezone.now() + timedelta(minutes=30),
+            )
+            annotations.annotation_submit(
+                project=project, lease_id=lease.pk, reviewer=reviewer, payload=payload, rubric_version=version
+            )
+            made += 1
+    return made

@@ -26,6 +26,11 @@ class TrainingSnapshot(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.sha256[:12]})"
 
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("training:snapshot-detail", kwargs={"snapshot_id": self.pk})
+
 
 class SnapshotRecord(models.Model):
     class Kind(models.TextChoices):

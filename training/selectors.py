@@ -98,8 +98,13 @@ def _step_label(value: float) -> str:
     return str(round(value))
 
 
-def _loss_label(value: float) -> str:
-    return f"{value:.3g}"
+def _loss_labels(values: list[float]) -> list[str]:
+    """Three significant digits, or as many more as it takes to tell the ticks apart (a flat loss curve)."""
+    for digits in range(3, 8):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
 
 
 def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 200) -> dict:
@@ -126,7 +131,10 @@ def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 200) 
                 "title": f"{phase.upper()} loss",
                 "points": " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in mine),
                 "x_ticks": [{"at": round(x(t), 1), "label": _step_label(t)} for t in _ticks(xmin, xmax)],
-                "y_ticks": [{"at": round(y(t), 1), "label": _loss_label(t)} for t in _ticks(ymin, ymax)],
+                "y_ticks": [
+                    {"at": round(y(t), 1), "label": label}
+                    for t, label in zip(_ticks(ymin, ymax), _loss_labels(_ticks(ymin, ymax)), strict=True)
+                ],
                 "ymin": ymin,
                 "ymax": ymax,
                 "last": mine[-1],

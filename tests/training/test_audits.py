@@ -235,8 +235,10 @@ def test_the_audit_and_snapshot_pages_show_the_findings_and_where_to_act(client,
     assert audit.get_absolute_url() in page and reverse("evalsets:snapshot-contamination", args=[snapshot.pk]) in page
     assert "1 blocking audit finding" in page  # why it cannot train, with the link
     body = client.get(audit.get_absolute_url()).content.decode()
-    assert "End with “thanks!”" in body.replace("end with", "End with") or "thanks!" in body
-    assert "40%" in body and "swift" in body and "Acknowledge" in body
+    assert "40% of answers end with “thanks!”" in body and "<b>swift</b> 100% of its 20 answers" in body
+    assert "Acknowledge" in body
+    # Values are listed for the contradiction only (a finding without them shows none, not empty rows).
+    assert body.count("Values stated") == 1 and "<b>30</b> in 8 answer(s), <b>14</b> in 4 answer(s)" in body
     assert "New snapshot without these examples" in body
     form = client.get(reverse("training:snapshot-list") + f"?from={snapshot.pk}&exclude=x").content.decode()
     assert "Leave out every example of these findings" in form and "thanks!" in form

@@ -1,19 +1,14 @@
 """The demo reaches a trained adapter's doorstep: its audit shows the planted flaws, curation removes them,
 and its training data passes the contamination check against its own eval set."""
 
-from datetime import timedelta
-
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.utils import timezone
 
 from annotate import demo
-from annotate.models import Item, Lease, Project
-from annotate.payloads import GoldPayload, PreferencePayload, RubricPayload
-from annotate.selectors import rubric_version_active
-from annotate.services.annotations import annotation_submit
+from annotate.models import Item, Project
 from evalsets.services import evalset_freeze, snapshot_contamination_check
+from tests.factories import demo_eval_reviews
 from training.audits import snapshot_audit_clearance
 from training.curation import SnapshotFilters
 from training.services import snapshot_create
@@ -29,32 +24,6 @@ def demo_project(settings, tmp_path):
     return Project.objects.get(slug="support-assistant")
 
 
-def _review_eval_items(project):
-    """Two reviewers agree on the correct answer of every eval item, as the demo's reviewers would."""
-    users = get_user_model().objects
-    reviewers = [users.get(username="reviewer1"), users.get(username="reviewer2")]
-    version = rubric_version_active(project=project)
-    for item in Item.objects.filter(project=project, split="eval"):
-        good = next(i for i, r in enumerate(item.responses) if r["model"] == demo.GOOD)
-        if item.kind == "gold":
-            payload = GoldPayload(action="accept", answer=item.responses[good]["text"], source_index=good)
-        elif item.kind == "preference":
-            payload = PreferencePayload(choice="response", chosen=good, rejected=1 - good)
-        else:
-            payload = RubricPayload(item.scored_response_index, {"helpfulness": 4, "correctness": 1, "tone": "warm"})
-        for reviewer in reviewers:
-            lease = Lease.objects.create(
-                project=project,
-                item=item,
-                reviewer=reviewer,
-                display_order=[0, 1],
-                expires_at=timezone.now() + timedelta(minutes=30),
-            )
-            annotation_submit(
-                project=project, lease_id=lease.pk, reviewer=reviewer, payload=payload, rubric_version=version
-            )
-
-
 def test_the_demo_starts_with_reviewed_training_data_and_untouched_eval_items(demo_project):
     train = Item.objects.filter(project=demo_project, split="train", kind__in=["gold", "preference"])
     assert train.filter(result__status="consensus").count() >= 150
@@ -63,7 +32,7 @@ def test_the_demo_starts_with_reviewed_training_data_and_untouched_eval_items(de
 
 def test_the_demos_audit_finds_its_planted_flaws_and_curation_leaves_a_clean_trainable_snapshot(demo_project):
     admin = get_user_model().objects.get(username="admin")
-    _review_eval_items(demo_project)
+    demo_eval_reviews(demo_project)
     assert evalset_freeze(project=demo_project, user=admin, changelog="first").version.record_count >= 30
     first = snapshot_create(name="demo v1", projects=[demo_project], created_by=admin)
     audit = first.audits.get()

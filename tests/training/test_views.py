@@ -372,3 +372,13 @@ def test_the_eta_follows_the_pace_of_the_current_phase(job):
     assert job_eta(job, rows) == timedelta(seconds=160)  # 2 s a step, 80 steps left
     job.status = "succeeded"
     assert job_eta(job, rows) is None
+
+
+def test_a_nearly_flat_loss_curve_still_has_distinct_tick_labels(client, admin_user, job):
+    running(job, phase="sft", step=4, total_steps=4)
+    for step, loss in ((2, 5.9626), (4, 5.9642)):
+        progress(job, "sft", step, loss)
+    client.force_login(admin_user)
+    page = client.get(job.get_absolute_url()).content.decode()
+    labels = [t.split(">", 1)[1].split("<", 1)[0] for t in page.split('class="tick y-tick"')[1:]]
+    assert sorted(labels) == ["5.9626", "5.9634", "5.9642"]  # not "5.96" three times
