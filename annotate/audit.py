@@ -284,9 +284,15 @@ def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
     return out
 
 
+_ASCII_NOT_ALNUM = bytes(c for c in range(128) if not chr(c).isalnum())
+
+
 def format_key(text: str, *, normalized: bool = False) -> str:
     """Text with case, punctuation, markup and spacing removed: two texts equal here differ only in format."""
-    return _FORMAT_ONLY.sub("", text if normalized else normalize(text))
+    text = text if normalized else normalize(text)
+    if text.isascii():  # the same as the pattern below, in one pass of C
+        return text.encode().translate(None, _ASCII_NOT_ALNUM).decode()
+    return _FORMAT_ONLY.sub("", text)
 
 
 def _words(text: str) -> list[str]:

@@ -3,6 +3,8 @@
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from annotate.audit import (
     Auditor,
@@ -337,3 +339,10 @@ def test_same_prompt_answers_that_differ_in_substance_are_a_finding_and_rewordin
     finding = same_prompt_finding([differ, reworded], n_sft=10)
     assert finding["count"] == 2 and finding["share"] == 0.2 and set(finding["examples"]) == {1, 2}
     assert same_prompt_finding([reworded], n_sft=10) is None
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_the_fast_format_key_of_ascii_text_is_the_patterns(text):
+    from annotate.audit import _FORMAT_ONLY, format_key
+
+    assert format_key(text, normalized=True) == _FORMAT_ONLY.sub("", text)
