@@ -170,24 +170,27 @@ class TopCounter:
     """Space-saving heavy hitters: counts of the most frequent keys in bounded memory (over-counts by at most
     the smallest count when it had to evict), with up to ``EXAMPLES`` example ids per key."""
 
-    def __init__(self, capacity: int = TOP_K):
+    def __init__(self, capacity: int = TOP_K, *, examples: bool = True):
         self.capacity = capacity
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[int]] = {}
+        self.keep_examples = examples
         self.floor = 0
 
-    def add(self, key: str, example: int) -> None:
+    def add(self, key: str, example: int = 0) -> None:
         counts = self.counts
         if key in counts:
             counts[key] += 1
-            ex = self.examples[key]
-            if len(ex) < EXAMPLES:
-                ex.append(example)
+            if self.keep_examples:
+                ex = self.examples[key]
+                if len(ex) < EXAMPLES:
+                    ex.append(example)
             return
         if len(counts) >= self.capacity:
             self._evict()
         counts[key] = self.floor + 1
-        self.examples[key] = [example]
+        if self.keep_examples:
+            self.examples[key] = [example]
 
     def _evict(self) -> None:
         # Drop the least frequent half at once: amortized O(1) per add.
@@ -196,7 +199,7 @@ class TopCounter:
         self.floor = ordered[cut - 1][1]
         for key, _ in ordered[:cut]:
             del self.counts[key]
-            del self.examples[key]
+            self.examples.pop(key, None)
 
     def get(self, key: str) -> int:
         return self.counts.get(key, 0)
@@ -370,11 +373,14 @@ def similarity(a: str, b: str, *, normalized: bool = False) -> float:
 # --- The auditor ---------------------------------------------------------------------------------------------------
 
 
+GROUP_TOP_K = 5_000  # openings and closings counted per source
+
+
 @dataclass
 class _Group:
     n: int = 0
-    openings: Counter = field(default_factory=Counter)
-    closings: Counter = field(default_factory=Counter)
+    openings: TopCounter = field(default_factory=lambda: TopCounter(GROUP_TOP_K, examples=False))
+    closings: TopCounter = field(default_factory=lambda: TopCounter(GROUP_TOP_K, examples=False))
 
 
 class Auditor:
@@ -388,8 +394,9 @@ class Auditor:
         self.n_dpo = 0
         self.openings = TopCounter()
         self.closings = TopCounter()
-        self.base_openings: Counter = Counter()
-        self.base_closings: Counter = Counter()
+        # Bounded too: every answer's opening is new on free text, and a million of them is memory for nothing.
+        self.base_openings = TopCounter(examples=False)
+        self.base_closings = TopCounter(examples=False)
         self.n_base = 0
         self.rejected_openings = TopCounter()
         self.rejected_closings = TopCounter()
@@ -427,8 +434,10 @@ class Auditor:
         self.agreement_sum: dict[str, float] = defaultdict(float)
         self.agreement_n: Counter = Counter()
         # Samples for templates and repetition.
+        # Templates by the hash of their skeleton (answers can be long), with the start of each to show.
         self.skeletons: Counter = Counter()
-        self.skeleton_examples: dict[str, list[int]] = {}
+        self.skeleton_text: dict[int, str] = {}
+        self.skeleton_examples: dict[int, list[int]] = {}
         self.distinct_samples: dict[str, list[str]] = defaultdict(list)
 
     # -- feeding ----------------------------------------------------------------------------------------------------
@@ -447,13 +456,13 @@ class Auditor:
         group = self.by_source[source]
         group.n += 1
         if opening:
-            group.openings[opening] += 1
+            group.openings.add(opening)
         if closing:
-            group.closings[closing] += 1
+            group.closings.add(closing)
         if record.source == HUMAN:
             self.n_base += 1
-            self.base_openings[opening] += 1
-            self.base_closings[closing] += 1
+            self.base_openings.add(opening)
+            self.base_closings.add(closing)
         counted = set()
         for phrase, category in KNOWN_PHRASES.items():
             if category not in counted and phrase in norm_target:
@@ -491,10 +500,13 @@ class Auditor:
             self.n_sampled += 1
             if self.expected is None or self.expected <= SAMPLE_MIN or self.n_sampled % PHRASE_EVERY == 0:
                 self._phrases(norm_target, rid)
-            shape = _DIGITS.sub("#", norm_target)
+            shape = _hash64(text_shape := _DIGITS.sub("#", norm_target))
             self.skeletons[shape] += 1
+            if shape not in self.skeleton_text:
+                self.skeleton_text[shape] = text_shape[:300]
             if len(self.skeletons) > TOP_K * 2:
                 self.skeletons = Counter(dict(self.skeletons.most_common(TOP_K)))
+                self.skeleton_text = {k: v for k, v in self.skeleton_text.items() if k in self.skeletons}
                 self.skeleton_examples = {k: v for k, v in self.skeleton_examples.items() if k in self.skeletons}
             examples = self.skeleton_examples.setdefault(shape, [])
             if len(examples) < EXAMPLES:
@@ -608,7 +620,7 @@ class Auditor:
                 share = count / self.n
                 lift = baseline_share = None
                 if self.n_base >= BASELINE_MIN:
-                    in_base = base.get(phrase, 0)
+                    in_base = base.get(phrase)
                     lift = _lift(count - in_base, self.n - self.n_base, in_base, self.n_base)
                     baseline_share = in_base / self.n_base
                 groups = self._groups_with(where, phrase)
@@ -664,10 +676,10 @@ class Auditor:
         rows = []
         total = sum(g.n for g in self.by_source.values())
         total_count = sum(
-            (g.openings if where == "opening" else g.closings).get(phrase, 0) for g in self.by_source.values()
+            (g.openings if where == "opening" else g.closings).get(phrase) for g in self.by_source.values()
         )
         for name, group in self.by_source.items():
-            count = (group.openings if where == "opening" else group.closings).get(phrase, 0)
+            count = (group.openings if where == "opening" else group.closings).get(phrase)
             if not count:
                 continue
             rest_n, rest_count = total - group.n, total_count - count
@@ -846,7 +858,7 @@ class Auditor:
     def _template_findings(self) -> list[dict]:
         if not self.n_sampled:
             return []
-        shape, count = max(self.skeletons.items(), key=lambda kv: kv[1], default=("", 0))
+        shape, count = max(self.skeletons.items(), key=lambda kv: kv[1], default=(0, 0))
         share = count / self.n_sampled
         if count < MIN_COUNT or share < TEMPLATE_SHARE:
             return []
@@ -854,8 +866,8 @@ class Auditor:
             {
                 "type": "template",
                 "title": f"{share:.0%} of answers are one template (numbers aside)",
-                "template": shape[:300],
-                "template_hash": _hash64(shape),
+                "template": self.skeleton_text.get(shape, ""),
+                "template_hash": shape,
                 "count": count,
                 "share": round(share, 4),
                 "lift": None,

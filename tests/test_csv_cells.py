@@ -166,6 +166,8 @@ def _argument_values(data, project) -> dict[str, list]:
         "evalsets:fmt": list(FORMATS),
         "annotate:fmt": ["jsonl", "csv"],
         "snapshot_id": [data["snapshot"].id],
+        "other_id": [data["snapshot"].id],
+        "audit_id": [a.id for a in data["snapshot"].audits.all()] or [1],
         "job_id": [data["job"].id],
         "preflight_id": [1],  # a preflight page, never CSV: a missing one answers 404
         "item_id": [data["item"].id],

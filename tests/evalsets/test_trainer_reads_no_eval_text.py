@@ -158,6 +158,7 @@ def contaminated(make_item, freeze, admin_user, monkeypatch):
     from evalsets.models import ContaminationReport, EvalRecord
     from evalsets.services import evalsets_verify, snapshot_contamination_check
     from training import services
+    from training.audits import snapshot_audit_request
     from training.models import SnapshotRecord, TrainingSnapshot
     from training.tasks import training_job_run
 
@@ -212,6 +213,7 @@ def contaminated(make_item, freeze, admin_user, monkeypatch):
     evalsets_verify()
 
     monkeypatch.setattr(training_job_run, "apply_async", lambda *a, **kw: None)
+    snapshot_audit_request(snapshot=first, created_by=admin_user)  # a job starts only on an audited snapshot
     config = services.training_config_parse(method="sft", config={})
     job = services._job_insert(snapshot=first, base_model="m", config=config, created_by=admin_user, preflight={})
     services.training_job_claim(job_id=job.pk, secret=job.worker_secret, worker="gpu", using="training")

@@ -124,10 +124,11 @@ def test_a_grant_the_app_role_tries_to_give_itself_changes_nothing():
 
 
 @pytest.fixture
-def one_row_everywhere(make_item, freeze):
+def one_row_everywhere(make_item, freeze, admin_user):
     """Committed rows in every write-once table (the superuser's connection sees only committed data)."""
     from evalsets.services import evalsets_verify, snapshot_contamination_check
-    from training.models import SnapshotRecord, TrainingSnapshot
+    from training.audits import snapshot_audit_request
+    from training.models import AuditAcknowledgement, SnapshotRecord, TrainingSnapshot
 
     make_item("gold", prompt="How long is the refund window for an unopened parcel sent by express courier?")
     make_item("preference")
@@ -144,6 +145,8 @@ def one_row_everywhere(make_item, freeze):
     )
     snapshot_contamination_check(snapshot=snapshot)
     evalsets_verify()
+    audit = snapshot_audit_request(snapshot=snapshot, created_by=admin_user)
+    AuditAcknowledgement.objects.create(audit=audit, finding_key="k", reason="kept", acknowledged_by=admin_user)
     with connections["default"].cursor() as cursor:
         for table in WRITE_ONCE:
             cursor.execute(f"SELECT count(*) FROM {table}")
