@@ -32,7 +32,7 @@ from annotate.models import ImportBatch, Item, ItemResult
 from annotate.services import imports
 from annotate.services.projects import project_add_members
 from config.csvwriter import FORMULA_STARTS
-from tests.annotate.factories import annotate, make_item, pref
+from tests.factories import annotate, make_item, pref
 
 pytestmark = pytest.mark.django_db
 

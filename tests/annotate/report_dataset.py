@@ -21,7 +21,7 @@ from django.db.models import JSONField, Value
 
 from annotate.models import Annotation, AnnotationRevision, ItemResult, RubricVersion
 from annotate.services import rubrics
-from tests.annotate.factories import annotate, gold, make_item, pref, scores
+from tests.factories import annotate, gold, make_item, pref, scores
 
 START = dt.datetime(2025, 3, 3, 9, 30, tzinfo=dt.UTC)
 

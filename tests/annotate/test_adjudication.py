@@ -4,8 +4,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from annotate.models import Adjudication, ItemResult
 from annotate.services.adjudication import adjudication_record
 from annotate.services.results import item_result_refresh
-from tests.annotate.factories import annotate, gold, make_item, pref
 from tests.conftest import login
+from tests.factories import annotate, gold, make_item, pref
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ from django.core.exceptions import ValidationError
 
 from annotate.models import Item, ItemResult
 from annotate.services.checks import check_item_create, check_item_seed_from_item
-from tests.annotate.factories import gold, make_item, pref
 from tests.conftest import login
+from tests.factories import gold, make_item, pref
 
 
 def test_an_existing_item_becomes_a_check_item_with_its_consensus_as_answer(project):

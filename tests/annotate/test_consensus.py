@@ -4,7 +4,7 @@ from annotate.consensus import normalize_text
 from annotate.models import ItemResult, RubricVersion
 from annotate.services import rubrics
 from annotate.services.results import item_result_refresh
-from tests.annotate.factories import CRITERIA, annotate, gold, make_item, pref, scores
+from tests.factories import CRITERIA, annotate, gold, make_item, pref, scores
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from annotate.models import AgreementReport, Annotation, Project
 from annotate.reports import report_build, report_rubric_version
 from annotate.services.projects import project_add_members
 from tests.annotate import report_dataset
-from tests.annotate.factories import annotate, make_item, pref
 from tests.annotate.report_reference import report_build_reference
+from tests.factories import annotate, make_item, pref
 
 N_BOOT, SEED = 50, 11
 

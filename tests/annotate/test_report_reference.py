@@ -14,8 +14,8 @@ from annotate.models import Annotation
 from annotate.reports import report_build, report_rubric_version
 from annotate.services.projects import project_create
 from tests.annotate import report_dataset
-from tests.annotate.factories import annotate, make_item, pref, scores
 from tests.annotate.report_reference import report_build_reference
+from tests.factories import annotate, make_item, pref, scores
 
 GOLDEN = Path(__file__).parent / "data" / "report_reference.json"
 N_BOOT, SEED = 200, 3

@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 
 from annotate.models import AgreementReport
-from tests.annotate.factories import annotate, make_item, pref
+from tests.factories import annotate, make_item, pref
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

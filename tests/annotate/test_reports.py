@@ -13,8 +13,8 @@ from annotate.models import AgreementReport, RubricVersion
 from annotate.reports import report_build
 from annotate.services import rubrics
 from annotate.services.reports import agreement_report_request
-from tests.annotate.factories import CRITERIA, annotate, gold, make_item, pref, scores
 from tests.conftest import login
+from tests.factories import CRITERIA, annotate, gold, make_item, pref, scores
 
 
 @pytest.fixture

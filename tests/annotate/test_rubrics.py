@@ -5,8 +5,8 @@ from django.db import DatabaseError, transaction
 from annotate import selectors
 from annotate.models import AnnotationRevision, ItemResult, Lease, RubricVersion
 from annotate.services import rubrics
-from tests.annotate.factories import CRITERIA, annotate, make_item, scores
 from tests.conftest import login
+from tests.factories import CRITERIA, annotate, make_item, scores
 
 
 @pytest.fixture

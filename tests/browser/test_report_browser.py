@@ -3,7 +3,7 @@ import pytest
 
 from annotate.models import RubricVersion
 from annotate.services import rubrics
-from tests.annotate.factories import CRITERIA, annotate, make_item, pref, scores
+from tests.factories import CRITERIA, annotate, make_item, pref, scores
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

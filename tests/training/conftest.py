@@ -37,14 +37,15 @@ def in_process(settings, artifacts):
 
 
 def make_item(project, *, kind, prompt, responses=None, split="train", provenance="human", messages=None):
+    """An item whose content hash follows its content, so snapshots of equal data hash equal."""
     import hashlib
 
-    from annotate.models import Item
+    from tests import factories
 
     digest = hashlib.sha256(f"{kind}|{prompt}|{responses}".encode()).hexdigest()
-    return Item.objects.create(
-        project=project,
-        kind=kind,
+    return factories.make_item(
+        project,
+        kind,
         prompt=prompt,
         responses=responses or [],
         split=split,
