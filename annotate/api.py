@@ -212,7 +212,7 @@ def _import_out(batch: ImportBatch) -> dict:
 
 def _import_response(response: HttpResponse, batch: ImportBatch):
     out = _import_out(batch)
-    finished = batch.status in (ImportBatch.Status.SUCCEEDED, ImportBatch.Status.FAILED)
+    finished = batch.is_finished
     if not finished:
         response["Location"] = out["status_url"]
         response["Retry-After"] = "1"

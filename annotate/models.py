@@ -105,12 +105,8 @@ class Project(models.Model):
             )
 
 
-class ImportBatch(models.Model):
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
+class ImportBatch(BackgroundWork):
+    """One uploaded file's import: background work (status, progress, message) with the import's counts."""
 
     class Mode(models.TextChoices):
         ALL_OR_NOTHING = "all_or_nothing", "Import nothing if any row is bad"
@@ -122,7 +118,6 @@ class ImportBatch(models.Model):
     file_format = models.CharField(max_length=8)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.ALL_OR_NOTHING)
     provenance = models.CharField(max_length=32, choices=Provenance.choices, default=Provenance.HUMAN)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stored_path = models.CharField(max_length=500, blank=True, help_text="The uploaded file, kept until done.")
     bytes_total = models.BigIntegerField(default=0)
     bytes_read = models.BigIntegerField(default=0)
@@ -135,9 +130,7 @@ class ImportBatch(models.Model):
     )
     errors = models.JSONField(default=list, help_text="The first errors, each {line, field, message}.")
     rejected_path = models.CharField(max_length=500, blank=True)
-    message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -178,7 +178,7 @@ class TrainingJob(models.Model):
         return self.status in self.FINISHED
 
 
-class TrainingPreflight(models.Model):
+class TrainingPreflight(BackgroundWork):
     """A job's config checked against its base model and snapshot on a worker, before the job is queued.
 
     The web side creates it and reads it; the worker claims it, reports progress and records the result.
@@ -192,15 +192,13 @@ class TrainingPreflight(models.Model):
         SUCCEEDED = "succeeded", "Passed"
         FAILED = "failed", "Failed"
 
-    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)  # a preflight is not cancelled: it takes seconds
 
     snapshot = models.ForeignKey(TrainingSnapshot, on_delete=models.PROTECT, related_name="preflights")
     base_model = models.CharField(max_length=500, help_text="A local directory or a hub id.")
     method = models.CharField(max_length=16, choices=TrainingJob.Method.choices)
     config = models.JSONField(help_text="training.config.TrainingConfig as a dict.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    progress = models.FloatField(default=0.0, help_text="0..1 while running.")
-    message = models.TextField(blank=True, help_text="What the worker is doing, or why it failed.")
     result = models.JSONField(default=dict, blank=True, help_text="{ok, errors, warnings, samples, stats}.")
     worker = models.CharField(max_length=200, blank=True)
     job = models.OneToOneField(
@@ -208,9 +206,7 @@ class TrainingPreflight(models.Model):
     )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True, help_text="The worker's last word.")
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -232,10 +228,6 @@ class TrainingPreflight(models.Model):
         from django.urls import reverse
 
         return reverse("training:preflight-detail", kwargs={"preflight_id": self.pk})
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED
 
 
 class JobSecret(models.Model):

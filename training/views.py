@@ -13,7 +13,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from annotate.audit import matcher
@@ -278,11 +278,10 @@ def job_new(request: HtmxHttpRequest) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def preflight_detail(request: HtmxHttpRequest, preflight_id: int) -> HttpResponse:
     preflight = selectors.preflight_get_for_admin(user=request.user, preflight_id=preflight_id)
-    context = {"preflight": preflight, "percent": round(100 * preflight.progress)}
+    context = {"preflight": preflight, "percent": preflight.percent}
     if request.htmx:
-        response = render(request, "training/preflight_detail.html#preflight-progress", context)
         # The final state (errors, or the preview and the queue button) is still swapped in, then polling stops.
-        return HttpResponseStopPolling(response.content) if preflight.is_finished else response
+        return poll_response(request, "training/preflight_detail.html#preflight-progress", context, work=preflight)
     return render(request, "training/preflight_detail.html", context)
 
 
@@ -307,10 +306,8 @@ def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
         context = {"job": job, "metrics": metrics, "finished": job.is_finished}
         return render(request, "training/job_detail.html#job-metrics", context)
     context = {**selectors.job_progress_context(job), "metrics": metrics}
-    if request.htmx:
-        response = render(request, "training/job_detail.html#job-progress", context)
-        # The last state is still swapped in, then htmx stops polling.
-        return HttpResponseStopPolling(response.content) if job.is_finished else response
+    if request.htmx:  # the last state is still swapped in, then htmx stops polling
+        return poll_response(request, "training/job_detail.html#job-progress", context, work=job)
     context["config_rows"] = selectors.job_config_rows(job)
     context["manifest_rows"] = selectors.manifest_summary(job.manifest)
     return render(request, "training/job_detail.html", context)

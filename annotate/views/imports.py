@@ -7,7 +7,7 @@ from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect
 
 from annotate import selectors
 from annotate.forms import ImportForm, ItemFilterForm
@@ -15,6 +15,7 @@ from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch
 from annotate.services.imports import import_batch_submit
 from config import csvwriter
+from config.background import poll_response
 
 ITEMS_PER_PAGE = 50
 
@@ -56,8 +57,6 @@ def _detail_context(batch: ImportBatch) -> dict:
     errors = [e for e in batch.errors if e.get("kind") != "duplicate"]
     duplicates = [e for e in batch.errors if e.get("kind") == "duplicate"]
     errors_file = rejected_errors_path(batch.rejected_path)
-    done = batch.status in (ImportBatch.Status.SUCCEEDED, ImportBatch.Status.FAILED)
-    percent = 100 if done else int(100 * batch.bytes_read / batch.bytes_total) if batch.bytes_total else 0
     return {
         "project": batch.project,
         "batch": batch,
@@ -66,8 +65,7 @@ def _detail_context(batch: ImportBatch) -> dict:
         "near_duplicate_rows": [e for e in duplicates if e.get("match") == "near"],
         "exact_duplicates": batch.duplicates - batch.near_duplicates,
         "has_errors_file": bool(errors_file and errors_file.exists()),
-        "done": done,
-        "percent": percent,
+        "done": batch.is_finished,
     }
 
 
@@ -80,12 +78,7 @@ def import_detail(request: HttpRequest, slug: str, batch_id: int) -> HttpRespons
 @require_GET
 def import_progress(request: HttpRequest, slug: str, batch_id: int) -> HttpResponse:
     batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
-    context = _detail_context(batch)
-    response = render(request, "annotate/import_detail.html#import-progress", context)
-    if context["done"]:
-        # 286 tells htmx to stop polling; the final fragment (errors, downloads) is still swapped in.
-        return HttpResponseStopPolling(response.content)
-    return response
+    return poll_response(request, "annotate/import_detail.html#import-progress", _detail_context(batch), work=batch)
 
 
 @require_GET

@@ -100,7 +100,13 @@ def test_a_big_upload_goes_through_the_worker_task(
 def test_the_progress_fragment_polls_while_running_and_stops_when_done(client, admin_user, project):
     client.force_login(admin_user)
     batch = ImportBatch.objects.create(
-        project=project, filename="big.jsonl", file_format="jsonl", status="running", bytes_total=1000, bytes_read=250
+        project=project,
+        filename="big.jsonl",
+        file_format="jsonl",
+        status="running",
+        bytes_total=1000,
+        bytes_read=250,
+        progress=0.25,
     )
     url = reverse("annotate:import-progress", kwargs={"slug": project.slug, "batch_id": batch.id})
     running = client.get(url, headers={"HX-Request": "true"})
