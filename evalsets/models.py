@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from config.background import BackgroundWork
 from config.routers import TRAINING_ALIAS, EvalWallError, refuse_training_alias
 
 
@@ -138,6 +139,31 @@ class ContaminationReport(EvalWallModel):
 
     def __str__(self) -> str:
         return f"pairs of check {self.snapshot_check_id}"
+
+
+class ContaminationRun(EvalWallModel, BackgroundWork):
+    """A contamination check someone asked for (an admin, or a freeze that made older verdicts stale), as
+    background work with progress; ``verdict`` is the write-once check it wrote."""
+
+    snapshot = models.ForeignKey("training.TrainingSnapshot", on_delete=models.PROTECT, related_name="+")
+    verdict = models.OneToOneField(
+        "training.SnapshotCheck", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = EvalWallManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"contamination run {self.pk} of snapshot {self.snapshot_id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("evalsets:contamination-run", kwargs={"run_id": self.pk})
 
 
 class HashVerification(EvalWallModel):

@@ -15,7 +15,7 @@ from annotate import roles
 from annotate.models import Annotation, Item, ItemResult, Project, Provenance, Split, TaskKind
 from annotate.selectors import project_list_for_user
 from evalsets.export import CANONICAL_FIELDS
-from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
+from evalsets.models import ContaminationReport, ContaminationRun, EvalRecord, EvalSetVersion, HashVerification
 
 MIN_AGREEING_REVIEWS = 2
 FROZEN_STATUSES = (ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED)
@@ -321,6 +321,25 @@ def snapshot_list_for_admin(*, user) -> list:
         TrainingSnapshot.objects.annotate(
             check_passed=Subquery(latest.values("passed")[:1]), checked_at=Subquery(latest.values("checked_at")[:1])
         ).order_by("-created_at", "-id")[:200]
+    )
+
+
+def contamination_run_get_for_admin(*, user, run_id: int) -> ContaminationRun:
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins check training snapshots.")
+    try:
+        return ContaminationRun.objects.select_related("snapshot").get(pk=run_id)
+    except ContaminationRun.DoesNotExist:
+        raise Http404("No such contamination check.") from None
+
+
+def snapshot_contamination_run_pending(*, snapshot) -> ContaminationRun | None:
+    """The snapshot's newest check that has not finished yet, if any (its page shows it progress)."""
+    return (
+        ContaminationRun.objects.filter(snapshot=snapshot)
+        .exclude(status__in=ContaminationRun.FINISHED)
+        .order_by("-created_at", "-id")
+        .first()
     )
 
 

@@ -15,7 +15,7 @@ from annotate import roles
 from annotate.models import Project, RubricVersion
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
-from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
+from evalsets.models import ContaminationReport, ContaminationRun, EvalRecord, EvalSetVersion, HashVerification
 from evalsets.selectors import evalset_freeze_plan, summarize_records
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
@@ -93,8 +93,6 @@ def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
     A check only vouches for the eval sets that existed when it ran, and training (which cannot read
     eval tables) trusts the latest check; so a new version writes a failing, explained check first.
     """
-    from evalsets.tasks import snapshot_contamination_check_run
-
     blocked = 0
     for snapshot in TrainingSnapshot.objects.order_by("pk"):
         latest = SnapshotCheck.objects.filter(snapshot=snapshot).order_by("-checked_at", "-id").first()
@@ -111,7 +109,7 @@ def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
                 "a new check is queued. Train once it passes.",
             },
         )
-        snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
+        contamination_check_request(snapshot=snapshot)
         blocked += 1
     return blocked
 
@@ -236,8 +234,56 @@ def _side_by_side(matches: list[contamination.Match]) -> list[dict[str, Any]]:
     return pairs
 
 
+def contamination_check_request(*, snapshot: TrainingSnapshot, created_by=None) -> ContaminationRun:
+    """Queue a contamination check of the snapshot on the default worker; the run shows its progress."""
+    from evalsets.tasks import snapshot_contamination_check_run
+
+    run = ContaminationRun(snapshot=snapshot, created_by=created_by)
+    run.full_clean()
+    run.save()
+    snapshot_contamination_check_run.delay_on_commit(snapshot.pk, run.pk)
+    return run
+
+
+def contamination_run(*, run_id: int) -> ContaminationRun | None:
+    """The worker's side of a run: claim it, check, record the verdict on the run. A second delivery of the
+    same message does nothing."""
+    if not ContaminationRun.claim(run_id, message="Reading the eval sets"):
+        return None
+    run = ContaminationRun.objects.select_related("snapshot").get(pk=run_id)
+    try:
+        check = snapshot_contamination_check(
+            snapshot=run.snapshot,
+            progress=lambda fraction, message: ContaminationRun.report_progress(run_id, fraction, message),
+        )
+    except Exception as exc:
+        ContaminationRun.finish(run_id, ContaminationRun.Status.FAILED, f"The check could not run: {exc}")
+    else:
+        outcome = "passed" if check.passed else "blocked the snapshot"
+        ContaminationRun.finish(run_id, ContaminationRun.Status.SUCCEEDED, f"The check {outcome}.", verdict=check)
+    run.refresh_from_db()
+    return run
+
+
+# The check's stages and the share of the bar each ends at.
+PROGRESS_INDEXED, PROGRESS_CHECKED = 0.3, 0.95
+PROGRESS_EVERY_TEXTS = 5000
+
+
+def _counted(texts, total: int, progress):
+    """Pass the training texts through, reporting how far the check has got every few thousand texts."""
+    for done, text in enumerate(texts, 1):
+        if done % PROGRESS_EVERY_TEXTS == 0:
+            share = min(done / total, 1.0) if total else 1.0
+            progress(
+                PROGRESS_INDEXED + (PROGRESS_CHECKED - PROGRESS_INDEXED) * share,
+                f"Checked {done:,} of about {total:,} training texts",
+            )
+        yield text
+
+
 def snapshot_contamination_check(
-    *, snapshot: TrainingSnapshot, threshold: float | None = None, n: int | None = None
+    *, snapshot: TrainingSnapshot, threshold: float | None = None, n: int | None = None, progress=None
 ) -> SnapshotCheck:
     """Check a training snapshot against every frozen eval set version and record the verdict.
 
@@ -247,9 +293,14 @@ def snapshot_contamination_check(
     """
     threshold = settings.CONTAMINATION_THRESHOLD if threshold is None else threshold
     n = settings.CONTAMINATION_NGRAM if n is None else n
+    progress = progress or (lambda fraction, message: None)
     versions = list(EvalSetVersion.objects.select_related("project").order_by("pk"))
     index = contamination.EvalIndex(n=n).add(_eval_texts([v.pk for v in versions])).build()
-    result = index.check(_train_texts(snapshot), threshold=threshold)
+    # About two texts per record (prompt and completion, or prompt, chosen and rejected).
+    expected = 2 * snapshot.sft_count + 3 * snapshot.dpo_count
+    progress(PROGRESS_INDEXED, f"Indexed {len(index):,} eval texts; checking the training texts")
+    result = index.check(_counted(_train_texts(snapshot), expected, progress), threshold=threshold)
+    progress(PROGRESS_CHECKED, "Writing the verdict")
     offending_ids = sorted({m.train_key[0] for m in result.matches})
     # The verdict's report is read by the trainer role: counts and training record ids only. The pairs,
     # which quote eval text, go to ContaminationReport on the evalsets side.

@@ -21,4 +21,5 @@ urlpatterns = [
         views.snapshot_contamination_check,
         name="snapshot-contamination-check",
     ),
+    path("contamination-runs/<int:run_id>/", views.contamination_run_progress, name="contamination-run"),
 ]

@@ -5,6 +5,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from config.background import poll_response
 from evalsets import selectors, services
 from evalsets.export import FORMATS, Tally, iter_export, layout_unavailable, layouts_for, manifest_bytes
 
@@ -113,23 +114,43 @@ def snapshot_list(request: HttpRequest) -> HttpResponse:
     return render(request, "evalsets/snapshot_list.html", {"snapshots": snapshots})
 
 
+def _check_context(snapshot) -> dict:
+    check = selectors.snapshot_latest_check(snapshot=snapshot)
+    return {
+        "snapshot": snapshot,
+        "check": check,
+        "run": selectors.snapshot_contamination_run_pending(snapshot=snapshot),
+        "pairs": selectors.snapshot_check_pairs(check=check),
+    }
+
+
 @require_GET
 def snapshot_contamination(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    check = selectors.snapshot_latest_check(snapshot=snapshot)
-    context = {"snapshot": snapshot, "check": check, "pairs": selectors.snapshot_check_pairs(check=check)}
-    return render(request, "evalsets/snapshot_contamination.html", context)
+    return render(request, "evalsets/snapshot_contamination.html", _check_context(snapshot))
 
 
 @require_POST
 def snapshot_contamination_check(request: HttpRequest, snapshot_id: int) -> HttpResponse:
-    from evalsets.tasks import snapshot_contamination_check_run
-
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
-    context = {"snapshot": snapshot, "check": selectors.snapshot_latest_check(snapshot=snapshot), "queued": True}
+    run = services.contamination_check_request(snapshot=snapshot, created_by=request.user)
     if request.htmx:
+        context = {**_check_context(snapshot), "run": run}
         response = render(request, "evalsets/snapshot_contamination.html#check-status", context)
         return trigger_client_event(response, "contamination-check-queued", {"snapshot_id": snapshot.pk})
-    messages.info(request, "Contamination check queued: the verdict appears here when the worker is done.")
+    messages.info(request, "Contamination check queued: its progress shows here, and the verdict when it is done.")
     return redirect("evalsets:snapshot-contamination", snapshot_id=snapshot.pk)
+
+
+@require_GET
+def contamination_run_progress(request: HttpRequest, run_id: int) -> HttpResponse:
+    """The check's status fragment while a worker runs it; once it has finished, the page reloads to show the
+    verdict's pairs."""
+    run = selectors.contamination_run_get_for_admin(user=request.user, run_id=run_id)
+    if not request.htmx:
+        return redirect("evalsets:snapshot-contamination", snapshot_id=run.snapshot_id)
+    context = {**_check_context(run.snapshot), "run": run}
+    response = poll_response(request, "evalsets/snapshot_contamination.html#check-status", context, work=run)
+    if run.is_finished:
+        response["HX-Refresh"] = "true"
+    return response

@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 
 from evalsets.contamination import EvalIndex, check_texts, normalize
+from evalsets.models import ContaminationRun
 from tests.evalsets.conftest import gold_payload
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
@@ -293,7 +294,9 @@ def frozen_eval(make_item, freeze):
 
 
 def make_snapshot(name: str, texts: list[tuple[str, str]]) -> TrainingSnapshot:
-    snapshot = TrainingSnapshot.objects.create(name=name, sha256=str(abs(hash(name))).rjust(64, "0"))
+    snapshot = TrainingSnapshot.objects.create(
+        name=name, sha256=str(abs(hash(name))).rjust(64, "0"), sft_count=len(texts)
+    )
     for position, (prompt, completion) in enumerate(texts):
         SnapshotRecord.objects.create(
             snapshot=snapshot,
@@ -371,10 +374,13 @@ def test_an_admin_queues_a_check_from_the_page_and_sees_the_pairs_escaped(
     url = reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk])
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = client.post(url, headers={"HX-Request": "true"})
-    assert len(callbacks) == 1 and sent == [(snapshot.pk,)]
+    run = ContaminationRun.objects.get(snapshot=snapshot)
+    assert len(callbacks) == 1 and sent == [(snapshot.pk, run.pk)]
     assert response.status_code == 200
     assert b'id="check-status"' in response.content and b"<h1>" not in response.content
     assert "contamination-check-queued" in response["HX-Trigger"]
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.verdict == SnapshotCheck.objects.get(snapshot=snapshot)
 
     page = client.get(reverse("evalsets:snapshot-contamination", args=[snapshot.pk]))
     body = page.content.decode()
@@ -383,12 +389,54 @@ def test_an_admin_queues_a_check_from_the_page_and_sees_the_pairs_escaped(
 
 
 @pytest.mark.django_db
+def test_a_check_shows_its_progress_while_it_runs_and_the_verdict_when_done(
+    client, admin_user, frozen_eval, django_capture_on_commit_callbacks, monkeypatch
+):
+    from evalsets import services
+    from evalsets.tasks import snapshot_contamination_check_run as task
+
+    monkeypatch.setattr(task, "delay", lambda *args: None)  # the worker has not started it yet
+    snapshot = make_snapshot("s7", [(f"question {i} about something else", f"answer {i}") for i in range(12)])
+    client.force_login(admin_user)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk]))
+    run = ContaminationRun.objects.get(snapshot=snapshot)
+    page = client.get(reverse("evalsets:snapshot-contamination", args=[snapshot.pk])).content.decode()
+    poll_url = reverse("evalsets:contamination-run", args=[run.pk])
+    assert f'hx-get="{poll_url}"' in page and "Waiting for a worker" in page
+
+    # The worker's side: progress is written as the training texts are checked, each visible at once.
+    seen = []
+    real = ContaminationRun.report_progress
+    monkeypatch.setattr(services, "PROGRESS_EVERY_TEXTS", 5)
+    monkeypatch.setattr(
+        ContaminationRun,
+        "report_progress",
+        classmethod(lambda cls, pk, fraction, message: seen.append((fraction, message)) or real(pk, fraction, message)),
+    )
+    assert services.contamination_run(run_id=run.pk).status == "succeeded"
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen) and len(seen) >= 4
+    assert ("Checked 10 of about 24 training texts" in {m for _, m in seen}) and seen[-1][1] == "Writing the verdict"
+    assert services.contamination_run(run_id=run.pk) is None, "a redelivered message does nothing"
+
+    done = client.get(poll_url, headers={"HX-Request": "true"})
+    assert done.status_code == 286 and done["HX-Refresh"] == "true"
+    assert "passed" in done.content.decode() and "hx-trigger" not in done.content.decode()
+    assert SnapshotCheck.objects.filter(snapshot=snapshot).count() == 1
+
+
+@pytest.mark.django_db
 def test_reviewers_cannot_open_or_run_snapshot_checks(client, alice, frozen_eval):
     snapshot = make_snapshot("s6", [("q", "a")])
     client.force_login(alice)
     assert client.get(reverse("evalsets:snapshot-contamination", args=[snapshot.pk])).status_code == 403
     assert client.post(reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk])).status_code == 403
-    assert not SnapshotCheck.objects.exists()
+    run = ContaminationRun.objects.create(snapshot=snapshot)
+    assert (
+        client.get(reverse("evalsets:contamination-run", args=[run.pk]), headers={"HX-Request": "true"}).status_code
+        == 403
+    )
+    assert not SnapshotCheck.objects.exists() and ContaminationRun.objects.count() == 1
 
 
 def test_the_check_task_runs_on_the_default_queue_not_the_gpu_one():
