@@ -12,7 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from annotate.audit import DEFAULT_GATES, gates_validate
-from annotate.importers import MAX_FIELD_CHARS, MAX_LINE_BYTES
+from annotate.importers import MAX_FIELD_CHARS, MAX_LINE_BYTES, guess_format
 from annotate.models import ImportBatch, Item, ItemResult, Project, Provenance, RubricVersion, TaskKind
 from annotate.payloads import (
     ANSWER_ACTIONS,
@@ -55,8 +55,6 @@ class ImportForm(forms.Form):
         data = super().clean()
         upload = data.get("file")
         if upload and not data.get("file_format"):
-            from annotate.importers import guess_format
-
             try:
                 data["file_format"] = guess_format(upload.name)
             except ValueError as exc:

@@ -33,6 +33,7 @@ from annotate.models import (
 )
 from annotate.payloads import GoldAction, PreferenceChoice
 from annotate.reports import report_rubric_version
+from annotate.services.tokens import token_digest, token_prefix
 from config import csvwriter, rawsql
 
 
@@ -532,8 +533,6 @@ def api_token_list_for_user(*, user) -> QuerySet[ApiToken]:
 
 def api_token_authenticate(*, token: str, now=None) -> tuple[ApiToken | None, str]:
     """The live token row for a presented token, or None with the reason in words (unknown, revoked, expired)."""
-    from annotate.services.tokens import token_digest, token_prefix
-
     prefix = token_prefix(token)
     row = ApiToken.objects.select_related("user").filter(prefix=prefix).first() if prefix else None
     # Compared in constant time: the prefix is public, the digest must not leak through timing.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import Http404
 
 from annotate import roles
@@ -16,6 +16,7 @@ from annotate.models import Annotation, Item, ItemResult, Project, Provenance, S
 from annotate.selectors import project_list_for_user
 from evalsets.export import CANONICAL_FIELDS
 from evalsets.models import ContaminationReport, ContaminationRun, EvalRecord, EvalSetVersion, HashVerification
+from training.models import SnapshotCheck, TrainingSnapshot
 
 MIN_AGREEING_REVIEWS = 2
 FROZEN_STATUSES = (ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED)
@@ -298,8 +299,6 @@ def summarize_records(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def snapshot_get_for_admin(*, user, snapshot_id: int):
     """A training snapshot for its contamination page: admins only."""
-    from training.models import TrainingSnapshot
-
     if not roles.is_admin(user):
         raise PermissionDenied("Only admins check training snapshots.")
     try:
@@ -310,10 +309,6 @@ def snapshot_get_for_admin(*, user, snapshot_id: int):
 
 def snapshot_list_for_admin(*, user) -> list:
     """Training snapshots with their latest contamination verdict (None when never checked): admins only."""
-    from django.db.models import OuterRef, Subquery
-
-    from training.models import SnapshotCheck, TrainingSnapshot
-
     if not roles.is_admin(user):
         raise PermissionDenied("Only admins check training snapshots.")
     latest = SnapshotCheck.objects.filter(snapshot=OuterRef("pk")).order_by("-checked_at", "-id")

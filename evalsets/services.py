@@ -17,6 +17,8 @@ from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
 from evalsets.models import ContaminationReport, ContaminationRun, EvalRecord, EvalSetVersion, HashVerification
 from evalsets.selectors import evalset_freeze_plan, summarize_records
+from evalsets.tasks import snapshot_contamination_check_run
+from evalsets.verify import verify_all
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
 BULK_BATCH = 1000
@@ -119,8 +121,6 @@ def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
 
 def evalsets_verify(*, record: bool = True):
     """Recompute every eval set version's and training snapshot's sha256 from its rows; store each verdict."""
-    from evalsets.verify import verify_all
-
     outcomes = verify_all()
     if record and outcomes:
         HashVerification.objects.bulk_create(
@@ -236,8 +236,6 @@ def _side_by_side(matches: list[contamination.Match]) -> list[dict[str, Any]]:
 
 def contamination_check_request(*, snapshot: TrainingSnapshot, created_by=None) -> ContaminationRun:
     """Queue a contamination check of the snapshot on the default worker; the run shows its progress."""
-    from evalsets.tasks import snapshot_contamination_check_run
-
     run = ContaminationRun(snapshot=snapshot, created_by=created_by)
     run.full_clean()
     run.save()

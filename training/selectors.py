@@ -13,7 +13,9 @@ from django.http import Http404
 from django.utils import timezone
 
 from annotate import roles
+from annotate.audit import matcher
 from training.config import TrainingConfig, config_help
+from training.curation import audit_record
 from training.errors import TRAINING_MODULES
 from training.models import (
     AuditAcknowledgement,
@@ -305,9 +307,6 @@ def audit_examples(audit: SnapshotAudit) -> dict[int, dict]:
 
 def finding_item_ids(audit: SnapshotAudit, finding: dict) -> list[int]:
     """The items of every example of the snapshot a finding is about (for sending them back, say)."""
-    from annotate.audit import matcher
-    from training.curation import audit_record
-
     matches = matcher(finding)
     if matches is None:
         return []

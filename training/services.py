@@ -17,6 +17,8 @@ from django.utils import timezone
 
 from annotate.models import Annotation, Item, ItemResult, Project, Provenance, RubricVersion, Split, TaskKind
 from annotate.payloads import GoldAction, PreferenceChoice
+from training import dbfunctions
+from training.audits import snapshot_audit_clearance, snapshot_audit_request
 from training.config import TrainingConfig
 from training.curation import Exclusions, SnapshotFilters, rubric_passes
 from training.models import (
@@ -276,8 +278,6 @@ def snapshot_create(
     snapshot.save()
     SnapshotRecord.objects.bulk_create((SnapshotRecord(snapshot=snapshot, **r) for r in records), batch_size=5000)
     if audit:
-        from training.audits import snapshot_audit_request
-
         snapshot_audit_request(snapshot=snapshot, created_by=created_by)
     return snapshot
 
@@ -361,7 +361,6 @@ def training_config_parse(*, method: str, config: dict) -> TrainingConfig:
 def _trainable_inputs(*, snapshot: TrainingSnapshot, base_model: str) -> str:
     if not snapshot_is_trainable(snapshot):
         raise ValidationError(snapshot_untrainable_reason(snapshot))
-    from training.audits import snapshot_audit_clearance
 
     snapshot_audit_clearance(snapshot)  # raises, saying what to do, while the audit blocks it
     base_model = (base_model or "").strip()
@@ -423,7 +422,6 @@ def training_job_create(*, preflight: TrainingPreflight, created_by) -> Training
 def _job_insert(
     *, snapshot, base_model, config: TrainingConfig, created_by, preflight, retry_of=None, resume_from=""
 ) -> TrainingJob:
-    from training.audits import snapshot_audit_clearance
 
     job = TrainingJob(
         snapshot=snapshot,
@@ -624,9 +622,7 @@ def training_job_claim(*, job_id: int, secret: str, worker: str, using: str) -> 
     """Move a queued job to running; False when someone else has it or it was cancelled meanwhile."""
     worker = worker[:200]
     if _on_postgres(using):
-        from training.dbfunctions import CLAIM
-
-        return _call(using, CLAIM, [job_id, secret, worker], ["bigint", "text", "text"])
+        return _call(using, dbfunctions.CLAIM, [job_id, secret, worker], ["bigint", "text", "text"])
     _secret_check(job_id, secret, using)
     now = timezone.now()
     return bool(
@@ -639,9 +635,7 @@ def training_job_claim(*, job_id: int, secret: str, worker: str, using: str) -> 
 def training_job_heartbeat(*, job_id: int, secret: str, using: str, **fields) -> bool:
     """Beat, and write any of TrainingJob.WORKER_FIELDS, while the job runs."""
     if _on_postgres(using):
-        from training.dbfunctions import UPDATE
-
-        return _call(using, UPDATE, [job_id, secret, _jsonable(fields)], ["bigint", "text", "jsonb"])
+        return _call(using, dbfunctions.UPDATE, [job_id, secret, _jsonable(fields)], ["bigint", "text", "jsonb"])
     _secret_check(job_id, secret, using)
     _fields_check(job_id, fields, TrainingJob.WORKER_FIELDS, "a running job's fields")
     return bool(
@@ -654,13 +648,10 @@ def training_job_heartbeat(*, job_id: int, secret: str, using: str, **fields) ->
 def training_job_progress_add(*, job_id: int, secret: str, row: dict, using: str) -> bool:
     """Append a progress row to the running job (a step logged twice keeps its first row)."""
     if _on_postgres(using):
-        from training.dbfunctions import PROGRESS
-
-        return _call(using, PROGRESS, [job_id, secret, _jsonable(row)], ["bigint", "text", "jsonb"])
-    from training.dbfunctions import progress_fields
+        return _call(using, dbfunctions.PROGRESS, [job_id, secret, _jsonable(row)], ["bigint", "text", "jsonb"])
 
     _secret_check(job_id, secret, using)
-    _fields_check(job_id, row, progress_fields(), "a progress row's fields")
+    _fields_check(job_id, row, dbfunctions.progress_fields(), "a progress row's fields")
     if not TrainingJob.objects.using(using).filter(pk=job_id, status=TrainingJob.Status.RUNNING).exists():
         return False
     # A resumed phase may log a step again: the first row stays (one worker per job, so no race here).
@@ -677,22 +668,21 @@ def training_job_finish(*, job_id: int, secret: str, status: str, using: str, er
         error = "The job failed without a reason: see the log tail."
     fields.setdefault("step_advanced_at", None)  # the step clock stops with the job
     if _on_postgres(using):
-        from training.dbfunctions import FINISH
-
         try:
             return _call(
                 using,
-                FINISH,
+                dbfunctions.FINISH,
                 [job_id, secret, status, error, _jsonable(fields)],
                 ["bigint", "text", "text", "text", "jsonb"],
             )
         except IntegrityError:
             return False
-    from training.dbfunctions import ENDINGS
 
     _secret_check(job_id, secret, using)
-    if status not in ENDINGS:
-        raise PermissionDenied(f"job {job_id}: a gpu worker ends a job as {', '.join(ENDINGS)}, not as {status}")
+    if status not in dbfunctions.ENDINGS:
+        raise PermissionDenied(
+            f"job {job_id}: a gpu worker ends a job as {', '.join(dbfunctions.ENDINGS)}, not as {status}"
+        )
     _fields_check(job_id, fields, TrainingJob.WORKER_FIELDS, "a running job's fields")
     jobs = TrainingJob.objects.using(using).filter(pk=job_id, status=TrainingJob.Status.RUNNING)
     if status == TrainingJob.Status.CANCELLED:
@@ -725,9 +715,9 @@ def _preflight_secret_check(preflight_id: int, secret: str | None, using: str) -
 def training_preflight_claim(*, preflight_id: int, secret: str, worker: str, using: str) -> bool:
     """Move a queued preflight to running; False when another worker has it."""
     if _on_postgres(using):
-        from training.dbfunctions import PREFLIGHT_CLAIM
-
-        return _call(using, PREFLIGHT_CLAIM, [preflight_id, secret, worker[:200]], ["bigint", "text", "text"])
+        return _call(
+            using, dbfunctions.PREFLIGHT_CLAIM, [preflight_id, secret, worker[:200]], ["bigint", "text", "text"]
+        )
     _preflight_secret_check(preflight_id, secret, using)
     now = timezone.now()
     return bool(
@@ -740,11 +730,9 @@ def training_preflight_claim(*, preflight_id: int, secret: str, worker: str, usi
 def training_preflight_progress(*, preflight_id: int, secret: str, progress: float, message: str, using: str) -> bool:
     """Report how far a running preflight got, and what it is doing."""
     if _on_postgres(using):
-        from training.dbfunctions import PREFLIGHT_PROGRESS
-
         return _call(
             using,
-            PREFLIGHT_PROGRESS,
+            dbfunctions.PREFLIGHT_PROGRESS,
             [preflight_id, secret, float(progress), message],
             ["bigint", "text", "double precision", "text"],
         )
@@ -762,11 +750,9 @@ def training_preflight_finish(*, preflight_id: int, secret: str, result: dict, u
     if not passed and not message:
         message = " ".join(result.get("errors") or []) or "The preflight failed without a reason."
     if _on_postgres(using):
-        from training.dbfunctions import PREFLIGHT_FINISH
-
         return _call(
             using,
-            PREFLIGHT_FINISH,
+            dbfunctions.PREFLIGHT_FINISH,
             [preflight_id, secret, passed, message, _jsonable(result)],
             ["bigint", "text", "boolean", "text", "jsonb"],
         )

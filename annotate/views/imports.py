@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -48,8 +49,6 @@ def import_new(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def batch_url(batch: ImportBatch) -> str:
-    from django.urls import reverse
-
     return reverse("annotate:import-detail", kwargs={"slug": batch.project.slug, "batch_id": batch.id})
 
 
