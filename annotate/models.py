@@ -134,6 +134,7 @@ class ImportBatch(BackgroundWork):
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name_plural = "import batches"
 
     def __str__(self) -> str:
         return f"{self.filename} → {self.project}"

@@ -31,7 +31,7 @@ from annotate.models import (
     RubricVersion,
     TaskKind,
 )
-from annotate.payloads import GoldAction, PreferenceChoice
+from annotate.payloads import GoldAction, PreferenceChoice, Strength
 from annotate.reports import report_rubric_version
 from annotate.services.tokens import token_digest, token_prefix
 from config import csvwriter, rawsql
@@ -175,32 +175,46 @@ def disputed_items(*, project: Project):
     )
 
 
-def describe_payload(*, item: Item, payload: dict | None, criteria: list[dict] | None = None) -> list[tuple[str, str]]:
-    """A judgement as (label, text) lines a person can read; response indices become their text."""
+def describe_payload(
+    *, item: Item, payload: dict | None, criteria: list[dict] | None = None, display_order: list[int] | None = None
+) -> list[tuple[str, str]]:
+    """A judgement as (label, text) lines a person can read; response indices become their text.
+
+    With the ``display_order`` the reviewer saw, responses are named as their task screen named them
+    ("Candidate 2", "Response 1"); without it (adjudicators, admins) by their stored position ("#2")."""
     if not payload:
         return []
     responses = item.responses or []
+    noun = "Candidate" if item.kind == TaskKind.GOLD else "Response"
 
     def response(i) -> str:
-        if isinstance(i, int) and 0 <= i < len(responses):
-            return f"#{i + 1}: {str(responses[i].get('text', ''))[:300]}"
-        return "–"
+        if not (isinstance(i, int) and 0 <= i < len(responses)):
+            return "–"
+        text = str(responses[i].get("text", ""))[:300]
+        if display_order and i in display_order:
+            return f"{noun} {display_order.index(i) + 1}: {text}"
+        return f"#{i + 1}: {text}"
 
     if item.kind == TaskKind.GOLD:
-        lines = [("Action", str(payload.get("action")))]
-        if payload.get("action") == GoldAction.ACCEPT:
-            lines.append(("Accepted", response(payload.get("source_index"))))
-        if payload.get("answer"):
+        action = payload.get("action")
+        lines = [("Action", GoldAction(action).label if action in GoldAction.values else str(action))]
+        if action in (GoldAction.ACCEPT, GoldAction.EDIT) and payload.get("source_index") is not None:
+            lines.append(
+                ("Accepted" if action == GoldAction.ACCEPT else "Edited", response(payload.get("source_index")))
+            )
+        if payload.get("answer") and action != GoldAction.ACCEPT:
             lines.append(("Answer", str(payload["answer"])))
     elif item.kind == TaskKind.PREFERENCE:
-        lines = [("Choice", str(payload.get("choice")))]
-        if payload.get("choice") == PreferenceChoice.RESPONSE:
-            lines += [("Chosen", response(payload.get("chosen"))), ("Rejected", response(payload.get("rejected")))]
-            if payload.get("strength"):
-                lines.append(("Strength", str(payload["strength"])))
+        choice = payload.get("choice")
+        lines = [("Choice", PreferenceChoice(choice).label if choice in PreferenceChoice.values else str(choice))]
+        if choice == PreferenceChoice.RESPONSE:
+            lines += [("Better", response(payload.get("chosen"))), ("Worse", response(payload.get("rejected")))]
+            strength = payload.get("strength")
+            if strength:
+                lines.append(("Strength", Strength(strength).label if strength in Strength.values else str(strength)))
     else:
         names = {c["key"]: c["name"] for c in criteria or []}
-        lines = [("Response", response(payload.get("response_index")))]
+        lines = [("Scored", response(payload.get("response_index")))]
         lines += [(names.get(k, k), str(v)) for k, v in (payload.get("scores") or {}).items()]
     for note in ("reason", "rationale"):
         if payload.get(note):

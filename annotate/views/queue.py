@@ -320,7 +320,19 @@ def annotation_history(request, slug: str, item_id: int) -> HttpResponse:
     context = {
         "project": project,
         "annotation": annotation,
-        "revisions": annotation.revisions.order_by("-number"),
+        "revisions": [
+            {
+                "number": r.number,
+                "created_at": r.created_at,
+                "lines": selectors.describe_payload(
+                    item=annotation.item,
+                    payload=r.payload,
+                    criteria=r.rubric_version.criteria if r.rubric_version else None,
+                    display_order=annotation.display_order,
+                ),
+            }
+            for r in annotation.revisions.select_related("rubric_version").order_by("-number")
+        ],
         "card": _card(project=project, form=form, action_url=request.path),
         "alert": alert,
         "notice": notice,

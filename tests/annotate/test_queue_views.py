@@ -280,6 +280,25 @@ def test_history_shows_my_revisions_and_saving_adds_one(client, alice, project):
     assert [r.payload["answer"] for r in annotation.revisions.order_by("number")] == ["First take", "Second take"]
 
 
+def test_revisions_name_the_candidate_as_the_reviewers_screen_did(client, alice, bob, project):
+    """Two reviewers shown the item's responses in opposite orders accept the same response: each history says
+    so in the words of their own screen, and both stored the same response index."""
+    item = make_item(project, 1)
+    pages = {}
+    for user, order in ((alice, [1, 0]), (bob, [0, 1])):
+        client.force_login(user)
+        lease, _ = current_lease(client, project)
+        Lease.objects.filter(pk=lease.pk).update(display_order=order)
+        position = order.index(0) + 1  # where response 0 ("Answer A1") was on this reviewer's screen
+        client.post(url("queue-submit", project, lease.pk), {"action": "accept", "source": str(position)}, **HX)
+        pages[user.username] = client.get(url("annotation-history", project, item.pk)).content.decode()
+    assert {a.payload["source_index"] for a in Annotation.objects.filter(item=item)} == {0}
+    revisions = {name: html[html.index("<h2>Revisions</h2>") :] for name, html in pages.items()}
+    assert "Candidate 2: Answer A1" in revisions["alice"] and "Candidate 1: Answer A1" in revisions["bob"]
+    assert "Accept the selected candidate" in revisions["alice"]
+    assert "source_index" not in revisions["alice"] and "source_index" not in revisions["bob"]
+
+
 def test_queue_health_is_for_admins_only(client, alice, admin_user, project):
     make_item(project, 1)
     client.force_login(alice)
