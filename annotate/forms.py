@@ -63,6 +63,14 @@ class ImportForm(forms.Form):
 
 
 class ItemFilterForm(forms.Form):
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        strip=True,
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Search the prompts, or #id", "aria-label": "Search"}
+        ),
+    )
     split = forms.ChoiceField(choices=[("", "All splits"), ("train", "Train"), ("eval", "Eval")], required=False)
     kind = forms.ChoiceField(
         choices=[("", "All kinds"), ("gold", "Gold answer"), ("preference", "Preference pair"), ("rubric", "Rubric")],

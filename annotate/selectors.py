@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -364,14 +364,22 @@ def import_batch_list(*, project: Project, limit: int = 20) -> QuerySet[ImportBa
     return project.imports.select_related("uploaded_by").order_by("-created_at", "-id")[:limit]
 
 
-def item_list_for_user(*, user, slug: str, split: str = "", kind: str = "") -> tuple[Project, QuerySet[Item]]:
-    """The project's items a member may browse, optionally filtered by split and kind."""
+def item_list_for_user(
+    *, user, slug: str, split: str = "", kind: str = "", q: str = ""
+) -> tuple[Project, QuerySet[Item]]:
+    """The project's items a member may browse, optionally filtered by split and kind and searched by prompt
+    text ("#12" or "12" finds item 12 as well)."""
     project = project_get_for_user(user=user, slug=slug)
     items = Item.objects.filter(project=project).order_by("id")
     if split:
         items = items.filter(split=split)
     if kind:
         items = items.filter(kind=kind)
+    if q:
+        match = Q(prompt__icontains=q)
+        if q.lstrip("#").isdigit():
+            match |= Q(pk=int(q.lstrip("#")))
+        items = items.filter(match)
     return project, items
 
 

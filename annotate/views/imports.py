@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from annotate import selectors
+from annotate import roles, selectors
 from annotate.forms import ImportForm, ItemFilterForm
 from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch
@@ -108,12 +108,23 @@ def item_list(request: HttpRequest, slug: str) -> HttpResponse:
     form = ItemFilterForm(request.GET)
     filters = form.cleaned_data if form.is_valid() else {}
     project, items = selectors.item_list_for_user(
-        user=request.user, slug=slug, split=filters.get("split", ""), kind=filters.get("kind", "")
+        user=request.user,
+        slug=slug,
+        split=filters.get("split", ""),
+        kind=filters.get("kind", ""),
+        q=filters.get("q", ""),
     )
     page = Paginator(items, ITEMS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    context = {"project": project, "form": form, "page": page, "query": query.urlencode()}
+    context = {
+        "project": project,
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "staff": roles.is_admin(request.user) or roles.is_adjudicator(request.user),
+        "can_import": roles.is_admin(request.user),
+    }
     if request.htmx:
         return render(request, "annotate/item_list.html#item-table", context)
     return render(request, "annotate/item_list.html", context)

@@ -239,6 +239,29 @@ def test_the_item_list_filters_by_split_and_kind_and_pages(client, alice, projec
     assert filtered.lstrip().startswith('<div id="item-table">')
 
 
+def test_the_item_list_searches_prompts_and_ids_and_links_staff_to_each_items_reviews(
+    client, alice, admin_user, project
+):
+    for i in range(30):
+        Item.objects.create(
+            project=project, kind="gold", prompt=f"Where is parcel {i}?", content_hash=f"{i:064d}", split="train"
+        )
+    url = reverse("annotate:item-list", kwargs={"slug": project.slug})
+    client.force_login(alice)
+    found = client.get(url, {"q": "PARCEL 1"}).content.decode()  # case does not matter
+    assert "11 items" in found  # 1, 10..19
+    target = Item.objects.get(prompt="Where is parcel 7?")
+    by_id = client.get(url, {"q": f"#{target.pk}"}).content.decode()
+    assert "Where is parcel 7?" in by_id and "1 item" in by_id
+    item_page = reverse("annotate:adjudication-item", kwargs={"slug": project.slug, "item_id": target.pk})
+    assert item_page not in by_id, "reviewers do not see other reviews"
+    none = client.get(url, {"q": "no such text"}).content.decode()
+    assert "No items match these filters" in none and f'href="{url}"' in none
+    client.force_login(admin_user)
+    assert item_page in client.get(url, {"q": f"{target.pk}"}).content.decode()
+    assert client.get(item_page).status_code == 200
+
+
 def test_the_project_page_links_admins_to_import(client, admin_user, alice, project):
     client.force_login(admin_user)
     assert (

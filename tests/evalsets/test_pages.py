@@ -42,6 +42,9 @@ def test_the_freeze_page_previews_records_and_refusals_with_reasons(client, admi
     body = client.get(reverse("evalsets:evalset-freeze", args=["support"])).content.decode()
     assert "<b>1</b> records would be frozen" in body
     assert f"#{judged.pk}" in body and "its provenance is llm_judged" in body
+    item_page = reverse("annotate:adjudication-item", kwargs={"slug": "support", "item_id": judged.pk})
+    assert f'href="{item_page}"' in body, "each refused item links to its reviews"
+    assert client.get(item_page).status_code == 200
 
 
 def test_posting_the_freeze_form_freezes_and_opens_the_version(client, admin_user, make_item):
