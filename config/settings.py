@@ -95,6 +95,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "annotate.context_processors.roles",
+                "evalsets.context_processors.evalsets",
             ],
         },
     },

@@ -114,3 +114,12 @@ def test_the_navigation_and_the_project_page_link_to_eval_sets(client, admin_use
     body = client.get(project.get_absolute_url()).content.decode()
     assert reverse("evalsets:evalset-list") in body
     assert reverse("evalsets:evalset-freeze", args=[project.slug]) in body
+
+
+def test_the_navigation_links_reviewers_to_eval_sets_only_where_a_project_shows_them(client, alice, project):
+    client.force_login(alice)
+    listing = reverse("evalsets:evalset-list")
+    assert listing not in client.get(project.get_absolute_url()).content.decode()
+    project.reviewers_see_evalsets = True
+    project.save()
+    assert listing in client.get(project.get_absolute_url()).content.decode()
