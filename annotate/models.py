@@ -320,11 +320,21 @@ class AnnotationRevision(models.Model):
 
 
 class Flag(models.Model):
+    """A reviewer's report that an item is broken (wrong, harmful, unanswerable), for an admin to resolve."""
+
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="flags")
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     reason = models.TextField()
     resolved = models.BooleanField(default=False)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.TextField(blank=True, help_text="What the admin did about it.")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
 
 
 class ItemResult(models.Model):

@@ -364,6 +364,19 @@ def import_batch_list(*, project: Project, limit: int = 20) -> QuerySet[ImportBa
     return project.imports.select_related("uploaded_by").order_by("-created_at", "-id")[:limit]
 
 
+def flag_list_for_admin(*, project: Project, state: str = "open", q: str = "") -> QuerySet[Flag]:
+    """The project's flags, newest first: ``open``, ``resolved`` or every one; searched by reason, prompt or
+    reviewer."""
+    flags = Flag.objects.filter(item__project=project).select_related("item", "reviewer", "resolved_by")
+    if state == "open":
+        flags = flags.filter(resolved=False)
+    elif state == "resolved":
+        flags = flags.filter(resolved=True)
+    if q:
+        flags = flags.filter(Q(reason__icontains=q) | Q(item__prompt__icontains=q) | Q(reviewer__username__icontains=q))
+    return flags.order_by("-created_at", "-id")
+
+
 def item_list_for_user(
     *, user, slug: str, split: str = "", kind: str = "", q: str = ""
 ) -> tuple[Project, QuerySet[Item]]:

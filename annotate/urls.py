@@ -91,6 +91,8 @@ urlpatterns = [
         queue.queue_lease_reassign,
         name="queue-lease-reassign",
     ),
+    path("projects/<slug:slug>/flags/", queue.flag_list, name="flag-list"),
+    path("projects/<slug:slug>/flags/<int:flag_id>/resolve/", queue.flag_resolve, name="flag-resolve"),
     path("projects/<slug:slug>/items/", imports.item_list, name="item-list"),
     path("projects/<slug:slug>/imports/", imports.import_new, name="import-new"),
     path("projects/<slug:slug>/imports/<int:batch_id>/", imports.import_detail, name="import-detail"),

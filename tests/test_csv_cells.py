@@ -167,7 +167,8 @@ def _argument_values(data, project) -> dict[str, list]:
         "annotate:fmt": ["jsonl", "csv"],
         "snapshot_id": [data["snapshot"].id],
         "other_id": [data["snapshot"].id],
-        "run_id": [1],  # a contamination check's progress fragment, never CSV
+        "run_id": [1],
+        "flag_id": [1],  # a contamination check's progress fragment, never CSV
         "audit_id": [a.id for a in data["snapshot"].audits.all()] or [1],
         "job_id": [data["job"].id],
         "preflight_id": [1],  # a preflight page, never CSV: a missing one answers 404

@@ -255,6 +255,22 @@ def annotation_undo_last(*, project: Project, reviewer) -> tuple[Lease, dict]:
 
 
 @transaction.atomic
+def flag_resolve(*, project: Project, flag_id: int, resolved_by, resolution: str = "") -> Flag:
+    """Close an open flag of the project, saying what was done (kept with the flag)."""
+    flag = Flag.objects.select_for_update().filter(pk=flag_id, item__project=project).first()
+    if flag is None:
+        raise ValidationError(f"No flag {flag_id} in this project: reload the page.")
+    if flag.resolved:
+        raise ValidationError(f"Flag {flag_id} is resolved already.")
+    if len(resolution) > MAX_NOTE_CHARS:
+        raise ValidationError({"resolution": f"Keep the note under {MAX_NOTE_CHARS} characters."})
+    flag.resolved, flag.resolved_by, flag.resolved_at = True, resolved_by, timezone.now()
+    flag.resolution = resolution.strip()
+    flag.save(update_fields=["resolved", "resolved_by", "resolved_at", "resolution"])
+    return flag
+
+
+@transaction.atomic
 def item_flag(*, lease_id: int, reviewer, reason: str) -> Flag:
     """Flag a leased item for an admin, with the reviewer's reason."""
     lease = Lease.objects.select_related("item").filter(pk=lease_id, reviewer=reviewer).first()

@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -25,6 +26,7 @@ from annotate.services import queue as queue_services
 QUEUE = "annotate/queue.html"
 HEALTH = "annotate/queue_health.html"
 HISTORY = "annotate/queue_history.html"
+FLAGS = "annotate/flag_list.html"
 GOLD_KEYS = {GoldAction.ACCEPT: "1–9", GoldAction.EDIT: "e", GoldAction.WRITE: "w", GoldAction.UNUSABLE: "x"}
 GOLD_ACTIONS = [(action.value, action.label, GOLD_KEYS[action]) for action in GoldAction]
 
@@ -338,6 +340,47 @@ def annotation_history(request, slug: str, item_id: int) -> HttpResponse:
         "notice": notice,
     }
     return render(request, HISTORY, context, status=status)
+
+
+# --- Admin: flags -----------------------------------------------------------------------------------
+
+FLAGS_PER_PAGE = 50
+
+
+def _flags(request, project: Project, *, alert: str = "", status: int = 200) -> HttpResponse:
+    state = request.GET.get("state", "open")
+    state = state if state in ("open", "resolved", "all") else "open"
+    q = request.GET.get("q", "").strip()[:200]
+    flags = selectors.flag_list_for_admin(project=project, state=state, q=q)
+    context = {
+        "project": project,
+        "page": Paginator(flags, FLAGS_PER_PAGE).get_page(request.GET.get("page")),
+        "state": state,
+        "q": q,
+        "alert": alert,
+    }
+    template = FLAGS + "#flags" if request.htmx else FLAGS
+    return render(request, template, context, status=status)
+
+
+@require_GET
+def flag_list(request, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    return _flags(request, project)
+
+
+@require_POST
+def flag_resolve(request, slug: str, flag_id: int) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    try:
+        annotation_services.flag_resolve(
+            project=project, flag_id=flag_id, resolved_by=request.user, resolution=request.POST.get("resolution", "")
+        )
+    except ValidationError as exc:
+        return _flags(request, project, alert=" ".join(exc.messages), status=400)
+    if not request.htmx:
+        return redirect("annotate:flag-list", slug=project.slug)
+    return _flags(request, project, alert=f"Flag {flag_id} resolved.")
 
 
 # --- Admin: queue health ---------------------------------------------------------------------------

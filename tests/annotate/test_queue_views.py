@@ -299,6 +299,37 @@ def test_revisions_name_the_candidate_as_the_reviewers_screen_did(client, alice,
     assert "source_index" not in revisions["alice"] and "source_index" not in revisions["bob"]
 
 
+def test_admins_see_flags_from_queue_health_search_them_and_resolve_them_with_a_note(
+    client, alice, admin_user, project
+):
+    item = make_item(project, 1, prompt="What is the <b>refund</b> window?")
+    client.force_login(alice)
+    lease, _ = current_lease(client, project)
+    client.post(url("queue-flag", project, lease.pk), {"reason_flag": "The prompt names no <i>product</i>."}, **HX)
+    flag = Flag.objects.get()
+    assert client.get(url("flag-list", project)).status_code == 403
+    assert client.post(url("flag-resolve", project, flag.pk)).status_code == 403
+
+    client.force_login(admin_user)
+    health = client.get(url("queue-health", project)).content.decode()
+    assert f'href="{url("flag-list", project)}"' in health and "1</b> open flag" in health
+    page = client.get(url("flag-list", project)).content.decode()
+    assert "The prompt names no &lt;i&gt;product&lt;/i&gt;." in page and "alice" in page
+    assert reverse("annotate:adjudication-item", args=[project.slug, item.pk]) in page
+    assert "1 flag" in client.get(url("flag-list", project), {"q": "ALICE"}).content.decode()
+    assert "0 flags" in client.get(url("flag-list", project), {"q": "shipping"}).content.decode()
+
+    done = client.post(url("flag-resolve", project, flag.pk), {"resolution": "Rewrote the prompt."}, **HX)
+    assert done.status_code == 200 and f"Flag {flag.pk} resolved." in done.content.decode()
+    flag.refresh_from_db()
+    assert flag.resolved and flag.resolved_by == admin_user and flag.resolution == "Rewrote the prompt."
+    assert "No open flags" in client.get(url("flag-list", project)).content.decode()
+    resolved = client.get(url("flag-list", project), {"state": "resolved"}).content.decode()
+    assert "Rewrote the prompt." in resolved and "admin" in resolved
+    again = client.post(url("flag-resolve", project, flag.pk), **HX)
+    assert again.status_code == 400 and "resolved already" in again.content.decode()
+
+
 def test_queue_health_is_for_admins_only(client, alice, admin_user, project):
     make_item(project, 1)
     client.force_login(alice)
