@@ -38,6 +38,10 @@ def test_seed_demo_creates_users_project_items_and_an_active_rubric(capsys):
 
     version = RubricVersion.objects.get(rubric__project=project, rubric__name="Support quality")
     assert version.status == RubricVersion.Status.ACTIVE and version.activated_at is not None
+    # Active the way any rubric becomes active: proposed, then signed off by as many reviewers as required.
+    signers = sorted(version.signoffs.values_list("reviewer__username", flat=True))
+    assert version.proposed_at is not None and len(signers) == project.rubric_signoffs_required == 2
+    assert signers == ["reviewer1", "reviewer2"]
     assert [(c["key"], c["scale"]) for c in version.criteria] == [
         ("helpfulness", "ordinal"),
         ("correctness", "binary"),

@@ -5,12 +5,12 @@ import io
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from django.utils import timezone
 
 from annotate import demo, roles
-from annotate.models import Annotation, ImportBatch, Project, Rubric, RubricVersion
+from annotate.models import Annotation, ImportBatch, Project, Rubric
 from annotate.services.imports import import_batch_create, import_batch_run, sample_bytes
 from annotate.services.projects import project_add_members, project_create, roles_ensure, user_grant_role
+from annotate.services.rubrics import rubric_create, rubric_signoff, rubric_version_create, rubric_version_propose
 
 DEMO_SLUG = "support-assistant"
 # Demo logins, printed by the command: never use these outside a local demo.
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         users = self.ensure_users()
         project = self.ensure_project(users)
         self.ensure_items(project)
-        self.ensure_rubric(project, users["admin"])
+        self.ensure_rubric(project, users)
         self.ensure_reviews(project, users)
         self.ensure_base_model()
         counts = {s: project.items.filter(split=s).count() for s in ("train", "eval")}
@@ -104,17 +104,19 @@ class Command(BaseCommand):
             self.stdout.write(f"Demo base model (random weights, for trying the flow only) built in {path}.")
 
     @transaction.atomic
-    def ensure_rubric(self, project: Project, admin) -> None:
-        rubric, _ = Rubric.objects.get_or_create(project=project, name="Support quality")
-        if not rubric.versions.exists():
-            version = RubricVersion(
-                rubric=rubric,
-                number=1,
-                status=RubricVersion.Status.ACTIVE,
-                criteria=demo.DEMO_RUBRIC,
-                notes="Demo rubric: helpfulness 1-5, correctness per policy, tone.",
-                created_by=admin,
-                activated_at=timezone.now(),
-            )
-            version.full_clean()
-            version.save()
+    def ensure_rubric(self, project: Project, users: dict) -> None:
+        """The demo's rubric becomes active the way any rubric does: proposed, then signed off by reviewers."""
+        rubric = Rubric.objects.filter(project=project, name="Support quality").first()
+        if rubric is None:
+            rubric = rubric_create(project=project, name="Support quality")
+        if rubric.versions.exists():
+            return
+        version = rubric_version_create(
+            rubric=rubric,
+            criteria=demo.DEMO_RUBRIC,
+            created_by=users["admin"],
+            notes="Demo rubric: helpfulness 1-5, correctness per policy, tone.",
+        )
+        version = rubric_version_propose(version=version)
+        for name in ("reviewer1", "reviewer2")[: project.rubric_signoffs_required]:
+            rubric_signoff(version=version, reviewer=users[name])
