@@ -71,10 +71,15 @@ class ItemFilterForm(forms.Form):
             attrs={"type": "search", "placeholder": "Search the prompts, or #id", "aria-label": "Search"}
         ),
     )
-    split = forms.ChoiceField(choices=[("", "All splits"), ("train", "Train"), ("eval", "Eval")], required=False)
+    split = forms.ChoiceField(
+        choices=[("", "All splits"), ("train", "Train"), ("eval", "Eval")],
+        required=False,
+        widget=forms.Select(attrs={"aria-label": "Split"}),
+    )
     kind = forms.ChoiceField(
         choices=[("", "All kinds"), ("gold", "Gold answer"), ("preference", "Preference pair"), ("rubric", "Rubric")],
         required=False,
+        widget=forms.Select(attrs={"aria-label": "Kind"}),
     )
 
 
