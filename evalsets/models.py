@@ -141,31 +141,6 @@ class ContaminationReport(EvalWallModel):
         return f"pairs of check {self.snapshot_check_id}"
 
 
-class ContaminationRun(EvalWallModel, BackgroundWork):
-    """A contamination check someone asked for (an admin, or a freeze that made older verdicts stale), as
-    background work with progress; ``verdict`` is the write-once check it wrote."""
-
-    snapshot = models.ForeignKey("training.TrainingSnapshot", on_delete=models.PROTECT, related_name="+")
-    verdict = models.OneToOneField(
-        "training.SnapshotCheck", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    objects = EvalWallManager()
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"contamination run {self.pk} of snapshot {self.snapshot_id} ({self.status})"
-
-    def get_absolute_url(self) -> str:
-        return reverse("evalsets:contamination-run", kwargs={"run_id": self.pk})
-
-
 class HashVerification(EvalWallModel):
     """One recomputation of a frozen eval set version's or training snapshot's sha256 from its stored
     rows (``manage.py verify_evalsets``). Append-only: the rows it checks cannot be updated, so the
@@ -198,3 +173,28 @@ class HashVerification(EvalWallModel):
 
     def __str__(self) -> str:
         return f"{'ok' if self.ok else 'MISMATCH'} at {self.verified_at:%Y-%m-%d %H:%M}"
+
+
+class ContaminationCheckRun(EvalWallModel, BackgroundWork):
+    """A requested contamination check of one training snapshot, run by a worker: the background-work row a
+    page or an API caller polls. ``verdict`` is the check it recorded once it succeeded.
+
+    On the evalsets side (like the pairs): the check reads eval text, and a failure's message may quote it."""
+
+    snapshot = models.ForeignKey("training.TrainingSnapshot", on_delete=models.PROTECT, related_name="+")
+    verdict = models.ForeignKey(
+        "training.SnapshotCheck", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # Empty when a freeze queued the re-check of a snapshot its new version made stale.
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = EvalWallManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Contamination check run {self.pk} of snapshot {self.snapshot_id} ({self.status})"

@@ -15,7 +15,7 @@ from annotate import roles
 from annotate.models import Annotation, Item, ItemResult, Project, Provenance, Split, TaskKind
 from annotate.selectors import project_list_for_user
 from evalsets.export import CANONICAL_FIELDS
-from evalsets.models import ContaminationReport, ContaminationRun, EvalRecord, EvalSetVersion, HashVerification
+from evalsets.models import ContaminationCheckRun, ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
 from training.models import SnapshotCheck, TrainingSnapshot
 
 MIN_AGREEING_REVIEWS = 2
@@ -319,20 +319,20 @@ def snapshot_list_for_admin(*, user) -> list:
     )
 
 
-def contamination_run_get_for_admin(*, user, run_id: int) -> ContaminationRun:
+def contamination_run_get_for_admin(*, user, run_id: int) -> ContaminationCheckRun:
     if not roles.is_admin(user):
         raise PermissionDenied("Only admins check training snapshots.")
     try:
-        return ContaminationRun.objects.select_related("snapshot").get(pk=run_id)
-    except ContaminationRun.DoesNotExist:
+        return ContaminationCheckRun.objects.select_related("snapshot").get(pk=run_id)
+    except ContaminationCheckRun.DoesNotExist:
         raise Http404("No such contamination check.") from None
 
 
-def snapshot_contamination_run_pending(*, snapshot) -> ContaminationRun | None:
+def snapshot_contamination_run_pending(*, snapshot) -> ContaminationCheckRun | None:
     """The snapshot's newest check that has not finished yet, if any (its page shows it progress)."""
     return (
-        ContaminationRun.objects.filter(snapshot=snapshot)
-        .exclude(status__in=ContaminationRun.FINISHED)
+        ContaminationCheckRun.objects.filter(snapshot=snapshot)
+        .exclude(status__in=ContaminationCheckRun.FINISHED)
         .order_by("-created_at", "-id")
         .first()
     )

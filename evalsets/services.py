@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,19 @@ from annotate import roles
 from annotate.models import Project, RubricVersion
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
-from evalsets.models import ContaminationReport, ContaminationRun, EvalRecord, EvalSetVersion, HashVerification
+from evalsets.models import (
+    ContaminationCheckRun,
+    ContaminationReport,
+    EvalRecord,
+    EvalSetVersion,
+    HashVerification,
+)
 from evalsets.selectors import evalset_freeze_plan, summarize_records
-from evalsets.tasks import snapshot_contamination_check_run
+from evalsets.tasks import contamination_check_run_task
 from evalsets.verify import verify_all
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
+
+log = logging.getLogger(__name__)
 
 BULK_BATCH = 1000
 REPORT_TEXT_CHARS = 2000
@@ -111,7 +120,7 @@ def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
                 "a new check is queued. Train once it passes.",
             },
         )
-        contamination_check_request(snapshot=snapshot)
+        snapshot_contamination_check_request(snapshot=snapshot)
         blocked += 1
     return blocked
 
@@ -234,31 +243,38 @@ def _side_by_side(matches: list[contamination.Match]) -> list[dict[str, Any]]:
     return pairs
 
 
-def contamination_check_request(*, snapshot: TrainingSnapshot, created_by=None) -> ContaminationRun:
-    """Queue a contamination check of the snapshot on the default worker; the run shows its progress."""
-    run = ContaminationRun(snapshot=snapshot, created_by=created_by)
+@transaction.atomic
+def snapshot_contamination_check_request(*, snapshot: TrainingSnapshot, created_by=None) -> ContaminationCheckRun:
+    """Queue a contamination check of the snapshot on a worker; the returned row says how it goes."""
+    run = ContaminationCheckRun(snapshot=snapshot, created_by=created_by)
     run.full_clean()
     run.save()
-    snapshot_contamination_check_run.delay_on_commit(snapshot.pk, run.pk)
+    contamination_check_run_task.delay_on_commit(run.pk)
     return run
 
 
-def contamination_run(*, run_id: int) -> ContaminationRun | None:
-    """The worker's side of a run: claim it, check, record the verdict on the run. A second delivery of the
-    same message does nothing."""
-    if not ContaminationRun.claim(run_id, message="Reading the eval sets"):
+def contamination_check_run(*, run_id: int) -> ContaminationCheckRun | None:
+    """Run a queued check (the worker's side), reporting its progress; a second delivery of the same message
+    does nothing."""
+    if not ContaminationCheckRun.claim(run_id, message="Indexing the eval sets and reading the snapshot"):
         return None
-    run = ContaminationRun.objects.select_related("snapshot").get(pk=run_id)
+    run = ContaminationCheckRun.objects.select_related("snapshot").get(pk=run_id)
     try:
         check = snapshot_contamination_check(
             snapshot=run.snapshot,
-            progress=lambda fraction, message: ContaminationRun.report_progress(run_id, fraction, message),
+            progress=lambda fraction, message: ContaminationCheckRun.report_progress(run_id, fraction, message),
         )
     except Exception as exc:
-        ContaminationRun.finish(run_id, ContaminationRun.Status.FAILED, f"The check could not run: {exc}")
+        log.exception("contamination check run %s failed", run_id)
+        ContaminationCheckRun.finish(run_id, ContaminationCheckRun.Status.FAILED, f"The check could not run: {exc}")
     else:
-        outcome = "passed" if check.passed else "blocked the snapshot"
-        ContaminationRun.finish(run_id, ContaminationRun.Status.SUCCEEDED, f"The check {outcome}.", verdict=check)
+        if check.passed:
+            summary = f"Passed against {len(check.evalset_versions)} eval set version(s)"
+        else:
+            summary = check.report.get("reason") or (
+                f"Failed: {check.report.get('offending_train_records', 0)} training record(s) overlap an eval set"
+            )
+        ContaminationCheckRun.finish(run_id, ContaminationCheckRun.Status.SUCCEEDED, summary, verdict=check)
     run.refresh_from_db()
     return run
 

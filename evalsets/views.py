@@ -133,7 +133,7 @@ def snapshot_contamination(request: HttpRequest, snapshot_id: int) -> HttpRespon
 @require_POST
 def snapshot_contamination_check(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    run = services.contamination_check_request(snapshot=snapshot, created_by=request.user)
+    run = services.snapshot_contamination_check_request(snapshot=snapshot, created_by=request.user)
     if request.htmx:
         context = {**_check_context(snapshot), "run": run}
         response = render(request, "evalsets/snapshot_contamination.html#check-status", context)

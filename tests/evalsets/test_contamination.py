@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from evalsets.contamination import EvalIndex, check_texts, normalize
-from evalsets.models import ContaminationRun
+from evalsets.models import ContaminationCheckRun
 from tests.evalsets.conftest import gold_payload
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
 
@@ -364,7 +364,7 @@ def test_the_celery_task_records_a_verdict(frozen_eval):
 def test_an_admin_queues_a_check_from_the_page_and_sees_the_pairs_escaped(
     client, admin_user, frozen_eval, django_capture_on_commit_callbacks, monkeypatch
 ):
-    from evalsets.tasks import snapshot_contamination_check_run as task
+    from evalsets.tasks import contamination_check_run_task as task
 
     sent = []
     # The worker's side, run here: what the broker would deliver.
@@ -374,8 +374,8 @@ def test_an_admin_queues_a_check_from_the_page_and_sees_the_pairs_escaped(
     url = reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk])
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = client.post(url, headers={"HX-Request": "true"})
-    run = ContaminationRun.objects.get(snapshot=snapshot)
-    assert len(callbacks) == 1 and sent == [(snapshot.pk, run.pk)]
+    run = ContaminationCheckRun.objects.get(snapshot=snapshot)
+    assert len(callbacks) == 1 and sent == [(run.pk,)]
     assert response.status_code == 200
     assert b'id="check-status"' in response.content and b"<h1>" not in response.content
     assert "contamination-check-queued" in response["HX-Trigger"]
@@ -393,31 +393,31 @@ def test_a_check_shows_its_progress_while_it_runs_and_the_verdict_when_done(
     client, admin_user, frozen_eval, django_capture_on_commit_callbacks, monkeypatch
 ):
     from evalsets import services
-    from evalsets.tasks import snapshot_contamination_check_run as task
+    from evalsets.tasks import contamination_check_run_task as task
 
     monkeypatch.setattr(task, "delay", lambda *args: None)  # the worker has not started it yet
     snapshot = make_snapshot("s7", [(f"question {i} about something else", f"answer {i}") for i in range(12)])
     client.force_login(admin_user)
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk]))
-    run = ContaminationRun.objects.get(snapshot=snapshot)
+    run = ContaminationCheckRun.objects.get(snapshot=snapshot)
     page = client.get(reverse("evalsets:snapshot-contamination", args=[snapshot.pk])).content.decode()
     poll_url = reverse("evalsets:contamination-run", args=[run.pk])
     assert f'hx-get="{poll_url}"' in page and "Waiting for a worker" in page
 
     # The worker's side: progress is written as the training texts are checked, each visible at once.
     seen = []
-    real = ContaminationRun.report_progress
+    real = ContaminationCheckRun.report_progress
     monkeypatch.setattr(services, "PROGRESS_EVERY_TEXTS", 5)
     monkeypatch.setattr(
-        ContaminationRun,
+        ContaminationCheckRun,
         "report_progress",
         classmethod(lambda cls, pk, fraction, message: seen.append((fraction, message)) or real(pk, fraction, message)),
     )
-    assert services.contamination_run(run_id=run.pk).status == "succeeded"
+    assert services.contamination_check_run(run_id=run.pk).status == "succeeded"
     assert [f for f, _ in seen] == sorted(f for f, _ in seen) and len(seen) >= 4
     assert ("Checked 10 of about 24 training texts" in {m for _, m in seen}) and seen[-1][1] == "Writing the verdict"
-    assert services.contamination_run(run_id=run.pk) is None, "a redelivered message does nothing"
+    assert services.contamination_check_run(run_id=run.pk) is None, "a redelivered message does nothing"
 
     done = client.get(poll_url, headers={"HX-Request": "true"})
     assert done.status_code == 286 and done["HX-Refresh"] == "true"
@@ -431,12 +431,12 @@ def test_reviewers_cannot_open_or_run_snapshot_checks(client, alice, frozen_eval
     client.force_login(alice)
     assert client.get(reverse("evalsets:snapshot-contamination", args=[snapshot.pk])).status_code == 403
     assert client.post(reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk])).status_code == 403
-    run = ContaminationRun.objects.create(snapshot=snapshot)
+    run = ContaminationCheckRun.objects.create(snapshot=snapshot)
     assert (
         client.get(reverse("evalsets:contamination-run", args=[run.pk]), headers={"HX-Request": "true"}).status_code
         == 403
     )
-    assert not SnapshotCheck.objects.exists() and ContaminationRun.objects.count() == 1
+    assert not SnapshotCheck.objects.exists() and ContaminationCheckRun.objects.count() == 1
 
 
 def test_the_check_task_runs_on_the_default_queue_not_the_gpu_one():
