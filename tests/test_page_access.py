@@ -20,6 +20,7 @@ one caller's POST does not change what the next one sees.
 
 import io
 import itertools
+from html.parser import HTMLParser
 
 import pytest
 from django.contrib import admin as django_admin
@@ -330,7 +331,43 @@ def test_who_may_use_each_page(client, world, name):
             ok, want = status == want_status, str(want_status)
         if not ok:
             failures.append(f"{method} {url} as {role}: {status}, expected {want}")
+        failures += csp_problems(response, f"{method} {url} as {role}")
     assert failures == []
+
+
+class _InlineCode(HTMLParser):
+    """Collects what a Content-Security-Policy without 'unsafe-inline' would block: inline scripts, event
+    handler attributes, style attributes and elements, and javascript: URLs."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for name, value in attrs.items():
+            if name.startswith(("on", "hx-on")) or name == "style":
+                self.found.append(f"<{tag} {name}=...>")
+            if name in {"href", "src", "action"} and (value or "").strip().lower().startswith("javascript:"):
+                self.found.append(f"<{tag} {name}=javascript:...>")
+        if tag == "style":
+            self.found.append("<style>")
+        if tag == "script" and "src" not in attrs and attrs.get("type") != "application/json":
+            self.found.append("inline <script>")
+
+
+def csp_problems(response, where: str) -> list[str]:
+    """For an HTML answer: the policy header is there and strict, and the page holds no code it would block."""
+    if not response.get("Content-Type", "").startswith("text/html") or response.streaming:
+        return []
+    problems = []
+    policy = response.get("Content-Security-Policy", "")
+    if "script-src 'self'" not in policy or "style-src 'self'" not in policy or "unsafe-" in policy:
+        problems.append(f"{where}: Content-Security-Policy is {policy!r}")
+    parser = _InlineCode()
+    parser.feed(response.content.decode("utf-8", "replace"))
+    problems += [f"{where}: {what}" for what in parser.found]
+    return problems
 
 
 def test_the_admin_site_is_for_admins_only(client, world):
