@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
 from django.test import Client
 from django.urls import include, path
 
@@ -127,9 +126,7 @@ def test_every_page_carries_a_strict_content_security_policy(client, alice):
 
 
 def _production_env(**extra) -> dict:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("GOLDSET_", "DJANGO_")) or k == "GOLDSET_VAR_DIR"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOLDSET_", "DJANGO_")) or k == "GOLDSET_VAR_DIR"}
     env.update(
         DATABASE_URL=os.environ.get("DATABASE_URL") or "postgres://goldset:goldset@127.0.0.1:5432/goldset",
         REDIS_URL="redis://127.0.0.1:6379/0",
