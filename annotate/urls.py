@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate.views import adjudication, checks, imports, projects, queue, reports, rubrics, tokens
+from annotate.views import adjudication, adminlog, checks, imports, projects, queue, reports, rubrics, tokens
 
 app_name = "annotate"
 
@@ -21,6 +21,7 @@ urlpatterns = [
         name="annotation-export",
     ),
     path("settings/tokens/", tokens.token_list, name="token-list"),
+    path("admin-log/", adminlog.admin_log, name="admin-log"),
     path("settings/tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     # Rubrics, sign-off, calibration and known-answer checks
     path("projects/<slug:slug>/rubrics/", rubrics.rubric_list, name="rubric-list"),

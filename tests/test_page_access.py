@@ -68,6 +68,7 @@ RULES: dict[str, dict[str, str | None]] = {
     "annotate:annotation-export": {"GET": "admin", "POST": None},
     "annotate:token-list": {"GET": "user", "POST": "user"},
     "annotate:token-revoke": {"GET": None, "POST": "user"},
+    "annotate:admin-log": {"GET": "staff", "POST": None},
     # rubrics, calibration, checks
     "annotate:rubric-list": {"GET": "member", "POST": None},
     "annotate:rubric-new": {"GET": None, "POST": "admin"},
