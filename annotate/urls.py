@@ -96,6 +96,7 @@ urlpatterns = [
     path("projects/<slug:slug>/imports/", imports.import_new, name="import-new"),
     path("projects/<slug:slug>/imports/<int:batch_id>/", imports.import_detail, name="import-detail"),
     path("projects/<slug:slug>/imports/<int:batch_id>/progress/", imports.import_progress, name="import-progress"),
+    path("projects/<slug:slug>/imports/<int:batch_id>/retry/", imports.import_retry, name="import-retry"),
     path("projects/<slug:slug>/imports/<int:batch_id>/rejected/", imports.import_rejected, name="import-rejected"),
     path(
         "projects/<slug:slug>/imports/<int:batch_id>/rejected/errors.csv",

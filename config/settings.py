@@ -332,6 +332,7 @@ TRAINING_GPUS = os.environ.get("GOLDSET_TRAINING_GPUS", "auto")
 # "auto": accelerate launch only for several GPUs; "accelerate": always; "inprocess": never.
 TRAINING_LAUNCHER = os.environ.get("GOLDSET_TRAINING_LAUNCHER", "auto")
 CELERY_BEAT_SCHEDULE = {
+    "background-sweep": {"task": "annotate.tasks.background_sweep", "schedule": 60.0},
     "training-fail-stale-jobs": {"task": "training.tasks.training_jobs_fail_stale", "schedule": 60.0},
 }
 

@@ -107,6 +107,7 @@ RULES: dict[str, dict[str, str | None]] = {
     "annotate:import-new": {"GET": "admin", "POST": "admin"},
     "annotate:import-detail": {"GET": "admin", "POST": None},
     "annotate:import-progress": {"GET": "admin", "POST": None},
+    "annotate:import-retry": {"GET": None, "POST": "admin"},
     "annotate:import-rejected": {"GET": "admin", "POST": None},
     "annotate:import-rejected-errors": {"GET": "admin", "POST": None},
     # eval sets
