@@ -119,7 +119,7 @@ def member_set(request: HttpRequest, slug: str, username: str, payload: MemberSe
     """Add someone to a project, optionally setting their reviewing role (site-wide) (admins)."""
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     user = selectors.user_by_username(username=username)
-    project_services.project_member_set(project=project, user=user, role=payload.role)
+    project_services.project_member_set(project=project, user=user, role=payload.role, by=request.user)
     return {"username": user.get_username(), "roles": selectors.user_roles(user=user)}
 
 
@@ -134,7 +134,7 @@ def member_remove(request: HttpRequest, slug: str, username: str):
     """Take someone off a project; their unfinished items go back to the queue, their annotations stay (admins)."""
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     user = selectors.user_by_username(username=username)
-    ended = project_services.project_member_remove(project=project, user=user)
+    ended = project_services.project_member_remove(project=project, user=user, by=request.user)
     return {"username": user.get_username(), "leases_ended": ended}
 
 

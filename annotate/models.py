@@ -424,3 +424,63 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class AdminAction(models.Model):
+    """One admin action that changed data (a freeze, a snapshot, a job started or cancelled, an acknowledged
+    audit finding, a member added, changed or removed): append-only, enforced by the database's write-once
+    triggers (config/writeonce.py). The trainer role has no privilege on it.
+
+    References are kept without foreign-key constraints, so deleting a user or a project leaves the log whole
+    (a constraint's cascade would be an UPDATE or DELETE, which the triggers refuse)."""
+
+    class Action(models.TextChoices):
+        EVALSET_FREEZE = "evalset_freeze", "Eval set frozen"
+        SNAPSHOT_CREATE = "snapshot_create", "Training snapshot made"
+        JOB_START = "job_start", "Training job started"
+        JOB_CANCEL = "job_cancel", "Training job cancelled"
+        AUDIT_ACKNOWLEDGE = "audit_acknowledge", "Audit finding acknowledged"
+        MEMBER_ADD = "member_add", "Member added"
+        MEMBER_ROLE = "member_role", "Member's role set"
+        MEMBER_REMOVE = "member_remove", "Member removed"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    actor_name = models.CharField(max_length=150, blank=True, help_text="The username when it happened.")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    target = models.CharField(max_length=200, help_text="What it acted on, e.g. 'training.TrainingJob:12'.")
+    summary = models.TextField(help_text="What happened, in words.")
+    details = models.JSONField(default=dict, blank=True, help_text="Ids and names; never eval text.")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(
+                    action__in=[
+                        "evalset_freeze",
+                        "snapshot_create",
+                        "job_start",
+                        "job_cancel",
+                        "audit_acknowledge",
+                        "member_add",
+                        "member_role",
+                        "member_remove",
+                    ]
+                ),
+                name="adminaction_action_known",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name or '?'} {self.action} {self.target}"

@@ -666,3 +666,17 @@ def import_batch_errors_iter(*, batch: ImportBatch):
 def user_or_none_by_username(*, username: str):
     """An active user by username, or None."""
     return get_user_model().objects.filter(username=username, is_active=True).first()
+
+
+def admin_action_list_for_admin(*, user, action: str = "", project_slug: str = "") -> QuerySet:
+    """The admin action log, newest first, optionally of one kind of action or one project: admins only."""
+    from annotate.models import AdminAction
+
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins can read the admin action log.")
+    entries = AdminAction.objects.select_related("project").order_by("-at", "-id")
+    if action:
+        entries = entries.filter(action=action)
+    if project_slug:
+        entries = entries.filter(project__slug=project_slug)
+    return entries

@@ -17,3 +17,11 @@ def import_run(batch_id: int) -> None:
     from annotate.services.imports import import_batch_run
 
     import_batch_run(batch_id=batch_id)
+
+
+@shared_task(name="annotate.tasks.background_sweep", ignore_result=True)
+def background_sweep() -> dict:
+    """Fail imports whose worker died, and send again the ones the broker lost (Celery beat, every minute)."""
+    from annotate.services.imports import import_batches_fail_abandoned, import_batches_requeue
+
+    return {"failed": import_batches_fail_abandoned(), "requeued": import_batches_requeue()}

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate.views import adjudication, checks, imports, projects, queue, reports, rubrics, tokens
+from annotate.views import adjudication, adminlog, checks, imports, projects, queue, reports, rubrics, tokens
 
 app_name = "annotate"
 
@@ -21,6 +21,7 @@ urlpatterns = [
         name="annotation-export",
     ),
     path("settings/tokens/", tokens.token_list, name="token-list"),
+    path("admin-log/", adminlog.admin_log, name="admin-log"),
     path("settings/tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     # Rubrics, sign-off, calibration and known-answer checks
     path("projects/<slug:slug>/rubrics/", rubrics.rubric_list, name="rubric-list"),
@@ -97,6 +98,7 @@ urlpatterns = [
     path("projects/<slug:slug>/imports/", imports.import_new, name="import-new"),
     path("projects/<slug:slug>/imports/<int:batch_id>/", imports.import_detail, name="import-detail"),
     path("projects/<slug:slug>/imports/<int:batch_id>/progress/", imports.import_progress, name="import-progress"),
+    path("projects/<slug:slug>/imports/<int:batch_id>/retry/", imports.import_retry, name="import-retry"),
     path("projects/<slug:slug>/imports/<int:batch_id>/rejected/", imports.import_rejected, name="import-rejected"),
     path(
         "projects/<slug:slug>/imports/<int:batch_id>/rejected/errors.csv",

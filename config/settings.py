@@ -7,6 +7,7 @@ switch to PostgreSQL and Redis.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -60,6 +61,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "axes",
+    "csp",
     # Only for its vendored Swagger UI (templates and static files): the docs work offline, no CDN.
     "ninja",
     "annotate",
@@ -69,6 +72,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -79,6 +83,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -200,10 +206,64 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 # Django's database sessions and model backend, with the per-request reads written out (config.rawsql).
-AUTHENTICATION_BACKENDS = ["config.auth.ModelBackend"]
+# django-axes first: it refuses a login while its username and address are locked out.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "config.auth.ModelBackend"]
 SESSION_ENGINE = "config.sessions"
 LOGIN_REDIRECT_URL = "annotate:project-list"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Login throttling (django-axes) ------------------------------------------------------------
+# After this many failed logins for one username from one address, that pair is locked out for the
+# cool-off time; a successful login resets the count. Keyed on the pair, so nobody can lock a user out
+# from elsewhere. Behind a proxy, pass the client address through (AXES_IPWARE_PROXY_COUNT).
+AXES_FAILURE_LIMIT = int(os.environ.get("GOLDSET_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("GOLDSET_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# --- Content-Security-Policy (django-csp) ------------------------------------------------------
+# Scripts and styles only from the app's own static files: no inline <script>, event handler or
+# style attribute runs (static/js/goldset.js sets the few computed styles through the CSSOM).
+from csp.constants import NONE, SELF  # noqa: E402
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# --- HTTPS (production) -------------------------------------------------------------------------
+# GOLDSET_HTTPS=1 where the site is served over HTTPS (docker-compose behind a TLS proxy): secure
+# cookies, HSTS, redirect to https. Left off for the embedded demo and plain-http test servers.
+GOLDSET_HTTPS = env_bool("GOLDSET_HTTPS", False)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if GOLDSET_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("GOLDSET_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # the container's health probe speaks plain http
+    SECURE_HSTS_SECONDS = int(os.environ.get("GOLDSET_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("GOLDSET_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("GOLDSET_HSTS_PRELOAD", True)
+# Behind a TLS proxy that sets X-Forwarded-Proto (and strips it from clients): trust it.
+if env_bool("GOLDSET_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -273,6 +333,7 @@ TRAINING_GPUS = os.environ.get("GOLDSET_TRAINING_GPUS", "auto")
 # "auto": accelerate launch only for several GPUs; "accelerate": always; "inprocess": never.
 TRAINING_LAUNCHER = os.environ.get("GOLDSET_TRAINING_LAUNCHER", "auto")
 CELERY_BEAT_SCHEDULE = {
+    "background-sweep": {"task": "annotate.tasks.background_sweep", "schedule": 60.0},
     "training-fail-stale-jobs": {"task": "training.tasks.training_jobs_fail_stale", "schedule": 60.0},
 }
 

@@ -13,7 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate import roles
-from annotate.models import Project, RubricVersion
+from annotate.models import AdminAction, Project, RubricVersion
+from annotate.services.adminlog import admin_action_record
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
 from evalsets.models import (
@@ -95,6 +96,14 @@ def evalset_freeze(*, project: Project, user, changelog: str) -> FreezeResult:
     if batch:
         EvalRecord.objects.bulk_create(batch)
     snapshot_checks_invalidate(version=version)
+    admin_action_record(
+        actor=user,
+        action=AdminAction.Action.EVALSET_FREEZE,
+        target=version,
+        project=project,
+        summary=f"Froze {version.name}: {version.record_count} records, sha256 {version.sha256[:12]}…",
+        details={"version": version.number, "sha256": version.sha256, "records": version.record_count},
+    )
     return FreezeResult(version=version, refusals=plan.refusals)
 
 

@@ -19,7 +19,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotate.audit import Auditor, AuditRecord, apply_gates, gates_merge, same_prompt_finding
-from annotate.models import Project
+from annotate.models import AdminAction, Project
+from annotate.services.adminlog import admin_action_record
 from training.curation import audit_record
 from training.models import AuditAcknowledgement, SnapshotAudit, SnapshotRecord, TrainingSnapshot
 
@@ -169,6 +170,14 @@ def audit_finding_acknowledge(*, audit: SnapshotAudit, finding_key: str, reason:
     ack = AuditAcknowledgement(audit=audit, finding_key=finding_key, reason=reason, acknowledged_by=acknowledged_by)
     ack.full_clean()
     ack.save()
+    admin_action_record(
+        actor=acknowledged_by,
+        action=AdminAction.Action.AUDIT_ACKNOWLEDGE,
+        target=ack,
+        summary=f"Acknowledged finding {finding.get('title') or finding_key!r} of audit {audit.pk} "
+        f"(snapshot {audit.snapshot_id})",
+        details={"audit": audit.pk, "snapshot": audit.snapshot_id, "finding": finding_key, "reason": reason},
+    )
     return ack
 
 

@@ -15,8 +15,19 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from annotate.models import Annotation, Item, ItemResult, Project, Provenance, RubricVersion, Split, TaskKind
+from annotate.models import (
+    AdminAction,
+    Annotation,
+    Item,
+    ItemResult,
+    Project,
+    Provenance,
+    RubricVersion,
+    Split,
+    TaskKind,
+)
 from annotate.payloads import GoldAction, PreferenceChoice
+from annotate.services.adminlog import admin_action_record
 from training import dbfunctions
 from training.audits import snapshot_audit_clearance, snapshot_audit_request
 from training.config import TrainingConfig
@@ -277,6 +288,13 @@ def snapshot_create(
     snapshot.full_clean()
     snapshot.save()
     SnapshotRecord.objects.bulk_create((SnapshotRecord(snapshot=snapshot, **r) for r in records), batch_size=5000)
+    admin_action_record(
+        actor=created_by,
+        action=AdminAction.Action.SNAPSHOT_CREATE,
+        target=snapshot,
+        summary=f"Made snapshot {snapshot.name!r}: {snapshot.sft_count} SFT, {snapshot.dpo_count} DPO records",
+        details={"sha256": sha, "projects": [p.slug for p in projects], "name": snapshot.name},
+    )
     if audit:
         snapshot_audit_request(snapshot=snapshot, created_by=created_by)
     return snapshot
@@ -439,6 +457,19 @@ def _job_insert(
     )
     job.full_clean()
     job.save()
+    how = f" (retry of job {retry_of.pk}{', resumed' if resume_from else ''})" if retry_of is not None else ""
+    admin_action_record(
+        actor=created_by,
+        action=AdminAction.Action.JOB_START,
+        target=job,
+        summary=f"Started job {job.pk}: {job.method} on snapshot {snapshot.name!r}, base {base_model}{how}",
+        details={
+            "snapshot": snapshot.pk,
+            "method": job.method,
+            "base_model": base_model,
+            "retry_of": retry_of and retry_of.pk,
+        },
+    )
     # Only the worker that receives this message can write the job: the secret travels in it, and the
     # database keeps its sha256 where the trainer role cannot read it.
     secret = secrets.token_urlsafe(32)
@@ -451,9 +482,10 @@ def _job_insert(
 
 
 @transaction.atomic
-def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
+def training_job_cancel(*, job: TrainingJob, by=None) -> TrainingJob:
     """Cancel a queued job now, or ask a running one to stop at its next step (keeping a checkpoint)."""
     job = TrainingJob.objects.select_for_update().get(pk=job.pk)
+    was = job.status
     if job.status == TrainingJob.Status.QUEUED:
         job.status = TrainingJob.Status.CANCELLED
         job.finished_at = timezone.now()
@@ -464,6 +496,14 @@ def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
         job.save(update_fields=["cancel_requested"])
     else:
         raise ValidationError(f"Job {job.pk} already {job.status}: there is nothing to cancel.")
+    admin_action_record(
+        actor=by,
+        action=AdminAction.Action.JOB_CANCEL,
+        target=job,
+        summary=f"Cancelled job {job.pk} "
+        + ("(it stops at its next step)" if was == TrainingJob.Status.RUNNING else "(it was queued)"),
+        details={"status_before": was},
+    )
     return job
 
 

@@ -325,7 +325,7 @@ def _act(request: HttpRequest, job_id: int, action) -> HttpResponse:
 
 @require_POST
 def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
-    return _act(request, job_id, lambda job: services.training_job_cancel(job=job))
+    return _act(request, job_id, lambda job: services.training_job_cancel(job=job, by=request.user))
 
 
 @require_POST

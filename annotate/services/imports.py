@@ -40,6 +40,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -52,7 +53,7 @@ from django.utils.text import get_valid_filename
 
 from annotate import importers
 from annotate.models import ImportBatch, Item, Project, Provenance
-from config import csvwriter
+from config import csvwriter, liveness
 
 logger = logging.getLogger(__name__)
 
@@ -156,33 +157,117 @@ def import_batch_submit(
         provenance=provenance,
     )
     if batch.bytes_total > inline_max_bytes():
-        import_run.delay_on_commit(batch.id)
+        # Robust: with the broker down the upload still stands, QUEUED, and import_batches_requeue sends it later.
+        transaction.on_commit(lambda: _send(import_run, batch.id), robust=True)
         return batch
     return import_batch_run(batch_id=batch.id)
 
 
-def import_batch_run(*, batch_id: int) -> ImportBatch:
-    """Claim a queued batch and import its file; a batch already claimed is left alone."""
-    claimed = ImportBatch.claim(batch_id, message="Checking the rows")
-    batch = ImportBatch.objects.select_related("project").get(id=batch_id)
-    if not claimed:
-        return batch
-    uploaded = Path(batch.stored_path)
+LIVENESS = "import"
+ABANDONED = (
+    "The worker running this import stopped before it finished (it was killed or crashed); nothing was "
+    "imported. Retry the import: the uploaded file is kept."
+)
+
+
+def _send(task, batch_id: int) -> None:
     try:
-        with open(uploaded, "rb") as fileobj:
-            import_file_run(batch=batch, fileobj=fileobj)
-    except OSError as exc:
-        _finish(batch, status=ImportBatch.Status.FAILED, message=f"The uploaded file could not be read: {exc}.")
-    except Exception as exc:
-        # Never leave a batch RUNNING: the page would poll forever. The write pass is atomic, so
-        # nothing was imported.
-        logger.exception("Import batch %s failed", batch_id)
-        _finish(batch, status=ImportBatch.Status.FAILED, message=f"The import failed ({exc}); nothing imported.")
-    finally:
-        # Uploads are copies made for this batch; a path given to the command is the user's own file.
-        if uploaded.is_relative_to(imports_dir() / "uploads"):
-            uploaded.unlink(missing_ok=True)
+        task.delay(batch_id)
+    except Exception:
+        logger.warning(
+            "Import batch %s: the task queue is unreachable; it stays queued and is sent again later.",
+            batch_id,
+            exc_info=True,
+        )
+
+
+def import_batch_run(*, batch_id: int) -> ImportBatch:
+    """Claim a queued batch and import its file; a batch already claimed (or being run) is left alone."""
+    # The lock is taken before the claim and held to the end, so a RUNNING batch whose lock is free was left
+    # by a worker that died (config/liveness.py).
+    with liveness.held(LIVENESS, batch_id) as mine:
+        if not mine:
+            return ImportBatch.objects.select_related("project").get(id=batch_id)
+        claimed = ImportBatch.claim(batch_id, message="Checking the rows")
+        batch = ImportBatch.objects.select_related("project").get(id=batch_id)
+        if not claimed:
+            return batch
+        uploaded = Path(batch.stored_path)
+        try:
+            with open(uploaded, "rb") as fileobj:
+                import_file_run(batch=batch, fileobj=fileobj)
+        except OSError as exc:
+            _finish(batch, status=ImportBatch.Status.FAILED, message=f"The uploaded file could not be read: {exc}.")
+        except Exception as exc:
+            # Never leave a batch RUNNING: the page would poll forever. The write pass is atomic, so
+            # nothing was imported.
+            logger.exception("Import batch %s failed", batch_id)
+            _finish(batch, status=ImportBatch.Status.FAILED, message=f"The import failed ({exc}); nothing imported.")
+        finally:
+            # Uploads are copies made for this batch; a path given to the command is the user's own file.
+            if uploaded.is_relative_to(imports_dir() / "uploads"):
+                uploaded.unlink(missing_ok=True)
+        return batch
+
+
+def import_batches_fail_abandoned(*, batch_ids=None) -> list[int]:
+    """Fail the RUNNING batches whose worker is gone (their liveness lock is free), saying so; returns their ids.
+
+    The write pass is one transaction, which died with the worker's connection: nothing of theirs was imported."""
+    running = ImportBatch.objects.filter(status=ImportBatch.Status.RUNNING)
+    if batch_ids is not None:
+        running = running.filter(id__in=batch_ids)
+    failed = []
+    for batch_id in running.values_list("id", flat=True):
+        with liveness.held(LIVENESS, batch_id) as free:
+            if free and ImportBatch.objects.filter(id=batch_id, status=ImportBatch.Status.RUNNING).update(
+                status=ImportBatch.Status.FAILED, message=ABANDONED, finished_at=timezone.now()
+            ):
+                failed.append(batch_id)
+    return failed
+
+
+def import_batch_retry(*, batch: ImportBatch) -> ImportBatch:
+    """Queue a failed import again from its kept upload (a batch whose worker died keeps its file)."""
+    from annotate.tasks import import_run
+
+    if batch.status != ImportBatch.Status.FAILED:
+        raise ValidationError(f"Only a failed import can be retried; this one is {batch.status}.")
+    if not batch.stored_path or not Path(batch.stored_path).exists():
+        raise ValidationError("The uploaded file of this import is gone: upload it again.")
+    with transaction.atomic():
+        if not ImportBatch.objects.filter(pk=batch.pk, status=ImportBatch.Status.FAILED).update(
+            status=ImportBatch.Status.QUEUED,
+            message="Queued again.",
+            progress=0.0,
+            started_at=None,
+            finished_at=None,
+            bytes_read=0,
+            rows_seen=0,
+            rows_imported=0,
+            rows_rejected=0,
+            duplicates=0,
+            near_duplicates=0,
+            errors=[],
+        ):
+            raise ValidationError("This import changed meanwhile: reload the page.")
+        import_run.delay_on_commit(batch.pk)
+    batch.refresh_from_db()
     return batch
+
+
+def import_batches_requeue(*, older_than_s: float = 60) -> list[int]:
+    """Send the task again for batches still QUEUED after ``older_than_s``: the broker may have lost the message
+    (a Redis restart without persistence) or been down when it was sent. A duplicate is harmless (the claim)."""
+    from annotate.tasks import import_run
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    ids = list(
+        ImportBatch.objects.filter(status=ImportBatch.Status.QUEUED, created_at__lt=cutoff).values_list("id", flat=True)
+    )
+    for batch_id in ids:
+        import_run.delay(batch_id)
+    return ids
 
 
 # --- the rejected rows -------------------------------------------------------------------------

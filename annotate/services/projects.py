@@ -5,7 +5,8 @@ from django.db import transaction
 
 from annotate import roles
 from annotate.audit import gates_validate
-from annotate.models import Lease, Project
+from annotate.models import AdminAction, Lease, Project
+from annotate.services.adminlog import admin_action_record
 from annotate.services.queue import lease_bulk_write_turn
 from config.sqlite_turns import write_turn
 
@@ -57,9 +58,26 @@ def project_create(*, name: str, slug: str, task_kinds: list[str], created_by=No
     return project
 
 
-def project_add_members(*, project: Project, users) -> None:
+@transaction.atomic
+def project_add_members(*, project: Project, users, by=None) -> None:
     """Let users see and work on a project."""
+    new = [u for u in users if not project.members.filter(pk=u.pk).exists()]
     project.members.add(*users)
+    for user in new:
+        _member_logged(
+            by, AdminAction.Action.MEMBER_ADD, project, user, f"Added {user.get_username()} to {project.name}"
+        )
+
+
+def _member_logged(by, action: str, project: Project, user, summary: str, **details) -> None:
+    admin_action_record(
+        actor=by,
+        action=action,
+        target=user,
+        project=project,
+        summary=summary,
+        details={"username": user.get_username(), **details},
+    )
 
 
 # Settings an admin may change after creation. The split's seed and eval share are not among them: the
@@ -107,13 +125,17 @@ def project_update(*, project: Project, **fields) -> Project:
 
 
 @transaction.atomic
-def project_member_set(*, project: Project, user, role: str | None = None) -> None:
+def project_member_set(*, project: Project, user, role: str | None = None, by=None) -> None:
     """Make the user a member of the project; with ``role``, their reviewing role becomes exactly that one.
 
     Roles are site-wide (groups): setting one here changes it in every project. An admin keeps the admin role."""
     if role is not None and role not in MEMBER_ROLES:
         raise ValidationError({"role": f"Choose one of {', '.join(MEMBER_ROLES)} (admins are made in the admin site)."})
-    project.members.add(user)
+    if not project.members.filter(pk=user.pk).exists():
+        project.members.add(user)
+        _member_logged(
+            by, AdminAction.Action.MEMBER_ADD, project, user, f"Added {user.get_username()} to {project.name}"
+        )
     if role is None:
         return
     groups = roles_ensure()
@@ -121,9 +143,12 @@ def project_member_set(*, project: Project, user, role: str | None = None) -> No
     user.groups.add(groups[role])
     if hasattr(user, "_goldset_roles"):
         del user._goldset_roles
+    _member_logged(
+        by, AdminAction.Action.MEMBER_ROLE, project, user, f"Made {user.get_username()} {role} (site-wide)", role=role
+    )
 
 
-def project_member_remove(*, project: Project, user) -> int:
+def project_member_remove(*, project: Project, user, by=None) -> int:
     """Take the user off the project; their unfinished leases there end, so the items go back to the queue.
 
     Their annotations stay: what they judged still counts. Returns the number of leases ended."""
@@ -132,6 +157,15 @@ def project_member_remove(*, project: Project, user) -> int:
     with write_turn(), transaction.atomic():
         lease_bulk_write_turn(wait=True)
         project.members.remove(user)
-        return Lease.objects.filter(project=project, reviewer=user, status=Lease.Status.ACTIVE).update(
+        ended = Lease.objects.filter(project=project, reviewer=user, status=Lease.Status.ACTIVE).update(
             status=Lease.Status.EXPIRED
         )
+        _member_logged(
+            by,
+            AdminAction.Action.MEMBER_REMOVE,
+            project,
+            user,
+            f"Removed {user.get_username()} from {project.name}; {ended} open lease(s) ended",
+            leases_ended=ended,
+        )
+        return ended

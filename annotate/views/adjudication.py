@@ -5,12 +5,13 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 
 from annotate import selectors
 from annotate.services.adjudication import adjudication_record
 
 
+@require_GET
 def queue(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get_for_adjudicator(user=request.user, slug=slug)
     results = selectors.disputed_items(project=project)

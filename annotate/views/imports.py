@@ -2,18 +2,20 @@
 
 from pathlib import Path
 
+from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from annotate import roles, selectors
 from annotate.forms import ImportForm, ItemFilterForm
 from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch
+from annotate.services import imports as import_services
 from annotate.services.imports import import_batch_submit
 from config import csvwriter
 from config.background import poll_response
@@ -65,18 +67,30 @@ def _detail_context(batch: ImportBatch) -> dict:
         "exact_duplicates": batch.duplicates - batch.near_duplicates,
         "has_errors_file": bool(errors_file and errors_file.exists()),
         "done": batch.is_finished,
+        "can_retry": batch.status == ImportBatch.Status.FAILED
+        and bool(batch.stored_path)
+        and Path(batch.stored_path).exists(),
     }
+
+
+def _alive(batch: ImportBatch) -> ImportBatch:
+    """The batch, failed with the reason first when it says RUNNING but its worker is gone."""
+    if batch.status == ImportBatch.Status.RUNNING and import_services.import_batches_fail_abandoned(
+        batch_ids=[batch.pk]
+    ):
+        batch.refresh_from_db()
+    return batch
 
 
 @require_GET
 def import_detail(request: HttpRequest, slug: str, batch_id: int) -> HttpResponse:
-    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    batch = _alive(selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id))
     return render(request, "annotate/import_detail.html", _detail_context(batch))
 
 
 @require_GET
 def import_progress(request: HttpRequest, slug: str, batch_id: int) -> HttpResponse:
-    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    batch = _alive(selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id))
     return poll_response(request, "annotate/import_detail.html#import-progress", _detail_context(batch), work=batch)
 
 
@@ -128,3 +142,14 @@ def item_list(request: HttpRequest, slug: str) -> HttpResponse:
     if request.htmx:
         return render(request, "annotate/item_list.html#item-table", context)
     return render(request, "annotate/item_list.html", context)
+
+
+@require_POST
+def import_retry(request: HttpRequest, slug: str, batch_id: int) -> HttpResponse:
+    """Queue a failed import again from its kept upload."""
+    batch = selectors.import_batch_get_for_admin(user=request.user, slug=slug, batch_id=batch_id)
+    try:
+        import_services.import_batch_retry(batch=batch)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect(batch_url(batch))

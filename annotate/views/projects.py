@@ -93,7 +93,9 @@ def project_members(request: HttpRequest, slug: str) -> HttpResponse:
             form.add_error("username", "No active user has this username: check the spelling.")
         else:
             try:
-                project_services.project_member_set(project=project, user=user, role=form.cleaned_data["role"] or None)
+                project_services.project_member_set(
+                    project=project, user=user, role=form.cleaned_data["role"] or None, by=request.user
+                )
             except ValidationError as exc:
                 _form_errors(form, exc)
             else:
@@ -108,7 +110,7 @@ def project_member_remove(request: HttpRequest, slug: str, username: str) -> Htt
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     user = selectors.user_by_username(username=username)
     try:
-        ended = project_services.project_member_remove(project=project, user=user)
+        ended = project_services.project_member_remove(project=project, user=user, by=request.user)
     except ValidationError as exc:
         return _members_page(request, project, MemberForm(), notice=" ".join(exc.messages), status=400)
     notice = f"{user.get_username()} left {project.name}; {ended} unfinished item(s) went back to the queue."

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,9 +61,7 @@ def test_the_job_page_follows_a_running_job_to_its_end(login_page, live_server, 
     assert page.locator("figure.loss-sft polyline").count() == 1
     assert page.locator("figure.loss-sft text.axis-title").all_text_contents() == ["Step", "Loss"]
     # The metrics table follows too: its newest row is step 6.
-    page.wait_for_function(
-        "document.querySelector('#job-metrics tbody td:nth-child(2)')?.textContent === '6'", timeout=10000
-    )
+    expect(page.locator("#job-metrics tbody tr").first.locator("td:nth-child(2)")).to_have_text("6", timeout=10000)
     page.screenshot(path=str(screenshot_dir / "training-job-succeeded.png"), full_page=True)
 
 

@@ -60,6 +60,7 @@ def test_the_write_once_tables_are_enumerated_from_the_migrations_and_match_the_
         "training_trainingsnapshot",
         "training_snapshotrecord",
         "training_snapshotcheck",
+        "annotate_adminaction",
     } <= set(WRITE_ONCE)
     assert guarded_tables(connections["default"]) == set(WRITE_ONCE)
 
