@@ -312,17 +312,3 @@ def _mark(patterns: list) -> list:
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Anything under /api/v1/ that no endpoint serves: a problem document, not the HTML 404 page."""
     return problem(request, 404, f"No API endpoint at {request.path}: see /api/v1/docs for the endpoints.")
-
-
-def _mount() -> None:
-    from annotate.api import router as annotate_router
-
-    api.add_router("", annotate_router)
-
-
-_mount()
-
-
-def api_urls():
-    patterns, app_name, namespace = api.urls
-    return _mark(patterns), app_name, namespace

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from config.background import BackgroundWork
 from config.routers import TRAINING_ALIAS, EvalWallError, refuse_training_alias
 
 
@@ -172,3 +173,25 @@ class HashVerification(EvalWallModel):
 
     def __str__(self) -> str:
         return f"{'ok' if self.ok else 'MISMATCH'} at {self.verified_at:%Y-%m-%d %H:%M}"
+
+
+class ContaminationCheckRun(EvalWallModel, BackgroundWork):
+    """A requested contamination check of one training snapshot, run by a worker: the background-work row a
+    page or an API caller polls. ``verdict`` is the check it recorded once it succeeded.
+
+    On the evalsets side (like the pairs): the check reads eval text, and a failure's message may quote it."""
+
+    snapshot = models.ForeignKey("training.TrainingSnapshot", on_delete=models.PROTECT, related_name="+")
+    verdict = models.ForeignKey(
+        "training.SnapshotCheck", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = EvalWallManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Contamination check run {self.pk} of snapshot {self.snapshot_id} ({self.status})"

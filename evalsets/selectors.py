@@ -15,7 +15,7 @@ from annotate import roles
 from annotate.models import Annotation, Item, ItemResult, Project, Provenance, Split, TaskKind
 from annotate.selectors import project_list_for_user
 from evalsets.export import CANONICAL_FIELDS
-from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
+from evalsets.models import ContaminationCheckRun, ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
 
 MIN_AGREEING_REVIEWS = 2
 FROZEN_STATUSES = (ItemResult.Status.CONSENSUS, ItemResult.Status.ADJUDICATED)
@@ -65,6 +65,22 @@ def evalset_version_get_for_user(*, user, version_id: int) -> EvalSetVersion:
     except EvalSetVersion.DoesNotExist:
         raise Http404("No such eval set version.") from None
     evalset_project_get_for_user(user=user, slug=version.project.slug)
+    return version
+
+
+def evalset_version_list_for_admin(*, user, project: str | None = None) -> QuerySet[EvalSetVersion]:
+    """Every frozen version (admins: eval text leaves Goldset through the API), optionally of one project."""
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins read eval sets through the API.")
+    versions = EvalSetVersion.objects.select_related("project", "frozen_by")
+    return versions.filter(project__slug=project) if project else versions
+
+
+def evalset_version_get_for_admin(*, user, version_id: int) -> EvalSetVersion:
+    """A version as its page finds it (404 for non-members), for admins only (403 for members)."""
+    version = evalset_version_get_for_user(user=user, version_id=version_id)
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins read eval sets through the API.")
     return version
 
 
@@ -338,3 +354,13 @@ def snapshot_check_pairs(*, check) -> ContaminationReport | None:
 def evalset_version_latest_verification(*, version: EvalSetVersion) -> HashVerification | None:
     """The newest recomputation of the version's sha256, or None when it was never verified."""
     return version.verifications.order_by("-verified_at", "-id").first()
+
+
+def contamination_run_get_for_admin(*, user, run_id: int) -> ContaminationCheckRun:
+    """A requested contamination check and its verdict: admins only."""
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins check training snapshots.")
+    try:
+        return ContaminationCheckRun.objects.select_related("verdict").get(pk=run_id)
+    except ContaminationCheckRun.DoesNotExist:
+        raise Http404("No such contamination check.") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +16,17 @@ from annotate import roles
 from annotate.models import Project, RubricVersion
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
-from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
+from evalsets.models import (
+    ContaminationCheckRun,
+    ContaminationReport,
+    EvalRecord,
+    EvalSetVersion,
+    HashVerification,
+)
 from evalsets.selectors import evalset_freeze_plan, summarize_records
 from training.models import SnapshotCheck, SnapshotRecord, TrainingSnapshot
+
+log = logging.getLogger(__name__)
 
 BULK_BATCH = 1000
 REPORT_TEXT_CHARS = 2000
@@ -292,3 +301,37 @@ def snapshot_contamination_check(
                 snapshot_check=check, pairs=pairs, pairs_truncated=result.offending_count > len(pairs)
             )
     return check
+
+
+@transaction.atomic
+def snapshot_contamination_check_request(*, snapshot: TrainingSnapshot, created_by=None) -> ContaminationCheckRun:
+    """Queue a contamination check of the snapshot on a worker; the returned row says how it goes."""
+    run = ContaminationCheckRun(snapshot=snapshot, created_by=created_by)
+    run.full_clean()
+    run.save()
+    from evalsets.tasks import contamination_check_run_task
+
+    contamination_check_run_task.delay_on_commit(run.pk)
+    return run
+
+
+def contamination_check_run(*, run_id: int) -> ContaminationCheckRun | None:
+    """Run a queued check (the worker's side); a second delivery of the same message does nothing."""
+    if not ContaminationCheckRun.claim(run_id, message="Indexing the eval sets and reading the snapshot"):
+        return None
+    run = ContaminationCheckRun.objects.select_related("snapshot").get(pk=run_id)
+    try:
+        check = snapshot_contamination_check(snapshot=run.snapshot)
+    except Exception as exc:
+        log.exception("contamination check run %s failed", run_id)
+        ContaminationCheckRun.finish(run_id, ContaminationCheckRun.Status.FAILED, f"The check could not run: {exc}")
+    else:
+        if check.passed:
+            summary = f"Passed against {len(check.evalset_versions)} eval set version(s)"
+        else:
+            summary = check.report.get("reason") or (
+                f"Failed: {check.report.get('offending_train_records', 0)} training record(s) overlap an eval set"
+            )
+        ContaminationCheckRun.finish(run_id, ContaminationCheckRun.Status.SUCCEEDED, summary, verdict=check)
+    run.refresh_from_db()
+    return run

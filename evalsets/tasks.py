@@ -17,3 +17,11 @@ def snapshot_contamination_check_run(snapshot_id: int) -> None:
     if snapshot is None:
         return
     snapshot_contamination_check(snapshot=snapshot)
+
+
+@shared_task(acks_late=True)
+def contamination_check_run_task(run_id: int) -> None:
+    """Run one requested contamination check (a ``ContaminationCheckRun`` row, claimed first)."""
+    from evalsets.services import contamination_check_run
+
+    contamination_check_run(run_id=run_id)

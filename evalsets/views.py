@@ -123,10 +123,8 @@ def snapshot_contamination(request: HttpRequest, snapshot_id: int) -> HttpRespon
 
 @require_POST
 def snapshot_contamination_check(request: HttpRequest, snapshot_id: int) -> HttpResponse:
-    from evalsets.tasks import snapshot_contamination_check_run
-
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
+    services.snapshot_contamination_check_request(snapshot=snapshot, created_by=request.user)
     context = {"snapshot": snapshot, "check": selectors.snapshot_latest_check(snapshot=snapshot), "queued": True}
     if request.htmx:
         response = render(request, "evalsets/snapshot_contamination.html#check-status", context)
