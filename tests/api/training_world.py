@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import timezone
 
 from annotate.models import Annotation, Item, ItemResult
 from evalsets.models import ContaminationCheckRun
@@ -140,6 +141,7 @@ def build(world: dict, *, project, admin, reviewers) -> dict:
             status=status,
             error="The worker went silent." if status == "failed" else "",
             created_by=admin,
+            queued_at=timezone.now(),
         )
     adapter_files(jobs["failed"])
     world.update(version=version, snapshot=snapshot, audit=blocking, run=run, preflight=preflight, jobs=jobs)
