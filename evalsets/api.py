@@ -113,7 +113,7 @@ def _version_out(version: EvalSetVersion) -> dict:
 @router.get("/evalsets/versions", response=EvalSetVersionPage, auth=READ, url_name="evalset-list", tags=["evalsets"])
 def evalset_list(
     request: HttpRequest,
-    project: str | None = Query(None, max_length=100),
+    project: str | None = Query(None, pattern=r"^[-a-zA-Z0-9_]+$", max_length=100),
     cursor: str | None = None,
     limit: int = Limit,
 ):

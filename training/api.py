@@ -11,7 +11,7 @@ from __future__ import annotations
 import mimetypes
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,7 +22,7 @@ from pydantic import Field
 
 from annotate.models import Provenance
 from annotate.selectors import project_list_for_user
-from config.api import ADMIN, MAX_PAGE, READ, ApiError, django_errors, keyset_page
+from config.api import ADMIN, MAX_PAGE, READ, ApiError, Text, django_errors, keyset_page
 from training import selectors, services
 from training.audits import audit_finding_acknowledge, snapshot_audit_clearance, snapshot_audit_request
 from training.config import TrainingConfig
@@ -35,7 +35,7 @@ Limit = Query(100, ge=1, le=MAX_PAGE, description=f"Rows per page (at most {MAX_
 ProvenanceName = Literal[tuple(Provenance.values)]  # type: ignore[valid-type]
 MethodName = Literal[tuple(TrainingJob.Method.values)]  # type: ignore[valid-type]
 JobStatusName = Literal[tuple(TrainingJob.Status.values)]  # type: ignore[valid-type]
-Slug = Field(pattern=r"^[-a-zA-Z0-9_]+$", min_length=1, max_length=100)
+SlugText = Annotated[str, Field(pattern=r"^[-a-zA-Z0-9_]+$", min_length=1, max_length=100)]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -56,8 +56,10 @@ def _invalid(exc: ValidationError) -> ApiError:
 
 
 class SnapshotCreate(Schema):
-    name: str = Field(min_length=1, max_length=200)
-    projects: list[str] = Field(min_length=1, max_length=100, description="Slugs of the projects to take data from.")
+    name: Text = Field(min_length=1, max_length=200)
+    projects: list[SlugText] = Field(
+        min_length=1, max_length=100, description="Slugs of the projects to take data from."
+    )
     include_llm_judged: bool = False
     adjudicated_only: bool = False
     min_agreement: float | None = Field(default=None, ge=0, le=1)
@@ -69,14 +71,14 @@ class SnapshotCreate(Schema):
     decided_until: date | None = None
     exclude_items: list[int] = Field(default_factory=list, max_length=100_000)
     from_snapshot: int | None = Field(default=None, ge=1, description="The snapshot this one is curated from.")
-    exclude_findings: list[str] = Field(
+    exclude_findings: list[Text] = Field(
         default_factory=list,
         description="Keys of findings of from_snapshot's latest audit whose examples to leave out.",
     )
     exclude_contaminated: bool = Field(
         default=False, description="Leave out what from_snapshot's latest (failed) contamination check flagged."
     )
-    note: str = Field(default="", max_length=20_000)
+    note: Text = Field(default="", max_length=20_000)
 
 
 class AuditBrief(Schema):
@@ -134,8 +136,8 @@ class AuditOut(Schema):
 
 
 class Acknowledge(Schema):
-    finding: str = Field(min_length=1, max_length=300)
-    reason: str = Field(min_length=1, max_length=20_000)
+    finding: Text = Field(min_length=1, max_length=300)
+    reason: Text = Field(min_length=1, max_length=20_000)
 
 
 class AcknowledgementOut(Schema):
@@ -148,7 +150,7 @@ class AcknowledgementOut(Schema):
 
 class PreflightCreate(Schema):
     snapshot_id: int = Field(ge=1)
-    base_model: str = Field(min_length=1, max_length=500, description="A local directory or a hub id.")
+    base_model: Text = Field(min_length=1, max_length=500, description="A local directory or a hub id.")
     method: MethodName = "sft"
     config: dict[str, Any] = Field(
         default_factory=dict, description="TrainingConfig fields to change from their defaults (see the job form)."
