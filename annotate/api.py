@@ -520,7 +520,7 @@ def annotation_export(
         kinds=tuple(kind or ()), states=tuple(state or ()), splits=tuple(split or ()), since=since, until=until
     )
     response = StreamingHttpResponse(
-        exports.jsonl_chunks(exports.export_records(project=project, filters=filters)), content_type=NDJSON
+        exports.export_jsonl(project=project, filters=filters), content_type=NDJSON
     )
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-annotations.jsonl"'
     return response

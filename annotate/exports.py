@@ -2,9 +2,11 @@
 consensus result and any adjudication, streamed as JSONL (one item per line) or CSV (one annotation per row).
 
 The API (``GET /api/v1/projects/<slug>/annotations/export``) and the project page's export buttons both
-stream from ``export_records``, which reads in keyset chunks of items (and their annotations,
-revisions and adjudications in one query each per chunk), so memory stays flat however large the
-project. Callers check permission first (admins only: an export names every reviewer and their answers).
+stream JSONL from ``export_jsonl``: on PostgreSQL the database writes each line (``annotate/export_sql.py``),
+a keyset page of items at a time; elsewhere, and for CSV, ``export_records`` reads in keyset chunks of items
+(and their annotations, revisions and adjudications in one query each per chunk). Either way memory stays
+flat however large the project. Callers check permission first (admins only: an export names every
+reviewer and their answers).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Q
 
 from annotate.models import Adjudication, Annotation, AnnotationRevision, Item, Project
 from config import csvwriter
 
 CHUNK_ITEMS = 1000
+# Items per statement when PostgreSQL writes the lines: large enough that a page's fixed cost is small.
+PAGE_ITEMS = 2000
 FLUSH_BYTES = 256 * 1024
 UNREVIEWED = "unreviewed"
 # Built once: json.dumps with options builds a new encoder on every call.
@@ -184,6 +189,39 @@ def export_records(*, project: Project, filters: ExportFilter = ExportFilter()) 
                 "annotations": annotations.get(item_id, []),
                 "adjudications": adjudications.get(item_id, []),
             }
+
+
+def item_id_pages(*, project: Project, filters: ExportFilter, size: int = PAGE_ITEMS) -> Iterator[list[int]]:
+    """The matching item ids in ascending pages (keyset: each page one range scan of the (project, id) index)."""
+    ids = filters.items(project).order_by("id").values_list("id", flat=True)
+    after = 0
+    while True:
+        page = list(ids.filter(id__gt=after)[:size])
+        if not page:
+            return
+        yield page
+        after = page[-1]
+
+
+def export_jsonl(*, project: Project, filters: ExportFilter = ExportFilter()) -> Iterator[bytes]:
+    """The export as JSONL in pieces of about ``FLUSH_BYTES``: lines written by PostgreSQL there, else by Python."""
+    if connection.vendor != "postgresql":
+        yield from jsonl_chunks(export_records(project=project, filters=filters))
+        return
+    from annotate.export_sql import export_lines
+
+    buffer: list[str] = []
+    size = 0
+    for line in export_lines(item_id_pages(project=project, filters=filters)):
+        buffer.append(line)
+        size += len(line)
+        if size >= FLUSH_BYTES:
+            buffer.append("")
+            yield "\n".join(buffer).encode()
+            buffer, size = [], 0
+    if buffer:
+        buffer.append("")
+        yield "\n".join(buffer).encode()
 
 
 def jsonl_chunks(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:

@@ -182,6 +182,8 @@ class Item(models.Model):
         indexes = [
             models.Index(fields=["project", "split"]),
             models.Index(fields=["project", "kind"]),
+            # Keyset pages of a project's items in id order (exports, the API's lists): each page one range scan.
+            models.Index(fields=["project", "id"], name="item_project_id_order"),
             # The queue's "next item" scan: items closest to completion first, then by id.
             models.Index(
                 fields=["project", "-review_count", "id"],

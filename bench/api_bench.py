@@ -2,6 +2,9 @@
 annotation export records/s, with the server's peak memory, at 100k and 1M.
 
     python bench/api_bench.py [--sizes 100000,1000000] [--backend sqlite|postgresql] [--skip-import|--skip-export]
+                              [--keep-db]
+
+``--sizes 2000`` makes a CI-sized run of a minute or so.
 
 End to end: a real server (gunicorn, one worker process, as ``config.wsgi`` runs in production) on a scratch
 database (a temporary SQLite file, or a scratch PostgreSQL database when DATABASE_URL is set and
@@ -10,9 +13,11 @@ database (a temporary SQLite file, or a scratch PostgreSQL database when DATABAS
 - import: ``items.import_file`` streams a generated JSONL file (the rows of ``bench/import_bench.py``) to
   ``/imports/rows``; the import runs inside the request (inline limit raised), so the time is the API's
   whole path. Beside it, ``manage.py import_items`` on the same file into another project.
-- export: items with two reviewers' annotations (one revised), a result, and an adjudication on every
-  tenth; the client reads ``/annotations/export`` line by line and parses every record. Beside it, labelled
-  "in-process", the same export generator without HTTP.
+- export: items (filled with COPY on PostgreSQL) with two reviewers' annotations, a revision each, a result,
+  and an adjudication on every tenth; the client reads ``/annotations/export`` line by line and parses every
+  record. Beside it, labelled "in-process", ``export_jsonl`` without HTTP, with the records per CPU-second of
+  the database backend (which writes the JSON lines on PostgreSQL) and of the Python process: on a machine
+  where other work competes for the cores, those say more than the wall clock.
 
 Memory: the peak RSS of the gunicorn worker during the call (sampled every 10 ms), and its growth above
 the worker's RSS just before. Flat memory means the same peak at 100k and 1M.
@@ -22,12 +27,14 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -35,8 +42,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "client"))
 sys.path.insert(0, str(ROOT / "bench"))
-SCRATCH_DB = "goldset_bench_api"
-PORT = 8765
+# Named after the app's database, so benchmarks of two checkouts on one server never share a scratch database.
+SCRATCH_DB = (urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "goldset") + "_api_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = free_port()
 
 
 class ServerPeak:
@@ -74,6 +90,7 @@ def scratch_env(backend: str, tmp: Path) -> dict:
         "SECRET_KEY": os.environ.get("SECRET_KEY", "bench"),
     }
     env.pop("REDIS_URL", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "bench")])
     env["GOLDSET_VAR_DIR"] = str(tmp / "var")
     env["GOLDSET_IMPORT_INLINE_MAX_BYTES"] = str(10**12)  # the import runs inside the request
     if backend == "sqlite":
@@ -84,19 +101,19 @@ def scratch_env(backend: str, tmp: Path) -> dict:
 
 
 def pg_scratch(create: bool) -> None:
-    import psycopg
+    """Drop (and make) the scratch database as the owner role, which migrates it; the server runs as the app role."""
+    from _roles import owner_sql
 
-    with psycopg.connect(os.environ["DATABASE_URL"], dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
-        if create:
-            conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    statements = [f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)']
+    owner_sql(os.environ["DATABASE_URL"], *(statements + [f'CREATE DATABASE "{SCRATCH_DB}"'] if create else statements))
 
 
 SETUP = """
 import django, json, sys
 django.setup()
 from django.core.management import call_command
-call_command("migrate", verbosity=0)
+from _roles import migrate_alias
+call_command("migrate", database=migrate_alias(), verbosity=0)
 from django.contrib.auth import get_user_model
 from annotate.services.projects import project_create, user_grant_role, roles_ensure
 from annotate.services.tokens import api_token_create
@@ -109,9 +126,9 @@ print(json.dumps({"token": api_token_create(user=user, name="bench", scope="admi
 """
 
 FILL = """
-import django, sys, random
+import django, json, sys
 django.setup()
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.contrib.auth import get_user_model
 from annotate.models import Adjudication, Annotation, AnnotationRevision, Item, ItemResult, Project
@@ -119,48 +136,90 @@ size = int(sys.argv[1])
 project = Project.objects.get(slug="export")
 users = [get_user_model().objects.create_user(f"r{i}") for i in range(2)]
 admin = get_user_model().objects.get(username="bench-admin")
-rng = random.Random(1)
 now = timezone.now()
-start = Item.objects.order_by("-id").values_list("id", flat=True).first() or 0
-for lo in range(0, size, 5000):
-    n = min(5000, size - lo)
+pick = {"choice": "response", "chosen": 0, "rejected": 1, "strength": "clear", "rationale": ""}
+decided = {"choice": "response", "chosen": 0, "rejected": 1}
+CHUNK = 20000
+
+
+def insert(model, columns, rows):
+    # COPY on PostgreSQL (the ORM's INSERTs would take longer than the export measured), bulk_create elsewhere.
+    rows = list(rows)
+    if connection.vendor != "postgresql":
+        fields = {f.column: f.attname for f in model._meta.concrete_fields}
+        model.objects.bulk_create([model(**{fields[c]: v for c, v in zip(columns, row)}) for row in rows], 2000)
+        return
+    table = connection.ops.quote_name(model._meta.db_table)
+    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([json.dumps(v) if isinstance(v, (dict, list)) else v for v in row])
+
+
+def new_ids(model, column, after):
+    return list(model.objects.filter(**{column + "__gt": after}).order_by("id").values_list("id", flat=True))
+
+
+item_after = Item.objects.order_by("-id").values_list("id", flat=True).first() or 0
+for lo in range(0, size, CHUNK):
+    n = min(CHUNK, size - lo)
     with transaction.atomic():
-        items = Item.objects.bulk_create(
-            Item(project=project, kind="preference",
-                 prompt=f"Question {lo + i}: how do I get a refund for order {rng.randint(1, 10**9)}?",
-                 responses=[{"text": f"Open Orders, pick order {lo + i}, press Refund.", "model": "big"},
-                            {"text": "Wait.", "model": "small"}],
-                 metadata={"pipeline": "bench"}, provenance="distilled", content_hash=f"bench-{lo + i}", split="train")
-            for i in range(n))
-        anns = Annotation.objects.bulk_create(
-            Annotation(item=item, reviewer=u, kind="preference", revision=1,
-                       payload={"choice": "response", "chosen": 0, "rejected": 1, "strength": "clear", "rationale": ""},
-                       display_order=[1, 0], duration_ms=4200)
-            for item in items for u in users)
-        AnnotationRevision.objects.bulk_create(
-            AnnotationRevision(annotation=a, number=1, payload=a.payload) for a in anns)
-        ItemResult.objects.bulk_create(
-            ItemResult(item=item, kind="preference", status="adjudicated" if (lo + i) % 10 == 0 else "consensus",
-                       payload={"choice": "response", "chosen": 0, "rejected": 1, "strength": "clear", "rationale": ""},
-                       agreement=1.0, reviewer_ids=[u.pk for u in users], decided_at=now)
-            for i, item in enumerate(items))
-        Adjudication.objects.bulk_create(
-            Adjudication(item=item, adjudicator=admin, reason="bench",
-                         payload={"choice": "response", "chosen": 0, "rejected": 1})
-            for i, item in enumerate(items) if (lo + i) % 10 == 0)
+        insert(Item, ["project_id", "kind", "prompt", "responses", "rubric_response", "metadata", "provenance",
+                      "content_hash", "split", "is_check", "is_calibration", "unusable_reason", "review_count",
+                      "created_at"],
+               ((project.pk, "preference", f"Question {lo + i}: how do I get a refund for order {lo + i}?",
+                 [{"text": f"Open Orders, pick order {lo + i}, press Refund.", "model": "big"},
+                  {"text": "Wait.", "model": "small"}], 0, {"pipeline": "bench"}, "distilled", f"bench-{lo + i}",
+                 "train", False, False, "", 2, now) for i in range(n)))
+        ids = Item.objects.filter(project=project, id__gt=item_after).order_by("id").values_list("id", flat=True)
+        ids = list(ids)
+        item_after = ids[-1]
+        annotation_after = Annotation.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        insert(Annotation, ["item_id", "reviewer_id", "kind", "payload", "revision", "display_order", "duration_ms",
+                            "created_at", "updated_at"],
+               ((item, u.pk, "preference", pick, 1, [1, 0], 4200, now, now) for item in ids for u in users))
+        insert(AnnotationRevision, ["annotation_id", "number", "payload", "created_at"],
+               ((a, 1, pick, now) for a in new_ids(Annotation, "id", annotation_after)))
+        insert(ItemResult, ["item_id", "kind", "status", "payload", "agreement", "reviewer_ids", "decided_at",
+                            "updated_at"],
+               ((item, "preference", "adjudicated" if (lo + i) % 10 == 0 else "consensus", pick, 1.0,
+                 [u.pk for u in users], now, now) for i, item in enumerate(ids)))
+        insert(Adjudication, ["item_id", "adjudicator_id", "payload", "reason", "created_at"],
+               ((item, admin.pk, decided, "bench", now) for i, item in enumerate(ids) if (lo + i) % 10 == 0))
+if connection.vendor == "postgresql":
+    with connection.cursor() as cursor:
+        for model in (Item, Annotation, AnnotationRevision, ItemResult, Adjudication):
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
 print("ok")
 """
 
 IN_PROCESS = """
-import django, sys, time
+import django, os, sys, time
 django.setup()
-from annotate.exports import export_records, jsonl_chunks
+from django.db import connection
+from annotate.exports import export_jsonl
 from annotate.models import Project
 project = Project.objects.get(slug="export")
-t0 = time.perf_counter(); n = 0; size = 0
-for chunk in jsonl_chunks(export_records(project=project)):
-    size += len(chunk); n += chunk.count(b"\\n")
-print(n, time.perf_counter() - t0, size)
+backend = None
+if connection.vendor == "postgresql":
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+
+
+def backend_cpu():
+    # The database backend's CPU seconds (on this machine): where the JSON lines are built.
+    if backend is None:
+        return 0.0
+    fields = open(f"/proc/{backend}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+t0, c0, p0 = time.perf_counter(), backend_cpu(), time.process_time()
+n = size = 0
+for chunk in export_jsonl(project=project):
+    size += len(chunk)
+    n += chunk.count(b"\\n")
+print(n, time.perf_counter() - t0, size, backend_cpu() - c0, time.process_time() - p0)
 """
 
 
@@ -193,6 +252,7 @@ def main() -> None:
     parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgresql"])
     parser.add_argument("--skip-import", action="store_true")
     parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--keep-db", action="store_true", help="Keep the scratch PostgreSQL database (to profile).")
     args = parser.parse_args()
     from goldset_client import Goldset
     from import_bench import generate
@@ -240,16 +300,19 @@ def main() -> None:
                     row = f"{size / export_s:>8,.0f} records/s"
                     print(f"{'export via API (client parses all)':<34} {args.backend:<10} {size:>9,} {row:>16} "
                           f"{mem.peak / 2**20:>12.0f} MiB {(mem.peak - mem.start) / 2**20:>6.0f} MiB")  # fmt: skip
-                    n, seconds, nbytes = django_child(IN_PROCESS, env).split()
+                    n, seconds, nbytes, db_cpu, py_cpu = django_child(IN_PROCESS, env).split()
                     row = f"{int(n) / float(seconds):>8,.0f} records/s"
-                    print(f"{'  in-process export generator':<34} {args.backend:<10} {int(n):>9,} {row:>16} "
+                    print(f"{'  in-process export_jsonl':<34} {args.backend:<10} {int(n):>9,} {row:>16} "
                           f"{int(nbytes) / 2**20:>9.0f} MiB of JSONL")  # fmt: skip
+                    for label, cpu in (("database backend CPU", db_cpu), ("Python (web process) CPU", py_cpu)):
+                        if float(cpu):
+                            print(f"{'    ' + label:<34} {'':<10} {'':>9} {int(n) / float(cpu):>8,.0f} records/cpu-s")
                 gs.close()
             finally:
                 if server is not None:
                     server.terminate()
                     server.wait(timeout=30)
-                if args.backend == "postgresql":
+                if args.backend == "postgresql" and not args.keep_db:
                     pg_scratch(create=False)
 
 

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from functools import wraps
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
@@ -36,6 +36,7 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
+from pydantic import AfterValidator
 
 from annotate.models import ApiToken
 
@@ -44,6 +45,16 @@ logger = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 SCOPE_RANK = {ApiToken.Scope.READ: 0, ApiToken.Scope.WRITE: 1, ApiToken.Scope.ADMIN: 2}
 MAX_PAGE = 500
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (the database cannot store them)")
+    return value
+
+
+# Text the database stores or compares: PostgreSQL text cannot hold NUL, so it is refused at the boundary.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class ApiError(Exception):
@@ -312,17 +323,3 @@ def _mark(patterns: list) -> list:
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Anything under /api/v1/ that no endpoint serves: a problem document, not the HTML 404 page."""
     return problem(request, 404, f"No API endpoint at {request.path}: see /api/v1/docs for the endpoints.")
-
-
-def _mount() -> None:
-    from annotate.api import router as annotate_router
-
-    api.add_router("", annotate_router)
-
-
-_mount()
-
-
-def api_urls():
-    patterns, app_name, namespace = api.urls
-    return _mark(patterns), app_name, namespace

@@ -3,7 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
 from annotate.views.projects import health
-from config.api import api_not_found, api_urls
+from config.api import api_not_found
+from config.apiurls import api_urls
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),

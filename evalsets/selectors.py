@@ -69,6 +69,22 @@ def evalset_version_get_for_user(*, user, version_id: int) -> EvalSetVersion:
     return version
 
 
+def evalset_version_list_for_admin(*, user, project: str | None = None) -> QuerySet[EvalSetVersion]:
+    """Every frozen version (admins: eval text leaves Goldset through the API), optionally of one project."""
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins read eval sets through the API.")
+    versions = EvalSetVersion.objects.select_related("project", "frozen_by")
+    return versions.filter(project__slug=project) if project else versions
+
+
+def evalset_version_get_for_admin(*, user, version_id: int) -> EvalSetVersion:
+    """A version as its page finds it (404 for non-members), for admins only (403 for members)."""
+    version = evalset_version_get_for_user(user=user, version_id=version_id)
+    if not roles.is_admin(user):
+        raise PermissionDenied("Only admins read eval sets through the API.")
+    return version
+
+
 # --- freezing ------------------------------------------------------------------------------------
 
 
@@ -323,7 +339,7 @@ def contamination_run_get_for_admin(*, user, run_id: int) -> ContaminationCheckR
     if not roles.is_admin(user):
         raise PermissionDenied("Only admins check training snapshots.")
     try:
-        return ContaminationCheckRun.objects.select_related("snapshot").get(pk=run_id)
+        return ContaminationCheckRun.objects.select_related("snapshot", "verdict").get(pk=run_id)
     except ContaminationCheckRun.DoesNotExist:
         raise Http404("No such contamination check.") from None
 

@@ -138,11 +138,12 @@ def annotation_export(request: HttpRequest, slug: str, fmt: str) -> HttpResponse
         since=data["since"],
         until=data["until"],
     )
-    records = exports.export_records(project=project, filters=filters)
     if fmt == "csv":
+        records = exports.export_records(project=project, filters=filters)
         response = StreamingHttpResponse(exports.csv_chunks(records), content_type="text/csv; charset=utf-8")
     else:
-        response = StreamingHttpResponse(exports.jsonl_chunks(records), content_type="application/x-ndjson")
+        chunks = exports.export_jsonl(project=project, filters=filters)
+        response = StreamingHttpResponse(chunks, content_type="application/x-ndjson")
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-annotations.{fmt}"'
     return response
 

@@ -4,18 +4,20 @@
     gs = Goldset("https://goldset.example.com", token="gs_...")
 
 Each area of the API is one attribute (``projects``, ``items``, ``queue``, ``annotations``, ``reports``,
-``rubrics``), a small class over the shared HTTP layer (``_http.Http``: bearer token, retries with backoff
-on 429/503, errors as exceptions carrying the server's problem document). Areas added later (eval set
-exports, training jobs) are further classes of the same shape, attached the same way.
+``rubrics``, ``evalsets``, ``snapshots``, ``jobs``), a small class over the shared HTTP layer (``_http.Http``:
+bearer token, retries with backoff on 429/503, errors as exceptions carrying the server's problem
+document). Work that runs on the server's workers (imports, reports, audits, contamination checks,
+preflights, training jobs) is polled through the status URL the server hands back, with progress shown.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from goldset_client.errors import (
     InvalidRequest,
     NotFound,
     Unauthorized,
+    WorkFailed,
 )
 from goldset_client.progress import progress as _progress
 
@@ -45,6 +48,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "Unauthorized",
+    "WorkFailed",
 ]
 
 UPLOAD_CHUNK = 1024 * 1024
@@ -55,6 +59,48 @@ class _Area:
     def __init__(self, gs: Goldset):
         self._gs = gs
         self._http = gs._http
+
+    def _pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
+        """Every item of a keyset-paged list, page after page."""
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        while True:
+            page = self._http.json("GET", path, params=params)
+            yield from page["items"]
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def _poll(
+        self,
+        state: dict,
+        *,
+        what: str,
+        timeout: float | None,
+        poll: float,
+        percent: Callable[[dict], float] | None = None,
+        describe: Callable[[dict], str] | None = None,
+    ) -> dict:
+        """Poll ``state["status_url"]`` until the work has finished, with a progress display (0..100 %)."""
+        if state["status"] in FINISHED:
+            return state
+        percent = percent or (lambda s: 100 * float(s.get("progress") or 0))
+        describe = describe or (lambda s: f"{what}: {s.get('message') or s['status']}")
+        bar = _progress(self._gs.show_progress, total=100, desc=describe(state), unit="%")
+        shown = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while state["status"] not in FINISHED:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise GoldsetError(f"{what} is still {state['status']} after {timeout} s ({state['status_url']}).")
+                time.sleep(poll)
+                state = self._http.json("GET", state["status_url"])
+                done = max(0.0, min(100.0, percent(state)))
+                bar.update(max(0.0, done - shown))
+                shown = max(shown, done)
+                bar.set_description(describe(state))
+        finally:
+            bar.close()
+        return state
 
 
 class Projects(_Area):
@@ -358,6 +404,267 @@ class Rubrics(_Area):
         return self._http.json("GET", f"/projects/{project}/rubrics")
 
 
+def _evalset_records(url: str, token: str, version_id: int, layout: str, nonce: str):
+    """Rows for ``datasets.Dataset.from_generator`` (see ``_records_for_dataset``)."""
+    gs = Goldset(url, token, progress=False)
+    try:
+        for record in gs.evalsets.export(version_id, layout):
+            if layout == "goldset":
+                yield {
+                    k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                    for k, v in record.items()
+                }
+            else:
+                yield record
+    finally:
+        gs.close()
+
+
+class EvalSets(_Area):
+    """Frozen eval set versions (admins): read them to evaluate a model, never to train one."""
+
+    def list(self, project: str | None = None) -> Iterator[dict]:
+        """Every frozen version, oldest first (of one project when given)."""
+        return self._pages("/evalsets/versions", {"project": project})
+
+    def get(self, version_id: int) -> dict:
+        """One version: its sha256, counts, agreement, refusals and the layouts it can be exported in."""
+        return self._http.json("GET", f"/evalsets/versions/{version_id}")
+
+    def manifest(self, version_id: int, layout: str = "goldset") -> dict:
+        """manifest.json of one layout's export: the file's sha256, bytes and record counts."""
+        return self._http.json("GET", f"/evalsets/versions/{version_id}/export/{layout}/manifest")
+
+    def export(self, version_id: int, layout: str = "goldset") -> Iterator[dict]:
+        """A version's records in one layout (``goldset``, ``prompt-completion``, ``messages``, ``preference``,
+        ``openai-sft``, ``openai-dpo``), streamed one record at a time."""
+        with self._http.stream(f"/evalsets/versions/{version_id}/export/{layout}") as response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def download(self, version_id: int, layout: str = "goldset", directory: str | Path = ".") -> Path:
+        """Write ``<name>.<layout>.jsonl`` and its ``.manifest.json`` into ``directory``, streamed to disk, and check
+        the file's sha256 against the manifest (and, for ``goldset``, the version's own sha256). A file that does
+        not match is removed and ``GoldsetError`` raised; the file appears only once it is complete."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        version = self.get(version_id)
+        manifest = self.manifest(version_id, layout)
+        path = directory / manifest["file"]
+        partial = path.with_name(path.name + ".partial")
+        sha = hashlib.sha256()
+        bar = _progress(self._gs.show_progress, total=manifest["bytes"], desc=f"Downloading {path.name}", unit="B")
+        try:
+            with self._http.stream(f"/evalsets/versions/{version_id}/export/{layout}") as response:
+                with open(partial, "wb") as out:
+                    for chunk in response.iter_bytes():
+                        sha.update(chunk)
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        finally:
+            bar.close()
+        expected = {manifest["sha256"]} | ({version["sha256"]} if layout == "goldset" else set())
+        if expected != {sha.hexdigest()}:
+            partial.unlink(missing_ok=True)
+            raise GoldsetError(
+                f"{path.name} does not match its manifest (sha256 {sha.hexdigest()}, expected {manifest['sha256']}):"
+                " download it again."
+            )
+        partial.replace(path)
+        path.with_name(path.name[: -len(".jsonl")] + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return path
+
+    def to_dataset(self, version_id: int, layout: str = "prompt-completion", *, cache_dir: str | None = None):
+        """A version's export as a ``datasets.Dataset`` (written to Arrow files as it streams; in the
+        ``goldset`` layout nested fields are JSON text)."""
+        from datasets import Dataset
+
+        gen_kwargs = {
+            "url": self._http.base,
+            "token": self._gs._token,
+            "version_id": version_id,
+            "layout": layout,
+            "nonce": uuid.uuid4().hex,
+        }
+        return Dataset.from_generator(_evalset_records, gen_kwargs=gen_kwargs, cache_dir=cache_dir)
+
+
+def _id(thing: dict | int) -> int:
+    return thing["id"] if isinstance(thing, dict) else int(thing)
+
+
+class Snapshots(_Area):
+    """Training snapshots (admins): frozen, hashed, audited and contamination-checked approved data."""
+
+    def list(self) -> Iterator[dict]:
+        return self._pages("/training/snapshots")
+
+    def get(self, snapshot: dict | int) -> dict:
+        return self._http.json("GET", f"/training/snapshots/{_id(snapshot)}")
+
+    def create(
+        self, name: str, projects: list[str], *, wait: bool = True, timeout: float | None = 3600, **filters: Any
+    ) -> dict:
+        """Freeze the approved train-split data of the projects (filters as on the page: ``include_llm_judged``,
+        ``adjudicated_only``, ``min_agreement``, ``provenances``, ``kinds``, ``rubric_version_id``, ``rubric_min``,
+        ``decided_from``, ``decided_until``, ``exclude_items``, ``from_snapshot`` with ``exclude_findings`` or
+        ``exclude_contaminated``, ``note``). With ``wait``, waits for its audit when a worker runs it."""
+        body = {"name": name, "projects": projects, **{k: _plain(v) for k, v in filters.items() if v is not None}}
+        snapshot = self._http.json("POST", "/training/snapshots", json=body)
+        audit = snapshot["latest_audit"]
+        if wait and audit is not None and audit["status"] not in FINISHED:
+            self._wait_audit(audit, timeout=timeout)
+            snapshot = self.get(snapshot)
+        return snapshot
+
+    def _wait_audit(self, audit: dict, *, timeout: float | None, poll: float = 2) -> dict:
+        audit = self._poll(audit, what=f"Audit {audit['id']}", timeout=timeout, poll=poll)
+        if audit["status"] != "succeeded":
+            raise WorkFailed(f"Audit {audit['id']}", audit)
+        return audit
+
+    def audit(self, snapshot: dict | int, *, wait: bool = True, timeout: float | None = 3600) -> dict:
+        """Audit the snapshot again; returns the audit (its findings once it ran; ``open_blocks`` lists the blocking
+        findings that stop jobs until acknowledged)."""
+        audit = self._http.json("POST", f"/training/snapshots/{_id(snapshot)}/audits")
+        return self._wait_audit(audit, timeout=timeout) if wait else audit
+
+    def acknowledge(self, audit: dict | int, finding: str, reason: str) -> dict:
+        """Let jobs start despite one blocking finding, saying why (kept in every job's record and manifest)."""
+        return self._http.json(
+            "POST", f"/training/audits/{_id(audit)}/acknowledgements", json={"finding": finding, "reason": reason}
+        )
+
+    def check_contamination(self, snapshot: dict | int, *, wait: bool = True, timeout: float | None = 3600) -> dict:
+        """Check the snapshot against every frozen eval set version on a worker; returns the run, whose
+        ``verdict["passed"]`` says whether the snapshot may be trained on."""
+        run = self._http.json("POST", f"/training/snapshots/{_id(snapshot)}/contamination-checks")
+        if not wait:
+            return run
+        run = self._poll(run, what=f"Contamination check of snapshot {_id(snapshot)}", timeout=timeout, poll=2)
+        if run["status"] != "succeeded":
+            raise WorkFailed("Contamination check", run)
+        return run
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _job_percent(job: dict) -> float:
+    return float(job.get("percent") or 0)
+
+
+def _job_line(job: dict) -> str:
+    if job["status"] == "queued":
+        place = job.get("queue_place")
+        return f"Job {job['id']} queued" + (f" (place {place})" if place else "")
+    if job["status"] == "running" and job.get("total_steps"):
+        loss = f", loss {job['loss']:.4g}" if job.get("loss") is not None else ""
+        eta = f", {job['eta_seconds']} s left" if job.get("eta_seconds") is not None else ""
+        return f"Job {job['id']} {job['phase']}: step {job['step']}/{job['total_steps']}{loss}{eta}"
+    return f"Job {job['id']} {job['status']}"
+
+
+class Jobs(_Area):
+    """QLoRA SFT / DPO jobs (admins): a preflight on a worker, then the job on the gpu queue."""
+
+    def preflight(
+        self,
+        snapshot: dict | int,
+        base_model: str,
+        *,
+        method: str = "sft",
+        config: dict | None = None,
+        wait: bool = True,
+        timeout: float | None = 1800,
+        poll: float = 2,
+    ) -> dict:
+        """Check a job's config against the base model and snapshot on a worker (no job is queued)."""
+        body = {"snapshot_id": _id(snapshot), "base_model": base_model, "method": method, "config": config or {}}
+        preflight = self._http.json("POST", "/training/preflights", json=body)
+        if not wait:
+            return preflight
+        return self._poll(preflight, what=f"Preflight {preflight['id']}", timeout=timeout, poll=poll)
+
+    def create(
+        self,
+        snapshot: dict | int,
+        base_model: str,
+        *,
+        method: str = "sft",
+        config: dict | None = None,
+        timeout: float | None = 1800,
+        poll: float = 2,
+    ) -> dict:
+        """Preflight a job (waiting for it, with progress) and queue the job it passed; raises ``WorkFailed``
+        listing every problem the preflight found. ``config``: TrainingConfig fields to change."""
+        preflight = self.preflight(snapshot, base_model, method=method, config=config, timeout=timeout, poll=poll)
+        if preflight["status"] != "succeeded":
+            raise WorkFailed(f"Preflight {preflight['id']}", preflight, (preflight.get("result") or {}).get("errors"))
+        return self._http.json("POST", preflight["job_url"])
+
+    def get(self, job: dict | int) -> dict:
+        return self._http.json("GET", f"/training/jobs/{_id(job)}")
+
+    def list(self, status: str | None = None) -> Iterator[dict]:
+        return self._pages("/training/jobs", {"status": status})
+
+    def wait(
+        self, job: dict | int, *, timeout: float | None = None, poll: float = 5, raise_on_failure: bool = True
+    ) -> dict:
+        """Poll a job until it ends, showing its phase, step, loss and time left; returns its final state.
+        Raises ``WorkFailed`` (with the job's error) when it failed or was cancelled, unless told not to."""
+        state = job if isinstance(job, dict) and "status_url" in job else self.get(job)
+        state = self._poll(
+            state, what=f"Job {state['id']}", timeout=timeout, poll=poll, percent=_job_percent, describe=_job_line
+        )
+        if raise_on_failure and state["status"] != "succeeded":
+            raise WorkFailed(f"Job {state['id']}", state)
+        return state
+
+    def metrics(self, job: dict | int) -> Iterator[dict]:
+        """Every logged step (loss, learning rate, DPO reward margins), oldest first."""
+        return self._pages(f"/training/jobs/{_id(job)}/metrics")
+
+    def cancel(self, job: dict | int) -> dict:
+        """Cancel a queued job, or ask a running one to stop at its next step (its checkpoint is kept)."""
+        return self._http.json("POST", f"/training/jobs/{_id(job)}/cancel")
+
+    def retry(self, job: dict | int) -> dict:
+        """Queue a fresh job like a failed or cancelled one."""
+        return self._http.json("POST", f"/training/jobs/{_id(job)}/retry")
+
+    def resume(self, job: dict | int) -> dict:
+        """Queue a job that continues from a failed or cancelled job's last checkpoint."""
+        return self._http.json("POST", f"/training/jobs/{_id(job)}/resume")
+
+    def artifacts(self, job: dict | int) -> list[dict]:
+        """The files of a finished job's adapter: {path, bytes, url}."""
+        return self._http.json("GET", f"/training/jobs/{_id(job)}/artifacts")
+
+    def download(self, job: dict | int, directory: str | Path) -> Path:
+        """Download a finished job's adapter (weights, tokenizer, manifest.json) into ``directory``, streamed to
+        disk; load it with ``peft.PeftModel.from_pretrained(base, directory)``."""
+        directory = Path(directory)
+        files = self.artifacts(job)
+        bar = _progress(self._gs.show_progress, total=sum(f["bytes"] for f in files), desc="Adapter", unit="B")
+        try:
+            for f in files:
+                target = directory.joinpath(*f["path"].split("/"))
+                if directory.resolve() not in target.resolve().parents:
+                    raise GoldsetError(f"The server named an artifact outside the folder: {f['path']!r}.")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with self._http.stream(f["url"]) as response, open(target, "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        finally:
+            bar.close()
+        return directory
+
+
 class Goldset:
     """A client for one Goldset server, acting as the owner of ``token`` (a personal API token).
 
@@ -384,6 +691,9 @@ class Goldset:
         self.annotations = Annotations(self)
         self.reports = Reports(self)
         self.rubrics = Rubrics(self)
+        self.evalsets = EvalSets(self)
+        self.snapshots = Snapshots(self)
+        self.jobs = Jobs(self)
 
     def me(self) -> dict:
         """Who the token acts as, with their roles and the token's scope."""

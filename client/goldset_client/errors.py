@@ -73,3 +73,15 @@ class ImportFailed(GoldsetError):
         lines = [f"  line {e.get('line')}: {e.get('message')}" for e in errors]
         head = result.get("message") or f"The import {result.get('id')} failed."
         super().__init__("\n".join([head, *lines]))
+
+
+class WorkFailed(GoldsetError):
+    """Background work that ended without success: a preflight that found errors, a failed or cancelled
+    training job, an audit or contamination check that could not run. ``result`` is its final state."""
+
+    def __init__(self, what: str, result: dict[str, Any], problems: list[str] | None = None):
+        self.result = result
+        self.problems = problems or []
+        lines = [f"  {p}" for p in self.problems]
+        message = result.get("error") or result.get("message") or ""
+        super().__init__("\n".join([f"{what} {result.get('status')}: {message}".rstrip(": "), *lines]))

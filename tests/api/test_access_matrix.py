@@ -8,7 +8,8 @@ the words of the pages' selectors:
 - ``member``: members of the project, and admins;
 - ``report``: members who adjudicate, and admins (the agreement report names reviewers);
 - ``admin``: admins only (a member reviewer gets 403, a non-member 404: no existence leak);
-- ``maker``: admins only, on no project (POST /projects).
+- ``maker``: admins only, on no project (POST /projects);
+- ``admins``: admins only, on no project (eval set lists, training): everyone else gets 403.
 
 Anyone else gets 401 (no credential), 403 or 404, as a problem document; allowed callers get a 2xx.
 """
@@ -21,8 +22,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from annotate.models import ImportBatch, Lease, Rubric, RubricVersion
 from annotate.services import imports as import_services
 from annotate.services import queue
-from config.api import api, scope_of
+from config.api import scope_of
+from config.apiurls import api
 from tests import factories
+from tests.api import training_world
 
 pytestmark = pytest.mark.django_db
 
@@ -61,6 +64,43 @@ RULES = {
     ("POST", "/projects/{slug}/report"): ("write", "report", {}),
     ("GET", "/projects/{slug}/rubrics"): ("read", "member", {}),
     ("GET", "/projects/{slug}/rubrics/versions/{version_id}"): ("read", "member", {}),
+    # Eval sets: versions are found as their pages find them (404 outside the project), then admins only.
+    ("GET", "/evalsets/versions"): ("read", "admins", {}),
+    ("GET", "/evalsets/versions/{evalset_version_id}"): ("read", "admin", {}),
+    ("GET", "/evalsets/versions/{evalset_version_id}/export/{layout}"): ("read", "admin", {}),
+    ("GET", "/evalsets/versions/{evalset_version_id}/export/{layout}/manifest"): ("read", "admin", {}),
+    # Training: admins only, as its pages.
+    ("GET", "/training/snapshots"): ("read", "admins", {}),
+    ("POST", "/training/snapshots"): (
+        "admin",
+        "admins",
+        {"body": {"name": "gold only", "projects": ["support"], "kinds": ["gold"]}},
+    ),
+    ("GET", "/training/snapshots/{snapshot_id}"): ("read", "admins", {}),
+    ("POST", "/training/snapshots/{snapshot_id}/audits"): ("admin", "admins", {}),
+    ("POST", "/training/snapshots/{snapshot_id}/contamination-checks"): ("admin", "admins", {}),
+    ("GET", "/training/contamination-checks/{run_id}"): ("read", "admins", {}),
+    ("GET", "/training/audits/{audit_id}"): ("read", "admins", {}),
+    ("POST", "/training/audits/{audit_id}/acknowledgements"): (
+        "admin",
+        "admins",
+        {"body": {"finding": "dup-answer", "reason": "Canned answers are the policy."}},
+    ),
+    ("POST", "/training/preflights"): (
+        "admin",
+        "admins",
+        {"body": lambda w: {"snapshot_id": w["snapshot"].pk, "base_model": "/models/tiny", "config": {"max_steps": 3}}},
+    ),
+    ("GET", "/training/preflights/{preflight_id}"): ("read", "admins", {}),
+    ("POST", "/training/preflights/{preflight_id}/job"): ("admin", "admins", {}),
+    ("GET", "/training/jobs"): ("read", "admins", {}),
+    ("GET", "/training/jobs/{job_id}"): ("read", "admins", {}),
+    ("GET", "/training/jobs/{job_id}/metrics"): ("read", "admins", {}),
+    ("POST", "/training/jobs/{job_id}/cancel"): ("admin", "admins", {}),
+    ("POST", "/training/jobs/{job_id}/retry"): ("admin", "admins", {}),
+    ("POST", "/training/jobs/{job_id}/resume"): ("admin", "admins", {}),
+    ("GET", "/training/jobs/{job_id}/artifacts"): ("read", "admins", {}),
+    ("GET", "/training/jobs/{job_id}/artifacts/{path}"): ("read", "admins", {}),
 }
 
 ROLES = ["anonymous", "outsider", "reviewer", "adjudicator", "admin"]
@@ -70,6 +110,7 @@ ALLOWED = {
     "report": {"adjudicator", "admin"},
     "admin": {"admin"},
     "maker": {"admin"},
+    "admins": {"admin"},
 }
 
 
@@ -80,7 +121,8 @@ def api_operations() -> dict[tuple[str, str], object]:
         for path, path_view in router.path_operations.items():
             for operation in path_view.operations:
                 for method in operation.methods:
-                    found[(method, (prefix + path).replace("//", "/"))] = operation
+                    # {path:path} is a converter, not a name: the rules spell the parameter plainly.
+                    found[(method, (prefix + path).replace("//", "/").replace("{path:path}", "{path}"))] = operation
     return found
 
 
@@ -96,7 +138,7 @@ def test_each_endpoint_asks_for_the_scope_its_rule_names():
 
 
 @pytest.fixture
-def world(project, alice, bob, carol, judge, admin_user, mallory, settings, tmp_path):
+def world(request, project, alice, bob, carol, judge, admin_user, mallory, settings, tmp_path):
     """The project with items for everyone's queue, a lease per user, an import and a rubric version."""
     settings.MEDIA_ROOT = tmp_path / "media"
     project.task_kinds = ["gold"]
@@ -118,20 +160,40 @@ def world(project, alice, bob, carol, judge, admin_user, mallory, settings, tmp_
     rubric = Rubric.objects.create(project=project, name="Quality")
     version = RubricVersion.objects.create(rubric=rubric, number=1, criteria=factories.CRITERIA)
     users = {"outsider": mallory, "reviewer": alice, "adjudicator": judge, "admin": admin_user, "anonymous": None}
-    return {"project": project, "leases": leases, "batch": batch, "version": version, "users": users}
+    world = {"project": project, "leases": leases, "batch": batch, "version": version, "users": users}
+    key = getattr(getattr(request.node, "callspec", None), "params", {}).get("key")
+    if key is not None and key[1].startswith(("/evalsets", "/training")):
+        # Built only for the endpoints that need it: the eval set, snapshots, audits, preflights and jobs.
+        settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+        training_world.build(world, project=project, admin=admin_user, reviewers=[alice, bob])
+    return world
 
 
 def fill(path: str, world, role: str, method: str) -> str:
+    training = {}
+    if "snapshot" in world:
+        job = world["jobs"]["queued" if path.endswith("/cancel") else "failed"]
+        training = {
+            "evalset_version_id": world["version"].pk,
+            "layout": "prompt-completion",
+            "snapshot_id": world["snapshot"].pk,
+            "run_id": world["run"].pk,
+            "audit_id": world["audit"].pk,
+            "preflight_id": world["preflight"].pk,
+            "job_id": job.pk,
+            "path": "tokenizer/tokenizer.json",
+        }
     return path.format(
         slug=world["project"].slug,
         lease_id=world["leases"][role].pk,
         batch_id=world["batch"].pk,
         version_id=world["version"].pk,
         username="carol" if method == "DELETE" else "bob",
+        **training,
     )
 
 
-def call(client, method: str, path: str, request: dict, token: str | None):
+def call(client, method: str, path: str, request: dict, token: str | None, world=None):
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
     url = "/api/v1" + path
     if request.get("multipart"):
@@ -140,6 +202,8 @@ def call(client, method: str, path: str, request: dict, token: str | None):
     if "raw" in request:
         return client.generic(method, url, request["raw"], content_type=request["content_type"], **headers)
     body = request.get("body")
+    if callable(body):
+        body = body(world)
     if body is None:
         return client.generic(method, url, **headers)
     return client.generic(method, url, json.dumps(body), content_type="application/json", **headers)
@@ -165,7 +229,7 @@ def test_who_may_call_each_endpoint(client, api_as, world, key, role, credential
         token = api_as(user, "admin" if role == "admin" else "write").token
     elif user is not None:
         client.force_login(user)
-    response = call(client, method, fill(template, world, role, method), request, token)
+    response = call(client, method, fill(template, world, role, method), request, token, world)
     if role == "anonymous":
         assert_problem(response, {401})
         assert response["WWW-Authenticate"].startswith("Bearer")
@@ -174,7 +238,7 @@ def test_who_may_call_each_endpoint(client, api_as, world, key, role, credential
     elif credential == "token" and scope == "admin":
         assert_problem(response, {403})  # only admins hold admin tokens
         assert "needs admin" in response.json()["detail"]
-    elif role == "outsider" and who != "maker":
+    elif role == "outsider" and who not in ("maker", "admins"):
         assert_problem(response, {404})  # a project one is not in does not exist, as on the pages
     else:
         assert_problem(response, {403})
@@ -187,17 +251,17 @@ LOWER = {"write": "read", "admin": "write"}
 def test_a_token_below_the_endpoints_scope_is_refused_and_one_at_it_works(client, api_as, world, key):
     method, template = key
     scope, who, request = RULES[key]
-    role = "admin" if who in ("admin", "maker") else "adjudicator" if who == "report" else "reviewer"
+    role = "admin" if who in ("admin", "maker", "admins") else "adjudicator" if who == "report" else "reviewer"
     user = world["users"][role]
     path = fill(template, world, role, method)
     if scope in LOWER:
         # Only admins may hold admin tokens; a reviewer's write token stands for "below admin" there.
         weak = api_as(user, LOWER[scope]).token
-        response = call(client, method, path, request, weak)
+        response = call(client, method, path, request, weak, world)
         assert_problem(response, {403})
         assert f"needs {scope}" in response.json()["detail"]
         Lease.objects.filter(pk=world["leases"][role].pk).update(status=Lease.Status.ACTIVE)
-    response = call(client, method, path, request, api_as(user, scope).token)
+    response = call(client, method, path, request, api_as(user, scope).token, world)
     assert 200 <= response.status_code < 300, (response.status_code, response.content[:400])
 
 

@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from annotate.services.tokens import api_token_create
-from config.api import api
+from config.apiurls import api
 from tests import factories
 
 

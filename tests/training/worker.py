@@ -17,19 +17,22 @@ ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ("gpu", "preflight")
 
 
-def purge_queues() -> None:
+def purge_queues(queues=QUEUES) -> None:
     """Drop messages a previous run left behind, so they cannot start this run's jobs."""
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        for queue in QUEUES:
+        for queue in queues:
             # The queue may not exist yet.
             with contextlib.suppress(Exception):
                 conn.default_channel.queue_purge(queue)
 
 
-def start_worker(artifacts: Path, log_path: Path, *, app: str = "config", env: dict | None = None) -> subprocess.Popen:
-    """A gpu and preflight worker (one process, as on a small GPU box), logged in as the trainer role."""
+def start_worker(
+    artifacts: Path, log_path: Path, *, app: str = "config", env: dict | None = None, queues=QUEUES
+) -> subprocess.Popen:
+    """A gpu and preflight worker (one process, as on a small GPU box), logged in as the trainer role; with
+    ``queues=("default",)`` and ``GOLDSET_DB_ALIAS=default`` in ``env``, the web side's worker instead."""
     env = {
         **os.environ,
         "GOLDSET_DB_NAME": connections["default"].settings_dict["NAME"],
@@ -42,7 +45,7 @@ def start_worker(artifacts: Path, log_path: Path, *, app: str = "config", env: d
         "PYTHONPATH": str(ROOT),
         **(env or {}),
     }
-    purge_queues()
+    purge_queues(queues)
     log = log_path.open("w")
     return subprocess.Popen(
         [
@@ -53,7 +56,7 @@ def start_worker(artifacts: Path, log_path: Path, *, app: str = "config", env: d
             app,
             "worker",
             "-Q",
-            ",".join(QUEUES),
+            ",".join(queues),
             "--pool=solo",
             "--concurrency=1",
             "-l",
