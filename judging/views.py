@@ -10,8 +10,9 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from config.background import poll_response
-from judging import selectors
-from judging.forms import GenerationRunForm
+from judging import results, selectors
+from judging.forms import ComparisonForm, GenerationRunForm
+from judging.services import comparisons as comparison_services
 from judging.services import runs as run_services
 
 
@@ -70,3 +71,36 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 @require_POST
 def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
     return _act(request, run_id, lambda run: run_services.generation_run_retry(run=run, created_by=request.user))
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def comparison_list(request: HttpRequest) -> HttpResponse:
+    comparisons = selectors.comparison_list_for_admin(user=request.user)
+    form = ComparisonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            comparison = comparison_services.comparison_create(
+                name=data["name"],
+                run_a=data["run_a"],
+                run_b=data["run_b"],
+                reviewers=data["reviewers"],
+                overlap_k=data["overlap_k"],
+                seed=data["seed"],
+                created_by=request.user,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            return redirect(comparison)
+    context = {"comparisons": comparisons, "form": form}
+    return render(request, "judging/comparison_list.html", context, status=400 if form.errors else 200)
+
+
+def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
+    comparison = selectors.comparison_get_for_admin(user=request.user, comparison_id=comparison_id)
+    context = {"comparison": comparison, "results": results.comparison_results(comparison)}
+    return render(request, "judging/comparison_detail.html", context)

@@ -75,3 +75,38 @@ def test_reviewers_cannot_see_runs(client, alice, admin_user, eval_version, arti
     for url in ("/judging/runs/", run.get_absolute_url()):
         assert client.get(url).status_code == 403
     assert client.post(f"/judging/runs/{run.pk}/cancel/").status_code == 403
+
+
+def test_an_admin_creates_a_comparison_from_the_form(
+    client, admin_user, alice, bob, eval_version, adapter_job, artifacts
+):
+    from annotate.models import Item
+    from judging.models import Comparison
+    from tests.judging.test_comparison import finished_run
+
+    base = finished_run(eval_version, admin_user, label="base", base_model="m")
+    tuned = finished_run(eval_version, admin_user, label="tuned", job=adapter_job)
+    client.force_login(admin_user)
+    assert client.get("/judging/comparisons/").status_code == 200
+    response = client.post(
+        "/judging/comparisons/",
+        {
+            "name": "tuned vs base",
+            "run_a": base.pk,
+            "run_b": tuned.pk,
+            "overlap_k": 2,
+            "reviewers": [alice.pk, bob.pk],
+            "seed": 0,
+        },
+    )
+    comparison = Comparison.objects.get()
+    assert response.status_code == 302 and response["Location"] == comparison.get_absolute_url()
+    assert Item.objects.filter(project=comparison.project).count() == 6
+    assert set(comparison.project.members.all()) == {admin_user, alice, bob}
+    same = client.post(
+        "/judging/comparisons/",
+        {"name": "x", "run_a": base.pk, "run_b": base.pk, "overlap_k": 2, "reviewers": [alice.pk], "seed": 0},
+    )
+    assert same.status_code == 400 and b"Choose two different runs" in same.content
+    page = client.get(comparison.get_absolute_url())
+    assert page.status_code == 200 and b"No judgements yet" in page.content
