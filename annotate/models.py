@@ -36,6 +36,9 @@ class Provenance(models.TextChoices):
     SELF_GENERATED = "self_generated", "Self-generated"
     LLM_JUDGED = "llm_judged", "LLM-judged"
     RULE_BASED = "rule_based", "Rule-based"
+    # A model's output made for judging it (a generation run's response in a comparison queue): never
+    # training data (the database refuses it in a snapshot) and never eval data.
+    MODEL_GENERATED = "model_generated", "Model-generated for evaluation"
 
 
 class Split(models.TextChoices):

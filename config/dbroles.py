@@ -37,7 +37,12 @@ TRAINER_GRANTS: dict[str, str] = {
     "training_trainingjob": "SELECT",
     # The preflight worker reads its preflight; it writes it only through the preflight functions.
     "training_trainingpreflight": "SELECT",
+    # A generation run's gpu worker reads its run (model, decoding settings: no eval text); it writes the
+    # run and its outputs only through the run functions (judging/dbfunctions.py) and reads no output.
+    "judging_generationrun": "SELECT",
 }
+# The workers' write functions (SECURITY DEFINER, secret-checked), by module, with the table each needs.
+FUNCTION_MODULES = (("training.dbfunctions", "training_trainingjob"), ("judging.dbfunctions", "judging_generationrun"))
 # The app role reads these and writes none (Django's migration history: runserver reads it).
 APP_READ_ONLY = frozenset({"django_migrations"})
 APP_DML = "SELECT, INSERT, UPDATE, DELETE"
@@ -86,10 +91,23 @@ def write_once_tables(connection) -> set[str]:
     return (declared_write_once_tables() | guarded_tables(connection)) & set(schema_tables(connection))
 
 
-def _job_functions(schema_q: str) -> list[str]:
-    from training import dbfunctions
+def function_modules(tables) -> list:
+    """The write-function modules whose tables exist here."""
+    import importlib
 
-    return [f"{schema_q}.{name}({args})" for name, args in dbfunctions.SIGNATURES.items()]
+    return [importlib.import_module(module) for module, table in FUNCTION_MODULES if table in tables]
+
+
+def worker_function_signatures(tables=None) -> dict[str, str]:
+    """{name: argument types} of every worker write function (of the modules whose tables exist, if given)."""
+    modules = (
+        function_modules(tables) if tables is not None else [__import__(m, fromlist=["_"]) for m, _ in FUNCTION_MODULES]
+    )
+    return {name: args for module in modules for name, args in module.SIGNATURES.items()}
+
+
+def _job_functions(schema_q: str, tables) -> list[str]:
+    return [f"{schema_q}.{name}({args})" for name, args in worker_function_signatures(tables).items()]
 
 
 def sync_roles(connection) -> list[str]:
@@ -125,13 +143,10 @@ def sync_roles(connection) -> list[str]:
     write_once = write_once_tables(connection)
     grantees = ", ".join(["PUBLIC", *(q(r) for r in (app, trainer) if r in present)])
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        functions = []
-        if "training_trainingjob" in tables:
-            from training import dbfunctions
-
-            for sql in dbfunctions.function_sql(schema):
+        for module in function_modules(tables):
+            for sql in module.function_sql(schema):
                 cursor.execute(sql)
-            functions = _job_functions(s)
+        functions = _job_functions(s, tables)
         cursor.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {grantees}")
         cursor.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM {grantees}")
         cursor.execute(f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM {grantees}")
@@ -267,29 +282,26 @@ def audit_roles(connection) -> list[str]:
         for table in sorted(declared):
             if len(triggers.get(table, [])) < 2:
                 problems.append(f"Table {table} is declared write-once but lacks its triggers: migrate again.")
-        if "training_trainingjob" in tables:
-            from training import dbfunctions
-
-            for name in dbfunctions.SIGNATURES:
-                cursor.execute(
-                    "SELECT pg_catalog.pg_get_userbyid(proowner), prosecdef, "
-                    "coalesce(array_to_string(proconfig, ','), '') LIKE '%%search_path=%%', "
-                    "pg_catalog.has_function_privilege(%s, p.oid, 'EXECUTE'), "
-                    "pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') "
-                    "FROM pg_catalog.pg_proc p WHERE proname = %s AND pronamespace = current_schema()::regnamespace",
-                    [trainer, name],
+        for name in worker_function_signatures(tables):
+            cursor.execute(
+                "SELECT pg_catalog.pg_get_userbyid(proowner), prosecdef, "
+                "coalesce(array_to_string(proconfig, ','), '') LIKE '%%search_path=%%', "
+                "pg_catalog.has_function_privilege(%s, p.oid, 'EXECUTE'), "
+                "pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') "
+                "FROM pg_catalog.pg_proc p WHERE proname = %s AND pronamespace = current_schema()::regnamespace",
+                [trainer, name],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                problems.append(f"Function {name} is missing: run `manage.py ensure_db_roles`.")
+                continue
+            fn_owner, definer, pinned, trainer_may, public_may = row
+            if fn_owner != owner or not definer or not pinned:
+                problems.append(
+                    f"Function {name} must be SECURITY DEFINER, owned by {owner!r}, with search_path set."
                 )
-                row = cursor.fetchone()
-                if row is None:
-                    problems.append(f"Function {name} is missing: run `manage.py ensure_db_roles`.")
-                    continue
-                fn_owner, definer, pinned, trainer_may, public_may = row
-                if fn_owner != owner or not definer or not pinned:
-                    problems.append(
-                        f"Function {name} must be SECURITY DEFINER, owned by {owner!r}, with search_path set."
-                    )
-                if not trainer_may or public_may:
-                    problems.append(f"Function {name}: EXECUTE must go to {trainer!r} and not to PUBLIC.")
+            if not trainer_may or public_may:
+                problems.append(f"Function {name}: EXECUTE must go to {trainer!r} and not to PUBLIC.")
     return problems
 
 

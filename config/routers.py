@@ -12,7 +12,7 @@ from django.db import models
 
 TRAINING_ALIAS = "training"
 EVAL_WALL_APPS = frozenset({"evalsets"})
-TRAINER_APPS = frozenset({"training"})
+TRAINER_APPS = frozenset({"training", "judging"})
 
 
 class EvalWallError(RuntimeError):

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "annotate",
     "evalsets",
     "training",
+    "judging",
 ]
 
 MIDDLEWARE = [
@@ -301,6 +302,8 @@ CELERY_TASK_ROUTES = {
     # Audits read the annotations behind a snapshot: the web side's worker and role, not the gpu queue.
     "training.tasks.snapshot_audit_run_task": {"queue": "default"},
     "training.tasks.*": {"queue": "gpu"},
+    # Generation runs load a model: the gpu queue, as the trainer role, prompts from a file of their own.
+    "judging.tasks.generation_run_task": {"queue": "gpu"},
 }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -169,6 +169,9 @@ def evalset_freeze_plan(*, project: Project) -> FreezePlan:
         if item.provenance == Provenance.LLM_JUDGED:
             refuse("its provenance is llm_judged: LLM-judged items never enter an eval set")
             continue
+        if item.provenance == Provenance.MODEL_GENERATED:
+            refuse("its responses are model outputs made to judge a model: they never enter an eval set")
+            continue
         if result is None or result.status not in FROZEN_STATUSES:
             status = result.status if result else "not reviewed"
             refuse(f"its result is {status}: it needs consensus or an adjudication first")

@@ -37,7 +37,7 @@ from tests.factories import annotate, make_item, pref
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDSET_APPS = ("annotate", "evalsets", "training", "config")
+GOLDSET_APPS = ("annotate", "evalsets", "training", "config", "judging")
 VALID_HOSTILE_NAMES = ["@cmd", "-2+3", "+1+1"]
 HOSTILE_NAMES = [*VALID_HOSTILE_NAMES, "=1+1"]  # the last one only a shell or a script can create
 HOSTILE_TEXT = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(1)", "\t=1+1", "\r=1+1"]
@@ -182,6 +182,8 @@ def _argument_values(data, project) -> dict[str, list]:
         "token_id": [1],
         "import_id": [b.id for b in data["batches"]],
         "api:version_id": [1],
+        "run_id": [1],
+        "comparison_id": [1],
     }
 
 

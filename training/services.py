@@ -166,6 +166,10 @@ def snapshot_collect(
         item, payload = result.item, result.payload or {}
         if item.split != Split.TRAIN:  # never eval, whatever the query above says
             continue
+        if item.provenance == Provenance.MODEL_GENERATED:
+            # Outputs generated to judge a model; a trigger refuses them too (judging migration 0001).
+            skipped["model_generated"] = skipped.get("model_generated", 0) + 1
+            continue
         if item.provenance == Provenance.LLM_JUDGED and not filters.include_llm_judged:
             skipped["llm_judged"] += 1
             continue

@@ -152,9 +152,10 @@ def read_everything(alias: str, leaks: Leaks, *, only=None) -> list[str]:
 
 
 @pytest.fixture
-def contaminated(make_item, freeze, admin_user, monkeypatch):
+def contaminated(make_item, freeze, admin_user, alice, monkeypatch, settings, tmp_path):
     """Eval records with long, distinctive texts of every kind; two snapshots that copy parts of them;
-    their failing contamination checks with pairs; a verification; a job with progress."""
+    their failing contamination checks with pairs; a verification; a job with progress; two generation
+    runs whose model parrots the eval prompts and references, and a blind comparison of them."""
     from evalsets.models import ContaminationReport, EvalRecord
     from evalsets.services import evalsets_verify, snapshot_contamination_check
     from training import services
@@ -220,6 +221,48 @@ def contaminated(make_item, freeze, admin_user, monkeypatch):
     row = {"phase": "sft", "step": 1, "total_steps": 1, "epoch": 1.0, "loss": 1.0}
     services.training_job_progress_add(job_id=job.pk, secret=job.worker_secret, row=row, using="training")
 
+    # Generation runs, written as the gpu worker writes them (as the trainer role). Their outputs repeat eval
+    # text, as a model may: the trainer role must read none of it.
+    from judging.generate import DecodingConfig
+    from judging.services import runs as generation
+    from judging.services.comparisons import comparison_create
+
+    settings.ARTIFACTS_DIR = tmp_path
+    generation_runs = []
+    for label in ("base", "tuned"):
+        run = generation.generation_run_start(
+            label=label, decoding=DecodingConfig(), created_by=admin_user, version=version, base_model="m"
+        )
+        secret = run.worker_secret
+        generation.generation_run_claim(run_id=run.pk, secret=secret, worker="gpu", using="training")
+        rows = [
+            {
+                "position": i,
+                "record_id": r.pk,
+                "check_key": "",
+                "text": f"{label}: {r.prompt} {r.reference or r.chosen}",
+                "new_tokens": 9,
+                "finish_reason": "eos",
+            }
+            for i, r in enumerate(records)
+        ]
+        generation.generation_outputs_add(run_id=run.pk, secret=secret, rows=rows, using="training")
+        generation.generation_run_update(run_id=run.pk, secret=secret, using="training", message="answering")
+        generation.generation_run_finish(run_id=run.pk, secret=secret, status="succeeded", using="training")
+        generation_runs.append(run)
+    comparison_create(
+        name="tuned vs base",
+        run_a=generation_runs[0],
+        run_b=generation_runs[1],
+        reviewers=[alice],
+        overlap_k=1,
+        seed=1,
+        created_by=admin_user,
+    )
+    run_c = generation.generation_run_start(
+        label="c", decoding=DecodingConfig(), created_by=admin_user, version=version, base_model="m"
+    )
+
     with connections["owner"].cursor() as cursor:  # pg_stats shows what ANALYZE sampled
         cursor.execute(
             "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r'"
@@ -237,7 +280,7 @@ def contaminated(make_item, freeze, admin_user, monkeypatch):
     training = [
         t for s in (first, second) for rec in s.records.all() for t in (rec.messages[0]["content"], rec.completion)
     ]
-    return {"eval_texts": eval_texts, "training": training, "job": job}
+    return {"eval_texts": eval_texts, "training": training, "job": job, "run": run_c}
 
 
 def test_no_table_view_column_or_function_the_trainer_role_can_read_holds_eval_text(contaminated):
@@ -253,6 +296,7 @@ def test_no_table_view_column_or_function_the_trainer_role_can_read_holds_eval_t
     # The enumeration reached the training side, the catalog and its statistics.
     assert {"public.training_snapshotcheck", "public.training_trainingjob", "pg_catalog.pg_stats"} <= set(read)
     assert not any(r.startswith("public.evalsets_") for r in read)
+    assert "public.judging_generationrun" in read and "public.judging_generationoutput" not in read
 
     with connections["training"].cursor() as cursor:
         cursor.execute(
@@ -268,9 +312,11 @@ def test_no_table_view_column_or_function_the_trainer_role_can_read_holds_eval_t
         functions = cursor.fetchall()
     # PostgreSQL's own functions run with the caller's privileges; anything else the trainer may call is
     # one of the job-write functions, which answer only yes or no.
+    from config.dbroles import worker_function_signatures
+    from judging import dbfunctions as run_functions
     from training import dbfunctions
 
-    assert {(s, name) for s, name, _, _ in functions} == {("public", name) for name in dbfunctions.SIGNATURES}
+    assert {(s, name) for s, name, _, _ in functions} == {("public", name) for name in worker_function_signatures()}
     assert all(rettype == "boolean" and not retset for _, _, rettype, retset in functions)
     job, secret = contaminated["job"], contaminated["job"].worker_secret
     calls = {
@@ -278,6 +324,13 @@ def test_no_table_view_column_or_function_the_trainer_role_can_read_holds_eval_t
         dbfunctions.UPDATE: ("%s, %s, '{}'::jsonb", [job.pk, secret]),
         dbfunctions.PROGRESS: ('%s, %s, \'{"phase": "sft", "step": 2, "total_steps": 2}\'::jsonb', [job.pk, secret]),
         dbfunctions.FINISH: ("%s, %s, 'failed', 'stopped by the test', '{}'::jsonb", [job.pk, secret]),
+    }
+    run, run_secret = contaminated["run"], contaminated["run"].worker_secret
+    calls |= {
+        run_functions.CLAIM: ("%s, %s, %s", [run.pk, run_secret, "gpu"]),
+        run_functions.UPDATE: ("%s, %s, '{}'::jsonb", [run.pk, run_secret]),
+        run_functions.OUTPUTS: ("%s, %s, '[]'::jsonb", [run.pk, run_secret]),
+        run_functions.FINISH: ("%s, %s, 'failed', 'stopped by the test', '{}'::jsonb", [run.pk, run_secret]),
     }
     for name, (args, params) in calls.items():
         with connections["training"].cursor() as cursor:
@@ -293,7 +346,13 @@ def test_the_scan_finds_eval_text_where_it_is(contaminated):
     leaks = Leaks(contaminated["eval_texts"], contaminated["training"])
     read_everything("default", leaks, only={"public", "pg_catalog.pg_stats"})
     where = {f.split(":")[0].rsplit(".", 1)[0] for f in leaks.found}
-    assert {"public.evalsets_evalrecord", "public.evalsets_contaminationreport", "pg_catalog.pg_stats"} <= where
+    assert {
+        "public.evalsets_evalrecord",
+        "public.evalsets_contaminationreport",
+        "public.judging_generationoutput",
+        "public.annotate_item",
+        "pg_catalog.pg_stats",
+    } <= where
 
 
 def test_a_checks_training_side_keeps_counts_and_training_record_ids_only(contaminated):

@@ -62,9 +62,10 @@ def _running(job) -> TrainingJob:
 
 
 def test_the_grant_list_names_only_training_tables_and_no_write_privilege():
-    assert all(table.startswith("training_") for table in TRAINER_GRANTS)
+    # Training tables, and the generation run rows (model and decoding settings; never their outputs).
+    assert all(table.startswith("training_") for table in TRAINER_GRANTS if table != "judging_generationrun")
     assert set(TRAINER_GRANTS.values()) == {"SELECT"}
-    assert "training_jobsecret" not in TRAINER_GRANTS
+    assert not {"training_jobsecret", "judging_generationoutput", "judging_generationsecret"} & set(TRAINER_GRANTS)
 
 
 def test_the_worker_claims_beats_logs_and_finishes_its_own_job(queue):

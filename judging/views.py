@@ -1,0 +1,106 @@
+"""Judging pages (admins): generation runs, comparison queues and their results, capability regression, model cards."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
+
+from config.background import poll_response
+from judging import results, selectors
+from judging.forms import ComparisonForm, GenerationRunForm
+from judging.services import comparisons as comparison_services
+from judging.services import runs as run_services
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+@require_http_methods(["GET", "POST"])
+def run_list(request: HttpRequest) -> HttpResponse:
+    run_rows = selectors.run_list_for_admin(user=request.user)[:200]
+    form = GenerationRunForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            run = run_services.generation_run_start(
+                label=data["label"],
+                decoding=form.decoding(),
+                created_by=request.user,
+                version=None if data["regression"] else data["version"],
+                job=data["job"],
+                base_model=data["base_model"] or "",
+                regression={"project_id": data.get("regression_project")} if data["regression"] else None,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            return redirect(run)
+    context = {"runs": run_rows, "form": form}
+    return render(request, "judging/run_list.html", context, status=400 if form.errors else 200)
+
+
+def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.run_get_for_admin(user=request.user, run_id=run_id)
+    context = {"run": run, "work": run}
+    if request.htmx:
+        return poll_response(request, "judging/run_detail.html#run-progress", context, work=run)
+    context["outputs"] = selectors.run_outputs_page(run)
+    return render(request, "judging/run_detail.html", context)
+
+
+def _act(request: HttpRequest, run_id: int, action) -> HttpResponse:
+    run = selectors.run_get_for_admin(user=request.user, run_id=run_id)
+    try:
+        result = action(run)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect(run)
+    return redirect(result)
+
+
+@require_POST
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    return _act(request, run_id, lambda run: run_services.generation_run_cancel(run=run))
+
+
+@require_POST
+def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
+    return _act(request, run_id, lambda run: run_services.generation_run_retry(run=run, created_by=request.user))
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def comparison_list(request: HttpRequest) -> HttpResponse:
+    comparisons = selectors.comparison_list_for_admin(user=request.user)
+    form = ComparisonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            comparison = comparison_services.comparison_create(
+                name=data["name"],
+                run_a=data["run_a"],
+                run_b=data["run_b"],
+                reviewers=data["reviewers"],
+                overlap_k=data["overlap_k"],
+                seed=data["seed"],
+                created_by=request.user,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            return redirect(comparison)
+    context = {"comparisons": comparisons, "form": form}
+    return render(request, "judging/comparison_list.html", context, status=400 if form.errors else 200)
+
+
+def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
+    comparison = selectors.comparison_get_for_admin(user=request.user, comparison_id=comparison_id)
+    context = {"comparison": comparison, "results": results.comparison_results(comparison)}
+    return render(request, "judging/comparison_detail.html", context)
