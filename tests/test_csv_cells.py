@@ -182,7 +182,6 @@ def _argument_values(data, project) -> dict[str, list]:
         "token_id": [1],
         "import_id": [b.id for b in data["batches"]],
         "api:version_id": [1],
-        "run_id": [1],
         "comparison_id": [1],
     }
 
