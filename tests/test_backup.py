@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import connections
 
 from annotate.models import ItemResult
-from tests.annotate.factories import annotate, gold, make_item
+from tests.factories import annotate, gold, make_item
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, databases=["default", "owner"])]
 

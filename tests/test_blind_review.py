@@ -11,9 +11,9 @@ import itertools
 import pytest
 
 from annotate.models import Annotation, Lease
-from tests.annotate.factories import annotate, gold
 from tests.api.conftest import api_as  # noqa: F401
 from tests.api.test_access_matrix import api_operations
+from tests.factories import annotate, gold
 from tests.test_page_access import RULES, WHO, page_patterns, request, url_for, world  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -66,7 +66,7 @@ def test_no_page_or_fragment_a_reviewer_may_open_shows_another_reviewers_answer(
 
 
 def test_the_history_of_an_item_one_has_not_answered_is_not_found(client, planted, alice, bob, project):
-    from tests.annotate.factories import make_item
+    from tests.factories import make_item
 
     item = make_item(project, "gold", prompt="Only bob answered this")
     annotate(item, bob, gold("write", SECRET))

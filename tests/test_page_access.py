@@ -34,7 +34,7 @@ from annotate.services import queue
 from annotate.services.reports import agreement_report_request
 from annotate.services.results import item_result_refresh
 from annotate.services.tokens import api_token_create
-from tests.annotate.factories import CRITERIA, annotate, gold, make_item, pref
+from tests.factories import CRITERIA, annotate, gold, make_item, pref
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ from django.db import DatabaseError, connections, transaction
 
 from annotate.models import AdminAction, ItemResult
 from annotate.services import projects as project_services
-from tests.annotate.factories import annotate, gold, make_item
+from tests.factories import annotate, gold, make_item
 
 pytestmark = pytest.mark.django_db
 
