@@ -187,7 +187,7 @@ def generation_run_retry(*, run: GenerationRun, created_by) -> GenerationRun:
         raise ValidationError(f"Run {run.pk} is {run.status}: only a failed or cancelled run can be retried.")
     regression = None
     if run.source == GenerationRun.Source.REGRESSION:
-        regression = {k: run.suite[k] for k in ("seed", "per_category", "project_id") if k in run.suite}
+        regression = {k: run.suite[k] for k in ("seed", "per_category", "project_ids") if k in run.suite}
     return generation_run_start(
         label=run.label,
         decoding=DecodingConfig.from_dict(run.decoding),
