@@ -13,7 +13,16 @@ from django.core.exceptions import ValidationError
 
 from annotate.audit import DEFAULT_GATES, gates_validate
 from annotate.importers import MAX_FIELD_CHARS, MAX_LINE_BYTES, guess_format
-from annotate.models import ImportBatch, Item, ItemResult, Project, Provenance, RubricVersion, TaskKind
+from annotate.models import (
+    IMPORTABLE_PROVENANCES,
+    ImportBatch,
+    Item,
+    ItemResult,
+    Project,
+    Provenance,
+    RubricVersion,
+    TaskKind,
+)
 from annotate.payloads import (
     ANSWER_ACTIONS,
     SOURCE_ACTIONS,
@@ -46,7 +55,7 @@ class ImportForm(forms.Form):
         choices=ImportBatch.Mode.choices, initial=ImportBatch.Mode.ALL_OR_NOTHING, widget=forms.RadioSelect
     )
     provenance = forms.ChoiceField(
-        choices=Provenance.choices,
+        choices=IMPORTABLE_PROVENANCES,
         initial=Provenance.HUMAN,
         help_text="Where the rows come from, unless a row says otherwise in its provenance field.",
     )

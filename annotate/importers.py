@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from annotate.models import Provenance, TaskKind
+from annotate.models import IMPORTABLE_PROVENANCES, TaskKind
 
 MAX_FIELD_CHARS = 100_000
 MAX_LINE_BYTES = 2 * 1024 * 1024
@@ -54,7 +54,7 @@ JSONL_KEYS = (
 )
 MESSAGE_ROLES = ("system", "user", "assistant")
 FORMATS = ("jsonl", "csv")
-PROVENANCES = tuple(Provenance.values)
+PROVENANCES = tuple(value for value, _ in IMPORTABLE_PROVENANCES)
 GOLD, PREFERENCE, RUBRIC = (str(k) for k in (TaskKind.GOLD, TaskKind.PREFERENCE, TaskKind.RUBRIC))
 
 

@@ -41,6 +41,10 @@ class Provenance(models.TextChoices):
     MODEL_GENERATED = "model_generated", "Model-generated for evaluation"
 
 
+# What imported rows may say they are: model outputs made for evaluation come from the judging app only.
+IMPORTABLE_PROVENANCES = [(value, label) for value, label in Provenance.choices if value != Provenance.MODEL_GENERATED]
+
+
 class Split(models.TextChoices):
     TRAIN = "train", "Train"
     EVAL = "eval", "Eval"

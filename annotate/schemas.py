@@ -10,11 +10,11 @@ from typing import Any, Literal
 from ninja import Schema
 from pydantic import Field, field_validator
 
-from annotate.models import ConsensusRule, ImportBatch, ItemResult, Provenance, Split, TaskKind
+from annotate.models import IMPORTABLE_PROVENANCES, ConsensusRule, ImportBatch, ItemResult, Provenance, Split, TaskKind
 from annotate.payloads import GoldAction, Strength
 
 TaskKindName = Literal[tuple(TaskKind.values)]  # type: ignore[valid-type]
-ProvenanceName = Literal[tuple(Provenance.values)]  # type: ignore[valid-type]
+ProvenanceName = Literal[tuple(value for value, _ in IMPORTABLE_PROVENANCES)]  # type: ignore[valid-type]
 SplitName = Literal[tuple(Split.values)]  # type: ignore[valid-type]
 ConsensusRuleName = Literal[tuple(ConsensusRule.values)]  # type: ignore[valid-type]
 ImportModeName = Literal[tuple(ImportBatch.Mode.values)]  # type: ignore[valid-type]

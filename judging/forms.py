@@ -6,7 +6,7 @@ from django import forms
 
 from evalsets.models import EvalSetVersion
 from judging.generate import DecodingConfig
-from judging.models import GenerationRun
+from judging.models import GenerationRun, RegressionCheck
 from training.models import TrainingJob
 
 DEFAULTS = DecodingConfig()
@@ -22,7 +22,6 @@ class GenerationRunForm(forms.Form):
     regression = forms.BooleanField(
         required=False, label="Run the capability regression suite instead of an eval set version"
     )
-    regression_project = forms.IntegerField(required=False, widget=forms.HiddenInput)
     job = forms.ModelChoiceField(
         queryset=TrainingJob.objects.filter(status=TrainingJob.Status.SUCCEEDED),
         required=False,
@@ -69,3 +68,31 @@ class ComparisonForm(forms.Form):
         from django.contrib.auth import get_user_model
 
         self.fields["reviewers"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+
+
+class DecodingForm(forms.Form):
+    temperature = forms.FloatField(initial=DEFAULTS.temperature, min_value=0, max_value=5, help_text="0 = greedy.")
+    top_p = forms.FloatField(initial=DEFAULTS.top_p, min_value=0.01, max_value=1)
+    max_new_tokens = forms.IntegerField(initial=128, min_value=1, max_value=32768)
+    seed = forms.IntegerField(initial=DEFAULTS.seed, min_value=0)
+    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size, min_value=1, max_value=1024)
+
+    def decoding(self) -> DecodingConfig:
+        return DecodingConfig(**{k: self.cleaned_data[k] for k in DecodingConfig.__dataclass_fields__})
+
+
+class RegressionPairForm(DecodingForm):
+    per_category = forms.IntegerField(initial=50, min_value=1, max_value=1000, label="Checks per category")
+    suite_seed = forms.IntegerField(initial=0, min_value=0, label="Suite seed")
+
+
+class RegressionCheckForm(forms.Form):
+    category = forms.CharField(max_length=100, initial="project")
+    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}))
+    kind = forms.ChoiceField(choices=RegressionCheck.Kind.choices)
+    expected = forms.CharField(max_length=2000, help_text="The answer, the pattern, or the number.")
+    tolerance = forms.FloatField(initial=0, min_value=0, help_text="Numeric checks only.")
+
+
+class ThresholdForm(forms.Form):
+    max_drop = forms.FloatField(min_value=0, max_value=1, label="Largest accepted drop (a share: 0.05 = 5 points)")

@@ -11,7 +11,7 @@ Check kinds and how an answer is scored:
 - ``regex``: the pattern is found in the answer (``re.search``, case-insensitive; anchor it to demand more);
 - ``numeric``: the *last* number in the answer (``$1,234.50`` reads as 1234.5) is within the tolerance;
 - ``json_keys``: the answer is a JSON object (a code fence around it is fine) with exactly the given keys;
-- ``max_words``: the answer has between 1 and the given number of words.
+- ``max_words``: the answer has between 1 and the given number of words (and names its topic, ``mentions``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def score(check: dict, answer: str) -> bool:
         return isinstance(parsed, dict) and set(parsed) == set(expected)
     if kind == "max_words":
         words = len(answer.split())
-        return 1 <= words <= int(expected)
+        on_topic = re.search(check["mentions"], answer, flags=re.IGNORECASE) if check.get("mentions") else True
+        return 1 <= words <= int(expected) and bool(on_topic)
     raise ValueError(f"Unknown check kind {kind!r}: use one of {', '.join(KINDS)}.")
 
 
@@ -224,19 +225,20 @@ def _json_format(rng: random.Random) -> dict:
 
 def _word_limit(rng: random.Random) -> dict:
     limit = rng.choice([8, 10, 12, 15, 20])
-    topic = rng.choice(
+    topic, mentions = rng.choice(
         [
-            "their parcel is delayed",
-            "the refund was approved",
-            "the password reset link expired",
-            "the item is back in stock",
-            "the invoice was sent again",
+            ("their parcel is delayed", r"parcel|package|delivery|shipment"),
+            ("the refund was approved", r"refund"),
+            ("the password reset link expired", r"link|password|reset"),
+            ("the item is back in stock", r"stock|available"),
+            ("the invoice was sent again", r"invoice"),
         ]
     )
     return {
         "prompt": f"In at most {limit} words, tell a customer that {topic}.",
         "kind": "max_words",
         "expected": str(limit),
+        "mentions": mentions,
         "tolerance": 0,
     }
 
@@ -289,8 +291,8 @@ def build_suite(*, seed: int = 0, per_category: int = 50) -> list[dict]:
     return checks
 
 
-def project_checks(project_id: int | None) -> list[dict]:
-    if not project_id:
+def project_checks(project_ids) -> list[dict]:
+    if not project_ids:
         return []
     from judging.models import RegressionCheck
 
@@ -303,13 +305,14 @@ def project_checks(project_id: int | None) -> list[dict]:
             "expected": c.expected,
             "tolerance": c.tolerance,
         }
-        for c in RegressionCheck.objects.filter(project_id=project_id).order_by("pk")
+        for c in RegressionCheck.objects.filter(project_id__in=list(project_ids)).order_by("pk")
     ]
 
 
-def prompts_and_info(*, seed: int = 0, per_category: int = 50, project_id: int | None = None) -> tuple[list, dict]:
+def prompts_and_info(*, seed: int = 0, per_category: int = 50, project_ids=()) -> tuple[list, dict]:
     """The run's prompts (chat turns, keyed by check) and the suite it asks, stored on the run for scoring."""
-    checks = build_suite(seed=seed, per_category=per_category) + project_checks(project_id)
+    project_ids = sorted(set(project_ids or ()))
+    checks = build_suite(seed=seed, per_category=per_category) + project_checks(project_ids)
     canonical = json.dumps(checks, sort_keys=True, ensure_ascii=False)
     prompts = [
         {
@@ -323,7 +326,7 @@ def prompts_and_info(*, seed: int = 0, per_category: int = 50, project_id: int |
     info = {
         "seed": seed,
         "per_category": per_category,
-        "project_id": project_id,
+        "project_ids": project_ids,
         "count": len(checks),
         "sha256": hashlib.sha256(canonical.encode()).hexdigest(),
         "checks": checks,

@@ -7,7 +7,9 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from annotate import roles
+from annotate.models import Project
 from judging.models import Comparison, GenerationRun
+from training.models import TrainingJob
 
 
 def require_admin(user) -> None:
@@ -45,3 +47,20 @@ def comparison_get_for_admin(*, user, comparison_id: int) -> Comparison:
         ).get(pk=comparison_id)
     except Comparison.DoesNotExist:
         raise Http404("No such comparison.") from None
+
+
+def job_get_for_admin(*, user, job_id: int) -> TrainingJob:
+    """A training job whose adapter gets a model card."""
+    require_admin(user)
+    try:
+        return TrainingJob.objects.select_related("snapshot").get(pk=job_id)
+    except TrainingJob.DoesNotExist:
+        raise Http404("No such training job.") from None
+
+
+def project_get_for_admin(*, user, slug: str) -> Project:
+    require_admin(user)
+    try:
+        return Project.objects.get(slug=slug)
+    except Project.DoesNotExist:
+        raise Http404("No such project.") from None

@@ -173,3 +173,12 @@ def _db_role(using: str) -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_user")
         return cursor.fetchone()[0]
+
+
+@shared_task
+def generation_runs_fail_stale(stale_after_s: float | None = None) -> list[int]:
+    """Periodic: fail running generation runs whose gpu worker went silent."""
+    from judging.services import runs
+
+    limit = stale_after_s if stale_after_s is not None else settings.TRAINING_STALE_AFTER_S
+    return runs.generation_runs_fail_stale(stale_after_s=limit)

@@ -10,9 +10,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from config.background import poll_response
-from judging import results, selectors
-from judging.forms import ComparisonForm, GenerationRunForm
+from judging import modelcard, results, selectors
+from judging.forms import ComparisonForm, GenerationRunForm, RegressionCheckForm, RegressionPairForm, ThresholdForm
 from judging.services import comparisons as comparison_services
+from judging.services import regression as regression_services
 from judging.services import runs as run_services
 
 
@@ -34,7 +35,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
                 version=None if data["regression"] else data["version"],
                 job=data["job"],
                 base_model=data["base_model"] or "",
-                regression={"project_id": data.get("regression_project")} if data["regression"] else None,
+                regression={} if data["regression"] else None,
             )
         except ValidationError as exc:
             form.add_error(None, exc)
@@ -104,3 +105,71 @@ def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
     comparison = selectors.comparison_get_for_admin(user=request.user, comparison_id=comparison_id)
     context = {"comparison": comparison, "results": results.comparison_results(comparison)}
     return render(request, "judging/comparison_detail.html", context)
+
+
+# --- model cards and capability regression -----------------------------------------------------------
+
+
+def model_card(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
+    context = {"card": modelcard.model_card(job), "form": RegressionPairForm(), "job": job}
+    return render(request, "judging/model_card.html", context)
+
+
+def model_card_markdown(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
+    response = HttpResponse(
+        modelcard.to_markdown(modelcard.model_card(job)), content_type="text/markdown; charset=utf-8"
+    )
+    response["Content-Disposition"] = 'attachment; filename="README.md"'
+    return response
+
+
+@require_POST
+def regression_start(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
+    form = RegressionPairForm(request.POST)
+    if form.is_valid():
+        try:
+            regression_services.regression_pair_start(
+                job=job,
+                decoding=form.decoding(),
+                created_by=request.user,
+                seed=form.cleaned_data["suite_seed"],
+                per_category=form.cleaned_data["per_category"],
+            )
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, "The regression suite is queued for the base model and the adapter.")
+            return redirect("judging:model-card", job_id=job.pk)
+    context = {"card": modelcard.model_card(job), "form": form, "job": job}
+    return render(request, "judging/model_card.html", context, status=400)
+
+
+@require_http_methods(["GET", "POST"])
+def project_checks(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    check_form = RegressionCheckForm(request.POST if "prompt" in request.POST else None)
+    threshold_form = ThresholdForm(request.POST if "max_drop" in request.POST else None)
+    for form, action in (
+        (check_form, lambda d: regression_services.regression_check_add(project=project, **d)),
+        (threshold_form, lambda d: regression_services.regression_threshold_set(project=project, **d)),
+    ):
+        if form.is_bound and form.is_valid():
+            try:
+                action(form.cleaned_data)
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                return redirect("judging:project-checks", slug=project.slug)
+    threshold = getattr(project, "regression_threshold", None)
+    context = {
+        "project": project,
+        "checks": project.regression_checks.all(),
+        "check_form": check_form,
+        "threshold_form": threshold_form,
+        "max_drop": threshold.max_drop if threshold else regression_services.DEFAULT_MAX_DROP,
+    }
+    bound = check_form.is_bound or threshold_form.is_bound
+    return render(request, "judging/project_checks.html", context, status=400 if bound else 200)

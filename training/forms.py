@@ -7,7 +7,7 @@ import dataclasses
 from django import forms
 
 from annotate.audit import matcher
-from annotate.models import Project, Provenance, RubricVersion, TaskKind
+from annotate.models import IMPORTABLE_PROVENANCES, Project, RubricVersion, TaskKind
 from training.config import COMPUTE_DTYPES, QUANT_TYPES, TRI_STATE, TrainingConfig
 from training.curation import SnapshotFilters
 from training.models import TrainingJob, TrainingSnapshot
@@ -40,7 +40,7 @@ class SnapshotForm(forms.Form):
     )
     provenances = forms.MultipleChoiceField(
         required=False,
-        choices=Provenance.choices,
+        choices=IMPORTABLE_PROVENANCES,
         widget=forms.CheckboxSelectMultiple,
         help_text="Only these sources (none ticked: every source).",
     )

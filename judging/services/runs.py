@@ -187,7 +187,7 @@ def generation_run_retry(*, run: GenerationRun, created_by) -> GenerationRun:
         raise ValidationError(f"Run {run.pk} is {run.status}: only a failed or cancelled run can be retried.")
     regression = None
     if run.source == GenerationRun.Source.REGRESSION:
-        regression = {k: run.suite[k] for k in ("seed", "per_category", "project_id") if k in run.suite}
+        regression = {k: run.suite[k] for k in ("seed", "per_category", "project_ids") if k in run.suite}
     return generation_run_start(
         label=run.label,
         decoding=DecodingConfig.from_dict(run.decoding),
@@ -336,3 +336,23 @@ def generation_run_finish(*, run_id: int, secret: str, status: str, using: str, 
         fields["progress"] = 1.0
     now = timezone.now()
     return bool(runs.update(status=status, message=message, finished_at=now, heartbeat_at=now, **fields))
+
+
+def generation_runs_fail_stale(*, stale_after_s: float) -> list[int]:
+    """Fail running runs whose worker has written nothing for ``stale_after_s`` seconds (it died or hangs)."""
+    from datetime import timedelta
+
+    limit = timezone.now() - timedelta(seconds=stale_after_s)
+    stale = GenerationRun.objects.filter(status=GenerationRun.Status.RUNNING, heartbeat_at__lt=limit)
+    ids = list(stale.values_list("id", flat=True))
+    for run_id in ids:
+        GenerationRun.objects.filter(pk=run_id, status=GenerationRun.Status.RUNNING, heartbeat_at__lt=limit).update(
+            status=GenerationRun.Status.FAILED,
+            finished_at=timezone.now(),
+            message=(
+                f"The gpu worker went silent for more than {stale_after_s:.0f} s (it died, or its host was lost); the "
+                "outputs written so far are kept. Retry the run."
+            ),
+        )
+        forget_prompts(run_id)
+    return ids

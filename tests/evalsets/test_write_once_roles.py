@@ -125,7 +125,7 @@ def test_a_grant_the_app_role_tries_to_give_itself_changes_nothing():
 
 
 @pytest.fixture
-def one_row_everywhere(make_item, freeze, admin_user):
+def one_row_everywhere(make_item, freeze, admin_user, settings, tmp_path):
     """Committed rows in every write-once table (the superuser's connection sees only committed data)."""
     from evalsets.services import evalsets_verify, snapshot_contamination_check
     from training.audits import snapshot_audit_request
@@ -148,6 +148,16 @@ def one_row_everywhere(make_item, freeze, admin_user):
     evalsets_verify()
     audit = snapshot_audit_request(snapshot=snapshot, created_by=admin_user)
     AuditAcknowledgement.objects.create(audit=audit, finding_key="k", reason="kept", acknowledged_by=admin_user)
+    from judging.generate import DecodingConfig
+    from judging.services import runs
+
+    settings.ARTIFACTS_DIR = tmp_path
+    run = runs.generation_run_start(
+        label="base", decoding=DecodingConfig(), created_by=admin_user, version=version, base_model="m"
+    )
+    runs.generation_run_claim(run_id=run.pk, secret=run.worker_secret, worker="gpu", using="default")
+    output = {"position": 0, "record_id": None, "check_key": "", "text": "hi", "new_tokens": 1, "finish_reason": "eos"}
+    runs.generation_outputs_add(run_id=run.pk, secret=run.worker_secret, rows=[output], using="default")
     with connections["default"].cursor() as cursor:
         for table in WRITE_ONCE:
             cursor.execute(f"SELECT count(*) FROM {table}")

@@ -57,11 +57,16 @@ def tiny_adapter(tiny_model, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture
-def adapter_job(tiny_model, tiny_adapter, admin_user):  # noqa: F811
-    """A finished training job whose adapter is ``tiny_adapter``."""
+def adapter_job(tiny_model, tiny_adapter, admin_user, project):  # noqa: F811
+    """A finished training job whose adapter is ``tiny_adapter``, trained on a snapshot of ``project``."""
     from training.models import SnapshotCheck, TrainingJob, TrainingSnapshot
 
-    snapshot = TrainingSnapshot.objects.create(name="support v1", sha256="5" * 64, sft_count=4)
+    snapshot = TrainingSnapshot.objects.create(
+        name="support v1",
+        sha256="5" * 64,
+        sft_count=4,
+        sources=[{"project_id": project.pk, "project_slug": project.slug}],
+    )
     SnapshotCheck.objects.create(snapshot=snapshot, passed=True, threshold=0.5, evalset_versions=[])
     manifest = json.loads((tiny_adapter / "adapter" / "manifest.json").read_text())
     return TrainingJob.objects.create(

@@ -150,3 +150,23 @@ def test_only_the_worker_with_the_runs_secret_writes_it(eval_version, tiny_model
         run_id=run.pk, secret=run.worker_secret, status="failed", message="stopped", using="default"
     )
     assert not runs.generation_outputs_add(run_id=run.pk, secret=run.worker_secret, rows=[row], using="default")
+
+
+def test_a_run_whose_worker_went_silent_is_failed_with_the_reason(eval_version, admin_user, shared_artifacts):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from judging.tasks import generation_runs_fail_stale
+
+    silent, alive = (start_run(eval_version, admin_user, base_model="m") for _ in range(2))
+    for run in (silent, alive):
+        assert runs.generation_run_claim(run_id=run.pk, secret=run.worker_secret, worker="gpu", using="default")
+    GenerationRun.objects.filter(pk=silent.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=400))
+    assert generation_runs_fail_stale(300) == [silent.pk]
+    silent.refresh_from_db()
+    alive.refresh_from_db()
+    assert silent.status == "failed" and "went silent for more than 300 s" in silent.message
+    assert alive.status == "running" and not runs.prompts_path(silent.pk).exists()
+    # The worker, if it wakes up, can no longer write the run.
+    assert not runs.generation_run_update(run_id=silent.pk, secret=silent.worker_secret, using="default", progress=0.5)

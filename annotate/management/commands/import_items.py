@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotate import importers
 from annotate.importers import rejected_errors_path
-from annotate.models import ImportBatch, Project, Provenance
+from annotate.models import IMPORTABLE_PROVENANCES, ImportBatch, Project, Provenance
 from annotate.services.imports import import_batch_create, import_batch_run
 
 
@@ -26,7 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("file", type=Path)
         parser.add_argument("--skip-bad", action="store_true", help="Import the good rows even if some are bad.")
         parser.add_argument("--format", choices=importers.FORMATS, default="", help="Default: from the file name.")
-        parser.add_argument("--provenance", choices=Provenance.values, default=Provenance.HUMAN)
+        parser.add_argument(
+            "--provenance", choices=[value for value, _ in IMPORTABLE_PROVENANCES], default=Provenance.HUMAN
+        )
         parser.add_argument(
             "--rejected-out",
             type=Path,
