@@ -180,6 +180,10 @@ def _argument_values(data, project) -> dict[str, list]:
         "token_id": [1],
         "import_id": [b.id for b in data["batches"]],
         "api:version_id": [1],
+        "evalset_version_id": [data["version"].id],
+        "api:layout": list(FORMATS),
+        "run_id": [1],
+        "api:path": ["manifest.json"],
     }
 
 
