@@ -76,7 +76,7 @@ def page_sql() -> str:
     )
     annotation = _object(
         [
-            ("reviewer", f"(SELECT u.{username} FROM {users} u WHERE u.{user_pk} = {ann('reviewer')})"),
+            ("reviewer", f"u.{username}"),
             ("revision", ann("revision")),
             ("payload", ann("payload")),
             ("rubric_version_id", ann("rubric_version")),
@@ -89,11 +89,12 @@ def page_sql() -> str:
     )
     annotations = (
         f"SELECT json_agg({annotation} ORDER BY {ann('reviewer')}, {ann('id')})"
-        f" FROM {_q(Annotation._meta.db_table)} {a} WHERE {ann('item')} = {item('id')}"
+        f" FROM {_q(Annotation._meta.db_table)} {a} JOIN {users} u ON u.{user_pk} = {ann('reviewer')}"
+        f" WHERE {ann('item')} = {item('id')}"
     )
     adjudication = _object(
         [
-            ("adjudicator", f"(SELECT u.{username} FROM {users} u WHERE u.{user_pk} = {adj('adjudicator')})"),
+            ("adjudicator", f"u.{username}"),
             ("payload", adj("payload")),
             ("reason", adj("reason")),
             ("created_at", _iso(adj("created_at"))),
@@ -101,7 +102,8 @@ def page_sql() -> str:
     )
     adjudications = (
         f"SELECT json_agg({adjudication} ORDER BY {adj('created_at')}, {adj('id')})"
-        f" FROM {_q(Adjudication._meta.db_table)} {d} WHERE {adj('item')} = {item('id')}"
+        f" FROM {_q(Adjudication._meta.db_table)} {d} JOIN {users} u ON u.{user_pk} = {adj('adjudicator')}"
+        f" WHERE {adj('item')} = {item('id')}"
     )
     result_row = f"SELECT * FROM {_q(ItemResult._meta.db_table)} {r} WHERE {result('item')} = {item('id')}"
     result_object = _object(

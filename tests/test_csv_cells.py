@@ -183,6 +183,9 @@ def _argument_values(data, project) -> dict[str, list]:
         "import_id": [b.id for b in data["batches"]],
         "api:version_id": [1],
         "comparison_id": [1],
+        "evalset_version_id": [data["version"].id],
+        "api:layout": list(FORMATS),
+        "api:path": ["manifest.json"],
     }
 
 

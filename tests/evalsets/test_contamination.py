@@ -374,8 +374,10 @@ def test_an_admin_queues_a_check_from_the_page_and_sees_the_pairs_escaped(
     url = reverse("evalsets:snapshot-contamination-check", args=[snapshot.pk])
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = client.post(url, headers={"HX-Request": "true"})
-    run = ContaminationCheckRun.objects.get(snapshot=snapshot)
+    run = ContaminationCheckRun.objects.get(snapshot=snapshot)  # the row the API polls, made by the page too
     assert len(callbacks) == 1 and sent == [(run.pk,)]
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.created_by == admin_user and run.verdict.passed is False
     assert response.status_code == 200
     assert b'id="check-status"' in response.content and b"<h1>" not in response.content
     assert "contamination-check-queued" in response["HX-Trigger"]
@@ -442,8 +444,8 @@ def test_reviewers_cannot_open_or_run_snapshot_checks(client, alice, frozen_eval
 def test_the_check_task_runs_on_the_default_queue_not_the_gpu_one():
     from config.celery import app
 
-    route = app.amqp.router.route({}, "evalsets.tasks.snapshot_contamination_check_run")
-    assert route["queue"].name == "default"
+    for name in ("snapshot_contamination_check_run", "contamination_check_run_task"):
+        assert app.amqp.router.route({}, f"evalsets.tasks.{name}")["queue"].name == "default"
 
 
 @pytest.mark.django_db
