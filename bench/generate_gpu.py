@@ -160,9 +160,9 @@ def frozen_version(n: int, seed: int = 0):
 def one_run(version, admin, model_dir: Path, *, batch_size: int, max_new_tokens: int, limit: int | None) -> dict:
     import torch
 
-    from judging.generate import DecodingConfig
-    from judging.services import runs
-    from judging.tasks import generation_run_task
+    from evalsets.judging.generate import DecodingConfig
+    from evalsets.judging.services import runs
+    from evalsets.judging.tasks import generation_run_task
 
     if limit is not None:  # the unbatched baseline answers a slice of the prompts
         original = runs.eval_prompts

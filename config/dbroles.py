@@ -38,11 +38,14 @@ TRAINER_GRANTS: dict[str, str] = {
     # The preflight worker reads its preflight; it writes it only through the preflight functions.
     "training_trainingpreflight": "SELECT",
     # A generation run's gpu worker reads its run (model, decoding settings: no eval text); it writes the
-    # run and its outputs only through the run functions (judging/dbfunctions.py) and reads no output.
+    # run and its outputs only through the run functions (evalsets/judging/dbfunctions.py) and reads no output.
     "judging_generationrun": "SELECT",
 }
 # The workers' write functions (SECURITY DEFINER, secret-checked), by module, with the table each needs.
-FUNCTION_MODULES = (("training.dbfunctions", "training_trainingjob"), ("judging.dbfunctions", "judging_generationrun"))
+FUNCTION_MODULES = (
+    ("training.dbfunctions", "training_trainingjob"),
+    ("evalsets.judging.dbfunctions", "judging_generationrun"),
+)
 # The app role reads these and writes none (Django's migration history: runserver reads it).
 APP_READ_ONLY = frozenset({"django_migrations"})
 APP_DML = "SELECT, INSERT, UPDATE, DELETE"
@@ -297,9 +300,7 @@ def audit_roles(connection) -> list[str]:
                 continue
             fn_owner, definer, pinned, trainer_may, public_may = row
             if fn_owner != owner or not definer or not pinned:
-                problems.append(
-                    f"Function {name} must be SECURITY DEFINER, owned by {owner!r}, with search_path set."
-                )
+                problems.append(f"Function {name} must be SECURITY DEFINER, owned by {owner!r}, with search_path set.")
             if not trainer_may or public_may:
                 problems.append(f"Function {name}: EXECUTE must go to {trainer!r} and not to PUBLIC.")
     return problems

@@ -68,7 +68,7 @@ INSTALLED_APPS = [
     "annotate",
     "evalsets",
     "training",
-    "judging",
+    "evalsets.judging",
 ]
 
 MIDDLEWARE = [
@@ -303,8 +303,8 @@ CELERY_TASK_ROUTES = {
     "training.tasks.snapshot_audit_run_task": {"queue": "default"},
     "training.tasks.*": {"queue": "gpu"},
     # Generation runs load a model: the gpu queue, as the trainer role, prompts from a file of their own.
-    "judging.tasks.generation_run_task": {"queue": "gpu"},
-    "judging.tasks.generation_runs_fail_stale": {"queue": "default"},
+    "evalsets.judging.tasks.generation_run_task": {"queue": "gpu"},
+    "evalsets.judging.tasks.generation_runs_fail_stale": {"queue": "default"},
 }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -339,7 +339,7 @@ TRAINING_LAUNCHER = os.environ.get("GOLDSET_TRAINING_LAUNCHER", "auto")
 CELERY_BEAT_SCHEDULE = {
     "background-sweep": {"task": "annotate.tasks.background_sweep", "schedule": 60.0},
     "training-fail-stale-jobs": {"task": "training.tasks.training_jobs_fail_stale", "schedule": 60.0},
-    "judging-fail-stale-runs": {"task": "judging.tasks.generation_runs_fail_stale", "schedule": 60.0},
+    "judging-fail-stale-runs": {"task": "evalsets.judging.tasks.generation_runs_fail_stale", "schedule": 60.0},
 }
 
 LOGGING = {

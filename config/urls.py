@@ -15,6 +15,6 @@ urlpatterns = [
     re_path(r"^api/", api_not_found),
     path("evalsets/", include("evalsets.urls")),
     path("training/", include("training.urls")),
-    path("judging/", include("judging.urls")),
+    path("judging/", include("evalsets.judging.urls")),
     path("", include("annotate.urls")),
 ]

@@ -208,9 +208,9 @@ def test_the_import_contract_catches_a_training_module_that_imports_evalsets(tmp
         "evalsets": "",
         "evalsets/models.py": "",
         # judging reads eval sets, so training may not import it either.
-        "training/scores.py": "from judging import results\n",
-        "judging": "",
-        "judging/results.py": "",
+        "training/scores.py": "from evalsets.judging import results\n",
+        "evalsets/judging": "",
+        "evalsets/judging/results.py": "",
     }.items():
         path = tmp_path / package
         if package.endswith(".py"):
@@ -226,5 +226,5 @@ def test_the_import_contract_catches_a_training_module_that_imports_evalsets(tmp
     run = _lint_imports(tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "training.loader -> evalsets.models" in run.stdout
-    assert "training.scores -> judging.results" in run.stdout
+    assert "training.scores -> evalsets.judging.results" in run.stdout
     assert textwrap.dedent("BROKEN") in run.stdout

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from annotate.models import Annotation
-from judging.models import ComparisonItem
+from evalsets.judging.models import ComparisonItem
 from tests.evalsets.conftest import freeze, make_item  # noqa: F401 — fixtures used here
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -18,7 +18,7 @@ BASE = "base-llama-1b"
 
 @pytest.fixture
 def comparison(make_item, freeze, admin_user, alice, bob, settings, tmp_path):  # noqa: F811
-    from judging.services.comparisons import comparison_create
+    from evalsets.judging.services.comparisons import comparison_create
     from tests.judging.test_comparison import finished_run
     from training.models import SnapshotCheck, TrainingJob, TrainingSnapshot
 

@@ -223,9 +223,9 @@ def contaminated(make_item, freeze, admin_user, alice, monkeypatch, settings, tm
 
     # Generation runs, written as the gpu worker writes them (as the trainer role). Their outputs repeat eval
     # text, as a model may: the trainer role must read none of it.
-    from judging.generate import DecodingConfig
-    from judging.services import runs as generation
-    from judging.services.comparisons import comparison_create
+    from evalsets.judging.generate import DecodingConfig
+    from evalsets.judging.services import runs as generation
+    from evalsets.judging.services.comparisons import comparison_create
 
     settings.ARTIFACTS_DIR = tmp_path
     generation_runs = []
@@ -313,7 +313,7 @@ def test_no_table_view_column_or_function_the_trainer_role_can_read_holds_eval_t
     # PostgreSQL's own functions run with the caller's privileges; anything else the trainer may call is
     # one of the job-write functions, which answer only yes or no.
     from config.dbroles import worker_function_signatures
-    from judging import dbfunctions as run_functions
+    from evalsets.judging import dbfunctions as run_functions
     from training import dbfunctions
 
     assert {(s, name) for s, name, _, _ in functions} == {("public", name) for name in worker_function_signatures()}

@@ -148,8 +148,8 @@ def one_row_everywhere(make_item, freeze, admin_user, settings, tmp_path):
     evalsets_verify()
     audit = snapshot_audit_request(snapshot=snapshot, created_by=admin_user)
     AuditAcknowledgement.objects.create(audit=audit, finding_key="k", reason="kept", acknowledged_by=admin_user)
-    from judging.generate import DecodingConfig
-    from judging.services import runs
+    from evalsets.judging.generate import DecodingConfig
+    from evalsets.judging.services import runs
 
     settings.ARTIFACTS_DIR = tmp_path
     run = runs.generation_run_start(

@@ -90,8 +90,8 @@ def shared_artifacts(settings, tmp_path):
 
 
 def start_run(version, admin, *, job=None, base_model="", label="base", **decoding):
-    from judging.generate import DecodingConfig
-    from judging.services.runs import generation_run_start
+    from evalsets.judging.generate import DecodingConfig
+    from evalsets.judging.services.runs import generation_run_start
 
     return generation_run_start(
         label=label,
@@ -105,7 +105,7 @@ def start_run(version, admin, *, job=None, base_model="", label="base", **decodi
 
 def run_here(run):
     """Run the gpu task in this process, as the gpu worker would (the test's own connection)."""
-    from judging.tasks import generation_run_task
+    from evalsets.judging.tasks import generation_run_task
 
     outcome = generation_run_task(run.pk, run.worker_secret)
     run.refresh_from_db()

@@ -8,10 +8,10 @@ import pytest
 from django.urls import get_resolver, reverse
 
 from annotate.models import Annotation, Item, Lease
-from judging.models import ComparisonItem, GenerationOutput
-from judging.results import comparison_results
-from judging.services import runs
-from judging.services.comparisons import comparison_create
+from evalsets.judging.models import ComparisonItem, GenerationOutput
+from evalsets.judging.results import comparison_results
+from evalsets.judging.services import runs
+from evalsets.judging.services.comparisons import comparison_create
 from tests.test_csv_cells import _patterns
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +24,7 @@ BASE_MODEL = "/models/secret-base-model-VV3"
 
 def finished_run(version, admin, *, label, base_model="", job=None, text=lambda r: r.prompt):
     """A run whose outputs are written as the gpu worker writes them (no model needed here)."""
-    from judging.generate import DecodingConfig
+    from evalsets.judging.generate import DecodingConfig
 
     run = runs.generation_run_start(
         label=label, decoding=DecodingConfig(), created_by=admin, version=version, base_model=base_model, job=job

@@ -4,9 +4,9 @@ model identity; the gpu worker's writes are secret-checked; the prompt file is t
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from judging.generate import DecodingConfig
-from judging.models import GenerationOutput, GenerationRun
-from judging.services import runs
+from evalsets.judging.generate import DecodingConfig
+from evalsets.judging.models import GenerationOutput, GenerationRun
+from evalsets.judging.services import runs
 from tests.judging.conftest import run_here, start_run
 
 pytestmark = [pytest.mark.django_db, pytest.mark.training]
@@ -115,7 +115,7 @@ def test_cancel_and_retry(eval_version, tiny_model, admin_user, shared_artifacts
 def test_cancel_while_running_stops_after_the_batch_and_keeps_its_outputs(
     eval_version, tiny_model, admin_user, shared_artifacts, monkeypatch
 ):
-    from judging import tasks
+    from evalsets.judging import tasks
 
     run = start_run(eval_version, admin_user, base_model=tiny_model, batch_size=2)
     calls = []
@@ -157,7 +157,7 @@ def test_a_run_whose_worker_went_silent_is_failed_with_the_reason(eval_version, 
 
     from django.utils import timezone
 
-    from judging.tasks import generation_runs_fail_stale
+    from evalsets.judging.tasks import generation_runs_fail_stale
 
     silent, alive = (start_run(eval_version, admin_user, base_model="m") for _ in range(2))
     for run in (silent, alive):

@@ -5,8 +5,8 @@ import pytest
 from django.db import connections, transaction
 from django.db.utils import ProgrammingError
 
-from judging.models import GenerationRun
-from judging.services import runs
+from evalsets.judging.models import GenerationRun
+from evalsets.judging.services import runs
 from tests.judging.conftest import start_run
 from tests.training.worker import start_worker, stop_worker, wait_for
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def carded_job(adapter_job, eval_version, admin_user, alice, bob, settings, tmp_path):
-    from judging.services.comparisons import comparison_create
+    from evalsets.judging.services.comparisons import comparison_create
     from tests.judging.test_comparison import finished_run
 
     settings.ARTIFACTS_DIR = tmp_path

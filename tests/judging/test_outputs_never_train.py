@@ -7,8 +7,8 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from annotate.models import Item
-from judging.models import GenerationOutput, GenerationRun
-from judging.services import runs
+from evalsets.judging.models import GenerationOutput, GenerationRun
+from evalsets.judging.services import runs
 from training.models import SnapshotRecord, TrainingSnapshot
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +19,7 @@ REFUSED = "model outputs made for evaluation never become training data"
 @pytest.fixture
 def output(eval_version, admin_user, settings, tmp_path):
     """An output of a run, written as the gpu worker writes it."""
-    from judging.generate import DecodingConfig
+    from evalsets.judging.generate import DecodingConfig
 
     settings.ARTIFACTS_DIR = tmp_path
     run = runs.generation_run_start(

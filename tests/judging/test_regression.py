@@ -7,11 +7,11 @@ import re
 import pytest
 from django.core.exceptions import ValidationError
 
-from judging import regression
-from judging.models import GenerationRun
-from judging.results import regression_comparison
-from judging.services import regression as services
-from judging.services import runs
+from evalsets.judging import regression
+from evalsets.judging.models import GenerationRun
+from evalsets.judging.results import regression_comparison
+from evalsets.judging.services import regression as services
+from evalsets.judging.services import runs
 from tests.judging.conftest import run_here
 
 pytestmark = pytest.mark.django_db
@@ -110,7 +110,7 @@ def test_project_checks_are_validated_and_join_the_suite(project):
 
 def suite_run(job, admin, *, base: bool, answer, project_ids=()):
     """A finished suite run whose outputs come from ``answer(check)`` (written as the gpu worker writes them)."""
-    from judging.generate import DecodingConfig
+    from evalsets.judging.generate import DecodingConfig
 
     run = runs.generation_run_start(
         label="base" if base else "adapter",
@@ -214,7 +214,7 @@ def test_a_regression_pair_runs_the_same_suite_and_decoding_for_base_and_adapter
     assert base.suite["sha256"] == adapter.suite["sha256"] and base.prompt_count == 12
     for run in (base, adapter):
         run.worker_secret = None
-    from judging.models import GenerationSecret
+    from evalsets.judging.models import GenerationSecret
 
     # The web side never keeps a secret: run the pair as the worker would, with secrets of the test's own.
     for run in (base, adapter):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from judging.models import GenerationRun
-from judging.services import runs
+from evalsets.judging.models import GenerationRun
+from evalsets.judging.services import runs
 
 pytestmark = pytest.mark.django_db
 
@@ -66,7 +66,7 @@ def test_the_form_says_what_is_missing(client, admin_user, eval_version, artifac
 
 
 def test_reviewers_cannot_see_runs(client, alice, admin_user, eval_version, artifacts):
-    from judging.generate import DecodingConfig
+    from evalsets.judging.generate import DecodingConfig
 
     run = runs.generation_run_start(
         label="base", decoding=DecodingConfig(), created_by=admin_user, version=eval_version, base_model="m"
@@ -81,7 +81,7 @@ def test_an_admin_creates_a_comparison_from_the_form(
     client, admin_user, alice, bob, eval_version, adapter_job, artifacts
 ):
     from annotate.models import Item
-    from judging.models import Comparison
+    from evalsets.judging.models import Comparison
     from tests.judging.test_comparison import finished_run
 
     base = finished_run(eval_version, admin_user, label="base", base_model="m")

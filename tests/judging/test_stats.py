@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from judging import stats
-from judging.stats import Judgement
+from evalsets.judging import stats
+from evalsets.judging.stats import Judgement
 
 
 def judgements(n_items: int, reviewers: int, p_b: float, p_tie: float, seed: int = 0) -> list[Judgement]:

@@ -11,7 +11,7 @@ so the hash the snapshot trigger checks cannot be forged), and end it. Each answ
 
 from __future__ import annotations
 
-from judging.models import GenerationOutput, GenerationRun, GenerationSecret
+from evalsets.judging.models import GenerationOutput, GenerationRun, GenerationSecret
 
 CLAIM = "goldset_generation_claim"
 UPDATE = "goldset_generation_update"

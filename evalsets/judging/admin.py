@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from config.admin import ReadOnlyAdmin
-from judging.models import Comparison, ComparisonItem, GenerationOutput, GenerationRun, RegressionCheck
+from evalsets.judging.models import Comparison, ComparisonItem, GenerationOutput, GenerationRun, RegressionCheck
 
 
 @admin.register(GenerationRun)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from annotate.models import Annotation, Item, TaskKind
+from evalsets.judging import regression, stats
+from evalsets.judging.models import Comparison, ComparisonItem, GenerationRun
 from evalsets.models import EvalRecord, EvalSetVersion
-from judging import regression, stats
-from judging.models import Comparison, ComparisonItem, GenerationRun
 
 META_KEYS = ("category", "difficulty")
 

@@ -8,7 +8,7 @@ from django.http import Http404
 
 from annotate import roles
 from annotate.models import Project
-from judging.models import Comparison, GenerationRun
+from evalsets.judging.models import Comparison, GenerationRun
 from training.models import TrainingJob
 
 

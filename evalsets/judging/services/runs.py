@@ -4,7 +4,7 @@ The web side writes the run's prompts (chat turns only: never a reference answer
 run alone, readable only by its owner, and sends the run id and a secret to the gpu queue. The gpu
 worker logs in as the trainer role, which has no privilege on any eval table: the file is how eval
 prompts reach it, and the worker deletes it when the run ends. Every write of the worker names the
-run's secret; on PostgreSQL it goes through the functions of ``judging/dbfunctions.py``, and on SQLite,
+run's secret; on PostgreSQL it goes through the functions of ``evalsets/judging/dbfunctions.py``, and on SQLite,
 which has no roles, the same rules apply here.
 """
 
@@ -22,9 +22,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
+from evalsets.judging.generate import DecodingConfig
+from evalsets.judging.models import GenerationOutput, GenerationRun, GenerationSecret
 from evalsets.models import EvalRecord, EvalSetVersion
-from judging.generate import DecodingConfig
-from judging.models import GenerationOutput, GenerationRun, GenerationSecret
 from training.models import TrainingJob
 
 LOG_TAIL_LINES = 200
@@ -125,7 +125,7 @@ def generation_run_start(
     if not label.strip():
         raise ValidationError({"label": "Name the model, e.g. 'base' or 'support v2'."})
     if regression is not None:
-        from judging import regression as suite
+        from evalsets.judging import regression as suite
 
         prompts, suite_info = suite.prompts_and_info(**regression)
         source = GenerationRun.Source.REGRESSION
@@ -155,7 +155,7 @@ def generation_run_start(
     # Written now, read by the worker once the run is committed (a rolled-back start leaves a file no
     # committed run names; the next run with that id overwrites it).
     _write_prompts(prompts_path(run.pk), prompts)
-    from judging.tasks import generation_run_task
+    from evalsets.judging.tasks import generation_run_task
 
     generation_run_task.apply_async_on_commit((run.pk, secret), argsrepr=f"({run.pk}, '…')")
     run.worker_secret = secret  # not stored: a test or the demo may run the task itself
@@ -245,7 +245,7 @@ def _fields_check(run_id: int, fields: dict) -> None:
 def generation_run_claim(*, run_id: int, secret: str, worker: str, using: str) -> bool:
     """Move a queued run to running; False when it was claimed already or cancelled meanwhile."""
     if _on_postgres(using):
-        from judging.dbfunctions import CLAIM
+        from evalsets.judging.dbfunctions import CLAIM
 
         return _call(using, CLAIM, [run_id, secret, worker[:200]], ["bigint", "text", "text"])
     _secret_check(run_id, secret, using)
@@ -267,7 +267,7 @@ def generation_run_claim(*, run_id: int, secret: str, worker: str, using: str) -
 def generation_run_update(*, run_id: int, secret: str, using: str, **fields) -> bool:
     """Beat, and write any of GenerationRun.WORKER_FIELDS, while the run runs."""
     if _on_postgres(using):
-        from judging.dbfunctions import UPDATE
+        from evalsets.judging.dbfunctions import UPDATE
 
         return _call(using, UPDATE, [run_id, secret, json.dumps(fields)], ["bigint", "text", "jsonb"])
     _secret_check(run_id, secret, using)
@@ -281,7 +281,7 @@ def generation_run_update(*, run_id: int, secret: str, using: str, **fields) -> 
 
 def generation_outputs_add(*, run_id: int, secret: str, rows: list[dict], using: str) -> bool:
     """Append a batch of outputs to the running run."""
-    from judging.dbfunctions import OUTPUT_FIELDS, OUTPUTS
+    from evalsets.judging.dbfunctions import OUTPUT_FIELDS, OUTPUTS
 
     for row in rows:
         extra = sorted(set(row) - set(OUTPUT_FIELDS))
@@ -310,7 +310,7 @@ def generation_run_finish(*, run_id: int, secret: str, status: str, using: str, 
     if status == GenerationRun.Status.FAILED and not message:
         message = "The run failed without a reason: see the log."
     if _on_postgres(using):
-        from judging.dbfunctions import FINISH
+        from evalsets.judging.dbfunctions import FINISH
 
         try:
             return _call(
@@ -321,7 +321,7 @@ def generation_run_finish(*, run_id: int, secret: str, status: str, using: str, 
             )
         except IntegrityError:
             return False
-    from judging.dbfunctions import ENDINGS
+    from evalsets.judging.dbfunctions import ENDINGS
 
     _secret_check(run_id, secret, using)
     if status not in ENDINGS:

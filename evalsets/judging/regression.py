@@ -294,7 +294,7 @@ def build_suite(*, seed: int = 0, per_category: int = 50) -> list[dict]:
 def project_checks(project_ids) -> list[dict]:
     if not project_ids:
         return []
-    from judging.models import RegressionCheck
+    from evalsets.judging.models import RegressionCheck
 
     return [
         {

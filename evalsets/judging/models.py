@@ -4,7 +4,7 @@ A ``GenerationRun`` asks a model (a base, or a base plus a trained adapter) for 
 of a frozen eval set version (or of the capability-regression suite), with recorded decoding settings.
 The gpu worker that runs it logs in as the trainer role: it reads the run row (which holds no eval
 text), reads the prompts from a file the web side wrote for that run alone, and writes only through
-the secret-checked functions in ``judging/dbfunctions.py``. Its outputs are write-once, tagged
+the secret-checked functions in ``evalsets/judging/dbfunctions.py``. Its outputs are write-once, tagged
 model-generated, and the database refuses them in a training snapshot (see migration 0001).
 """
 
@@ -48,7 +48,7 @@ class GenerationRun(BackgroundWork):
     )
     base_model = models.CharField(max_length=500, help_text="A local directory or a hub id.")
     adapter_dir = models.CharField(max_length=500, blank=True)
-    decoding = models.JSONField(help_text="judging.generate.DecodingConfig as a dict.")
+    decoding = models.JSONField(help_text="evalsets.judging.generate.DecodingConfig as a dict.")
     model_identity = models.JSONField(
         default=dict,
         blank=True,

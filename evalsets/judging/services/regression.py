@@ -7,10 +7,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from annotate.models import Project
-from judging import regression
-from judging.generate import DecodingConfig
-from judging.models import GenerationRun, RegressionCheck, RegressionThreshold
-from judging.services.runs import generation_run_start
+from evalsets.judging import regression
+from evalsets.judging.generate import DecodingConfig
+from evalsets.judging.models import GenerationRun, RegressionCheck, RegressionThreshold
+from evalsets.judging.services.runs import generation_run_start
 from training.models import TrainingJob
 
 DEFAULT_MAX_DROP = getattr(settings, "GOLDSET_REGRESSION_MAX_DROP", 0.05)

@@ -10,11 +10,17 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from config.background import poll_response
-from judging import modelcard, results, selectors
-from judging.forms import ComparisonForm, GenerationRunForm, RegressionCheckForm, RegressionPairForm, ThresholdForm
-from judging.services import comparisons as comparison_services
-from judging.services import regression as regression_services
-from judging.services import runs as run_services
+from evalsets.judging import modelcard, results, selectors
+from evalsets.judging.forms import (
+    ComparisonForm,
+    GenerationRunForm,
+    RegressionCheckForm,
+    RegressionPairForm,
+    ThresholdForm,
+)
+from evalsets.judging.services import comparisons as comparison_services
+from evalsets.judging.services import regression as regression_services
+from evalsets.judging.services import runs as run_services
 
 
 class HtmxHttpRequest(HttpRequest):

@@ -10,9 +10,9 @@ import json
 
 from django.db.models import Q
 
-from judging import results
-from judging.models import Comparison
-from judging.services.regression import latest_regression_pair, max_drop_for
+from evalsets.judging import results
+from evalsets.judging.models import Comparison
+from evalsets.judging.services.regression import latest_regression_pair, max_drop_for
 from training.models import TrainingJob
 from training.services import snapshot_latest_check
 
@@ -56,7 +56,7 @@ def model_card(job: TrainingJob) -> dict:
 def _manifest_sha(job: TrainingJob) -> str | None:
     from pathlib import Path
 
-    from judging.generate import file_sha256
+    from evalsets.judging.generate import file_sha256
 
     path = Path(job.output_dir or "") / "adapter" / "manifest.json"
     return file_sha256(path) if job.output_dir and path.is_file() else None

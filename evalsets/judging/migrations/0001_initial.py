@@ -4,7 +4,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-import judging.snapshotguard
+import evalsets.judging.snapshotguard
 from config.writeonce import WriteOnce
 
 
@@ -65,7 +65,7 @@ class Migration(migrations.Migration):
                 ),
                 ("base_model", models.CharField(help_text="A local directory or a hub id.", max_length=500)),
                 ("adapter_dir", models.CharField(blank=True, max_length=500)),
-                ("decoding", models.JSONField(help_text="judging.generate.DecodingConfig as a dict.")),
+                ("decoding", models.JSONField(help_text="evalsets.judging.generate.DecodingConfig as a dict.")),
                 (
                     "model_identity",
                     models.JSONField(
@@ -392,5 +392,5 @@ class Migration(migrations.Migration):
         ),
         # Outputs are what the model said: never edited. And never training data, whoever inserts a snapshot record.
         WriteOnce("judging_generationoutput"),
-        judging.snapshotguard.operation(),
+        evalsets.judging.snapshotguard.operation(),
     ]

@@ -21,9 +21,9 @@ from django.db import transaction
 
 from annotate.models import Item, Provenance, Split, TaskKind
 from annotate.services.projects import project_add_members, project_create
+from evalsets.judging.models import Comparison, ComparisonItem, GenerationOutput, GenerationRun
+from evalsets.judging.services.runs import eval_prompts
 from evalsets.models import EvalRecord
-from judging.models import Comparison, ComparisonItem, GenerationOutput, GenerationRun
-from judging.services.runs import eval_prompts
 
 GUIDELINES = (
     "Each item is a request and two responses to it. Pick the response that serves the person better: "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django import forms
 
+from evalsets.judging.generate import DecodingConfig
+from evalsets.judging.models import GenerationRun, RegressionCheck
 from evalsets.models import EvalSetVersion
-from judging.generate import DecodingConfig
-from judging.models import GenerationRun, RegressionCheck
 from training.models import TrainingJob
 
 DEFAULTS = DecodingConfig()

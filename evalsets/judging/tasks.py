@@ -26,7 +26,7 @@ class RunSink:
     """The run's log (kept as its tail on the row), throttled progress and the cancel check."""
 
     def __init__(self, run_id: int, secret: str, using: str):
-        from judging.services import runs
+        from evalsets.judging.services import runs
 
         self.runs = runs
         self.run_id, self.secret, self.using = run_id, secret, using
@@ -44,7 +44,7 @@ class RunSink:
         )
 
     def should_stop(self) -> bool:
-        from judging.models import GenerationRun
+        from evalsets.judging.models import GenerationRun
 
         now = time.monotonic()
         if not self._stop and now - self._last_check >= settings.TRAINING_CANCEL_POLL_S:
@@ -58,9 +58,9 @@ class RunSink:
 @shared_task(acks_late=True)
 def generation_run_task(run_id: int, secret: str) -> str:
     """Claim a queued generation run, answer its prompts in batches and record how it ended."""
-    from judging import generate
-    from judging.models import GenerationRun
-    from judging.services import runs
+    from evalsets.judging import generate
+    from evalsets.judging.models import GenerationRun
+    from evalsets.judging.services import runs
 
     using = training_db()
     worker = socket.gethostname()
@@ -178,7 +178,7 @@ def _db_role(using: str) -> str:
 @shared_task
 def generation_runs_fail_stale(stale_after_s: float | None = None) -> list[int]:
     """Periodic: fail running generation runs whose gpu worker went silent."""
-    from judging.services import runs
+    from evalsets.judging.services import runs
 
     limit = stale_after_s if stale_after_s is not None else settings.TRAINING_STALE_AFTER_S
     return runs.generation_runs_fail_stale(stale_after_s=limit)

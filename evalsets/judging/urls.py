@@ -1,6 +1,6 @@
 from django.urls import path
 
-from judging import views
+from evalsets.judging import views
 
 app_name = "judging"
 
