@@ -183,6 +183,9 @@ else:
     OWNER_ROLE = DATABASES["owner"]["USER"]
     for _db in DATABASES.values():  # after any options the URL carries (?sslmode=...)
         _db["OPTIONS"] = {**_db.get("OPTIONS", {}), **_PG_OPTIONS}
+        # A kept connection the server dropped meanwhile (a restart, a terminated backend) is replaced at the
+        # start of the next request instead of failing it.
+        _db["CONN_HEALTH_CHECKS"] = True
     if os.environ.get("GOLDSET_DB_NAME"):
         for alias in DATABASES:
             DATABASES[alias]["NAME"] = os.environ["GOLDSET_DB_NAME"]

@@ -16,3 +16,6 @@ urlpatterns = [
     path("training/", include("training.urls")),
     path("", include("annotate.urls")),
 ]
+
+# A lost database connection answers 503 "try again"; any other error the styled 500 page.
+handler500 = "config.errors.server_error"
