@@ -285,6 +285,13 @@ ARTIFACTS_DIR = Path(os.environ.get("GOLDSET_ARTIFACTS_DIR", VAR_DIR / "artifact
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # Uploads above this go to a temp file on disk instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# The largest upload (an import file) accepted; a bigger one is refused while it arrives, before it fills the disk.
+GOLDSET_UPLOAD_MAX_BYTES = int(os.environ.get("GOLDSET_UPLOAD_MAX_BYTES", str(2 * 1024**3)))
+FILE_UPLOAD_HANDLERS = [
+    "config.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # Item imports up to this size run during the upload request; bigger ones go to the Celery worker.
 GOLDSET_IMPORT_INLINE_MAX_BYTES = int(os.environ.get("GOLDSET_IMPORT_INLINE_MAX_BYTES", str(1024 * 1024)))
 

@@ -355,8 +355,10 @@ def job_download(request: HttpRequest, job_id: int) -> FileResponse:
     # A temporary file vanishes when the response closes it: nothing is left behind on disk.
     archive = tempfile.TemporaryFile()  # noqa: SIM115
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        real = adapter.resolve()
         for f in sorted(adapter.rglob("*")):
-            if f.is_file():
+            # Nothing from outside the adapter folder, whatever a link in it points at.
+            if f.is_file() and not f.is_symlink() and real in f.resolve().parents:
                 zf.write(f, f.relative_to(adapter).as_posix())
     archive.seek(0)
     return FileResponse(archive, as_attachment=True, filename=f"goldset-job-{job.pk}-adapter.zip")
