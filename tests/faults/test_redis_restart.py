@@ -8,8 +8,9 @@ import io
 import pytest
 from django.test import Client
 
-from annotate.models import Annotation, ImportBatch, Item, Lease
+from annotate.models import AgreementReport, Annotation, ImportBatch, Item, Lease
 from annotate.services import imports
+from annotate.tasks import background_sweep
 from tests.factories import make_item
 from tests.faults.workers import PrivateRedis, kill, start_default_worker, wait_for
 
@@ -89,15 +90,24 @@ def test_reviewers_submit_while_redis_is_down_and_lost_work_is_sent_again(
     assert response.status_code in {200, 302}, response.content[:300]
     second = ImportBatch.objects.exclude(pk=first.pk).get()
     assert second.status == ImportBatch.Status.QUEUED
+    # So is an agreement report asked for while it is down (bigger than the inline limit: a worker's job).
+    settings.GOLDSET_REPORT_INLINE_MAX = 1
+    response = page.post(f"/projects/{project.slug}/report/compute/")
+    assert response.status_code == 302, response.content[:300]
+    report = AgreementReport.objects.get(project=project)
+    assert report.status == AgreementReport.Status.QUEUED
 
     redis.start()  # empty: neither message is in it
     log = tmp_path / "worker.log"
     worker = start_default_worker(log, env={"REDIS_URL": redis.url})
     try:
-        swept = _sweep()
-        assert sorted(swept["requeued"]) == sorted([first.pk, second.pk])
+        swept = background_sweep(older_than_s=0)
+        assert sorted(swept["requeued"]) == sorted([first.pk, second.pk]) and swept["reports"] == [report.pk]
         wait_for(
-            lambda: ImportBatch.objects.filter(status="succeeded").count() == 2,
+            lambda: (
+                ImportBatch.objects.filter(status="succeeded").count() == 2
+                and AgreementReport.objects.filter(pk=report.pk, status="succeeded").exists()
+            ),
             timeout=120,
             what="both imports to run",
             log_path=log,
@@ -107,12 +117,6 @@ def test_reviewers_submit_while_redis_is_down_and_lost_work_is_sent_again(
     finally:
         kill(worker)
     assert Item.objects.filter(project=project, prompt__startswith="Question").count() == 50
-
-
-def _sweep() -> dict:
-    from annotate.services.imports import import_batches_fail_abandoned, import_batches_requeue
-
-    return {"failed": import_batches_fail_abandoned(), "requeued": import_batches_requeue(older_than_s=0)}
 
 
 def _file(name: str, data: bytes):
