@@ -83,20 +83,20 @@ def poll_response(request: HttpRequest, template: str, context: dict, *, work: B
 log = logging.getLogger(__name__)
 
 
-def send_on_commit(task, pk: int) -> None:
+def send_on_commit(task, pk: int, *extra, argsrepr: str | None = None) -> None:
     """Send the task for the row once the transaction commits. With the broker down the row still commits, as
-    QUEUED, and ``requeue`` sends it later: the request that asked for the work does not fail."""
+    QUEUED, and the request that asked for the work does not fail: ``requeue`` sends it later (imports,
+    reports, audits), or the page shows it waiting (training jobs, whose secret only the lost message held,
+    are cancelled and retried)."""
 
     def send():
         try:
-            task.delay(pk)
+            if argsrepr is None:
+                task.delay(pk, *extra)
+            else:  # a secret among the arguments: the worker's log shows this instead
+                task.apply_async((pk, *extra), argsrepr=argsrepr)
         except Exception:
-            log.warning(
-                "%s(%s): the task queue is unreachable; the row stays queued and is sent again later.",
-                task.name,
-                pk,
-                exc_info=True,
-            )
+            log.warning("%s(%s): the task queue is unreachable; the row stays queued.", task.name, pk, exc_info=True)
 
     transaction.on_commit(send, robust=True)
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from annotate import roles
 from annotate.models import AdminAction, Project, RubricVersion
 from annotate.services.adminlog import admin_action_record
+from config.background import send_on_commit
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
 from evalsets.models import ContaminationReport, EvalRecord, EvalSetVersion, HashVerification
@@ -120,7 +121,7 @@ def snapshot_checks_invalidate(*, version: EvalSetVersion) -> int:
                 "a new check is queued. Train once it passes.",
             },
         )
-        snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
+        send_on_commit(snapshot_contamination_check_run, snapshot.pk)
         blocked += 1
     return blocked
 

@@ -5,6 +5,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from config.background import send_on_commit
 from evalsets import selectors, services
 from evalsets.export import FORMATS, Tally, iter_export, layout_unavailable, layouts_for, manifest_bytes
 
@@ -126,7 +127,7 @@ def snapshot_contamination_check(request: HttpRequest, snapshot_id: int) -> Http
     from evalsets.tasks import snapshot_contamination_check_run
 
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
-    snapshot_contamination_check_run.delay_on_commit(snapshot.pk)
+    send_on_commit(snapshot_contamination_check_run, snapshot.pk)
     context = {"snapshot": snapshot, "check": selectors.snapshot_latest_check(snapshot=snapshot), "queued": True}
     if request.htmx:
         response = render(request, "evalsets/snapshot_contamination.html#check-status", context)
