@@ -51,6 +51,7 @@ from annotate.services import imports as import_services
 from annotate.services import projects as project_services
 from annotate.services import queue as queue_services
 from annotate.services.reports import agreement_report_request
+from config import uploads
 from config.api import ADMIN, MAX_PAGE, READ, WRITE, ApiError, django_errors, keyset_page
 
 router = Router()
@@ -233,6 +234,8 @@ def _submit_import(request, project, *, upload, filename: str, file_format: str,
     except ValueError as exc:  # the format could not be told from the file name
         raise ApiError(422, str(exc), errors=[{"in": "query", "field": "file_format", "message": str(exc)}]) from None
     except ValidationError as exc:
+        if uploads.too_big_message() in exc.messages:
+            raise ApiError(413, uploads.too_big_message()) from None
         detail, errors = django_errors(exc, where="query")
         raise ApiError(422, detail, errors=errors) from None
 
@@ -303,6 +306,9 @@ def import_rows(
     the same import service (admins). The format comes from ``file_format``, else the Content-Type
     (``application/x-ndjson`` or ``text/csv``)."""
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.isdigit() and int(declared) > uploads.max_bytes():
+        raise ApiError(413, uploads.too_big_message())
     content_type = request.content_type or ""
     fmt = file_format or ("csv" if content_type == "text/csv" else "jsonl" if "json" in content_type else "")
     if not fmt:

@@ -483,6 +483,8 @@ def parse_csv(fileobj: IO[bytes], *, task_kinds: Iterable[str], default_provenan
         header = next(reader)
     except StopIteration:
         return
+    except csv.Error as exc:  # a header csv cannot read (a lone carriage return, say)
+        raise FileInvalid(RowError(source.line or 1, "", f"the CSV header is not valid CSV: {exc}.")) from None
     header = [h.strip() for h in header]
     if source.bad:
         raise FileInvalid(RowError(1, "", source.bad[1]))

@@ -20,8 +20,21 @@ def import_run(batch_id: int) -> None:
 
 
 @shared_task(name="annotate.tasks.background_sweep", ignore_result=True)
-def background_sweep() -> dict:
-    """Fail imports whose worker died, and send again the ones the broker lost (Celery beat, every minute)."""
+def background_sweep(older_than_s: float = 60) -> dict:
+    """Fail imports whose worker died, and send again the imports, agreement reports, snapshot audits and
+    contamination checks the broker lost (Celery beat, every minute)."""
+    from annotate.models import AgreementReport
     from annotate.services.imports import import_batches_fail_abandoned, import_batches_requeue
+    from config.background import requeue
+    from evalsets.models import ContaminationCheckRun
+    from evalsets.tasks import contamination_check_run_task
+    from training.models import SnapshotAudit
+    from training.tasks import snapshot_audit_run_task
 
-    return {"failed": import_batches_fail_abandoned(), "requeued": import_batches_requeue()}
+    return {
+        "failed": import_batches_fail_abandoned(),
+        "requeued": import_batches_requeue(older_than_s=older_than_s),
+        "reports": requeue(AgreementReport, agreement_report_compute, older_than_s=older_than_s),
+        "audits": requeue(SnapshotAudit, snapshot_audit_run_task, older_than_s=older_than_s),
+        "checks": requeue(ContaminationCheckRun, contamination_check_run_task, older_than_s=older_than_s),
+    }

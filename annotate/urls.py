@@ -11,7 +11,8 @@ urlpatterns = [
     path("projects/<slug:slug>/settings/", projects.project_settings, name="project-settings"),
     path("projects/<slug:slug>/members/", projects.project_members, name="project-members"),
     path(
-        "projects/<slug:slug>/members/<str:username>/remove/",
+        # path: a username made outside the forms (a shell, a directory sync) may hold a slash.
+        "projects/<slug:slug>/members/<path:username>/remove/",
         projects.project_member_remove,
         name="project-member-remove",
     ),

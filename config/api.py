@@ -191,6 +191,10 @@ def _api_error(request, exc: ApiError):
 
 @api.exception_handler(ValidationError)
 def _validation(request, exc: ValidationError):
+    from config.uploads import refused
+
+    if refused(request):  # the upload was stopped at the size limit, so its field is missing: say why
+        return problem(request, 413, refused(request))
     errors = _field_errors(exc)
     detail = "; ".join(f"{e['in']} {e['field']}: {e['message']}" for e in errors) or "The request is invalid."
     return problem(request, 422, detail, errors=errors)

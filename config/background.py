@@ -9,7 +9,10 @@ runs; ``poll_response`` answers that poll and tells htmx to stop once the work h
 
 from __future__ import annotations
 
-from django.db import models
+import logging
+from datetime import timedelta
+
+from django.db import models, transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -75,3 +78,34 @@ def poll_response(request: HttpRequest, template: str, context: dict, *, work: B
     if request.htmx and work.is_finished:
         return HttpResponseStopPolling(response.content, headers={"Content-Type": response["Content-Type"]})
     return response
+
+
+log = logging.getLogger(__name__)
+
+
+def send_on_commit(task, pk: int, *extra, argsrepr: str | None = None) -> None:
+    """Send the task for the row once the transaction commits. With the broker down the row still commits, as
+    QUEUED, and the request that asked for the work does not fail: ``requeue`` sends it later (imports,
+    reports, audits), or the page shows it waiting (training jobs, whose secret only the lost message held,
+    are cancelled and retried)."""
+
+    def send():
+        try:
+            if argsrepr is None:
+                task.delay(pk, *extra)
+            else:  # a secret among the arguments: the worker's log shows this instead
+                task.apply_async((pk, *extra), argsrepr=argsrepr)
+        except Exception:
+            log.warning("%s(%s): the task queue is unreachable; the row stays queued.", task.name, pk, exc_info=True)
+
+    transaction.on_commit(send, robust=True)
+
+
+def requeue(model: type[BackgroundWork], task, *, older_than_s: float) -> list[int]:
+    """Send the task again for rows still QUEUED after ``older_than_s`` (a broker that restarted empty, or was
+    down when they were sent). A duplicate is harmless: the worker claims a row once."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    ids = list(model.objects.filter(status=model.Status.QUEUED, created_at__lt=cutoff).values_list("pk", flat=True))
+    for pk in ids:
+        task.delay(pk)
+    return ids

@@ -185,6 +185,9 @@ else:
     OWNER_ROLE = DATABASES["owner"]["USER"]
     for _db in DATABASES.values():  # after any options the URL carries (?sslmode=...)
         _db["OPTIONS"] = {**_db.get("OPTIONS", {}), **_PG_OPTIONS}
+        # A kept connection the server dropped meanwhile (a restart, a terminated backend) is replaced at the
+        # start of the next request instead of failing it.
+        _db["CONN_HEALTH_CHECKS"] = True
     if os.environ.get("GOLDSET_DB_NAME"):
         for alias in DATABASES:
             DATABASES[alias]["NAME"] = os.environ["GOLDSET_DB_NAME"]
@@ -284,6 +287,13 @@ ARTIFACTS_DIR = Path(os.environ.get("GOLDSET_ARTIFACTS_DIR", VAR_DIR / "artifact
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # Uploads above this go to a temp file on disk instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# The largest upload (an import file) accepted; a bigger one is refused while it arrives, before it fills the disk.
+GOLDSET_UPLOAD_MAX_BYTES = int(os.environ.get("GOLDSET_UPLOAD_MAX_BYTES", str(2 * 1024**3)))
+FILE_UPLOAD_HANDLERS = [
+    "config.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # Item imports up to this size run during the upload request; bigger ones go to the Celery worker.
 GOLDSET_IMPORT_INLINE_MAX_BYTES = int(os.environ.get("GOLDSET_IMPORT_INLINE_MAX_BYTES", str(1024 * 1024)))
 

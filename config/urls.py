@@ -18,3 +18,6 @@ urlpatterns = [
     path("judging/", include("evalsets.judging.urls")),
     path("", include("annotate.urls")),
 ]
+
+# A lost database connection answers 503 "try again"; any other error the styled 500 page.
+handler500 = "config.errors.server_error"

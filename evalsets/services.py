@@ -15,6 +15,7 @@ from django.utils import timezone
 from annotate import roles
 from annotate.models import AdminAction, Project, RubricVersion
 from annotate.services.adminlog import admin_action_record
+from config.background import send_on_commit
 from evalsets import contamination
 from evalsets.export import canonical_line, record_content_hash
 from evalsets.models import (
@@ -258,7 +259,7 @@ def snapshot_contamination_check_request(*, snapshot: TrainingSnapshot, created_
     run = ContaminationCheckRun(snapshot=snapshot, created_by=created_by)
     run.full_clean()
     run.save()
-    contamination_check_run_task.delay_on_commit(run.pk)
+    send_on_commit(contamination_check_run_task, run.pk)
     return run
 
 

@@ -232,7 +232,12 @@ def world(project, alice, bob, judge, admin_user, mallory, settings, tmp_path):
     adapter.mkdir(parents=True)
     (adapter / "manifest.json").write_text("{}")
     job = TrainingJob.objects.create(
-        snapshot=snapshot, base_model="tiny", method="sft", config={}, output_dir=str(adapter.parent)
+        snapshot=snapshot,
+        base_model="tiny",
+        method="sft",
+        config={},
+        output_dir=str(adapter.parent),
+        status="succeeded",
     )
     preflight = TrainingPreflight.objects.create(snapshot=snapshot, base_model="tiny", method="sft", config={})
 

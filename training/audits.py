@@ -21,6 +21,7 @@ from django.utils import timezone
 from annotate.audit import Auditor, AuditRecord, apply_gates, gates_merge, same_prompt_finding
 from annotate.models import AdminAction, Project
 from annotate.services.adminlog import admin_action_record
+from config.background import send_on_commit
 from training.curation import audit_record
 from training.models import AuditAcknowledgement, SnapshotAudit, SnapshotRecord, TrainingSnapshot
 
@@ -53,7 +54,7 @@ def snapshot_audit_request(*, snapshot: TrainingSnapshot, created_by=None) -> Sn
         return snapshot_audit_run(audit_id=audit.pk)
     from training.tasks import snapshot_audit_run_task
 
-    snapshot_audit_run_task.delay_on_commit(audit.pk)
+    send_on_commit(snapshot_audit_run_task, audit.pk)
     return audit
 
 

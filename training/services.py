@@ -28,6 +28,7 @@ from annotate.models import (
 )
 from annotate.payloads import GoldAction, PreferenceChoice
 from annotate.services.adminlog import admin_action_record
+from config.background import send_on_commit
 from training import dbfunctions
 from training.audits import snapshot_audit_clearance, snapshot_audit_request
 from training.config import TrainingConfig
@@ -412,7 +413,7 @@ def training_preflight_request(
     # As for a job: only the worker that receives this message can write the preflight.
     secret = secrets.token_urlsafe(32)
     PreflightSecret.objects.create(preflight=preflight, secret_sha256=job_secret_hash(secret))
-    training_preflight_run.apply_async_on_commit((preflight.pk, secret), argsrepr=f"({preflight.pk}, '…')")
+    send_on_commit(training_preflight_run, preflight.pk, secret, argsrepr=f"({preflight.pk}, '…')")
     preflight.worker_secret = secret  # not stored: the caller may run the task itself (tests, the demo)
     return preflight
 
@@ -480,7 +481,7 @@ def _job_insert(
     JobSecret.objects.create(job=job, secret_sha256=job_secret_hash(secret))
     from training.tasks import training_job_run
 
-    training_job_run.apply_async_on_commit((job.pk, secret), argsrepr=f"({job.pk}, '…')")
+    send_on_commit(training_job_run, job.pk, secret, argsrepr=f"({job.pk}, '…')")
     job.worker_secret = secret  # not stored: the caller may run the task itself (tests, the demo)
     return job
 

@@ -9,6 +9,7 @@ no GPU needed, so a preflight never waits behind a training run). Both talk to t
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -178,8 +179,38 @@ def _missing_extra(exc: BaseException) -> bool:
     return isinstance(exc, ImportError) and name.split(".")[0] in TRAINING_MODULES
 
 
+ARTIFACT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+
+
+def _artifacts_writable(output_dir: Path) -> None:
+    """Make the job's folder and write a probe file there; raises OSError (what, where) when it cannot."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    probe = output_dir / ".write-probe"
+    probe.write_bytes(b"\0" * 4096)
+    probe.unlink()
+
+
+def artifacts_message(output_dir: Path, exc: OSError) -> str:
+    """The job page's words for an artifacts directory that cannot be written."""
+    why = exc.strerror or exc.__class__.__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk (or point GOLDSET_ARTIFACTS_DIR at a larger one)"
+    else:
+        fix = "give the gpu worker's user write access to GOLDSET_ARTIFACTS_DIR (or point it at a writable folder)"
+    return (
+        f"Could not write the job's artifacts in {output_dir}: {why} ({exc.filename or output_dir}). "
+        f"Nothing of this run was kept as an adapter; {fix}, then retry the job."
+    )
+
+
 def _failure(exc: Exception, sink: DbSink) -> tuple[str, str]:
     """(reason for the job page, last good checkpoint) of a failed run."""
+    if isinstance(exc, OSError) and exc.errno in ARTIFACT_ERRNOS:
+        # A disk that filled up mid-run may have cut the last checkpoint short: point at none.
+        return artifacts_message(Path(exc.filename or settings.ARTIFACTS_DIR).parent, exc), ""
+    if isinstance(exc, TrainingError) and isinstance(exc.__cause__, OSError) and exc.__cause__.errno in ARTIFACT_ERRNOS:
+        cause = exc.__cause__
+        return artifacts_message(Path(cause.filename or settings.ARTIFACTS_DIR).parent, cause), ""
     if isinstance(exc, TrainingError):
         return str(exc), exc.checkpoint
     if isinstance(exc, _Refused):
@@ -228,7 +259,18 @@ def training_job_run(job_id: int, secret: str) -> str:
     if not services.training_job_claim(job_id=job_id, secret=secret, worker=worker, using=using):
         return "not claimed"
     job = TrainingJob.objects.using(using).get(pk=job_id)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _artifacts_writable(output_dir)
+    except OSError as exc:
+        # Before any training: a run that could not save its adapter would be wasted GPU time.
+        services.training_job_finish(
+            job_id=job_id,
+            secret=secret,
+            status=TrainingJob.Status.FAILED,
+            using=using,
+            error=artifacts_message(output_dir, exc),
+        )
+        return "failed"
     sink = DbSink(job_id, secret, using, output_dir / "train.log", stall_after_s=job.config.get("stall_after_s") or 0)
     sink.log(f"job {job_id} claimed by {worker}; database role: {_db_role(using)}")
     services.training_job_heartbeat(job_id=job_id, secret=secret, using=using, output_dir=str(output_dir))

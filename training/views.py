@@ -25,7 +25,7 @@ from training.demo import LABEL as DEMO_LABEL
 from training.demo import demo_base_model
 from training.errors import INSTALL_HINT
 from training.forms import JobForm, SnapshotForm
-from training.models import SnapshotAudit, TrainingSnapshot
+from training.models import SnapshotAudit, TrainingJob, TrainingSnapshot
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -342,6 +342,9 @@ def job_resume(request: HttpRequest, job_id: int) -> HttpResponse:
 def job_download(request: HttpRequest, job_id: int) -> FileResponse:
     """The adapter folder (weights, tokenizer, manifest.json) as a zip."""
     job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
+    if job.status != TrainingJob.Status.SUCCEEDED:
+        # A failed or cancelled run's folder may hold a half-written adapter: only a finished one is handed out.
+        raise Http404("This job has no adapter to download (it did not succeed).")
     adapter = Path(job.output_dir) / "adapter" if job.output_dir else None
     root = Path(settings.ARTIFACTS_DIR).resolve()
     if adapter is None or not adapter.is_dir() or root not in adapter.resolve().parents:
@@ -349,8 +352,10 @@ def job_download(request: HttpRequest, job_id: int) -> FileResponse:
     # A temporary file vanishes when the response closes it: nothing is left behind on disk.
     archive = tempfile.TemporaryFile()  # noqa: SIM115
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        real = adapter.resolve()
         for f in sorted(adapter.rglob("*")):
-            if f.is_file():
+            # Nothing from outside the adapter folder, whatever a link in it points at.
+            if f.is_file() and not f.is_symlink() and real in f.resolve().parents:
                 zf.write(f, f.relative_to(adapter).as_posix())
     archive.seek(0)
     return FileResponse(archive, as_attachment=True, filename=f"goldset-job-{job.pk}-adapter.zip")

@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import pickle
-import shutil
+import re
 import tempfile
 import time
 import uuid
@@ -53,7 +53,7 @@ from django.utils.text import get_valid_filename
 
 from annotate import importers
 from annotate.models import ImportBatch, Item, Project, Provenance
-from config import csvwriter, liveness
+from config import csvwriter, liveness, uploads
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def import_batch_create(
     batch = ImportBatch(
         project=project,
         uploaded_by=uploaded_by,
-        filename=Path(filename).name[:255],
+        filename=upload_name(filename),
         file_format=file_format,
         mode=mode,
         provenance=provenance,
@@ -119,12 +119,18 @@ def import_batch_create(
             imports_dir() / "uploads" / f"{uuid.uuid4().hex}-{get_valid_filename(batch.filename)[-100:] or 'upload'}"
         )
         target.parent.mkdir(parents=True, exist_ok=True)
+        limit = uploads.max_bytes()
+        written = 0
+        pieces = upload.chunks() if hasattr(upload, "chunks") else iter(lambda: upload.read(1024 * 1024), b"")
         with open(target, "wb") as out:
-            if hasattr(upload, "chunks"):
-                for piece in upload.chunks():
-                    out.write(piece)
-            else:
-                shutil.copyfileobj(upload, out, 1024 * 1024)
+            for piece in pieces:
+                written += len(piece)
+                if written > limit:
+                    # Counted as it arrives (a streamed body has no size up front): stop before the disk fills.
+                    out.close()
+                    target.unlink(missing_ok=True)
+                    raise ValidationError({"file": uploads.too_big_message(limit)})
+                out.write(piece)
         path = target
     if path is None:
         raise ValueError("Give the upload or a path to read.")
@@ -132,6 +138,16 @@ def import_batch_create(
     batch.bytes_total = Path(path).stat().st_size
     batch.save()
     return batch
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def upload_name(filename: str) -> str:
+    """The file name as shown and stored: its last part after any / or \\ (a client may send a whole path),
+    without control characters (a NUL cannot be stored), at most 255 characters."""
+    name = _CONTROL.sub("", re.split(r"[/\\]", filename or "")[-1]).strip()
+    return name[:255] or "upload"
 
 
 def import_batch_submit(

@@ -11,6 +11,7 @@ from annotate import selectors
 from annotate.models import AgreementReport, Project, RubricVersion
 from annotate.reports import report_build, report_rubric_version
 from annotate.tasks import agreement_report_compute
+from config.background import send_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def agreement_report_request(
         AgreementReport.claim(report.pk)
         _compute(report)
     else:
-        agreement_report_compute.delay_on_commit(report.pk)
+        send_on_commit(agreement_report_compute, report.pk)
     report.refresh_from_db()
     return report
 

@@ -17,7 +17,7 @@ from annotate.importers import rejected_errors_path
 from annotate.models import ImportBatch
 from annotate.services import imports as import_services
 from annotate.services.imports import import_batch_submit
-from config import csvwriter
+from config import csvwriter, uploads
 from config.background import poll_response
 
 ITEMS_PER_PAGE = 50
@@ -27,6 +27,13 @@ ITEMS_PER_PAGE = 50
 def import_new(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get_for_admin(user=request.user, slug=slug)
     form = ImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and uploads.refused(request):
+        # The upload stopped at the limit, and the form fields after the file were not read: a fresh form.
+        form = ImportForm()
+        form.cleaned_data = {}
+        form.add_error("file", uploads.refused(request))
+        context = {"project": project, "form": form, "batches": selectors.import_batch_list(project=project)}
+        return render(request, "annotate/import_new.html", context, status=413)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:

@@ -1,12 +1,18 @@
 import pytest
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate as django_authenticate
 from django.core.management import call_command
+from django.test import RequestFactory
 
 from annotate import demo, roles
 from annotate.models import ImportBatch, Item, Project, RubricVersion
 from tests.conftest import ON_POSTGRES
 
 pytestmark = pytest.mark.django_db
+
+
+def authenticate(**credentials):
+    """As the login form does: with the request (django-axes throttles logins per username and address)."""
+    return django_authenticate(request=RequestFactory().post("/login/"), **credentials)
 
 
 @pytest.fixture(autouse=True)
