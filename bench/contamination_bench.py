@@ -234,11 +234,17 @@ class Worker:
 
 
 def verify(check: SnapshotCheck, planted: dict[int, tuple]) -> tuple[int, int, int]:
-    """(planted, found, false alarms) from the stored verdict; every listed pair must be a planted one."""
+    """(planted, found, false alarms) from the stored verdict; every listed pair must be a planted one.
+
+    The pairs, which quote eval text, are kept on the evalsets side (ContaminationReport); the verdict the
+    trainer role can read holds counts and training record ids only."""
+    from evalsets.models import ContaminationReport
+
     report = check.report
+    pairs = ContaminationReport.objects.filter(snapshot_check=check).first()
     planted_records = {i // 2 for i in planted}
     found = false_alarms = 0
-    for pair in report.get("pairs", []):
+    for pair in pairs.pairs if pairs else []:
         position = pair["train"]["position"]
         text_index = 2 * position + (0 if pair["train"]["field"] == "prompt" else 1)
         key = planted.get(text_index)
@@ -247,7 +253,7 @@ def verify(check: SnapshotCheck, planted: dict[int, tuple]) -> tuple[int, int, i
             found += 1
         else:
             false_alarms += 1
-    listed_all = not report.get("pairs_truncated")
+    listed_all = not (pairs and pairs.pairs_truncated)
     offending = report.get("offending_train_records", found)
     if listed_all:
         return len(planted), found, false_alarms
