@@ -139,13 +139,16 @@ def make_version(project, user, size: int, number: int) -> EvalSetVersion:
     # is write-once, so its sha256 must be known before it is inserted. One transaction, as a
     # freeze: PostgreSQL refuses a version whose records are not all there at commit.
     sha = hashlib.sha256()
+    counts: dict[str, int] = {}
     for record in generate(size, number):
         sha.update((canonical_line(record) + "\n").encode())
+        counts[record["kind"]] = counts.get(record["kind"], 0) + 1
     version = EvalSetVersion.objects.create(
         project=project,
         number=number,
         sha256=sha.hexdigest(),
         record_count=size,
+        counts=counts,
         changelog=f"bench {size}",
         frozen_by=user,
         frozen_at=timezone.now(),
@@ -250,7 +253,10 @@ class WebServer:
         conn.request("GET", path, headers={"Cookie": f"sessionid={session}"})
         response = conn.getresponse()
         if response.status != 200:
-            raise SystemExit(f"GET {path}: {response.status} {response.read()[:300]!r}")
+            body = response.read()
+            if os.environ.get("BENCH_DUMP"):
+                Path(os.environ["BENCH_DUMP"]).write_bytes(body)
+            raise SystemExit(f"GET {path}: {response.status} {body[:300]!r}")
         while chunk := response.read(1 << 16):
             sha.update(chunk)
             size += len(chunk)
