@@ -60,19 +60,23 @@ SPLIT = re.compile(
 
 
 def scratch_database(*, fresh: bool, drop: bool = False) -> None:
+    """The scratch database, made, owned and migrated by the owner role as production does."""
     import psycopg
+    from _roles import owner_url
 
-    with psycopg.connect(os.environ["DATABASE_URL"], dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(owner_url(os.environ["DATABASE_URL"]), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [SCRATCH]).fetchone()
         if exists and (fresh or drop):
-            conn.execute(f'DROP DATABASE "{SCRATCH}"')
+            conn.execute(f'DROP DATABASE "{SCRATCH}" WITH (FORCE)')
             exists = None
         if drop:
             return
         if not exists:
             conn.execute(f'CREATE DATABASE "{SCRATCH}"')
     env = {**os.environ, "REDIS_URL": ""}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0", "--database", "owner"], cwd=ROOT, env=env, check=True
+    )
 
 
 def build(size: int, *, reviewers: int, overlap: int, n_criteria: int, seed: int = 0):

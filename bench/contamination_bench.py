@@ -52,12 +52,13 @@ os.environ.setdefault("SECRET_KEY", "bench")
 
 
 def pg_scratch(create: bool) -> None:
-    import psycopg
+    """The scratch database, dropped and made again by the owner role (which migrates it, as in production)."""
+    from _roles import owner_sql
 
-    with psycopg.connect(os.environ["DATABASE_URL"], dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}"')
-        if create:
-            conn.execute(f'CREATE DATABASE "{SCRATCH_DB}"')
+    statements = [f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)']
+    if create:
+        statements.append(f'CREATE DATABASE "{SCRATCH_DB}"')
+    owner_sql(os.environ["DATABASE_URL"], *statements)
 
 
 if BACKEND == "postgresql":
@@ -68,6 +69,7 @@ import django  # noqa: E402
 django.setup()
 
 from _memory import PeakRSS  # noqa: E402
+from _roles import migrate_alias  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
@@ -232,11 +234,17 @@ class Worker:
 
 
 def verify(check: SnapshotCheck, planted: dict[int, tuple]) -> tuple[int, int, int]:
-    """(planted, found, false alarms) from the stored verdict; every listed pair must be a planted one."""
+    """(planted, found, false alarms) from the stored verdict; every listed pair must be a planted one.
+
+    The pairs, which quote eval text, are kept on the evalsets side (ContaminationReport); the verdict the
+    trainer role can read holds counts and training record ids only."""
+    from evalsets.models import ContaminationReport
+
     report = check.report
+    pairs = ContaminationReport.objects.filter(snapshot_check=check).first()
     planted_records = {i // 2 for i in planted}
     found = false_alarms = 0
-    for pair in report.get("pairs", []):
+    for pair in pairs.pairs if pairs else []:
         position = pair["train"]["position"]
         text_index = 2 * position + (0 if pair["train"]["field"] == "prompt" else 1)
         key = planted.get(text_index)
@@ -245,7 +253,7 @@ def verify(check: SnapshotCheck, planted: dict[int, tuple]) -> tuple[int, int, i
             found += 1
         else:
             false_alarms += 1
-    listed_all = not report.get("pairs_truncated")
+    listed_all = not (pairs and pairs.pairs_truncated)
     offending = report.get("offending_train_records", found)
     if listed_all:
         return len(planted), found, false_alarms
@@ -259,7 +267,7 @@ def main() -> None:
     parser.add_argument("--eval-records", type=int, default=50_000)
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], help="Default: postgresql with DATABASE_URL.")
     args = parser.parse_args()
-    call_command("migrate", verbosity=0)
+    call_command("migrate", database=migrate_alias(), verbosity=0)
     roles_ensure()
     user = get_user_model().objects.create_user("bench", password="bench")
     user_grant_role(user=user, role="admin")

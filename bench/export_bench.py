@@ -57,12 +57,13 @@ os.environ.setdefault("SECRET_KEY", "bench")
 
 
 def pg_scratch(create: bool) -> None:
-    import psycopg
+    """The scratch database, dropped and made again by the owner role (which migrates it, as in production)."""
+    from _roles import owner_sql
 
-    with psycopg.connect(os.environ["DATABASE_URL"], dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}"')
-        if create:
-            conn.execute(f'CREATE DATABASE "{SCRATCH_DB}"')
+    statements = [f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)']
+    if create:
+        statements.append(f'CREATE DATABASE "{SCRATCH_DB}"')
+    owner_sql(os.environ["DATABASE_URL"], *statements)
 
 
 if BACKEND == "postgresql" and not CHILD:
@@ -73,6 +74,7 @@ import django  # noqa: E402
 django.setup()
 
 from _memory import PeakRSS, run_watched  # noqa: E402
+from _roles import migrate_alias  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
@@ -137,13 +139,16 @@ def make_version(project, user, size: int, number: int) -> EvalSetVersion:
     # is write-once, so its sha256 must be known before it is inserted. One transaction, as a
     # freeze: PostgreSQL refuses a version whose records are not all there at commit.
     sha = hashlib.sha256()
+    counts: dict[str, int] = {}
     for record in generate(size, number):
         sha.update((canonical_line(record) + "\n").encode())
+        counts[record["kind"]] = counts.get(record["kind"], 0) + 1
     version = EvalSetVersion.objects.create(
         project=project,
         number=number,
         sha256=sha.hexdigest(),
         record_count=size,
+        counts=counts,
         changelog=f"bench {size}",
         frozen_by=user,
         frozen_at=timezone.now(),
@@ -248,7 +253,10 @@ class WebServer:
         conn.request("GET", path, headers={"Cookie": f"sessionid={session}"})
         response = conn.getresponse()
         if response.status != 200:
-            raise SystemExit(f"GET {path}: {response.status} {response.read()[:300]!r}")
+            body = response.read()
+            if os.environ.get("BENCH_DUMP"):
+                Path(os.environ["BENCH_DUMP"]).write_bytes(body)
+            raise SystemExit(f"GET {path}: {response.status} {body[:300]!r}")
         while chunk := response.read(1 << 16):
             sha.update(chunk)
             size += len(chunk)
@@ -273,7 +281,7 @@ def main() -> None:
     parser.add_argument("--formats", default="goldset,prompt-completion,openai-dpo")
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], help="Default: postgresql with DATABASE_URL.")
     args = parser.parse_args()
-    call_command("migrate", verbosity=0)
+    call_command("migrate", database=migrate_alias(), verbosity=0)
     roles_ensure()
     user = get_user_model().objects.create_user("bench", password="bench")
     user_grant_role(user=user, role="admin")

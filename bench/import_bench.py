@@ -145,14 +145,13 @@ def backend_env(backend: str, tmp: Path) -> dict:
 
 
 def pg_scratch(create: bool) -> None:
-    import psycopg
+    """The scratch database, dropped and made again by the owner role (which migrates it, as in production)."""
+    from _roles import owner_sql
 
-    url = os.environ["DATABASE_URL"]
-    # Connect to the maintenance database: the app database itself may not exist yet.
-    with psycopg.connect(url, dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
-        if create:
-            conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    statements = [f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)']
+    if create:
+        statements.append(f'CREATE DATABASE "{SCRATCH_DB}"')
+    owner_sql(os.environ["DATABASE_URL"], *statements)
 
 
 def main() -> None:
@@ -195,7 +194,10 @@ def main() -> None:
                 pg_scratch(create=True)
             try:
                 env = backend_env(backend, tmp)
-                subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+                migrate = [sys.executable, "manage.py", "migrate", "-v0"]
+                if backend == "postgresql":
+                    migrate += ["--database", "owner"]
+                subprocess.run(migrate, cwd=ROOT, env=env, check=True)
                 for fmt in formats:
                     for size in sizes:
                         r = run_command(files[fmt, size], env, traced=False)

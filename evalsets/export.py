@@ -153,7 +153,7 @@ def layout_unavailable(fmt: str, *, name: str, counts: dict[str, int]) -> str:
     if fmt in fillable:
         return ""
     return (
-        f"{name} has no {_NEEDS[FILLED_BY[fmt]]}, so it has nothing to export as {fmt!r}. "
+        f"{name} has no {_NEEDS.get(FILLED_BY[fmt], 'records')}, so it has nothing to export as {fmt!r}. "
         f"Layouts it can fill: {', '.join(fillable)}."
     )
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -60,6 +60,28 @@ def job_list_for_admin(*, user) -> list[TrainingJob]:
     for job in jobs:
         job.queue_place = places.get(job.pk)
     return jobs
+
+
+JOBS_PER_PAGE = 50
+
+
+def job_page_for_admin(*, user, status: str = "", q: str = "", page=None):
+    """One page of jobs, newest first, filtered by status and searched by base model or snapshot name (or
+    "#id"); each job on the page has ``queue_place``."""
+    require_admin(user)
+    jobs = TrainingJob.objects.select_related("snapshot", "created_by").order_by("-created_at", "-id")
+    if status:
+        jobs = jobs.filter(status=status)
+    if q:
+        match = Q(base_model__icontains=q) | Q(snapshot__name__icontains=q)
+        if q.lstrip("#").isdigit():
+            match |= Q(pk=int(q.lstrip("#")))
+        jobs = jobs.filter(match)
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(page)
+    places = queue_positions()
+    for job in page:
+        job.queue_place = places.get(job.pk)
+    return page
 
 
 def job_get_for_admin(*, user, job_id: int) -> TrainingJob:

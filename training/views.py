@@ -227,9 +227,22 @@ def snapshot_rewrite_tasks(request: HttpRequest, snapshot_id: int) -> HttpRespon
 @require_GET
 @vary_on_headers("HX-Request")
 def job_list(request: HttpRequest) -> HttpResponse:
-    jobs = selectors.job_list_for_admin(user=request.user)
+    status = request.GET.get("status", "")
+    status = status if status in TrainingJob.Status.values else ""
+    q = request.GET.get("q", "").strip()[:200]
+    page = selectors.job_page_for_admin(user=request.user, status=status, q=q, page=request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "jobs": page,
+        "page": page,
+        "status": status,
+        "q": q,
+        "statuses": TrainingJob.Status.choices,
+        "query": query.urlencode(),
+    }
     template = "training/job_list.html" + ("#job-table" if request.htmx else "")
-    return render(request, template, {"jobs": jobs})
+    return render(request, template, context)
 
 
 def _initial_from(preflight) -> dict:

@@ -98,6 +98,25 @@ def test_the_jobs_page_shows_each_waiting_jobs_place(client, admin_user, job, tr
     assert f"#{other.pk}" in fragment.content.decode() and "<html" not in fragment.content.decode()
 
 
+def test_the_jobs_page_filters_by_status_searches_and_keeps_its_filters_while_it_polls(
+    client, admin_user, job, trainable_snapshot
+):
+    preflight = finish_preflight(requested(trainable_snapshot, admin_user, base_model="/models/other"), PASSED)
+    other = services.training_job_create(preflight=preflight, created_by=admin_user)
+    TrainingJob.objects.filter(pk=job.pk).update(status="failed", error="out of memory")
+    client.force_login(admin_user)
+    url = reverse("training:job-list")
+    failed = client.get(url, {"status": "failed"}).content.decode()
+    assert "1 job" in failed and f">#{job.pk}<" in failed and f">#{other.pk}<" not in failed
+    assert f'hx-get="{url}?status=failed"' in failed, "the polled table keeps the filter"
+    found = client.get(url, {"q": "OTHER"}).content.decode()
+    assert f">#{other.pk}<" in found and f">#{job.pk}<" not in found
+    assert f">#{job.pk}<" in client.get(url, {"q": f"#{job.pk}"}).content.decode()
+    none = client.get(url, {"q": "nothing like it"}).content.decode()
+    assert "No jobs match" in none
+    assert "2 jobs" in client.get(url, {"status": "bogus"}).content.decode(), "an unknown status filters nothing"
+
+
 def progress(job, phase, step, loss, **extra):
     defaults = {"total_steps": 6, "learning_rate": 1e-3, "grad_norm": 0.5, "tokens_per_second": 1000}
     return JobProgress.objects.create(job=job, phase=phase, step=step, loss=loss, **{**defaults, **extra})
