@@ -79,6 +79,9 @@ def test_no_api_answer_to_a_reviewer_shows_another_reviewers_answer(client, api_
     api = api_as(alice, "read")
     values = {k: make("reviewer") for k, make in planted["values"].items() if ":" not in k}
     values["version_id"] = planted["values"]["annotate:version_id"]("reviewer")
+    values["evalset_version_id"] = planted["values"]["evalsets:version_id"]("reviewer")
+    values["run_id"] = planted["values"]["evalsets:run_id"]("reviewer")
+    values.update(layout="goldset", path="manifest.json")
     reads = [path for method, path in api_operations() if method == "GET"]
     for path in reads:
         response = api("GET", path.format(**values))

@@ -137,6 +137,21 @@ RULES: dict[str, dict[str, str | None]] = {
     "training:job-retry": {"GET": None, "POST": "staff"},
     "training:job-resume": {"GET": None, "POST": "staff"},
     "training:job-download": {"GET": "staff", "POST": None},
+    # flags and contamination check runs
+    "annotate:flag-list": {"GET": "admin", "POST": None},
+    "annotate:flag-resolve": {"GET": None, "POST": "admin"},
+    "evalsets:contamination-run": {"GET": "staff", "POST": None},
+    # judging: admins only (project checks inside a project)
+    "judging:run-list": {"GET": "staff", "POST": "staff"},
+    "judging:run-detail": {"GET": "staff", "POST": None},
+    "judging:run-cancel": {"GET": None, "POST": "staff"},
+    "judging:run-retry": {"GET": None, "POST": "staff"},
+    "judging:comparison-list": {"GET": "staff", "POST": "staff"},
+    "judging:comparison-detail": {"GET": "staff", "POST": None},
+    "judging:model-card": {"GET": "staff", "POST": None},
+    "judging:model-card-markdown": {"GET": "staff", "POST": None},
+    "judging:regression-start": {"GET": None, "POST": "staff"},
+    "judging:project-checks": {"GET": "admin", "POST": "admin"},
 }
 
 # Served by other tests: the REST API (its own matrix) and Django's admin site (below, model by model).
@@ -240,6 +255,20 @@ def world(project, alice, bob, judge, admin_user, mallory, settings, tmp_path):
         status="succeeded",
     )
     preflight = TrainingPreflight.objects.create(snapshot=snapshot, base_model="tiny", method="sft", config={})
+    from annotate.models import Flag, Project
+    from evalsets.judging.models import Comparison, GenerationRun
+    from evalsets.models import ContaminationCheckRun
+
+    flag = Flag.objects.create(item=history, reviewer=alice, reason="The prompt is unclear.")
+    check_run = ContaminationCheckRun.objects.create(snapshot=snapshot)
+    runs = [
+        GenerationRun.objects.create(
+            evalset_version=evalset, label=label, base_model="tiny", decoding={}, status="succeeded"
+        )
+        for label in ("base", "tuned")
+    ]
+    compared = Project.objects.create(name="Comparison", slug="compare-0", task_kinds=["preference"])
+    comparison = Comparison.objects.create(name="base vs tuned", run_a=runs[0], run_b=runs[1], project=compared, seed=1)
 
     tokens = {role: api_token_create(user=u, name=role, scope="read")[0] for role, u in users.items() if u}
     tokens["anonymous"] = tokens["reviewer"]
@@ -260,6 +289,10 @@ def world(project, alice, bob, judge, admin_user, mallory, settings, tmp_path):
         "audit_id": lambda role: audit.pk,
         "preflight_id": lambda role: preflight.pk,
         "job_id": lambda role: job.pk,
+        "flag_id": lambda role: flag.pk,
+        "evalsets:run_id": lambda role: check_run.pk,
+        "judging:run_id": lambda role: runs[0].pk,
+        "comparison_id": lambda role: comparison.pk,
     }
     # Item arguments that must point at a particular kind of item.
     items = {

@@ -183,6 +183,10 @@ def _values(comparison, alice) -> dict[str, list]:
         "rubric_id": [1],
         "token_id": [1],
         "api:version_id": [1],
+        "evalset_version_id": [comparison.run_a.evalset_version_id],
+        "api:layout": ["goldset"],
+        "api:path": ["manifest.json"],
+        "flag_id": [1],
     }
 
 
