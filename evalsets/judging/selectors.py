@@ -7,6 +7,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from annotate import roles
+from annotate import selectors as annotate_selectors
 from annotate.models import Project
 from evalsets.judging.models import Comparison, GenerationRun
 from training.models import TrainingJob
@@ -59,8 +60,6 @@ def job_get_for_admin(*, user, job_id: int) -> TrainingJob:
 
 
 def project_get_for_admin(*, user, slug: str) -> Project:
-    require_admin(user)
-    try:
-        return Project.objects.get(slug=slug)
-    except Project.DoesNotExist:
-        raise Http404("No such project.") from None
+    """A project's judging settings, as its other admin pages find it: 404 for non-members, 403 for members who
+    are not admins."""
+    return annotate_selectors.project_get_for_admin(user=user, slug=slug)

@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from config.background import poll_response
@@ -51,6 +51,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
     return render(request, "judging/run_list.html", context, status=400 if form.errors else 200)
 
 
+@require_GET
 def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = selectors.run_get_for_admin(user=request.user, run_id=run_id)
     context = {"run": run, "work": run}
@@ -107,6 +108,7 @@ def comparison_list(request: HttpRequest) -> HttpResponse:
     return render(request, "judging/comparison_list.html", context, status=400 if form.errors else 200)
 
 
+@require_GET
 def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
     comparison = selectors.comparison_get_for_admin(user=request.user, comparison_id=comparison_id)
     context = {"comparison": comparison, "results": results.comparison_results(comparison)}
@@ -116,12 +118,14 @@ def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
 # --- model cards and capability regression -----------------------------------------------------------
 
 
+@require_GET
 def model_card(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
     context = {"card": modelcard.model_card(job), "form": RegressionPairForm(), "job": job}
     return render(request, "judging/model_card.html", context)
 
 
+@require_GET
 def model_card_markdown(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
     response = HttpResponse(
