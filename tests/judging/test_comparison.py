@@ -133,6 +133,10 @@ def test_two_reviewers_in_opposite_displays_who_pick_the_same_run_store_the_same
 # --- blindness over every endpoint a reviewer can reach ---------------------------------------------------
 
 
+GENERIC_HINTS = {"/judging/", "generation run", "adapter", "fine-tun", "checkpoint"}
+SCHEMA_URLS = ("/api/v1/openapi.json", "/api/v1/docs")
+
+
 def _hints(comparison) -> list[str]:
     """Everything that names or points at a model or a run."""
     run_a, run_b = comparison.run_a, comparison.run_b
@@ -201,6 +205,7 @@ def test_no_page_fragment_export_or_api_answer_a_reviewer_can_reach_hints_at_a_m
     client.force_login(alice)
     client.get(reverse("annotate:queue", args=[comparison.project.slug]))
     hints = _hints(comparison)
+    specific = [h for h in hints if h not in GENERIC_HINTS]
     values = _values(comparison, alice)
     reached, leaks = [], []
     for namespace, pattern in _patterns(get_resolver().url_patterns):
@@ -219,7 +224,10 @@ def test_no_page_fragment_export_or_api_answer_a_reviewer_can_reach_hints_at_a_m
                 body = _body(response)
                 if response.status_code < 400:
                     reached.append(url)
-                for hint in hints:
+                # Words that only hint at judging in general count on what the reviewer is served; a refusal
+                # (the same words for every caller) and the API's own schema describe the app, not a model.
+                served = response.status_code < 400 and not url.startswith(SCHEMA_URLS)
+                for hint in hints if served else specific:
                     if hint.lower() in body.lower() or hint.lower() in str(response.headers).lower():
                         leaks.append(f"{url} ({response.status_code}): {hint!r}")
     # The API as a pipeline would call it, with a token of the reviewer's.
