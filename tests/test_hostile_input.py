@@ -188,8 +188,7 @@ def test_no_form_raises_on_any_input(data, project):
 @given(data=st.data())
 def test_no_task_form_raises_and_a_valid_one_gives_a_payload(data, project):
     from annotate.models import RubricVersion
-    from tests.annotate.factories import CRITERIA
-    from tests.factories import make_item
+    from tests.factories import CRITERIA, make_item
 
     kind = data.draw(st.sampled_from(KINDS))
     item = make_item(project, kind, responses=data.draw(st.integers(0, 3)))

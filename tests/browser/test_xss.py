@@ -12,7 +12,7 @@ import pytest
 from annotate.models import Adjudication, ItemResult, Rubric, RubricVersion
 from annotate.services import imports
 from annotate.services.projects import project_member_set
-from tests.annotate.factories import annotate, gold, make_item, pref
+from tests.factories import annotate, gold, make_item, pref
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
