@@ -92,6 +92,7 @@ def run(args) -> int:
     django.setup()
     _sessions(args)
     from _roles import migrate_alias
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
@@ -125,7 +126,9 @@ def run(args) -> int:
     callers = []
     for user in users:
         client = Client()
-        assert client.login(username=user.username, password="profile-password-1")
+        # Logged in as the login form leaves a session (its backend: the last one, which checks passwords);
+        # django-axes' backend needs the request that a test client's login() does not pass.
+        client.force_login(user, backend=settings.AUTHENTICATION_BACKENDS[-1])
         callers.append(wsgi_caller(session=client.cookies["sessionid"].value))
     turns = itertools.cycle(callers)
     next_url = f"/projects/{project.slug}/queue/next/"
