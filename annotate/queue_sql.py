@@ -8,14 +8,16 @@ every field), and writes prepare values with the model fields as ``save()`` does
 here have no ``save()`` override and no signal receiver that such a write would skip:
 ``tests/test_rawsql.py`` fails if one gains either.
 
-Each function returns ``(sql, params)``; the services run them.
+Each function returns ``(sql, params)``; the services run them. A statement's text depends only on the
+database vendor and its shape (``@statement``), so it is assembled once and reused: building it from
+``_meta`` on every request was a measurable share of the queue's CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import cache
+from functools import cache, wraps
 
 from django.db import connection
 from django.db.models import Model
@@ -49,6 +51,17 @@ T = rawsql.table
 cols = rawsql.columns
 
 
+def statement(build: Callable[..., str]) -> Callable[..., str]:
+    """Cache a statement's text by the connection's vendor and the (hashable) shape arguments."""
+    by_vendor = cache(lambda vendor, *shape: build(*shape))
+
+    @wraps(build)
+    def text(*shape) -> str:
+        return by_vendor(connection.vendor, *shape)
+
+    return text
+
+
 def _members() -> tuple[str, str, str]:
     """The project-members table and its project and user columns."""
     field = Project._meta.get_field("members")
@@ -68,13 +81,24 @@ def _members_join(kind: str = "JOIN", *, on_user: bool = False) -> tuple[str, st
 
 
 def project_of_member(*, user_id: int, slug: str) -> tuple[str, dict]:
+    return _project_of_member(), {"slug": slug, "user": user_id}
+
+
+@statement
+def _project_of_member() -> str:
     join, member = _members_join()
     sql = f"SELECT {cols(Project, 'p')} FROM {T(Project)} p {join} WHERE p.{col(Project, 'slug')} = %(slug)s"
-    return sql + f" AND {member} = %(user)s", {"slug": slug, "user": user_id}
+    return sql + f" AND {member} = %(user)s"
 
 
 def project_and_queue(*, user_id: int, slug: str, now: datetime) -> tuple[str, dict]:
     """The project (for a member) with the member's unexpired active leases in it and their items, oldest first."""
+    params = {"user": user_id, "active": Lease.Status.ACTIVE.value, "now": rawsql.param(now), "slug": slug}
+    return _project_and_queue(), params
+
+
+@statement
+def _project_and_queue() -> str:
     join, member = _members_join()
     lease, item = col(Lease, "project"), col(Lease, "item")
     sql = (
@@ -84,11 +108,16 @@ def project_and_queue(*, user_id: int, slug: str, now: datetime) -> tuple[str, d
         f"LEFT JOIN {T(Item)} i ON i.id = l.{item} "
         f"WHERE p.{col(Project, 'slug')} = %(slug)s AND {member} = %(user)s{ACTIVE_LEASES_ORDER}"
     )
-    return sql, {"user": user_id, "active": Lease.Status.ACTIVE.value, "now": rawsql.param(now), "slug": slug}
+    return sql
 
 
 def project_and_lease(*, user_id: int, slug: str, lease_id: int) -> tuple[str, dict]:
     """The project with one of the user's leases in it and its item, and whether the user is a member."""
+    return _project_and_lease(), {"user": user_id, "slug": slug, "lease": lease_id}
+
+
+@statement
+def _project_and_lease() -> str:
     join, member = _members_join("LEFT JOIN", on_user=True)
     sql = (
         f"SELECT {cols(Project, 'p')}, {cols(Lease, 'l')}, {cols(Item, 'i')}, {member} IS NOT NULL "
@@ -96,13 +125,13 @@ def project_and_lease(*, user_id: int, slug: str, lease_id: int) -> tuple[str, d
         f"JOIN {T(Item)} i ON i.id = l.{col(Lease, 'item')} {join} "
         f"WHERE p.{col(Project, 'slug')} = %(slug)s AND l.id = %(lease)s AND l.{col(Lease, 'reviewer')} = %(user)s"
     )
-    return sql, {"user": user_id, "slug": slug, "lease": lease_id}
+    return sql
 
 
 # --- Leases -----------------------------------------------------------------------------------------------
 
 
-def leases_with_items(where: str, params: dict, *, order: str = "", lock: bool = False) -> tuple[str, dict]:
+def leases_with_items(where: str, *, order: str = "", lock: bool = False) -> str:
     """Leases matching ``where`` (over ``l``) with their items, in one statement; ``lock`` locks the leases."""
     sql = (
         f"SELECT {cols(Lease, 'l')}, {cols(Item, 'i')} FROM {T(Lease)} l "
@@ -110,30 +139,31 @@ def leases_with_items(where: str, params: dict, *, order: str = "", lock: bool =
     )
     if lock:
         sql += rawsql.lock_clause("l")
-    return sql, params
+    return sql
 
 
 def leases_active(*, project_id: int, reviewer_id: int, now: datetime) -> tuple[str, dict]:
     """The reviewer's unexpired active leases in the project, oldest first."""
-    where = (
-        f"l.{col(Lease, 'project')} = %(project)s AND l.{col(Lease, 'reviewer')} = %(reviewer)s "
-        f"AND l.{col(Lease, 'status')} = %(active)s AND l.{col(Lease, 'expires_at')} > %(now)s"
-    )
     params = {
         "project": project_id,
         "reviewer": reviewer_id,
         "active": Lease.Status.ACTIVE.value,
         "now": rawsql.param(now),
     }
-    return leases_with_items(where, params, order=ACTIVE_LEASES_ORDER)
+    return _leases_active(), params
+
+
+@statement
+def _leases_active() -> str:
+    where = (
+        f"l.{col(Lease, 'project')} = %(project)s AND l.{col(Lease, 'reviewer')} = %(reviewer)s "
+        f"AND l.{col(Lease, 'status')} = %(active)s AND l.{col(Lease, 'expires_at')} > %(now)s"
+    )
+    return leases_with_items(where, order=ACTIVE_LEASES_ORDER)
 
 
 def lease_and_queue_locked(*, lease_id: int, reviewer_id: int, project_id: int, now: datetime) -> tuple[str, dict]:
     """A lease of the reviewer's and their other unexpired active leases in the project, locked, oldest first."""
-    where = (
-        f"l.{col(Lease, 'reviewer')} = %(reviewer)s AND l.{col(Lease, 'project')} = %(project)s AND (l.id = %(lease)s "
-        f"OR (l.{col(Lease, 'status')} = %(active)s AND l.{col(Lease, 'expires_at')} > %(now)s))"
-    )
     params = {
         "reviewer": reviewer_id,
         "project": project_id,
@@ -141,7 +171,16 @@ def lease_and_queue_locked(*, lease_id: int, reviewer_id: int, project_id: int, 
         "active": Lease.Status.ACTIVE.value,
         "now": rawsql.param(now),
     }
-    return leases_with_items(where, params, order=ACTIVE_LEASES_ORDER, lock=True)
+    return _lease_and_queue_locked(), params
+
+
+@statement
+def _lease_and_queue_locked() -> str:
+    where = (
+        f"l.{col(Lease, 'reviewer')} = %(reviewer)s AND l.{col(Lease, 'project')} = %(project)s AND (l.id = %(lease)s "
+        f"OR (l.{col(Lease, 'status')} = %(active)s AND l.{col(Lease, 'expires_at')} > %(now)s))"
+    )
+    return leases_with_items(where, order=ACTIVE_LEASES_ORDER, lock=True)
 
 
 def pick(*, project: Project, reviewer_id: int, blocked: Sequence[str], partial: bool, window: int) -> tuple[str, dict]:
@@ -152,6 +191,15 @@ def pick(*, project: Project, reviewer_id: int, blocked: Sequence[str], partial:
     candidate is a per-row lookup on the (item, reviewer) unique index: as ``NOT EXISTS`` the planner
     may choose an anti-join that reads all of the reviewer's leases for every candidate."""
     kinds = {f"blocked{i}": kind for i, kind in enumerate(blocked)}
+    params = {"project": project.pk, "reviewer": reviewer_id, **kinds, **{f"seen{i}": s for i, s in enumerate(SEEN)}}
+    if partial:
+        params.update(k=project.overlap_k, window=window)
+    return _pick(len(kinds), partial), params
+
+
+@statement
+def _pick(blocked: int, partial: bool) -> str:
+    kinds = [f"blocked{i}" for i in range(blocked)]
     kind_filter = f" AND {{t}}.{col(Item, 'kind')} NOT IN ({', '.join(f'%({k})s' for k in kinds)})" if kinds else ""
     base = f"{{t}}.{col(Item, 'project')} = %(project)s AND NOT {{t}}.{col(Item, 'is_calibration')}" + kind_filter
     count = col(Item, "review_count")
@@ -161,7 +209,6 @@ def pick(*, project: Project, reviewer_id: int, blocked: Sequence[str], partial:
         + base.format(t="i")
         + f" AND COALESCE((SELECT ol.{col(Lease, 'status')} {own}), '') NOT IN (%(seen0)s, %(seen1)s, %(seen2)s)"
     )
-    params = {"project": project.pk, "reviewer": reviewer_id, **kinds, **{f"seen{i}": s for i, s in enumerate(SEEN)}}
     if partial:
         candidates = (
             f"SELECT w.id FROM {T(Item)} w WHERE "
@@ -169,7 +216,6 @@ def pick(*, project: Project, reviewer_id: int, blocked: Sequence[str], partial:
             + f" AND w.{count} >= 1 AND w.{count} < %(k)s ORDER BY w.{count} DESC, w.id LIMIT %(window)s"
         )
         sql += f" AND i.{count} >= 1 AND i.{count} < %(k)s AND i.id IN ({candidates}) ORDER BY i.{count} DESC, i.id"
-        params.update(k=project.overlap_k, window=window)
     else:
         sql += f" AND i.{count} = 0 ORDER BY i.id"
     sql += " LIMIT 1"
@@ -177,7 +223,7 @@ def pick(*, project: Project, reviewer_id: int, blocked: Sequence[str], partial:
         # NO KEY UPDATE: the pick must not conflict with the KEY SHARE locks that inserts referencing
         # the item (annotations, revisions, leases) hold until their transaction ends.
         sql += " FOR NO KEY UPDATE OF i SKIP LOCKED"
-    return sql, params
+    return sql
 
 
 # --- Writes of a submission ---------------------------------------------------------------------------------
@@ -205,6 +251,11 @@ def _revision_fields() -> tuple:
 
 def annotation_upsert(annotation: Annotation) -> tuple[str, dict]:
     """Create the reviewer's annotation of the item, or move it to its next revision; the row comes back."""
+    return _annotation_upsert(), _named_values(annotation, _annotation_fields(), "a_", add=True)
+
+
+@statement
+def _annotation_upsert() -> str:
     fields = _annotation_fields()
     table = T(Annotation)
     kept = {"item", "reviewer", "created_at"}
@@ -220,29 +271,46 @@ def annotation_upsert(annotation: Annotation) -> tuple[str, dict]:
         f"ON CONFLICT ({col(Annotation, 'item')}, {col(Annotation, 'reviewer')}) DO UPDATE SET {updates} "
         f"RETURNING {cols(Annotation, table)}"
     )
-    return sql, _named_values(annotation, fields, "a_", add=True)
+    return sql
 
 
 def revision_from_upsert(revision: AnnotationRevision) -> tuple[str, dict]:
     """The revision INSERT fed by the annotation upsert's RETURNING row (``a``), for a WITH statement."""
-    fed = {"annotation": "a.id", "number": "a.revision"}
+    own = [f for f in _revision_fields() if f.name not in _REVISION_FED]
+    return _revision_from_upsert(), _named_values(revision, own, "r_", add=True)
+
+
+# Revision columns that the annotation upsert's RETURNING row supplies.
+_REVISION_FED = {"annotation": "a.id", "number": "a.revision"}
+
+
+@statement
+def _revision_from_upsert() -> str:
+    fed = _REVISION_FED
     fields = _revision_fields()
-    own = [f for f in fields if f.name not in fed]
     # Cast: a parameter in a SELECT list has no type of its own for PostgreSQL to infer.
     values = [fed.get(f.name) or f"CAST(%(r_{f.attname})s AS {f.db_type(connection)})" for f in fields]
     sql = (
         f"INSERT INTO {T(AnnotationRevision)} ({', '.join(_q(f.column) for f in fields)}) "
         f"SELECT {', '.join(values)} FROM a"
     )
-    return sql, _named_values(revision, own, "r_", add=True)
+    return sql
 
 
 def lease_submitted(lease: Lease) -> tuple[str, dict]:
     """Mark a lease submitted (status, submitted_at, updated_at as the lease holds them)."""
-    fields = [Lease._meta.get_field(name) for name in ("status", "submitted_at", "updated_at")]
-    sets = ", ".join(f"{_q(f.column)} = %(l_{f.attname})s" for f in fields)
-    sql = f"UPDATE {T(Lease)} SET {sets} WHERE id = %(l_id)s"
-    return sql, {**_named_values(lease, fields, "l_", add=False), "l_id": lease.pk}
+    return _lease_submitted(), {**_named_values(lease, _lease_submitted_fields(), "l_", add=False), "l_id": lease.pk}
+
+
+@cache
+def _lease_submitted_fields() -> tuple:
+    return tuple(Lease._meta.get_field(name) for name in ("status", "submitted_at", "updated_at"))
+
+
+@statement
+def _lease_submitted() -> str:
+    sets = ", ".join(f"{_q(f.column)} = %(l_{f.attname})s" for f in _lease_submitted_fields())
+    return f"UPDATE {T(Lease)} SET {sets} WHERE id = %(l_id)s"
 
 
 def item_result_lock(*, item: Item, now: datetime) -> tuple[str, dict]:
@@ -250,6 +318,18 @@ def item_result_lock(*, item: Item, now: datetime) -> tuple[str, dict]:
 
     Rather than get_or_create: no savepoint to guard a racing insert (two first submissions of one
     item meet in ON CONFLICT, and the second waits for the first's commit), and no second read."""
+    params = {
+        "ir_item": item.pk,
+        "ir_kind": item.kind,
+        "ir_status": ItemResult.Status.PENDING.value,
+        "ir_reviewers": "[]",
+        "ir_now": rawsql.param(now),
+    }
+    return _item_result_lock(), params
+
+
+@statement
+def _item_result_lock() -> str:
     item_col = col(ItemResult, "item")
     table = T(ItemResult)
     sql = (
@@ -259,14 +339,7 @@ def item_result_lock(*, item: Item, now: datetime) -> tuple[str, dict]:
         f"ON CONFLICT ({item_col}) DO UPDATE SET {item_col} = EXCLUDED.{item_col} "
         f"RETURNING {cols(ItemResult, table)}"
     )
-    params = {
-        "ir_item": item.pk,
-        "ir_kind": item.kind,
-        "ir_status": ItemResult.Status.PENDING.value,
-        "ir_reviewers": "[]",
-        "ir_now": rawsql.param(now),
-    }
-    return sql, params
+    return sql
 
 
 def submission(
@@ -274,23 +347,30 @@ def submission(
 ) -> tuple[str, dict]:
     """PostgreSQL: the lease update, the annotation upsert, its revision and the lock of the item's result row,
     as one statement returning the annotation row followed by the result row."""
-    upsert, params = annotation_upsert(annotation)
-    revision_sql, revision_params = revision_from_upsert(revision)
-    sql = f"WITH a AS ({upsert}), r AS ({revision_sql})"
-    params.update(revision_params)
+    params = annotation_upsert(annotation)[1]
+    params.update(revision_from_upsert(revision)[1])
     if lease is not None:
-        lease_sql, lease_params = lease_submitted(lease)
-        sql += f", l AS ({lease_sql})"
-        params.update(lease_params)
-    result_sql, result_params = item_result_lock(item=item, now=now)
-    params.update(result_params)
-    return f"{sql}, ir AS ({result_sql}) SELECT a.*, ir.* FROM a, ir", params
+        params.update(lease_submitted(lease)[1])
+    params.update(item_result_lock(item=item, now=now)[1])
+    return _submission(lease is not None), params
+
+
+@statement
+def _submission(with_lease: bool) -> str:
+    sql = f"WITH a AS ({_annotation_upsert()}), r AS ({_revision_from_upsert()})"
+    if with_lease:
+        sql += f", l AS ({_lease_submitted()})"
+    return f"{sql}, ir AS ({_item_result_lock()}) SELECT a.*, ir.* FROM a, ir"
 
 
 def annotations_of_item(*, item_id: int) -> tuple[str, dict]:
     """Every reviewer's current annotation of the item, by reviewer id."""
-    sql = (
+    return _annotations_of_item(), {"item": item_id}
+
+
+@statement
+def _annotations_of_item() -> str:
+    return (
         f"SELECT {cols(Annotation, 'a')} FROM {T(Annotation)} a "
         f"WHERE a.{col(Annotation, 'item')} = %(item)s ORDER BY a.{col(Annotation, 'reviewer')}"
     )
-    return sql, {"item": item_id}

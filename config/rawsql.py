@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 
 
@@ -44,27 +44,30 @@ def _table(model: type[Model], vendor: str) -> str:
 
 
 @cache
-def _converters(model: type[Model], alias: str) -> tuple:
-    # Keyed by connection alias (one vendor each): the converters differ between SQLite and PostgreSQL.
+def _converters(model: type[Model], vendor: str) -> tuple:
+    # By vendor: the converters differ between SQLite and PostgreSQL. Only the columns that have any.
     fields = _concrete(model)[0]
     out = []
-    for field in fields:
+    for index, field in enumerate(fields):
         col = field.get_col(model._meta.db_table)
         funcs = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
-        out.append((col, tuple(funcs)))
+        if funcs:
+            out.append((index, col, tuple(funcs)))
     return tuple(out)
 
 
 def load(model: type[Model], row: Sequence, start: int = 0):
     """An instance of ``model`` from ``row[start:]`` (its columns as ``columns()`` lists them)."""
+    # The connection itself rather than the proxy, which looks it up again on every attribute read.
+    conn = connections[DEFAULT_DB_ALIAS]
     attnames = _concrete(model)[1]
     values = list(row[start : start + len(attnames)])
-    for index, (col, funcs) in enumerate(_converters(model, connection.alias)):
+    for index, col, funcs in _converters(model, conn.vendor):
         value = values[index]
         for func in funcs:
-            value = func(value, col, connection)
+            value = func(value, col, conn)
         values[index] = value
-    return model.from_db(connection.alias, attnames, values)
+    return model.from_db(DEFAULT_DB_ALIAS, attnames, values)
 
 
 def width(model: type[Model]) -> int:
