@@ -6,6 +6,14 @@ app_name = "annotate"
 
 urlpatterns = [
     path("", projects.project_list, name="project-list"),
+    # The review queue first: every reviewer request resolves through these, checked in order.
+    path("projects/<slug:slug>/queue/", queue.queue_page, name="queue"),
+    path("projects/<slug:slug>/queue/next/", queue.queue_next, name="queue-next"),
+    path("projects/<slug:slug>/queue/progress/", queue.queue_progress, name="queue-progress"),
+    path("projects/<slug:slug>/queue/undo/", queue.queue_undo, name="queue-undo"),
+    path("projects/<slug:slug>/queue/leases/<int:lease_id>/submit/", queue.queue_submit, name="queue-submit"),
+    path("projects/<slug:slug>/queue/leases/<int:lease_id>/skip/", queue.queue_skip, name="queue-skip"),
+    path("projects/<slug:slug>/queue/leases/<int:lease_id>/flag/", queue.queue_flag, name="queue-flag"),
     path("projects/new/", projects.project_new, name="project-new"),
     path("projects/<slug:slug>/", projects.project_detail, name="project-detail"),
     path("projects/<slug:slug>/settings/", projects.project_settings, name="project-settings"),
@@ -70,13 +78,6 @@ urlpatterns = [
     # Adjudication
     path("projects/<slug:slug>/adjudication/", adjudication.queue, name="adjudication-queue"),
     path("projects/<slug:slug>/adjudication/<int:item_id>/", adjudication.decide, name="adjudication-item"),
-    path("projects/<slug:slug>/queue/", queue.queue_page, name="queue"),
-    path("projects/<slug:slug>/queue/next/", queue.queue_next, name="queue-next"),
-    path("projects/<slug:slug>/queue/progress/", queue.queue_progress, name="queue-progress"),
-    path("projects/<slug:slug>/queue/undo/", queue.queue_undo, name="queue-undo"),
-    path("projects/<slug:slug>/queue/leases/<int:lease_id>/submit/", queue.queue_submit, name="queue-submit"),
-    path("projects/<slug:slug>/queue/leases/<int:lease_id>/skip/", queue.queue_skip, name="queue-skip"),
-    path("projects/<slug:slug>/queue/leases/<int:lease_id>/flag/", queue.queue_flag, name="queue-flag"),
     path(
         "projects/<slug:slug>/queue/items/<int:item_id>/history/",
         queue.annotation_history,
