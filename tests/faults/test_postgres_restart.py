@@ -109,8 +109,8 @@ for user in reviewers:
 project = project_create(name="Restart", slug={SLUG!r}, task_kinds=["gold"], overlap_k=2)
 project_add_members(project=project, users=[admin, *reviewers])
 Item.objects.bulk_create(
-    Item(project=project, kind="gold", prompt=f"Question {{n}}?", responses=[{{"text": f"Answer {{n}}.", "model": "a"}}],
-         content_hash=f"restart-{{n:06d}}", split="train")
+    Item(project=project, kind="gold", prompt=f"Question {{n}}?", content_hash=f"restart-{{n:06d}}", split="train",
+         responses=[{{"text": f"Answer {{n}}.", "model": "a"}}])
     for n in range(2000)
 )
 """
@@ -304,8 +304,10 @@ def _import_succeeds(stack, admin: Session, rows: list[dict]) -> int:
     assert response.status == 302, f"upload: HTTP {response.status} {body[:300]}"
     batch = int(re.search(r"/imports/(\d+)/", response.getheader("Location")).group(1))
     wait_for(
-        lambda: _db(stack["pg"], "SELECT status FROM annotate_importbatch WHERE id = %s", (batch,))[0][0]
-        in {"succeeded", "failed"},
+        lambda: (
+            _db(stack["pg"], "SELECT status FROM annotate_importbatch WHERE id = %s", (batch,))[0][0]
+            in {"succeeded", "failed"}
+        ),
         timeout=120,
         what=f"import batch {batch}",
         log_path=stack["worker_log"],
@@ -329,7 +331,8 @@ def test_web_and_worker_keep_working_across_a_postgres_restart_under_load(stack)
     assert len(web_pids) == 3 and len(worker_pids) == 2  # gunicorn's master and 2 workers; celery's and 1 child
 
     stop, logs = threading.Event(), [[] for _ in reviewers]
-    threads = [threading.Thread(target=_reviewer_loop, args=(s, stop, log)) for s, log in zip(reviewers, logs)]
+    pairs = zip(reviewers, logs, strict=True)
+    threads = [threading.Thread(target=_reviewer_loop, args=(s, stop, log)) for s, log in pairs]
     for thread in threads:
         thread.start()
     try:
@@ -382,7 +385,7 @@ def test_web_and_worker_keep_working_across_a_postgres_restart_under_load(stack)
         )
     }
     assert submitted == acknowledged
-    (stored, revisions, over_k), = _db(
+    ((stored, revisions, over_k),) = _db(
         pg,
         "SELECT (SELECT count(*) FROM annotate_annotation), (SELECT count(*) FROM annotate_annotationrevision), "
         "(SELECT count(*) FROM (SELECT item_id FROM annotate_lease WHERE status IN ('active', 'submitted') "
