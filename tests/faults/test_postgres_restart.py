@@ -30,6 +30,8 @@ from tests.faults.workers import ROOT, PrivateRedis, free_port, kill, wait_for
 # PostgreSQL-only like the other fault tests: CI runs it with the rest of the PostgreSQL suite.
 pytestmark = [pytest.mark.postgres]
 
+# The suite's own database, broker and role settings stay out of the stack's processes.
+SUITE_SETTINGS = ("GOLDSET_", "DATABASE_URL", "OWNER_DATABASE_URL", "TRAINER_DATABASE_URL", "REDIS_URL", "CONN_MAX_AGE")
 MESSAGE = "nothing of it was saved. Try again."
 PASSWORD = "restart-password-1"
 SLUG = "restart"
@@ -228,7 +230,7 @@ def stack(tmp_path):
         pg.start()
         redis.start()
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("GOLDSET_", "DATABASE_URL", "OWNER_"))},
+            **{k: v for k, v in os.environ.items() if not k.startswith(SUITE_SETTINGS)},
             "DATABASE_URL": pg.url(),
             "REDIS_URL": redis.url,
             "SECRET_KEY": "restart-test-secret",
