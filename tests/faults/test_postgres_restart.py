@@ -184,11 +184,11 @@ class Session:
 
 def _reviewer_loop(session: Session, stop: threading.Event, log: list) -> None:
     """GET next, then submit it, until told to stop; every answer is logged as
-    (sent at, what, status, lease, acknowledged or a clean failure)."""
+    (sent at, what, status, lease, served or failed cleanly, acknowledged)."""
     while not stop.is_set():
         sent = time.monotonic()
         response, html = session.request("GET", f"/projects/{SLUG}/queue/next/", headers=session.hx())
-        log.append((sent, "next", response.status, None, _clean_failure(response, html)))
+        log.append((sent, "next", response.status, None, _clean_failure(response, html), False))
         match = LEASE_RE.search(html) if response.status == 200 else None
         if match is None:
             time.sleep(0.1)
@@ -202,7 +202,9 @@ def _reviewer_loop(session: Session, stop: threading.Event, log: list) -> None:
             session.hx(),
         )
         acknowledged = response.status == 200 and "goldset:submitted" in (response.getheader("HX-Trigger") or "")
-        log.append((sent, "submit", response.status, lease, acknowledged or _clean_failure(response, html)))
+        # A 200 without the acknowledgement is no clean answer: the page would not move on.
+        clean = acknowledged if response.status == 200 else _clean_failure(response, html)
+        log.append((sent, "submit", response.status, lease, clean, acknowledged))
         time.sleep(0.02)
 
 
@@ -228,8 +230,8 @@ def _served_since(logs: list[list], since: float, when: str) -> None:
     """Every request each reviewer sent after ``since`` was answered 200, and each stored something."""
     for n, log in enumerate(logs):
         after = [entry for entry in log if entry[0] > since]
-        assert after and all(entry[2] == 200 for entry in after), f"reviewer{n} {when}: {after[:5]}"
-        assert any(entry[1] == "submit" and entry[4] is True for entry in after), f"reviewer{n} stored nothing {when}"
+        assert after and all(entry[2] == 200 and entry[4] for entry in after), f"reviewer{n} {when}: {after[:5]}"
+        assert any(entry[5] for entry in after), f"reviewer{n} stored nothing {when}"
 
 
 def _clean_failure(response, body: str) -> bool:
@@ -406,7 +408,8 @@ def test_web_and_worker_keep_working_across_a_postgres_restart_under_load(stack)
 
     # Nothing half-written: every acknowledged submission is stored once, with its one revision and its lease
     # submitted; a submission answered 503 is not stored (it is stored only once a later retry is acknowledged).
-    acknowledged = {entry[3] for entry in answers if entry[1] == "submit" and entry[4] is True}
+    acknowledged = {entry[3] for entry in answers if entry[5]}
+    assert len(acknowledged) == sum(1 for entry in answers if entry[5]), "a lease was acknowledged twice"
     submitted = {
         row[0]
         for row in _db(
