@@ -128,7 +128,7 @@ def _queue_rubric(mode: str, project, source_project, created_by) -> tuple[Rubri
     if mode == Mode.PAIRWISE:
         return None, None
     if mode == Mode.REFERENCE:
-        name, number, criteria = REFERENCE_RUBRIC, 1, REFERENCE_CRITERIA
+        name, number, criteria = REFERENCE_RUBRIC, 1, criteria_validate(REFERENCE_CRITERIA)
         notes = "The reference-mode verdict: how the response compares with the reference answer."
     else:
         source = annotate_selectors.rubric_version_active(project=source_project)
@@ -147,7 +147,7 @@ def _queue_rubric(mode: str, project, source_project, created_by) -> tuple[Rubri
     version = RubricVersion(
         rubric=rubric,
         number=number,
-        criteria=criteria_validate(criteria),
+        criteria=criteria,  # the signed-off criteria verbatim
         notes=notes,
         status=RubricVersion.Status.ACTIVE,
         created_by=created_by,
