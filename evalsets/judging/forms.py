@@ -56,7 +56,9 @@ class ComparisonForm(forms.Form):
     mode = forms.ChoiceField(
         choices=Comparison.Mode.choices,
         initial=Comparison.Mode.PAIRWISE,
-        help_text="Two runs side by side; one run against the eval records' reference answers; or one run's "
+        required=False,
+        help_text="Two runs side by side (when left out); one run against the eval records' reference answers; "
+        "or one run's "
         "responses scored under the eval set project's active rubric.",
     )
     run_a = forms.ModelChoiceField(
@@ -82,7 +84,7 @@ class ComparisonForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        mode = data.get("mode")
+        mode = data["mode"] = data.get("mode") or Comparison.Mode.PAIRWISE
         if mode == Comparison.Mode.PAIRWISE and data.get("run_a") and not data.get("run_b"):
             self.add_error("run_b", "A pairwise comparison needs the challenger run.")
         if mode in Comparison.SINGLE_RUN_MODES and data.get("run_b"):
