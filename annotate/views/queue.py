@@ -48,10 +48,17 @@ def _card(*, project: Project, form: TaskForm, lease: Lease | None = None, actio
         {"pos": pos, "text": responses[index].get("text", ""), "checked": selected == str(pos)}
         for pos, index in enumerate(form.display_order, start=1)
     ]
-    criteria, scored = [], None
+    criteria, scored, panels = [], None, []
     if item.kind == TaskKind.RUBRIC:
         index = item.scored_response_index
         scored = {"text": responses[index].get("text", "")} if index is not None else None
+        # A reference answer shown beside the scored response (a judging queue's reference mode), in this
+        # reviewer's display order; its role is all the screen says of where a text came from.
+        panels = [
+            {"text": responses[i].get("text", ""), "reference": i != index}
+            for i in form.display_order
+            if i == index or responses[i].get("role") == "reference"
+        ]
         for criterion in getattr(form, "criteria", []):
             field = f"score-{criterion['key']}"
             levels = [
@@ -76,6 +83,7 @@ def _card(*, project: Project, form: TaskForm, lease: Lease | None = None, actio
         "note": (item.metadata or {}).get("review_note", "") if isinstance(item.metadata, dict) else "",
         "responses": shown,
         "scored": scored,
+        "panels": panels if len(panels) > 1 else [],
         "rubric": form.rubric_version,
         "criteria": criteria,
         "values": values,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from evalsets.judging.generate import DecodingConfig
-from evalsets.judging.models import GenerationRun, RegressionCheck
+from evalsets.judging.models import Comparison, GenerationRun, RegressionCheck
 from evalsets.models import EvalSetVersion
 from training.models import TrainingJob
 
@@ -53,11 +53,24 @@ class GenerationRunForm(forms.Form):
 
 class ComparisonForm(forms.Form):
     name = forms.CharField(max_length=200)
+    mode = forms.ChoiceField(
+        choices=Comparison.Mode.choices,
+        initial=Comparison.Mode.PAIRWISE,
+        required=False,
+        help_text="Two runs side by side (when left out); one run against the eval records' reference answers; "
+        "or one run's "
+        "responses scored under the eval set project's active rubric.",
+    )
     run_a = forms.ModelChoiceField(
-        queryset=GenerationRun.objects.filter(source="eval", status="succeeded"), label="Baseline run (A)"
+        queryset=GenerationRun.objects.filter(source="eval", status="succeeded"),
+        label="Run A",
+        help_text="The baseline of a pairwise comparison; the run judged in reference and rubric modes.",
     )
     run_b = forms.ModelChoiceField(
-        queryset=GenerationRun.objects.filter(source="eval", status="succeeded"), label="Challenger run (B)"
+        queryset=GenerationRun.objects.filter(source="eval", status="succeeded"),
+        label="Run B (challenger)",
+        required=False,
+        help_text="Pairwise only.",
     )
     overlap_k = forms.IntegerField(min_value=1, max_value=9, initial=2, label="Reviewers per item")
     reviewers = forms.ModelMultipleChoiceField(queryset=None, help_text="Who works the queue.")
@@ -68,6 +81,15 @@ class ComparisonForm(forms.Form):
         from django.contrib.auth import get_user_model
 
         self.fields["reviewers"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+
+    def clean(self):
+        data = super().clean()
+        mode = data["mode"] = data.get("mode") or Comparison.Mode.PAIRWISE
+        if mode == Comparison.Mode.PAIRWISE and data.get("run_a") and not data.get("run_b"):
+            self.add_error("run_b", "A pairwise comparison needs the challenger run.")
+        if mode in Comparison.SINGLE_RUN_MODES and data.get("run_b"):
+            self.add_error("run_b", "Reference and rubric modes judge run A alone: leave run B empty.")
+        return data
 
 
 class DecodingForm(forms.Form):

@@ -77,6 +77,38 @@ def _flat(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
     return rows
 
 
+def _ci(share, fmt: str) -> str:
+    return f"{fmt.format(share.value)} [{fmt.format(share.low)}, {fmt.format(share.high)}]"
+
+
+def _alpha(alpha: float | None) -> str:
+    return "n/a" if alpha is None else f"{alpha:.2f}"
+
+
+def _mode_details(entry: dict) -> list[str]:
+    """The figures behind a reference or rubric verdict line: verdict shares, or per-criterion means, with CIs."""
+    r, name = entry["results"], entry["comparison"].name
+    if r["mode"] == "reference" and r["overall"].get("n_items"):
+        o = r["overall"]
+        return [
+            "",
+            f"**{name}**, against the reference answers (share [95% CI]):",
+            "",
+            "| better | as good | worse | wrong |",
+            "|---|---|---|---|",
+            "| " + " | ".join(_ci(o[v], "{:.1%}") for v in ("better", "as_good", "worse", "wrong")) + " |",
+        ]
+    if r["mode"] == "rubric" and any(c.get("mean") for c in r["criteria"]):
+        rows = [
+            f"| {c['name']} | {c['n_items']} | {_ci(c['mean'], '{:.2f}')} | {_alpha(c['alpha'])} |"
+            for c in r["criteria"]
+            if c.get("mean")
+        ]
+        head = ["", f"**{name}**, under {r['rubric']['name']}:", "", "| criterion | n | mean [95% CI] | α |"]
+        return [*head, "|---|---|---|---|", *rows]
+    return []
+
+
 def to_markdown(card: dict) -> str:
     """The card as a Hub README: YAML front matter (base_model, library_name, tags), then the sections."""
     job, snapshot = card["job"], card["snapshot"]
@@ -135,13 +167,16 @@ def to_markdown(card: dict) -> str:
     if not card["comparisons"]:
         lines.append("None yet.")
     else:
-        lines += ["| comparison | verdict | eval set sha256 | superseded |", "|---|---|---|---|"]
+        lines += ["| comparison | mode | verdict | eval set sha256 | superseded |", "|---|---|---|---|---|"]
         for entry in card["comparisons"]:
             r = entry["results"]
             superseded = r["version"]["superseded_by"] or "no"
             lines.append(
-                f"| {entry['comparison'].name} | {r['verdict']} | `{r['version']['sha256'][:12]}` | {superseded} |"
+                f"| {entry['comparison'].name} | {r['mode']} | {r['verdict']} | `{r['version']['sha256'][:12]}` "
+                f"| {superseded} |"
             )
+        for entry in card["comparisons"]:
+            lines += _mode_details(entry)
     lines += ["", "### Capability regression", ""]
     reg = card["regression"]
     if reg is None:

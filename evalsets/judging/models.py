@@ -142,15 +142,43 @@ class GenerationOutput(models.Model):
 
 
 class Comparison(models.Model):
-    """A blind human comparison of two runs on the same eval set version, worked in an annotate project."""
+    """A blind human judgement of runs on one eval set version, worked in an annotate project.
+
+    Pairwise: two runs' responses side by side (run A the baseline, run B the challenger). Reference: one run's
+    response (run A) against the eval record's reference answer. Rubric: one run's responses (run A) scored under
+    the eval set project's signed-off rubric version."""
 
     class Mode(models.TextChoices):
         PAIRWISE = "pairwise", "Which of the two responses is better"
+        REFERENCE = "reference", "Is the response as good as the reference answer"
+        RUBRIC = "rubric", "Rubric scores of one run's responses"
+
+    SINGLE_RUN_MODES = (Mode.REFERENCE, Mode.RUBRIC)
 
     name = models.CharField(max_length=200)
-    run_a = models.ForeignKey(GenerationRun, on_delete=models.PROTECT, related_name="+", help_text="The baseline.")
-    run_b = models.ForeignKey(GenerationRun, on_delete=models.PROTECT, related_name="+", help_text="The challenger.")
+    run_a = models.ForeignKey(
+        GenerationRun,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The baseline (pairwise), or the run judged (reference and rubric modes).",
+    )
+    run_b = models.ForeignKey(
+        GenerationRun,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The challenger (pairwise only).",
+    )
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.PAIRWISE)
+    rubric_version = models.ForeignKey(
+        "annotate.RubricVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Rubric mode: the eval set project's active (signed-off) version the responses are scored under.",
+    )
     project = models.OneToOneField(
         "annotate.Project", on_delete=models.PROTECT, related_name="comparison", help_text="Where reviewers work it."
     )
@@ -162,6 +190,15 @@ class Comparison(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=~models.Q(run_a=models.F("run_b")), name="comparison_two_runs"),
+            models.CheckConstraint(
+                condition=models.Q(mode="pairwise", run_b__isnull=False)
+                | models.Q(mode__in=["reference", "rubric"], run_b__isnull=True),
+                name="comparison_runs_match_mode",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(mode="rubric") | models.Q(rubric_version__isnull=False),
+                name="comparison_rubric_has_version",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -169,6 +206,10 @@ class Comparison(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("judging:comparison-detail", kwargs={"comparison_id": self.pk})
+
+    @property
+    def runs(self) -> list[GenerationRun]:
+        return [self.run_a] if self.run_b_id is None else [self.run_a, self.run_b]
 
 
 class ComparisonItem(models.Model):
@@ -178,8 +219,13 @@ class ComparisonItem(models.Model):
     item = models.OneToOneField("annotate.Item", on_delete=models.CASCADE, related_name="+")
     record_id = models.BigIntegerField(help_text="evalsets.EvalRecord id of the prompt.")
     output_a = models.ForeignKey(GenerationOutput, on_delete=models.PROTECT, related_name="+")
-    output_b = models.ForeignKey(GenerationOutput, on_delete=models.PROTECT, related_name="+")
-    a_index = models.PositiveSmallIntegerField(help_text="Index into Item.responses of run A's response (0 or 1).")
+    output_b = models.ForeignKey(
+        GenerationOutput, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="Pairwise only."
+    )
+    a_index = models.PositiveSmallIntegerField(
+        help_text="Index into Item.responses of run A's response (0 or 1; in reference mode the other is the "
+        "reference answer)."
+    )
 
     class Meta:
         ordering = ["comparison", "id"]

@@ -95,6 +95,7 @@ def comparison_list(request: HttpRequest) -> HttpResponse:
                 name=data["name"],
                 run_a=data["run_a"],
                 run_b=data["run_b"],
+                mode=data["mode"],
                 reviewers=data["reviewers"],
                 overlap_k=data["overlap_k"],
                 seed=data["seed"],

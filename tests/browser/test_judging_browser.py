@@ -123,3 +123,79 @@ def test_a_reviewer_works_the_blind_queue_and_an_admin_reads_results_and_the_mod
     admin.screenshot(path=str(screenshot_dir / "model-card.png"), full_page=True)
     readme = admin.request.get(f"{live_server.url}/judging/models/{comparison.run_b.job_id}/README.md")
     assert readme.ok and readme.text().startswith("---\nbase_model:")
+
+
+@pytest.fixture
+def reference_queue(make_item, freeze, admin_user, alice, settings, tmp_path):  # noqa: F811
+    from evalsets.judging.services.comparisons import comparison_create
+    from tests.judging.test_comparison import finished_run
+
+    settings.ARTIFACTS_DIR = tmp_path
+    for i, category in enumerate(["refunds", "orders", "refunds"]):
+        item = make_item("gold", prompt=f"Can I return the kettle I bought {i + 2} weeks ago?")
+        item.metadata = {"category": category}
+        item.save(update_fields=["metadata"])
+    version = freeze().version
+    tuned = finished_run(
+        version,
+        admin_user,
+        label=TUNED,
+        base_model="/models/llama-1b",
+        text=lambda r: "Yes: kettles can be returned within 30 days of delivery, free of charge.",
+    )
+    return comparison_create(
+        name="support v2 against the reference",
+        mode="reference",
+        run_a=tuned,
+        reviewers=[alice],
+        overlap_k=1,
+        seed=2,
+        created_by=admin_user,
+    )
+
+
+def test_a_reviewer_judges_responses_against_the_reference_and_an_admin_reads_the_shares(
+    live_server, login_page, reference_queue, alice, admin_user, screenshot_dir, browser
+):
+    page = login_page(alice)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_server.url}{reference_queue.project.get_absolute_url()}")
+    page.click("text=Start reviewing")
+    current = page.locator("#queue-current")
+    expect(current.locator(".task-prompt")).to_contain_text("Can I return the kettle")
+    expect(current.locator(".response.reference .response-head")).to_have_text("Reference answer")
+    expect(current.locator(".response.scored")).to_contain_text("kettles can be returned within 30 days")
+    expect(current).to_contain_text("Compared with the reference answer, the response is")
+    page.screenshot(path=str(screenshot_dir / "reference-queue.png"), full_page=True)
+    for key in ("2", "3"):  # as good, then worse: the level's number, wherever the reference sits
+        prompt = current.locator(".task-prompt").inner_text()
+        page.keyboard.press(key)
+        page.keyboard.press("Enter")
+        expect(current.locator(".task-prompt")).not_to_have_text(prompt)
+    for text in (TUNED, "llama", "support v2", "adapter"):
+        assert text not in page.content(), text
+    deadline = time.monotonic() + 10  # the last submission is sent in the background
+    while Annotation.objects.filter(reviewer=alice, item__project=reference_queue.project).count() < 2:
+        assert time.monotonic() < deadline, "the second verdict never arrived"
+        time.sleep(0.2)
+    assert not errors, errors
+    # Stored as what was judged: the run's response (its index) and the verdict, never a side of the screen.
+    stored = []
+    for annotation in Annotation.objects.filter(reviewer=alice, item__project=reference_queue.project):
+        link = ComparisonItem.objects.get(item_id=annotation.item_id)
+        assert annotation.payload["response_index"] == link.a_index
+        stored.append(annotation.payload["scores"]["verdict"])
+    assert sorted(stored) == ["as_good", "worse"]
+
+    admin = browser.new_page()
+    admin.goto(live_server.url + "/login/")
+    admin.fill("input[name=username]", admin_user.username)
+    admin.fill("input[name=password]", "pw-" + admin_user.username)
+    admin.click("button[type=submit]")
+    admin.goto(f"{live_server.url}/judging/comparisons/")
+    admin.click("text=support v2 against the reference")
+    expect(admin.locator(".verdict")).to_contain_text(f"{TUNED} is as good as the reference or better on 50%")
+    expect(admin.locator("table.results")).to_contain_text("As good or better")
+    expect(admin.locator("body")).to_contain_text("By category")
+    admin.screenshot(path=str(screenshot_dir / "reference-results.png"), full_page=True)

@@ -155,7 +155,8 @@ def read_everything(alias: str, leaks: Leaks, *, only=None) -> list[str]:
 def contaminated(make_item, freeze, admin_user, alice, monkeypatch, settings, tmp_path):
     """Eval records with long, distinctive texts of every kind; two snapshots that copy parts of them;
     their failing contamination checks with pairs; a verification; a job with progress; two generation
-    runs whose model parrots the eval prompts and references, and a blind comparison of them."""
+    runs whose model parrots the eval prompts and references, a blind comparison of them, and queues of the
+    tuned run against the reference answers and under the project's rubric."""
     from evalsets.models import ContaminationReport, EvalRecord
     from evalsets.services import evalsets_verify, snapshot_contamination_check
     from training import services
@@ -259,6 +260,27 @@ def contaminated(make_item, freeze, admin_user, alice, monkeypatch, settings, tm
         seed=1,
         created_by=admin_user,
     )
+    # The single-run modes: the tuned run against the reference answers (its items carry them), and its responses
+    # scored under the eval set project's active rubric.
+    from annotate.models import Item, Rubric, RubricVersion
+
+    rubric = Rubric.objects.create(project=version.project, name="Quality")
+    criterion = {"key": "helpful", "name": "Helpful", "scale": "ordinal"}
+    criterion["levels"] = [{"value": v, "label": str(v), "description": f"level {v}"} for v in (1, 2, 3)]
+    RubricVersion.objects.create(rubric=rubric, number=1, status="active", criteria=[criterion])
+    for mode in ("reference", "rubric"):
+        queue = comparison_create(
+            name=f"tuned, {mode}",
+            mode=mode,
+            run_a=generation_runs[1],
+            reviewers=[alice],
+            overlap_k=1,
+            seed=1,
+            created_by=admin_user,
+        )
+        if mode == "reference":
+            shown = {r["text"] for item in Item.objects.filter(project=queue.project) for r in item.responses}
+            assert {r.reference for r in gold} <= shown
     run_c = generation.generation_run_start(
         label="c", decoding=DecodingConfig(), created_by=admin_user, version=version, base_model="m"
     )

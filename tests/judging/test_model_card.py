@@ -111,7 +111,7 @@ def test_the_markdown_export_has_the_hub_layout(client, admin_user, carded_job):
         "### Framework versions",
     ]
     assert "- **block** 37% of answers end with 'Thanks!' (share 37.0%). Acknowledged by ada: House style asks" in body
-    assert "| support v1 vs base | No judgements yet of support v1 against base" in body
+    assert "| support v1 vs base | pairwise | No judgements yet of support v1 against base" in body
     assert "| sft.train_loss | 1.234 |" in body and "- peft 0.21.2" in body
 
 

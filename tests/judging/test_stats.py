@@ -124,3 +124,63 @@ def test_the_regression_change_is_a_paired_bootstrap():
     assert result["change"].high < 0  # a real drop is seen as one
     with pytest.raises(ValueError, match="same checks"):
         stats.accuracy_change([True], [True, False])
+
+
+def _verdicts(n_items: int, reviewers: int, seed: int) -> list[Judgement]:
+    rng = random.Random(seed)
+    weights = [0.2, 0.4, 0.25, 0.15]
+    return [
+        Judgement(item, f"r{r}", rng.choices(stats.VERDICTS, weights)[0])
+        for item in range(n_items)
+        for r in range(reviewers)
+    ]
+
+
+def test_the_verdict_shares_and_their_intervals_match_a_plain_reference_loop():
+    js = _verdicts(120, 2, seed=5)
+    result = stats.verdict_shares(js, n_boot=400, seed=9)
+    by_item: dict[int, list[str]] = {}
+    for j in js:
+        by_item.setdefault(j.item_id, []).append(j.outcome)
+    items = sorted(by_item)
+    draws = np.random.default_rng(9).integers(0, len(items), size=(400, len(items)))
+    for name, counted in [(v, (v,)) for v in stats.VERDICTS] + [("as_good_or_better", ("better", "as_good"))]:
+        samples = []
+        for row in draws:
+            pooled = [o for i in row for o in by_item[items[i]]]
+            samples.append(sum(o in counted for o in pooled) / len(pooled))
+        low, high = np.percentile(samples, [2.5, 97.5])
+        point = sum(j.outcome in counted for j in js) / len(js)
+        share = result[name]
+        assert (share.value, share.low, share.high) == pytest.approx((point, low, high), abs=1e-12), name
+    assert sum(result["counts"].values()) == result["n_judgements"] == 240 and result["n_items"] == 120
+
+
+def test_the_verdict_agreement_matches_the_krippendorff_package():
+    js = _verdicts(80, 3, seed=2)
+    data = np.full((3, 80), np.nan)
+    for j in js:
+        data[int(j.reviewer[1:]), j.item_id] = stats.VERDICTS.index(j.outcome)
+    expected = krippendorff.alpha(reliability_data=data, level_of_measurement="nominal")
+    assert stats.judge_alpha(js, domain=stats.VERDICTS) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_mean_score_and_its_interval_match_a_plain_reference_loop():
+    rng = random.Random(7)
+    scores = [(item, rng.randint(1, 5)) for item in range(90) for _ in range(rng.randint(1, 3))]
+    result = stats.score_mean(scores, n_boot=300, seed=4)
+    by_item: dict[int, list[int]] = {}
+    for item, value in scores:
+        by_item.setdefault(item, []).append(value)
+    items = sorted(by_item)
+    draws = np.random.default_rng(4).integers(0, len(items), size=(300, len(items)))
+    samples = []
+    for row in draws:
+        pooled = [v for i in row for v in by_item[items[i]]]
+        samples.append(sum(pooled) / len(pooled))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    point = sum(v for _, v in scores) / len(scores)
+    mean = result["mean"]
+    assert (mean.value, mean.low, mean.high) == pytest.approx((point, low, high), abs=1e-12)
+    assert result["n_items"] == 90 and result["n_scores"] == len(scores)
+    assert stats.score_mean([]) == {"n_items": 0, "n_scores": 0}
