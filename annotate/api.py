@@ -52,7 +52,7 @@ from annotate.services import projects as project_services
 from annotate.services import queue as queue_services
 from annotate.services.reports import agreement_report_request
 from config import uploads
-from config.api import ADMIN, MAX_PAGE, READ, WRITE, ApiError, django_errors, keyset_page
+from config.api import ADMIN, MAX_PAGE, READ, WRITE, ApiError, accepted, django_errors, keyset_page
 
 router = Router()
 
@@ -212,12 +212,7 @@ def _import_out(batch: ImportBatch) -> dict:
 
 
 def _import_response(response: HttpResponse, batch: ImportBatch):
-    out = _import_out(batch)
-    finished = batch.is_finished
-    if not finished:
-        response["Location"] = out["status_url"]
-        response["Retry-After"] = "1"
-    return Status(201 if finished else 202, out)
+    return accepted(response, _import_out(batch), finished=batch.is_finished, retry_after=1)
 
 
 def _submit_import(request, project, *, upload, filename: str, file_format: str, mode: str, provenance: str):
@@ -525,9 +520,7 @@ def annotation_export(
     filters = exports.ExportFilter(
         kinds=tuple(kind or ()), states=tuple(state or ()), splits=tuple(split or ()), since=since, until=until
     )
-    response = StreamingHttpResponse(
-        exports.export_jsonl(project=project, filters=filters), content_type=NDJSON
-    )
+    response = StreamingHttpResponse(exports.export_jsonl(project=project, filters=filters), content_type=NDJSON)
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-annotations.jsonl"'
     return response
 
@@ -588,12 +581,7 @@ def report_make(
     else:
         project = selectors.project_get_for_report(user=request.user, slug=slug)
     row = agreement_report_request(project=project, rubric_version=_version_param(project, version_id), refresh=refresh)
-    out = _report_out(project, row.rubric_version, row)
-    if not row.is_finished:
-        response["Location"] = out["status_url"]
-        response["Retry-After"] = "2"
-        return Status(202, out)
-    return Status(201, out)
+    return accepted(response, _report_out(project, row.rubric_version, row), finished=row.is_finished)
 
 
 def _version_out(version: RubricVersion) -> dict:

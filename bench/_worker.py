@@ -11,24 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Worker:
-    """``celery -A config worker -Q <queues> -l info --concurrency 2``, logging to a file."""
+class ServedProcesses:
+    """A server process (``proc``) whose children do the work, with their memory readable from /proc."""
 
-    def __init__(self, log: Path, *, name: str, queues: str = "default", env: dict | None = None):
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-l", "info"]
-            + ["--concurrency", "2", "-n", f"{name}-{os.getpid()}@%h"],
-            cwd=ROOT,
-            env={**os.environ, "GOLDSET_LOG_LEVEL": "INFO", **(env or {})},
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while "ready." not in log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"The worker did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    proc: subprocess.Popen
 
     def children(self) -> list[int]:
         import psutil
@@ -59,3 +45,23 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class Worker(ServedProcesses):
+    """``celery -A config worker -Q <queues> -l info --concurrency 2``, logging to a file."""
+
+    def __init__(self, log: Path, *, name: str, queues: str = "default", env: dict | None = None):
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-l", "info"]
+            + ["--concurrency", "2", "-n", f"{name}-{os.getpid()}@%h"],
+            cwd=ROOT,
+            env={**os.environ, "GOLDSET_LOG_LEVEL": "INFO", **(env or {})},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"The worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)

@@ -24,7 +24,6 @@ import hashlib
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +69,7 @@ django.setup()
 
 from _memory import PeakRSS  # noqa: E402
 from _roles import migrate_alias  # noqa: E402
+from _worker import Worker  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
@@ -188,51 +188,6 @@ def make_snapshot(user, size: int, eval_texts: list, pool: list[str]) -> tuple[T
     return snapshot, planted
 
 
-class Worker:
-    """A Celery worker process as docker-compose runs it, logging to a file."""
-
-    def __init__(self, log: Path):
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-l", "info"]
-            + ["--concurrency", "2", "-n", f"contamination-bench-{os.getpid()}@%h"],
-            cwd=ROOT,
-            env=os.environ,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while "ready." not in log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"The worker did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def children(self) -> list[int]:
-        import psutil
-
-        return [c.pid for c in psutil.Process(self.proc.pid).children()]
-
-    def reset_peaks(self) -> None:
-        for pid in self.children():
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-    def peak_mib(self) -> float:
-        peaks = []
-        for pid in self.children():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks.append(int(line.split()[1]) / 1024)
-        return max(peaks)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def verify(check: SnapshotCheck, planted: dict[int, tuple]) -> tuple[int, int, int]:
     """(planted, found, false alarms) from the stored verdict; every listed pair must be a planted one.
 
@@ -289,7 +244,7 @@ def main() -> None:
     pool = [sentence(rng, vocab, 80) for _ in range(20_000)]
     where = f"scratch PostgreSQL database {SCRATCH_DB}" if BACKEND == "postgresql" else "scratch SQLite database"
     print(f"{where} (removed afterwards); load average {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
-    worker = Worker(SCRATCH / "worker.log")
+    worker = Worker(SCRATCH / "worker.log", name="contamination-bench")
     results = []
     try:
         for size in [int(s) for s in args.sizes.split(",")]:

@@ -75,6 +75,7 @@ django.setup()
 
 from _memory import PeakRSS, run_watched  # noqa: E402
 from _roles import migrate_alias  # noqa: E402
+from _worker import ServedProcesses  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
@@ -191,7 +192,7 @@ def run_command(version_id: int, fmt: str, out: Path) -> tuple[float, float, Pat
     return run["seconds"], run["peak_mib"], data
 
 
-class WebServer:
+class WebServer(ServedProcesses):
     """gunicorn serving the app as docker-compose runs it, on a free local port."""
 
     def __init__(self, log: Path):
@@ -212,29 +213,12 @@ class WebServer:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 conn.request("GET", "/accounts/login/")
                 conn.getresponse().read()
-                if len(self.workers()) == 4:
+                if len(self.children()) == 4:
                     return
             except OSError:
                 pass
             time.sleep(0.3)
         raise SystemExit(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
-
-    def workers(self) -> list[int]:
-        import psutil
-
-        return [c.pid for c in psutil.Process(self.proc.pid).children()]
-
-    def reset_peaks(self) -> None:
-        for pid in self.workers():
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-    def peak_mib(self) -> float:
-        peaks = []
-        for pid in self.workers():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks.append(int(line.split()[1]) / 1024)
-        return max(peaks)
 
     def warm_up(self, path: str, session: str) -> None:
         """A few requests through every worker first: the first request a worker serves loads code."""
@@ -263,14 +247,6 @@ class WebServer:
         seconds = time.perf_counter() - start
         conn.close()
         return seconds, size, sha.hexdigest()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def main() -> None:

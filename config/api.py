@@ -33,7 +33,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import URLPattern, URLResolver
 from django.views.decorators.csrf import csrf_exempt
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 from pydantic import AfterValidator
@@ -127,6 +127,16 @@ def scope_of(auth: list) -> str:
 
 
 # --- problem details -----------------------------------------------------------------------------------
+
+
+def accepted(response: HttpResponse, out: dict, *, finished: bool = False, retry_after: int = 2) -> Status:
+    """The answer to a request that starts background work: 201 with ``out`` when the work finished within
+    the request, else 202 with where to poll (``Location``: ``out["status_url"]``) and when (``Retry-After``)."""
+    if finished:
+        return Status(201, out)
+    response["Location"] = out["status_url"]
+    response["Retry-After"] = str(retry_after)
+    return Status(202, out)
 
 
 def problem(request: HttpRequest | None, status: int, detail: str, *, errors=None, headers=None) -> HttpResponse:

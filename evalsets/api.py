@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
-from ninja import Query, Router, Schema, Status
+from ninja import Query, Router, Schema
 from pydantic import Field
 
-from config.api import ADMIN, MAX_PAGE, READ, ApiError, keyset_page
+from config.api import ADMIN, MAX_PAGE, READ, ApiError, accepted, keyset_page
 from evalsets import selectors, services
 from evalsets.export import FORMATS, Tally, iter_export, layout_unavailable, layouts_for, manifest_bytes
 from evalsets.models import ContaminationCheckRun, EvalSetVersion
@@ -231,10 +231,7 @@ def contamination_check_request(request: HttpRequest, snapshot_id: int, response
     poll. A snapshot trains only once its latest check passed."""
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
     run = services.snapshot_contamination_check_request(snapshot=snapshot, created_by=request.user)
-    out = _run_out(run)
-    response["Location"] = out["status_url"]
-    response["Retry-After"] = "2"
-    return Status(202, out)
+    return accepted(response, _run_out(run))
 
 
 @router.get(

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from annotate.models import Provenance
 from annotate.selectors import project_list_for_user
-from config.api import ADMIN, MAX_PAGE, READ, ApiError, Text, django_errors, keyset_page
+from config.api import ADMIN, MAX_PAGE, READ, ApiError, Text, accepted, django_errors, keyset_page
 from training import selectors, services
 from training.audits import audit_finding_acknowledge, snapshot_audit_clearance, snapshot_audit_request
 from training.config import TrainingConfig
@@ -419,12 +419,7 @@ def snapshot_audit(request: HttpRequest, snapshot_id: int, response: HttpRespons
     status URL while a worker runs it."""
     snapshot = selectors.snapshot_get_for_admin(user=request.user, snapshot_id=snapshot_id)
     audit = snapshot_audit_request(snapshot=snapshot, created_by=request.user)
-    out = _audit_out(audit)
-    if not audit.is_finished:
-        response["Location"] = out["status_url"]
-        response["Retry-After"] = "2"
-        return Status(202, out)
-    return Status(201, out)
+    return accepted(response, _audit_out(audit), finished=audit.is_finished)
 
 
 @router.get("/training/audits/{audit_id}", response=AuditOut, auth=READ, url_name="audit-detail", tags=["training"])
@@ -549,10 +544,7 @@ def preflight_create(request: HttpRequest, payload: PreflightCreate, response: H
         if hasattr(exc, "error_dict"):
             raise _invalid(exc) from None
         raise _conflict(exc) from None
-    out = _preflight_out(preflight)
-    response["Location"] = out["status_url"]
-    response["Retry-After"] = "2"
-    return Status(202, out)
+    return accepted(response, _preflight_out(preflight))
 
 
 @router.get(

@@ -19,6 +19,10 @@ one more name in WORKER_FIELDS and its migration, nothing here.
 
 from __future__ import annotations
 
+from config.sqltext import column as _col
+from config.sqltext import ident as _q
+from config.sqltext import literal as _lit
+from config.sqltext import text_array as _array
 from training.models import JobProgress, JobSecret, PreflightSecret, TrainingJob, TrainingPreflight
 
 CLAIM = "goldset_job_claim"
@@ -43,18 +47,6 @@ ENDINGS = (TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED, TrainingJob.
 PROGRESS_OWN = ("id", "job", "created_at")
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _array(names) -> str:
-    return "ARRAY[" + ", ".join(_lit(n) for n in names) + "]::text[]"
-
-
 def progress_fields() -> list[str]:
     """The progress columns a worker sends: every JobProgress field but its id, job and timestamp."""
     return [f.name for f in JobProgress._meta.concrete_fields if f.name not in PROGRESS_OWN]
@@ -66,10 +58,6 @@ def _progress_unique_step() -> str:
         if list(getattr(constraint, "fields", ())) == ["job", "phase", "step"]:
             return constraint.name
     raise LookupError("JobProgress lost its unique (job, phase, step) constraint: the worker would log steps twice.")
-
-
-def _col(model, name: str) -> str:
-    return _q(model._meta.get_field(name).column)
 
 
 def function_sql(schema: str) -> list[str]:

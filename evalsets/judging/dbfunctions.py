@@ -11,6 +11,10 @@ so the hash the snapshot trigger checks cannot be forged), and end it. Each answ
 
 from __future__ import annotations
 
+from config.sqltext import column as _col
+from config.sqltext import ident as _q
+from config.sqltext import literal as _lit
+from config.sqltext import text_array as _array
 from evalsets.judging.models import GenerationOutput, GenerationRun, GenerationSecret
 
 CLAIM = "goldset_generation_claim"
@@ -27,22 +31,6 @@ ENDINGS = (GenerationRun.Status.SUCCEEDED, GenerationRun.Status.FAILED, Generati
 # Only the run's own table must exist for these functions to be created.
 REQUIRES = GenerationRun._meta.db_table
 OUTPUT_FIELDS = ("position", "record_id", "check_key", "text", "new_tokens", "finish_reason")
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _array(names) -> str:
-    return "ARRAY[" + ", ".join(_lit(n) for n in names) + "]::text[]"
-
-
-def _col(model, name: str) -> str:
-    return _q(model._meta.get_field(name).column)
 
 
 def function_sql(schema: str) -> list[str]:
