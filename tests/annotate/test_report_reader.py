@@ -1,5 +1,7 @@
 """The agreement report's reader: rows streamed in chunks, coded in SQL exactly as the Python rules code them."""
 
+import threading
+
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
@@ -130,7 +132,7 @@ def test_the_rows_come_a_part_at_a_time(project, monkeypatch):
     ids = sorted(Item.objects.filter(project=project, is_calibration=False).values_list("id", flat=True))
     assert len(slices) >= 3
     assert slices[0][0] == ids[0] and slices[-1][1] == ids[-1] + 1
-    assert all(hi == next_lo for (_, hi), (next_lo, _) in zip(slices, slices[1:]))
+    assert all(hi == next_lo for (_, hi), (next_lo, _) in zip(slices, slices[1:], strict=False))
     assert any(("agreement_report_rows", False) in open_now for open_now in cursors)
 
 
@@ -257,3 +259,40 @@ def test_a_worker_reads_exactly_the_projects_annotations_whether_or_not_its_item
         assert report_reader._item_bounds(cursor, alone).only_ours
     for p in (project, other, alone):
         same_as_orm_reader(p)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_workers_two_connections_read_one_snapshot(project, six, v2, monkeypatch):
+    """The helper connection reads its slices in the reader's snapshot: a change committed after the read
+    began, before either connection ran its first slice, is in neither's rows."""
+    report_dataset.build_random(project, v2, six, items=120, seed=3, exotic=None)
+    monkeypatch.setattr(report_reader, "FETCH_ROWS", 40)
+    before = report_build(project=project, n_boot=0)
+    fetch, lock, used, changed = report_reader._fetch_slice, threading.Lock(), set(), []
+    writer = connections.create_connection("default")
+
+    def fetch_slice(raw, sql, params):
+        with lock:
+            used.add(id(raw))
+            if not changed:
+                with writer.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {Annotation._meta.db_table} SET payload = jsonb_set(payload, '{{scores}}', '{{}}')"
+                        " WHERE kind = 'rubric'"
+                    )
+                changed.append(True)
+        return fetch(raw, sql, params)
+
+    monkeypatch.setattr(report_reader, "_fetch_slice", fetch_slice)
+    try:
+        during = report_build(project=project, n_boot=0)
+    finally:
+        writer.close()
+    monkeypatch.setattr(report_reader, "_fetch_slice", fetch)
+    after = report_build(project=project, n_boot=0)
+    assert len(used) == 2  # the reader's connection and the helper
+    for report in (before, during, after):
+        report.pop("generated_at")
+    assert during == before
+    assert after != before
