@@ -436,6 +436,15 @@ def agreement_report_for_fingerprint(
     )
 
 
+def agreement_report_get(*, project: Project, report_id) -> AgreementReport | None:
+    """A report of the project by id; None for an id that is not a number or not one of the project's."""
+    try:
+        pk = int(report_id)
+    except (TypeError, ValueError):
+        return None
+    return AgreementReport.objects.filter(project=project, pk=pk).select_related("rubric_version").first()
+
+
 def agreement_report_current(
     *, project: Project, rubric_version: RubricVersion | None = None
 ) -> tuple[RubricVersion | None, AgreementReport | None, AgreementReport | None]:
