@@ -1013,7 +1013,14 @@ def _by_item_and_reviewer(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     item, reviewer = rows["item"], rows["reviewer"]
     if len(item) < 2:
         return rows
-    order = np.lexsort((reviewer, item))
+    if item.min() >= 0 and reviewer.min() >= 0 and item.max() < 2**31:
+        # One int64 key per row (an annotation is unique per item and reviewer): one sort, not two.
+        key = (item << 32) | reviewer.astype(np.int64)
+        if np.all(key[1:] > key[:-1]):
+            return rows
+        order = np.argsort(key)
+    else:
+        order = np.lexsort((reviewer, item))
     return {name: array[..., order] for name, array in rows.items()}
 
 

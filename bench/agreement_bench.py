@@ -13,13 +13,15 @@ scores everything at the top and one leans high, so the bias checks have somethi
 A worker is started as docker-compose starts it (``celery -A config worker -Q default -l info
 --concurrency 2``). Each run is what a user waits for: an admin's POST to the report page's
 "recompute" (view → ``agreement_report_request`` → task queued on commit) until the result is
-stored (the report row seen done). Printed per run: those seconds, the peak RSS of the worker
-process that computed it (its VmHWM, reset before the run), the worker's own split (read /
+stored (the report row seen done, looked at every 50 ms), while the page polls its progress
+fragment every second as the browser does. Printed per run: those seconds, the peak RSS of the
+worker process that computed it (its VmHWM, reset before the run), the worker's own split (read /
 arrange / compute, from its log), the request's share, the CPU seconds of the worker process, of
-the PostgreSQL backends serving the worker and of the request (this process and its backend), which
-are steadier than wall time on a machine shared with other work, and how many distinct progress
-values the page could have shown. Then the best and spread per size, and the memory and time
-ratios between sizes.
+the PostgreSQL processes serving the worker (its connections and their parallel workers) and of the
+request (this process's thread, its backend and that backend's parallel workers), and their sum,
+which is steadier than wall time on a machine shared with other work, and how many distinct
+progress values the page could have shown. Then the best and spread per size, and the memory and
+time ratios between sizes.
 """
 
 from __future__ import annotations
@@ -350,7 +352,13 @@ def run_once(client, project, worker: Worker) -> dict:
     # the stage there.
     shown = "stage" if any(f.name == "stage" for f in AgreementReport._meta.get_fields()) else "message"
     running = (AgreementReport.Status.QUEUED, AgreementReport.Status.RUNNING)
+    report_id = AgreementReport.objects.filter(project=project).values_list("id", flat=True).first()
+    page = reverse("annotate:report", kwargs={"slug": project.slug}) + f"?report={report_id}"
+    next_poll = time.perf_counter() + 1.0
     while True:
+        if time.perf_counter() >= next_poll:  # the page's own poll, every second, as the browser sends it
+            client.get(page, HTTP_HX_REQUEST="true")
+            next_poll += 1.0
         row = AgreementReport.objects.filter(project=project).values("status", "progress", shown, "message").first()
         if row and row["status"] not in running:
             break
