@@ -1,7 +1,5 @@
 """The agreement report's reader: rows streamed in chunks, coded in SQL exactly as the Python rules code them."""
 
-import threading
-
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
@@ -264,31 +262,33 @@ def test_a_worker_reads_exactly_the_projects_annotations_whether_or_not_its_item
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_workers_two_connections_read_one_snapshot(project, six, v2, monkeypatch):
-    """The helper connection reads its slices in the reader's snapshot: a change committed after the read
-    began, before either connection ran its first slice, is in neither's rows."""
+    """The helper connection reads its slices in the reader's snapshot: a change committed after the reader's
+    snapshot was taken, before the helper connected, is in neither's rows."""
     report_dataset.build_random(project, v2, six, items=120, seed=3, exotic=None)
     monkeypatch.setattr(report_reader, "FETCH_ROWS", 40)
     before = report_build(project=project, n_boot=0)
-    fetch, lock, used, changed = report_reader._fetch_slice, threading.Lock(), set(), []
+    bounds, fetch, used = report_reader._item_bounds, report_reader._fetch_slice, set()
     writer = connections.create_connection("default")
 
+    def item_bounds(cursor, project):  # runs in the reader's snapshot, before the helper connects
+        with writer.cursor() as other:
+            other.execute(
+                f"UPDATE {Annotation._meta.db_table} SET payload = jsonb_set(payload, '{{scores}}', '{{}}')"
+                " WHERE kind = 'rubric'"
+            )
+        return bounds(cursor, project)
+
     def fetch_slice(raw, sql, params):
-        with lock:
-            used.add(id(raw))
-            if not changed:
-                with writer.cursor() as cursor:
-                    cursor.execute(
-                        f"UPDATE {Annotation._meta.db_table} SET payload = jsonb_set(payload, '{{scores}}', '{{}}')"
-                        " WHERE kind = 'rubric'"
-                    )
-                changed.append(True)
+        used.add(id(raw))
         return fetch(raw, sql, params)
 
+    monkeypatch.setattr(report_reader, "_item_bounds", item_bounds)
     monkeypatch.setattr(report_reader, "_fetch_slice", fetch_slice)
     try:
         during = report_build(project=project, n_boot=0)
     finally:
         writer.close()
+    monkeypatch.setattr(report_reader, "_item_bounds", bounds)
     monkeypatch.setattr(report_reader, "_fetch_slice", fetch)
     after = report_build(project=project, n_boot=0)
     assert len(used) == 2  # the reader's connection and the helper
