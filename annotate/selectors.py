@@ -8,11 +8,11 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from annotate import queue_sql, roles
+from annotate import queue_sql, report_reader, roles
 from annotate.consensus import latest_version_annotations
 from annotate.importers import rejected_errors_path
 from annotate.models import (
@@ -403,16 +403,12 @@ def report_fingerprint(*, project: Project, rubric_version: RubricVersion | None
     """A digest of what the report depends on, and the number of annotations it covers."""
     annotations = Annotation.objects.filter(item__project=project, item__is_calibration=False)
     results = ItemResult.objects.filter(item__project=project)
-    # A project's items are mostly one run of ids (each import inserts a run): when the run holds no
-    # other project's items, its rows are found by item id alone, without joining a million annotations
-    # to the items (the page asks for this digest on every load).
-    ours = Item.objects.filter(project=project).aggregate(
-        low=Min("id"), high=Max("id"), n=Count("id"), calibration=Count("id", filter=Q(is_calibration=True))
-    )
-    if ours["n"] and Item.objects.filter(id__range=(ours["low"], ours["high"])).count() == ours["n"]:
-        in_run = {"item__gte": ours["low"], "item__lte": ours["high"]}
+    # The page asks for this digest on every load: rows are found by item id where they can be.
+    run = report_reader.item_run(project)
+    if run:
+        in_run = {"item__gte": run["low"], "item__lte": run["high"]}
         results = ItemResult.objects.filter(**in_run)
-        if not ours["calibration"]:
+        if not run["calibration"]:
             annotations = Annotation.objects.filter(**in_run)
     annotations = annotations.aggregate(n=Count("id"), last=Max("updated_at"))
     results = results.aggregate(n=Count("id"), last=Max("updated_at"))

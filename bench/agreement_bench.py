@@ -193,8 +193,8 @@ def build(size: int, *, reviewers: int, overlap: int, n_criteria: int, seed: int
 
 
 def analyze() -> None:
-    """Table statistics, as autovacuum keeps them in production: gathered by the owner (the app role
-    may not), so the report's queries are planned as they would be there."""
+    """Table statistics and visibility maps, as autovacuum keeps them in production after a bulk load:
+    made by the owner (the app role may not), so the report's queries are planned and run as there."""
     import psycopg
     from _roles import owner_url
 
@@ -202,7 +202,7 @@ def analyze() -> None:
 
     with psycopg.connect(owner_url(os.environ["DATABASE_URL"], SCRATCH), autocommit=True) as conn:
         for model in (Item, Annotation, ItemResult):
-            conn.execute(f"ANALYZE {model._meta.db_table}")
+            conn.execute(f"VACUUM (ANALYZE) {model._meta.db_table}")
 
 
 class Worker:

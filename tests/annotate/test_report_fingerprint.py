@@ -1,5 +1,5 @@
-"""The report's fingerprint: found by item id when the project's items are a run of their own, and then
-the same digest and count as through the join to the items."""
+"""The report's fingerprint and result counts: found by item id when the project's items are a run of their
+own, and then the same as through the join to the items."""
 
 import hashlib
 
@@ -8,6 +8,7 @@ from django.db.models import Count, Max
 
 from annotate import selectors
 from annotate.models import Annotation, Item, ItemResult
+from annotate.reports import report_build
 from annotate.services.projects import project_create
 from tests.factories import annotate, make_item, pref
 
@@ -56,6 +57,8 @@ def test_items_of_another_project_or_calibration_items_inside_the_run(project, o
     fingerprint, n = selectors.report_fingerprint(project=project, rubric_version=None)
     assert (fingerprint, n) == joined(project)
     assert n == 3
+    # The report counts the project's results (calibration items' too) the same way.
+    assert report_build(project=project, n_boot=0)["result_status"]["consensus"] == (3 if calibration else 2)
 
 
 def test_a_new_review_changes_the_fingerprint(project, alice, bob):
