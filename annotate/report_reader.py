@@ -1,12 +1,14 @@
 """The agreement report's input: every annotation of a project as numpy arrays, read in chunks.
 
-On PostgreSQL one query streams the project's annotations through a server-side cursor. SQL packs
-each row into a fixed-width binary record holding only what the report uses: the item, the
-reviewer, the review day (UTC days since the epoch) and, for each task kind the project has, small
-integers taken out of the JSON in SQL: each rubric score as the index of its level, the preference
-choice and display position, the gold action. numpy turns each chunk of records into columns of
-arrays allocated once (from the planner's row estimate, grown if that was low), so the worker holds
-a few bytes per annotation instead of Python objects, and the progress moves with every chunk.
+On PostgreSQL, rubric reviews are read grouped by payload, a slice of the item ids at a time (see
+"rubric reviews, one group per distinct payload" below): per distinct payload, the items, reviewers
+and review days (UTC days since the epoch) as int8 arrays, the payload coded once in Python. The
+other kinds stream through a server-side cursor: SQL packs each row into a fixed-width binary record
+holding only what the report uses: the item, the reviewer, the review day and small integers taken
+out of the JSON in SQL (the preference choice and display position, the gold action). numpy puts
+both into columns of arrays allocated once (from the planner's row estimate, grown if that was low),
+so the worker holds a few bytes per annotation instead of Python objects, and the progress moves
+with every slice and chunk.
 
 SQL codes only the payload shapes the app writes. A row holding anything else (a score sent as 4.0
 for the level 4, a preference without a choice, a display order that is not a list) is marked, read

@@ -1,6 +1,7 @@
 """The agreement report: a project's annotations as arrays (``annotate.report_reader``), numpy does the rest.
 
-``report_build`` reads (a stream of packed rows on PostgreSQL), arranges the rows into one set of
+``report_build`` reads (rubric reviews grouped by payload and packed rows of the other kinds, on
+PostgreSQL), arranges the rows into one set of
 arrays per judged variable, and computes every figure with ``variables_report``, which works only
 on arrays. The result is a plain JSON-serializable dict, cached in ``AgreementReport`` and offered
 as HTML, CSV and JSON. ``bench/agreement_bench.py`` times the whole of it as a worker runs it.
