@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connections, router
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
@@ -915,12 +915,19 @@ def item_run(project: Project) -> dict | None:
 
     A project's items are mostly one run of ids (each import inserts a run); finding its rows by range
     spares joining a million of them to the items."""
-    ours = Item.objects.filter(project=project).aggregate(
-        low=Min("id"), high=Max("id"), n=Count("id"), calibration=Count("id", filter=Q(is_calibration=True))
-    )
-    if ours["n"] and Item.objects.filter(id__range=(ours["low"], ours["high"])).count() == ours["n"]:
-        return ours
-    return None
+    i = {f.name: f.column for f in Item._meta.concrete_fields}
+    table = _table(Item)
+    with connections[router.db_for_read(Item)].cursor() as cursor:
+        cursor.execute(
+            f"WITH ours AS (SELECT min({i['id']}) AS low, max({i['id']}) AS high, count(*) AS n,"
+            f" sum(CASE WHEN {i['is_calibration']} THEN 1 ELSE 0 END) AS calibration"
+            f" FROM {table} WHERE {i['project']} = %s)"
+            f" SELECT low, high, calibration, n = (SELECT count(*) FROM {table} WHERE {i['id']} BETWEEN low AND high)"
+            " FROM ours",
+            [project.pk],
+        )
+        low, high, calibration, alone = cursor.fetchone()
+    return {"low": low, "high": high, "calibration": calibration} if low is not None and alone else None
 
 
 def read(

@@ -107,7 +107,8 @@ def test_report_reads_the_database_in_a_few_queries_whatever_the_size(project, d
         annotate(item, bob, scores(helpful=3, safe="no") if i % 2 else gold("edit", f"Text {i}."), version=version)
     with CaptureQueriesContext(connection) as large:
         report_build(project=project, n_boot=0)
-    assert len(large) == len(small) <= 9, [q["sql"][:80] for q in large]
+    # Two of them find the run of the project's item ids, which spares joining the results to the items.
+    assert len(large) == len(small) <= 10, [q["sql"][:80] for q in large]
 
 
 def compute(client, project) -> None:
