@@ -1,6 +1,7 @@
 """The agreement report: a project's annotations as arrays (``annotate.report_reader``), numpy does the rest.
 
-``report_build`` reads (a stream of packed rows on PostgreSQL), arranges the rows into one set of
+``report_build`` reads (rubric reviews grouped by payload and packed rows of the other kinds, on
+PostgreSQL), arranges the rows into one set of
 arrays per judged variable, and computes every figure with ``variables_report``, which works only
 on arrays. The result is a plain JSON-serializable dict, cached in ``AgreementReport`` and offered
 as HTML, CSV and JSON. ``bench/agreement_bench.py`` times the whole of it as a worker runs it.
@@ -113,7 +114,12 @@ def _matrix(m: np.ndarray) -> list[list[float | None]]:
 def _over_time(var: Variable, counts: np.ndarray, n_units: int) -> list[dict]:
     """Alpha per period, each unit dated by its latest rating (days if the span is short, else weeks)."""
     unit_day = np.full(n_units, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(unit_day, var.units, var.days)
+    units = var.units
+    if len(units) and np.all(units[1:] >= units[:-1]):  # rows in unit order, as the sections arrange them
+        starts = np.flatnonzero(np.concatenate(([True], units[1:] != units[:-1])))
+        unit_day[units[starts]] = np.maximum.reduceat(var.days, starts)
+    else:
+        np.maximum.at(unit_day, units, var.days)
     rated = counts.sum(axis=1) >= 2
     if not rated.any():
         return []
@@ -122,9 +128,13 @@ def _over_time(var: Variable, counts: np.ndarray, n_units: int) -> list[dict]:
     width = 1 if span <= 45 else 7
     bucket = (days - days.min()) // width
     sub = counts[rated]
+    # Units grouped by period once (a stable sort keeps each period's units in order), not masked per period.
+    order = np.argsort(bucket, kind="stable")
+    periods, first = np.unique(bucket[order], return_index=True)
+    ends = np.append(first[1:], len(order))
     out = []
-    for b in np.unique(bucket):
-        chunk = sub[bucket == b]
+    for b, lo, hi in zip(periods, first, ends, strict=True):
+        chunk = sub[order[lo:hi]]
         start = int(days.min() + b * width)
         out.append(
             {

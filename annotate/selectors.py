@@ -12,7 +12,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from annotate import queue_sql, roles
+from annotate import queue_sql, report_reader, roles
 from annotate.consensus import latest_version_annotations
 from annotate.importers import rejected_errors_path
 from annotate.models import (
@@ -401,10 +401,17 @@ def item_list_for_user(
 
 def report_fingerprint(*, project: Project, rubric_version: RubricVersion | None) -> tuple[str, int]:
     """A digest of what the report depends on, and the number of annotations it covers."""
-    annotations = Annotation.objects.filter(item__project=project, item__is_calibration=False).aggregate(
-        n=Count("id"), last=Max("updated_at")
-    )
-    results = ItemResult.objects.filter(item__project=project).aggregate(n=Count("id"), last=Max("updated_at"))
+    annotations = Annotation.objects.filter(item__project=project, item__is_calibration=False)
+    results = ItemResult.objects.filter(item__project=project)
+    # The page asks for this digest on every load: rows are found by item id where they can be.
+    run = report_reader.item_run(project)
+    if run:
+        in_run = {"item__gte": run["low"], "item__lte": run["high"]}
+        results = ItemResult.objects.filter(**in_run)
+        if not run["calibration"]:
+            annotations = Annotation.objects.filter(**in_run)
+    annotations = annotations.aggregate(n=Count("id"), last=Max("updated_at"))
+    results = results.aggregate(n=Count("id"), last=Max("updated_at"))
     checks = Item.objects.filter(project=project, is_check=True).aggregate(n=Count("id"), last=Max("id"))
     state = (
         f"{annotations['n']}|{annotations['last']}|{results['n']}|{results['last']}|{checks['n']}|{checks['last']}"
@@ -423,6 +430,15 @@ def agreement_report_for_fingerprint(
         .order_by("-created_at", "-id")
         .first()
     )
+
+
+def agreement_report_get(*, project: Project, report_id) -> AgreementReport | None:
+    """A report of the project by id; None for an id that is not a number or not one of the project's."""
+    try:
+        pk = int(report_id)
+    except (TypeError, ValueError):
+        return None
+    return AgreementReport.objects.filter(project=project, pk=pk).select_related("rubric_version").first()
 
 
 def agreement_report_current(

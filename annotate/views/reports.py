@@ -78,6 +78,13 @@ def report(request: HttpRequest, slug: str) -> HttpResponse:
     """The report of the data as it is now. Reading it writes nothing: when none was made for this state of
     the data, the page asks for one with a POST to ``report-compute`` (htmx does so as soon as it loads)."""
     project = selectors.project_get_for_report(user=request.user, slug=slug)
+    if request.htmx and request.GET.get("report"):
+        # The page polls the report it is waiting for by id: while that one is being made, its progress
+        # is all the poll needs, not a look at every annotation to see whether the data changed.
+        polled = selectors.agreement_report_get(project=project, report_id=request.GET["report"])
+        if polled is not None and not polled.is_finished:
+            context = _body(request, project, polled.rubric_version, polled)
+            return poll_response(request, "annotate/report.html#report-body", context, work=polled)
     version, current, latest = selectors.agreement_report_current(
         project=project, rubric_version=_version(request, project)
     )

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, connections
 
 from annotate import report_reader
-from annotate.models import AgreementReport, Annotation, Project
+from annotate.models import AgreementReport, Annotation, Item, Project
 from annotate.reports import report_build, report_rubric_version
 from annotate.services.projects import project_add_members
 from tests.annotate import report_dataset
@@ -108,10 +108,16 @@ def test_progress_moves_while_the_rows_are_read(project, monkeypatch):
 
 
 @pytest.mark.postgres
-def test_the_rows_come_through_a_server_side_cursor(project, monkeypatch):
+def test_the_rows_come_a_part_at_a_time(project, monkeypatch):
+    """Rubric reviews in slices of the item ids, one query each; the other kinds through a server-side cursor."""
     report_dataset.build(project)
-    monkeypatch.setattr(report_reader, "FETCH_ROWS", 100)
-    cursors = []
+    monkeypatch.setattr(report_reader, "FETCH_ROWS", 60)
+    slices, cursors = [], []
+    fetch = report_reader._fetch_slice
+
+    def fetch_slice(raw, sql, params):
+        slices.append((params["lo"], params["hi"]))
+        return fetch(raw, sql, params)
 
     def progress(fraction, stage):
         if stage.startswith("Reading annotations ("):
@@ -119,8 +125,13 @@ def test_the_rows_come_through_a_server_side_cursor(project, monkeypatch):
                 cursor.execute("SELECT name, is_holdable FROM pg_cursors")
                 cursors.append(cursor.fetchall())
 
+    monkeypatch.setattr(report_reader, "_fetch_slice", fetch_slice)
     report_build(project=project, n_boot=0, progress=progress)
-    assert cursors and all(("agreement_report_rows", False) in open_now for open_now in cursors)
+    ids = sorted(Item.objects.filter(project=project, is_calibration=False).values_list("id", flat=True))
+    assert len(slices) >= 3
+    assert slices[0][0] == ids[0] and slices[-1][1] == ids[-1] + 1
+    assert all(hi == next_lo for (_, hi), (next_lo, _) in zip(slices, slices[1:], strict=False))
+    assert any(("agreement_report_rows", False) in open_now for open_now in cursors)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -246,3 +257,42 @@ def test_a_worker_reads_exactly_the_projects_annotations_whether_or_not_its_item
         assert report_reader._item_bounds(cursor, alone).only_ours
     for p in (project, other, alone):
         same_as_orm_reader(p)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_workers_two_connections_read_one_snapshot(project, six, v2, monkeypatch):
+    """The helper connection reads its slices in the reader's snapshot: a change committed after the reader's
+    snapshot was taken, before the helper connected, is in neither's rows."""
+    report_dataset.build_random(project, v2, six, items=120, seed=3, exotic=None)
+    monkeypatch.setattr(report_reader, "FETCH_ROWS", 40)
+    before = report_build(project=project, n_boot=0)
+    bounds, fetch, used = report_reader._item_bounds, report_reader._fetch_slice, set()
+    writer = connections.create_connection("default")
+
+    def item_bounds(cursor, project):  # runs in the reader's snapshot, before the helper connects
+        with writer.cursor() as other:
+            other.execute(
+                f"UPDATE {Annotation._meta.db_table} SET payload = jsonb_set(payload, '{{scores}}', '{{}}')"
+                " WHERE kind = 'rubric'"
+            )
+        return bounds(cursor, project)
+
+    def fetch_slice(raw, sql, params):
+        used.add(id(raw))
+        return fetch(raw, sql, params)
+
+    monkeypatch.setattr(report_reader, "_item_bounds", item_bounds)
+    monkeypatch.setattr(report_reader, "_fetch_slice", fetch_slice)
+    try:
+        during = report_build(project=project, n_boot=0)
+    finally:
+        writer.close()
+    monkeypatch.setattr(report_reader, "_item_bounds", bounds)
+    monkeypatch.setattr(report_reader, "_fetch_slice", fetch)
+    after = report_build(project=project, n_boot=0)
+    assert len(used) == 2  # the reader's connection and the helper
+    for report in (before, during, after):
+        report.pop("generated_at")
+    assert during == before
+    assert after != before
