@@ -82,13 +82,17 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
     snapshot = audit.snapshot
     total = snapshot.sft_count + snapshot.dpo_count
     auditor = Auditor(expected=total)
-    for done, record in enumerate(_records(snapshot), start=1):
-        auditor.feed(record)
-        if done % READ_CHUNK == 0:
-            SnapshotAudit.report_progress(audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}")
+    done = 0
+    for page in _pages(snapshot):
+        auditor.feed_many(page)
+        done += len(page)
+        SnapshotAudit.report_progress(audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}")
     SnapshotAudit.report_progress(audit.pk, READ_SHARE, "Comparing answers to the same prompt")
     streamed = time.perf_counter()
-    report = auditor.report()
+    try:
+        report = auditor.report()
+    finally:
+        auditor.close()
     groups = report.pop("same_prompt_candidates")
     if groups:
         fields = ("id", "kind", "messages", "completion", "chosen", "rejected", "lineage")
@@ -115,40 +119,55 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
 
 
 def _records(snapshot: TrainingSnapshot):
-    """The snapshot's records as ``AuditRecord`` values, in order, streamed.
+    """The snapshot's records as ``AuditRecord`` values, in order, streamed."""
+    for page in _pages(snapshot):
+        yield from page
 
-    On PostgreSQL the prompt text and the lineage fields are made in SQL and read through a server-side
-    cursor: decoding each row's JSON in Python cost more than the audit of it. Elsewhere, the ORM."""
+
+def _pages(snapshot: TrainingSnapshot):
+    """The snapshot's records as lists of ``AuditRecord`` values (READ_CHUNK at a time), in order.
+
+    On PostgreSQL the prompt text and the lineage fields are made in SQL: decoding each row's JSON in Python
+    cost more than the audit of it. Elsewhere, the ORM."""
     if connection.vendor != "postgresql":
         rows = SnapshotRecord.objects.filter(snapshot=snapshot).order_by("position")
         fields = ("id", "kind", "messages", "completion", "chosen", "rejected", "source_item_id", "lineage")
+        page = []
         for row in rows.values(*fields).iterator(chunk_size=READ_CHUNK):
-            yield audit_record(row, record_id=row["id"])
+            page.append(audit_record(row, record_id=row["id"]))
+            if len(page) == READ_CHUNK:
+                yield page
+                page = []
+        if page:
+            yield page
         return
     table = connection.ops.quote_name(SnapshotRecord._meta.db_table)
-    # The prompt exactly as audit_record writes it: "role: content" per turn, one per line. Read in pages by
-    # position (not one cursor in one transaction: the progress written between pages must be seen meanwhile).
+    # The prompt exactly as audit_record writes it: "role: content" per turn, one per line. Read in pages by a
+    # range of positions (not one cursor in one transaction: the progress written between pages must be seen
+    # meanwhile). A range, not "after the last one, LIMIT n": without fresh statistics on a just-written
+    # snapshot the planner answered that by reading every later row and sorting them, for each page.
     sql = (
-        "SELECT r.position, r.id, r.kind, (SELECT string_agg((t.m->>'role') || ': ' || coalesce(t.m->>'content', ''),"
+        "SELECT r.id, r.kind, (SELECT string_agg((t.m->>'role') || ': ' || coalesce(t.m->>'content', ''),"
         " E'\\n' ORDER BY t.n) FROM jsonb_array_elements(r.messages) WITH ORDINALITY AS t(m, n)),"
         " CASE WHEN r.kind = 'dpo' THEN r.chosen ELSE r.completion END, CASE WHEN r.kind = 'dpo' THEN r.rejected"
         " ELSE '' END, coalesce(r.lineage->>'provenance', ''), coalesce(r.lineage->>'source', ''),"
         " coalesce(r.lineage->>'rejected_source', ''), coalesce(r.lineage->>'decided_by', ''),"
         " (r.lineage->>'agreement')::float8, coalesce((r.lineage->>'left_picks')::int, 0),"
         " coalesce((r.lineage->>'picks')::int, 0)"
-        f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position > %(after)s ORDER BY r.position"
-        " LIMIT %(page)s"
+        f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position >= %(start)s AND r.position < %(end)s"
+        " ORDER BY r.position"
     )
-    after = -1
-    while True:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT max(position) FROM {table} WHERE snapshot_id = %(snapshot)s", {"snapshot": snapshot.pk})
+        last = cursor.fetchone()[0]
+    if last is None:
+        return
+    for start in range(0, last + 1, READ_CHUNK):
         with connection.cursor() as cursor:
-            cursor.execute(sql, {"snapshot": snapshot.pk, "after": after, "page": READ_CHUNK})
+            cursor.execute(sql, {"snapshot": snapshot.pk, "start": start, "end": start + READ_CHUNK})
             rows = cursor.fetchall()
-        for row in rows:
-            yield AuditRecord(row[1], row[2], row[3] or "", *row[4:])
-        if len(rows) < READ_CHUNK:
-            return
-        after = rows[-1][0]
+        if rows:
+            yield [AuditRecord(row[0], row[1], row[2] or "", *row[3:]) for row in rows]
 
 
 def snapshot_audit_latest(snapshot: TrainingSnapshot) -> SnapshotAudit | None:
