@@ -322,6 +322,23 @@ def opening_and_closing(text: str, *, normalized: bool = False) -> tuple[str, st
     return _short(opening, 6, tail=False), _short(closing, 6, tail=True)
 
 
+def _quantities(text: str):
+    """``_QUANTITY.finditer(text)``, tried only where a number starts (a scan for a digit is far cheaper than
+    trying the whole pattern at every character; where it fails at a number's first digit it fails at the rest)."""
+    end = 0
+    for run in _DIGITS.finditer(text):
+        start = run.start()
+        if start < end:
+            continue  # inside the last quantity (a range, a decimal)
+        match = None
+        if start and text[start - 1] == "$" and start - 1 >= end:
+            match = _QUANTITY.match(text, start - 1)
+        match = match or _QUANTITY.match(text, start)
+        if match:
+            end = match.end()
+            yield match
+
+
 def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
     """Stated quantities as (slot, value): "a full refund within 30 days of delivery" gives
     ("refund within … day of delivery", "30"). Two answers that fill one slot with different values disagree.
@@ -331,7 +348,7 @@ def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
     if not _has_digit(text):
         return []
     out = []
-    for match in _QUANTITY.finditer(text):
+    for match in _quantities(text):
         before = _WORD.findall(text[max(0, match.start() - 40) : match.start()])[-2:]
         after_text = text[match.end() : match.end() + 40]
         after = [] if after_text[:1] not in (" ", "") else _WORD.findall(after_text.split(",")[0].split(".")[0])[:2]

@@ -49,6 +49,15 @@ class Worker:
     def peak_mib(self) -> float:
         return max(self.status(pid, "VmHWM") for pid in self.children())
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the child processes have used (from /proc/<pid>/stat)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.children():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
     def idle_mib(self) -> float:
         return max(self.status(pid, "VmRSS") for pid in self.children())
 

@@ -13,8 +13,9 @@ and sometimes 14, and a share of templated answers, so every detector has work t
 A worker runs as docker-compose runs it (``celery -A config worker -Q default -l info --concurrency 2``).
 End to end is what an admin waits for: the snapshot page's "Audit again" POST (view → audit queued on
 commit) until the audit row has finished, with the peak RSS of the worker process that ran it (its
-VmHWM, reset before). Beside it, labelled inner figures from the worker's log: reading and detecting
-(the stream over the records), and the findings that need text afterwards.
+VmHWM, reset before). Beside it, labelled inner figures from the worker's log: reading (waiting for the
+pages of records), detecting (feeding them to the detectors), and the findings that need text afterwards;
+and the worker's CPU time per example, which says what an idle machine would take when this one is busy.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ os.environ.setdefault("SECRET_KEY", "bench")
 from _roles import owner_sql  # noqa: E402
 from _worker import Worker  # noqa: E402
 
-SPLIT = re.compile(r"audit (\d+): (\d+) records; read and detect ([\d.]+) s, findings ([\d.]+) s")
+SPLIT = re.compile(
+    r"audit (\d+): (\d+) records; read and detect ([\d.]+) s "
+    r"\(read ([\d.]+) s, detect ([\d.]+) s\), findings ([\d.]+) s"
+)
 WORDS = [
     "order",
     "refund",
@@ -214,6 +218,7 @@ def run(args) -> None:
             client.force_login(admin)
             idle = worker.idle_mib()
             worker.reset_peaks()
+            cpu = worker.cpu_seconds()
             start = time.perf_counter()
             response = client.post(reverse("training:snapshot-audit", args=[snapshot.pk]))
             assert response.status_code == 302, response.status_code
@@ -229,20 +234,25 @@ def run(args) -> None:
             if audit.status != "succeeded":
                 raise SystemExit(f"The audit failed: {audit.message}\n{log.read_text()[-3000:]}")
             peak = worker.peak_mib()
+            cpu = worker.cpu_seconds() - cpu
             split = {m.group(1): m for m in SPLIT.finditer(log.read_text())}[str(audit.pk)]
             types = sorted({f["type"] for f in audit.findings})
             print(
                 f"{size:>9,} examples  end to end (POST → worker → stored) {seconds:6.1f} s "
                 f"({size / seconds:,.0f} examples/s); worker peak RSS {peak:,.0f} MiB (idle {idle:,.0f} MiB); "
-                f"inner: read and detect {float(split.group(3)):.1f} s, findings {float(split.group(4)):.1f} s"
+                f"inner: read {float(split.group(4)):.1f} s, detect {float(split.group(5)):.1f} s, "
+                f"findings {float(split.group(6)):.1f} s; worker CPU {cpu:.1f} s ({cpu / size * 1e6:.0f} µs/example)"
             )
             print(f"           {len(audit.findings)} findings: {', '.join(types)}")
-            results.append((size, seconds, peak))
+            results.append((size, seconds, peak, cpu))
     finally:
         worker.stop()
     if len(results) > 1:
-        (s0, t0, m0), (s1, t1, m1) = results[0], results[-1]
-        print(f"{s1 // s0}x the examples: {t1 / t0:.1f}x the time, peak RSS x{m1 / m0:.2f} ({m0:,.0f} → {m1:,.0f} MiB)")
+        (s0, t0, m0, c0), (s1, t1, m1, c1) = results[0], results[-1]
+        print(
+            f"{s1 // s0}x the examples: {t1 / t0:.1f}x the time, {c1 / c0:.1f}x the worker CPU, "
+            f"peak RSS x{m1 / m0:.2f} ({m0:,.0f} → {m1:,.0f} MiB)"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -346,3 +346,10 @@ def test_the_fast_format_key_of_ascii_text_is_the_patterns(text):
     from annotate.audit import _FORMAT_ONLY, format_key
 
     assert format_key(text, normalized=True) == _FORMAT_ONLY.sub("", text)
+
+
+@given(st.text(alphabet="0123456789$.,- tosdayhurweklpcnUSDEGBP%–", max_size=60))
+def test_quantities_are_found_where_the_pattern_finds_them(text):
+    from annotate.audit import _QUANTITY, _quantities
+
+    assert [m.span() for m in _quantities(text)] == [m.span() for m in _QUANTITY.finditer(text)]
