@@ -152,14 +152,6 @@ def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _short(sentence: str, words: int, *, tail: bool) -> str:
-    # Normalized text has single spaces: splitting at most ``words`` times is enough.
-    tokens = sentence.rsplit(" ", words) if tail else sentence.split(" ", words)
-    if len(tokens) <= words:
-        return sentence
-    return " ".join(tokens[-words:] if tail else tokens[:words])
-
-
 def _sampled(record_id: int, every: int) -> bool:
     """Whether a record is in a sample of 1 in ``every``, chosen by the top bits of a multiplicative hash of its
     id (stable between runs, spread over the snapshot whatever its order)."""
@@ -306,20 +298,27 @@ def _bound(error: int, n: int) -> dict:
 # --- Text features ------------------------------------------------------------------------------------------------
 
 
-_FIRST_END = re.compile(r"[.!?] ")
-
-
 def opening_and_closing(text: str, *, normalized: bool = False) -> tuple[str, str]:
     """The first sentence's first words and the last sentence's last words, normalized (up to six words each)."""
     text = text if normalized else normalize(text)
     if not text:
         return "", ""
-    # normalize() leaves single spaces: a sentence ends at ". ", "! " or "? ".
-    first = _FIRST_END.search(text)
-    opening = text[: first.start() + 1] if first else text
-    last = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
-    closing = text[last + 2 :] if last >= 0 else text
-    return _short(opening, 6, tail=False), _short(closing, 6, tail=True)
+    # normalize() leaves single spaces: a sentence ends at a word ending in ".", "!" or "?" before a space. Only
+    # the first and last seven words are looked at (split at most six times from either end).
+    head = text.split(" ", 6)
+    last = len(head) - 1  # the text's last word, or the rest of it: no sentence ends before it here
+    opening = head[:6]
+    for i, word in enumerate(opening):
+        if i < last and word[-1] in ".!?":
+            opening = head[: i + 1]
+            break
+    tail = text.rsplit(" ", 6)
+    closing = tail[-6:]
+    for i in range(len(tail) - 2, -1, -1):
+        if tail[i][-1] in ".!?":
+            closing = tail[i + 1 :]
+            break
+    return " ".join(opening), " ".join(closing)
 
 
 def _quantities(text: str):
@@ -436,14 +435,15 @@ def pair_issues(chosen: str, rejected: str, *, normalized: bool = False) -> list
         return ["identical"]
     if format_key(chosen, normalized=True) == format_key(rejected, normalized=True):
         return ["format_only"]
-    chosen_words, rejected_words = chosen.split(), rejected.split()
+    # Normalized text has single spaces and no space at either end: its words are its spaces plus one.
+    chosen_words, rejected_words = (chosen.count(" ") + 1 if chosen else 0), rejected.count(" ") + 1
     if (
-        0.8 * len(chosen_words) <= len(rejected_words) <= 1.25 * len(chosen_words)
+        0.8 * chosen_words <= rejected_words <= 1.25 * chosen_words
         and similarity(chosen, rejected, normalized=True) >= 0.9
     ):
         return ["near_identical"]
     issues = []
-    if len(chosen_words) >= 12 and len(rejected_words) < 0.25 * len(chosen_words):
+    if chosen_words >= 12 and rejected_words < 0.25 * chosen_words:
         issues.append("far_shorter")
     elif not rejected.rstrip().endswith((".", "!", "?", '"', ")", "`", "*")) and len(rejected) < 0.8 * len(chosen):
         issues.append("truncated")
@@ -681,8 +681,8 @@ class Auditor:
         tracked = self.tracked
         for record, norm in zip(records, norms, strict=True):
             words = None
-            for first, padded, entry in tracked:
-                if first in norm:  # a cheap test first: most answers lack the gram's first word altogether
+            for longest, padded, entry in tracked:
+                if longest in norm:  # a cheap test first: most answers lack the gram's longest word altogether
                     if words is None:
                         words = f" {' '.join(word_list(norm))} "
                     if padded in words:
@@ -731,7 +731,7 @@ class Auditor:
             if len(self.tracked) >= PHRASE_CANDIDATES:
                 break
             self.phrase_keys.add(key)
-            self.tracked.append((entry["phrase"].split(" ", 1)[0], f" {entry['phrase']} ", entry))
+            self.tracked.append((max(entry["phrase"].split(" "), key=len), f" {entry['phrase']} ", entry))
 
     def _phrase_count(self, entry: dict) -> tuple[int, int]:
         """A tracked 4-gram's count over all answers, and how far off it may be (0: exact; else a 95% bound)."""

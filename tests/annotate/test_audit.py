@@ -1,6 +1,7 @@
 """The audit's detectors: each finds its planted flaw with the right share and stays quiet on clean data."""
 
 import random
+import re
 
 import pytest
 from hypothesis import given
@@ -353,3 +354,20 @@ def test_quantities_are_found_where_the_pattern_finds_them(text):
     from annotate.audit import _QUANTITY, _quantities
 
     assert [m.span() for m in _quantities(text)] == [m.span() for m in _QUANTITY.finditer(text)]
+
+
+def _opening_and_closing_by_sentences(text: str) -> tuple[str, str]:
+    """The definition: split into sentences at ". ", "! ", "? "; the first's first six words, the last's last six."""
+    from annotate.audit import normalize
+
+    text = normalize(text)
+    if not text:
+        return "", ""
+    sentences = re.split(r"(?<=[.!?]) ", text)
+    return " ".join(sentences[0].split(" ")[:6]), " ".join(sentences[-1].split(" ")[-6:])
+
+
+@given(st.lists(st.sampled_from(["a", "b.", "c!", "d?", "e", "..", "x?y", "!", " ", "Ünï.", "\t"]), max_size=24))
+def test_openings_and_closings_are_the_first_and_last_sentences_words(words):
+    text = " ".join(words)
+    assert opening_and_closing(text) == _opening_and_closing_by_sentences(text)
