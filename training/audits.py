@@ -10,11 +10,13 @@ without it; acknowledgements go into each job's record and its adapter's manifes
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -83,7 +85,7 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
     total = snapshot.sft_count + snapshot.dpo_count
     auditor = Auditor(expected=total)
     done, detect = 0, 0.0
-    for page in _pages(snapshot):
+    for page in _read_ahead(snapshot):
         fed = time.perf_counter()
         auditor.feed_many(page)
         detect += time.perf_counter() - fed
@@ -120,6 +122,49 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
         done - streamed,
     )
     return report, gates
+
+
+def _read_ahead(snapshot: TrainingSnapshot):
+    """``_pages``, read one page ahead on a thread with its own connection where that connection can see the
+    snapshot (it was committed): PostgreSQL makes the next page on one core while this one is audited on the
+    other. Inside a transaction (the snapshot may be this connection's own uncommitted rows), in line."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield from _pages(snapshot)
+        return
+    pages: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Hand an item over, unless the auditing side has stopped taking them."""
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for page in _pages(snapshot):
+                if not offer(page):
+                    return
+            offer(None)
+        except Exception as exc:  # handed to the auditing side, which raises it
+            offer(exc)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    reader = threading.Thread(target=read, name=f"audit-read-{snapshot.pk}", daemon=True)
+    reader.start()
+    try:
+        while (page := pages.get()) is not None:
+            if isinstance(page, Exception):
+                raise page
+            yield page
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _records(snapshot: TrainingSnapshot):

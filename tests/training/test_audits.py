@@ -355,3 +355,36 @@ def test_responses_scored_under_a_rubric_version_join_a_snapshot_when_they_reach
         services.snapshot_create(
             name="x", projects=[other], created_by=admin_user, filters=SnapshotFilters(rubric_version=current.pk)
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_snapshot_is_read_ahead_on_a_second_connection_with_the_same_records(
+    support, admin_user, monkeypatch
+):
+    """Outside a transaction the worker reads the next page on a thread while it audits this one: the records,
+    their order and the audit are those of the read in line, and a failure in the reader reaches the audit."""
+    from django.db import connection
+
+    from training import audits
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: the read ahead is PostgreSQL's path (set DATABASE_URL=postgres://...)")
+    snapshot = _snapshot(support, admin_user)
+    monkeypatch.setattr(audits, "READ_CHUNK", 7)  # pages end mid-snapshot
+    assert not connection.in_atomic_block
+    ahead = [record for page in audits._read_ahead(snapshot) for record in page]
+    assert ahead == list(audits._records(snapshot)) and len(ahead) == 50
+    audit = audits.snapshot_audit_request(snapshot=snapshot, created_by=admin_user)
+    assert audit.status == "succeeded" and _finding(audit, "recurring_closing")["share"] == 0.4  # swift's 20 of 50
+
+    def broken(snapshot):
+        yield from []
+        raise RuntimeError("the page could not be read")
+
+    monkeypatch.setattr(audits, "_pages", broken)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        list(audits._read_ahead(snapshot))
+    monkeypatch.setattr(audits, "_pages", lambda snapshot: iter([[1], [2], [3], [4]]))
+    pages = audits._read_ahead(snapshot)
+    assert next(pages) == [1]
+    pages.close()  # the auditing side stops early: the reader stops too, nothing hangs
