@@ -492,8 +492,17 @@ class Auditor:
     counters updated per chunk in C. Memory is bounded: the counters keep their most frequent keys, and the
     hashes for the joins at the end (same prompt, swapped pairs) wait on disk in partitions."""
 
-    def __init__(self, *, expected: int | None = None):
+    # What the text detectors (``parts="text"``) hold: all another auditor needs to take their findings over.
+    TEXT_STATE = (
+        *("n", "known", "fact_slots", "skeletons", "skeleton_text"),
+        *("phrases", "phrase_docs", "phrase_keys", "tracked"),
+    )
+
+    def __init__(self, *, expected: int | None = None, parts: str = "all"):
+        if parts not in ("all", "stream", "text"):
+            raise ValueError(f"parts is 'all', 'stream' or 'text', not {parts!r}")
         self.expected = expected
+        self.parts = parts
         self.n = 0
         self.n_sft = 0
         self.n_dpo = 0
@@ -541,6 +550,21 @@ class Auditor:
         self.skeleton_text: dict[int, str] = {}
         self.distinct_samples: dict[str, list[str]] = defaultdict(list)
 
+    def text_state(self) -> dict:
+        """The text detectors' state, for ``adopt_text`` (picklable)."""
+        return {name: getattr(self, name) for name in self.TEXT_STATE}
+
+    def adopt_text(self, state: dict) -> None:
+        """Take over the text detectors' state from an auditor (``parts="text"``) fed the same records, so that
+        this one (``parts="stream"``) reports every finding."""
+        if state["n"] != self.n:
+            raise ValueError(
+                f"The text detectors read {state['n']:,} records and the rest {self.n:,}: not one snapshot."
+            )
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.parts = "all"
+
     # -- feeding ----------------------------------------------------------------------------------------------------
 
     def feed(self, record: AuditRecord) -> None:
@@ -554,26 +578,27 @@ class Auditor:
 
     def feed_many(self, records: list[AuditRecord]) -> None:
         """Feed a chunk of records (up to a few thousand: each chunk's features are held until it is counted)."""
+        norms = [normalize(record.target) for record in records]
+        self.n += len(records)
+        if self.parts != "text":
+            self._feed_stream(records, norms)
+        if self.parts != "stream":
+            self._feed_text(records, norms)
+
+    def _feed_stream(self, records: list[AuditRecord], norms: list[str]) -> None:
+        """Openings and closings, pairs, the hashes for the joins, lineage."""
         openings, opening_ids, closings, closing_ids = [], [], [], []
         base_openings, base_closings = [], []
         group_openings: dict[str, list[str]] = defaultdict(list)
         group_closings: dict[str, list[str]] = defaultdict(list)
         chosen_openings, chosen_opening_ids, chosen_closings, chosen_closing_ids = [], [], [], []
         rejected_openings, rejected_opening_ids, rejected_closings, rejected_closing_ids = [], [], [], []
-        grams: list[int] = []
-        gram_docs: list[tuple[int, str]] = []  # the answers whose 4-grams are counted (all up to SAMPLE_MIN)
-        counted = self.n
-        shapes, shape_ids, shape_texts = [], [], []
         sft_rows, pair_rows, swapped_rows = [], [], []
-        norms = []
         provenance, decided = self.provenance, self.decided
         by_source = self.by_source
         sampled_all = self.expected is None or self.expected <= SAMPLE_MIN
-        for record in records:
+        for record, norm in zip(records, norms, strict=True):
             rid = record.id
-            target = record.target or ""
-            norm = normalize(target)
-            norms.append(norm)
             opening, closing = opening_and_closing(norm, normalized=True)
             source = record.source or record.provenance or "unknown"
             by_source[source].n += 1
@@ -589,12 +614,6 @@ class Auditor:
                 self.n_base += 1
                 base_openings.append(opening)
                 base_closings.append(closing)
-            if any(map(norm.__contains__, _KNOWN_PREFIXES)):
-                self._known(norm, rid)
-            digits = _has_digit(norm)
-            if digits:
-                for slot, value in facts(norm, normalized=True):
-                    self._fact(slot, value, rid)
             prov = record.provenance or "unknown"
             provenance[prov] += 1
             decided[record.decided_by or "unknown"] += 1
@@ -603,7 +622,6 @@ class Auditor:
                 self.agreement_n[prov] += 1
 
             prompt_key = normalize(record.prompt)
-            target_hash = _hash64(norm)
             if record.kind == "dpo":
                 self.n_dpo += 1
                 norm_rejected = normalize(record.rejected)
@@ -628,24 +646,13 @@ class Auditor:
                     rejected_closing_ids.append(rid)
             else:
                 self.n_sft += 1
-                sft_rows.append((_hash64(prompt_key), target_hash, rid))
-
-            if counted < SAMPLE_MIN or _sampled(rid, PHRASE_EVERY):
-                counted += 1
-                grams.extend(_gram_keys(norm))
-                gram_docs.append((rid, norm))
-            # Answers from one template differ in their numbers: without a digit the skeleton is the answer.
-            text_shape = _DIGITS.sub("#", norm) if digits else norm
-            shapes.append(_hash64(text_shape) if digits else target_hash)
-            shape_ids.append(rid)
-            shape_texts.append(text_shape)
+                sft_rows.append((_hash64(prompt_key), _hash64(norm), rid))
             if sampled_all or _sampled(rid, SAMPLE_EVERY):
                 self.n_sampled += 1
                 sample = self.distinct_samples[prov]
                 if len(sample) < DISTINCT_SAMPLE:
-                    sample.append(target)
+                    sample.append(record.target or "")
 
-        self.n += len(records)
         self.openings.update(openings, opening_ids)
         self.closings.update(closings, closing_ids)
         self.base_openings.update(base_openings)
@@ -659,6 +666,36 @@ class Auditor:
             self.chosen_closings.update(chosen_closings, chosen_closing_ids)
             self.rejected_openings.update(rejected_openings, rejected_opening_ids)
             self.rejected_closings.update(rejected_closings, rejected_closing_ids)
+        if sft_rows:
+            self.sft_rows.add(np.array(sft_rows, dtype=np.int64))
+        if pair_rows:
+            self.pair_rows.add(np.array(pair_rows, dtype=np.int64))
+            self.swapped_rows.add(np.array(swapped_rows, dtype=np.int64).reshape(-1, 1))
+
+    def _feed_text(self, records: list[AuditRecord], norms: list[str]) -> None:
+        """What is read in the answers' text: known phrases, facts, templates, phrases anywhere."""
+        grams: list[int] = []
+        gram_docs: list[tuple[int, str]] = []  # the answers whose 4-grams are counted (all up to SAMPLE_MIN)
+        counted = self.n - len(records)  # answers before this chunk: all of them counted up to SAMPLE_MIN
+        shapes, shape_ids, shape_texts = [], [], []
+        for record, norm in zip(records, norms, strict=True):
+            rid = record.id
+            if any(map(norm.__contains__, _KNOWN_PREFIXES)):
+                self._known(norm, rid)
+            # Answers from one template differ in their numbers: without a digit the skeleton is the answer.
+            shape = norm
+            if _has_digit(norm):
+                for slot, value in facts(norm, normalized=True):
+                    self._fact(slot, value, rid)
+                shape = _DIGITS.sub("#", norm)
+            shapes.append(_hash64(shape))
+            shape_ids.append(rid)
+            shape_texts.append(shape)
+            if counted < SAMPLE_MIN or _sampled(rid, PHRASE_EVERY):
+                counted += 1
+                grams.extend(_gram_keys(norm))
+                gram_docs.append((rid, norm))
+
         self.skeletons.update(shapes, shape_ids)
         skeleton_text, counts = self.skeleton_text, self.skeletons.counts
         for shape, text_shape in zip(shapes, shape_texts, strict=True):
@@ -670,11 +707,6 @@ class Auditor:
         self.phrases.update(grams)
         self.phrase_docs += len(gram_docs)
         self._note_phrases(gram_docs)
-        if sft_rows:
-            self.sft_rows.add(np.array(sft_rows, dtype=np.int64))
-        if pair_rows:
-            self.pair_rows.add(np.array(pair_rows, dtype=np.int64))
-            self.swapped_rows.add(np.array(swapped_rows, dtype=np.int64).reshape(-1, 1))
 
     def _track_phrases(self, records: list[AuditRecord], norms: list[str]) -> None:
         """Count the tracked 4-grams exactly, in every answer of the chunk."""

@@ -371,3 +371,20 @@ def _opening_and_closing_by_sentences(text: str) -> tuple[str, str]:
 def test_openings_and_closings_are_the_first_and_last_sentences_words(words):
     text = " ".join(words)
     assert opening_and_closing(text) == _opening_and_closing_by_sentences(text)
+
+
+def test_the_text_detectors_fed_apart_give_the_same_report():
+    """The worker may run the text detectors in a second process over the same records: the report is the same."""
+    records = clean_records(1200, seed=22)
+    for index, record in enumerate(records):
+        if index % 3 == 0:
+            window = 14 if index % 9 else 30
+            text = f"As an expert I recommend this warmly. You get a refund within {window} days of it."
+            records[index] = AuditRecord(**{**_fields(record), "target": text + " " + record.target + " Thanks!"})
+    whole = Auditor().feed_all(records).report()
+    stream, text = Auditor(parts="stream").feed_all(records), Auditor(parts="text").feed_all(records)
+    stream.adopt_text(text.text_state())
+    assert stream.report() == whole
+    assert {f["type"] for f in whole["findings"]} >= {"recurring_phrase", "conflicting_facts"}
+    with pytest.raises(ValueError, match="not one snapshot"):
+        Auditor(parts="stream").feed_all(records[:10]).adopt_text(text.text_state())
