@@ -10,7 +10,11 @@ without it; acknowledgements go into each job's record and its adapter's manifes
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -83,14 +87,25 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
     started = time.perf_counter()
     snapshot = audit.snapshot
     total = snapshot.sft_count + snapshot.dpo_count
-    auditor = Auditor(expected=total)
-    done, detect = 0, 0.0
-    for page in _read_ahead(snapshot):
-        fed = time.perf_counter()
-        auditor.feed_many(page)
-        detect += time.perf_counter() - fed
-        done += len(page)
-        SnapshotAudit.report_progress(audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}")
+    text = _TextDetectors.start(snapshot, total)
+    try:
+        auditor = Auditor(expected=total, parts="stream" if text else "all")
+        done, detect = 0, 0.0
+        for page in _read_ahead(snapshot):
+            fed = time.perf_counter()
+            auditor.feed_many(page)
+            detect += time.perf_counter() - fed
+            done += len(page)
+            SnapshotAudit.report_progress(
+                audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}"
+            )
+        if text:
+            waited = time.perf_counter()
+            auditor.adopt_text(text.result())
+            detect += time.perf_counter() - waited  # the second process still detecting
+    finally:
+        if text:
+            text.stop()
     SnapshotAudit.report_progress(audit.pk, READ_SHARE, "Comparing answers to the same prompt")
     streamed = time.perf_counter()
     try:
@@ -122,6 +137,47 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
         done - streamed,
     )
     return report, gates
+
+
+class _TextDetectors:
+    """The text detectors run by a second process (``training.audit_text``) over the same snapshot, on another
+    core: for a committed snapshot of at least ``GOLDSET_AUDIT_PROCESS_MIN`` records on PostgreSQL, on a machine
+    with more than one core."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    @classmethod
+    def start(cls, snapshot: TrainingSnapshot, total: int) -> _TextDetectors | None:
+        least = int(getattr(settings, "GOLDSET_AUDIT_PROCESS_MIN", 50_000))
+        if (
+            total < least
+            or (os.cpu_count() or 1) < 2
+            or connection.vendor != "postgresql"
+            or connection.in_atomic_block  # its own connection would not see this transaction's rows
+        ):
+            return None
+        command = [sys.executable, "-m", "training.audit_text", str(snapshot.pk), str(total)]
+        # The database this connection is on (under test, the test database), whatever the settings name.
+        env = {**os.environ, "GOLDSET_DB_NAME": connection.settings_dict["NAME"]}
+        return cls(subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE))
+
+    def result(self) -> dict:
+        """The detectors' state once the process has read the whole snapshot."""
+        out, _ = self.proc.communicate()
+        if self.proc.returncode:
+            raise RuntimeError(
+                f"the process running the text detectors failed (exit code {self.proc.returncode}); "
+                "its error is in the worker's log. Run the audit again from the snapshot's page."
+            )
+        return pickle.loads(out)  # written by this worker's own child
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 def _read_ahead(snapshot: TrainingSnapshot):
@@ -173,11 +229,12 @@ def _records(snapshot: TrainingSnapshot):
         yield from page
 
 
-def _pages(snapshot: TrainingSnapshot):
+def _pages(snapshot: TrainingSnapshot, *, text_only: bool = False):
     """The snapshot's records as lists of ``AuditRecord`` values (READ_CHUNK at a time), in order.
 
     On PostgreSQL the prompt text and the lineage fields are made in SQL: decoding each row's JSON in Python
-    cost more than the audit of it. Elsewhere, the ORM."""
+    cost more than the audit of it. Elsewhere, the ORM. ``text_only`` (PostgreSQL): the id, kind and answer
+    only, all that the text detectors read."""
     if connection.vendor != "postgresql":
         rows = SnapshotRecord.objects.filter(snapshot=snapshot).order_by("position")
         fields = ("id", "kind", "messages", "completion", "chosen", "rejected", "source_item_id", "lineage")
@@ -206,6 +263,12 @@ def _pages(snapshot: TrainingSnapshot):
         f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position >= %(start)s AND r.position < %(end)s"
         " ORDER BY r.position"
     )
+    if text_only:
+        sql = (
+            "SELECT r.id, r.kind, '', CASE WHEN r.kind = 'dpo' THEN r.chosen ELSE r.completion END"
+            f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position >= %(start)s"
+            " AND r.position < %(end)s ORDER BY r.position"
+        )
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT max(position) FROM {table} WHERE snapshot_id = %(snapshot)s", {"snapshot": snapshot.pk})
         last = cursor.fetchone()[0]

@@ -388,3 +388,38 @@ def test_a_committed_snapshot_is_read_ahead_on_a_second_connection_with_the_same
     pages = audits._read_ahead(snapshot)
     assert next(pages) == [1]
     pages.close()  # the auditing side stops early: the reader stops too, nothing hangs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_committed_snapshot_has_its_text_detectors_run_by_a_second_process_with_the_same_report(
+    support, admin_user, settings
+):
+    from django.db import connection
+
+    from training import audits
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: the second process reads the committed snapshot (set DATABASE_URL=postgres://...)")
+    snapshot = _snapshot(support, admin_user)
+    settings.GOLDSET_AUDIT_PROCESS_MIN = 10**9
+    # As the worker runs it: outside any transaction.
+    alone = audits.snapshot_audit_run(audit_id=SnapshotAudit.objects.create(snapshot=snapshot).pk)
+    settings.GOLDSET_AUDIT_PROCESS_MIN = 1
+    started = []
+    real_start = audits._TextDetectors.start.__func__
+
+    def start(cls, snapshot, total):
+        started.append(real_start(cls, snapshot, total))
+        return started[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audits._TextDetectors, "start", classmethod(start))
+        both = audits.snapshot_audit_run(audit_id=SnapshotAudit.objects.create(snapshot=snapshot).pk)
+    assert alone.status == both.status == "succeeded"
+    assert started and started[0] is not None and started[0].proc.returncode == 0
+    drop = {"audited_at"}
+    assert {k: v for k, v in both.report.items() if k not in drop} == {
+        k: v for k, v in alone.report.items() if k not in drop
+    }
+    types = {f["type"] for f in both.findings}
+    assert {"recurring_closing", "conflicting_facts"} <= types  # one from each process's detectors
