@@ -68,7 +68,7 @@ SAMPLE_MIN = 20_000  # ... but below this many examples every one does
 PHRASE_SHARE = 0.2  # a 4-gram in this share of answers is a habit
 PHRASE_KEEP = 200_000  # distinct 4-grams counted at once (bounded: see BoundedCounter)
 PHRASE_CANDIDATES = 400  # the most frequent 4-grams considered for phrases
-PHRASE_EVERY = 16  # past SAMPLE_MIN answers, 1 in N has its 4-grams counted (the costliest count) ...
+PHRASE_EVERY = 16  # in a snapshot of more than SAMPLE_MIN, 1 in N answers has its 4-grams counted (costly) ...
 PHRASE_TRACK = 0.1  # ... and a 4-gram in this share of them is tracked: counted exactly in every answer
 TOP_K = 20_000  # distinct openings/closings/templates counted at once
 CHUNK = 5_000  # examples fed at once: the counters update per chunk, in C
@@ -675,8 +675,10 @@ class Auditor:
     def _feed_text(self, records: list[AuditRecord], norms: list[str]) -> None:
         """What is read in the answers' text: known phrases, facts, templates, phrases anywhere."""
         grams: list[int] = []
-        gram_docs: list[tuple[int, str]] = []  # the answers whose 4-grams are counted (all up to SAMPLE_MIN)
-        counted = self.n - len(records)  # answers before this chunk: all of them counted up to SAMPLE_MIN
+        gram_docs: list[tuple[int, str]] = []  # the answers whose 4-grams are counted
+        # Every answer's in a small snapshot; else a sample spread over all of it (not its first answers: the
+        # count before a 4-gram is tracked is scaled up from the sample, which must stand for every answer).
+        every = self.expected is None or self.expected <= SAMPLE_MIN
         shapes, shape_ids, shape_texts = [], [], []
         for record, norm in zip(records, norms, strict=True):
             rid = record.id
@@ -691,8 +693,7 @@ class Auditor:
             shapes.append(_hash64(shape))
             shape_ids.append(rid)
             shape_texts.append(shape)
-            if counted < SAMPLE_MIN or _sampled(rid, PHRASE_EVERY):
-                counted += 1
+            if every or _sampled(rid, PHRASE_EVERY):
                 grams.extend(_gram_keys(norm))
                 gram_docs.append((rid, norm))
 
@@ -724,8 +725,9 @@ class Auditor:
 
     def _note_phrases(self, gram_docs: list[tuple[int, str]]) -> None:
         """Track each 4-gram in PHRASE_TRACK of the answers counted so far: from the next chunk on, it is counted
-        exactly in every answer; before, as the full count (small snapshots, the first SAMPLE_MIN answers) or
-        the sample's estimate, with its error bound, says.
+        exactly in every answer; before, as the full count (a small snapshot) or the sample's estimate, with its
+        error bound, says. A habit present from the start is tracked after the first chunk, so its estimated
+        part is that chunk's.
 
         A 4-gram in PHRASE_SHARE of all answers is in more than PHRASE_TRACK of the sample after some chunk (the
         sample being thousands of answers), so it is tracked by the end."""

@@ -388,3 +388,32 @@ def test_the_text_detectors_fed_apart_give_the_same_report():
     assert {f["type"] for f in whole["findings"]} >= {"recurring_phrase", "conflicting_facts"}
     with pytest.raises(ValueError, match="not one snapshot"):
         Auditor(parts="stream").feed_all(records[:10]).adopt_text(text.text_state())
+
+
+def test_a_phrase_counted_on_a_sample_before_it_was_tracked_is_found_with_an_error_bound_that_holds(monkeypatch):
+    """In a snapshot of more than SAMPLE_MIN answers only a sample has its 4-grams counted; a phrase frequent
+    there is then counted exactly in every answer. Its count before that is the sample's estimate, reported
+    with its bound."""
+    from annotate import audit
+
+    monkeypatch.setattr(audit, "SAMPLE_MIN", 300)
+    monkeypatch.setattr(audit, "PHRASE_EVERY", 4)
+    monkeypatch.setattr(audit, "CHUNK", 500)
+    records = clean_records(4000, seed=23)
+    planted = set()
+    for index, record in enumerate(records):
+        if index >= 1000 and index % 2:  # from the third chunk on: tracked after it, estimated before
+            first, _, rest = record.target.partition(". ")
+            text = f"{first}. Our returns desk answers within the hour. {rest or 'Kalo mi.'}"
+            records[index] = AuditRecord(**{**_fields(record), "target": text})
+            planted.add(record.id)
+    report = Auditor(expected=len(records)).feed_all(records).report()
+    (finding,) = [f for f in report["findings"] if f["type"] == "recurring_phrase"]
+    assert finding["phrase"] == "our returns desk answers within the hour"
+    assert finding["count_error"] > 0 and abs(finding["count"] - len(planted)) <= finding["count_error"]
+    assert finding["share_error"] == round(finding["count_error"] / len(records), 4)
+    matches = matcher(finding)
+    assert {r.id for r in records if matches(r)} == planted and set(finding["examples"]) <= planted
+    exact = Auditor().feed_all(records).report()  # no expected size: every answer counted, no bound
+    (whole,) = [f for f in exact["findings"] if f["type"] == "recurring_phrase"]
+    assert whole["count"] == len(planted) and "count_error" not in whole
