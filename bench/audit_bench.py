@@ -15,7 +15,8 @@ End to end is what an admin waits for: the snapshot page's "Audit again" POST (v
 commit) until the audit row has finished, with the peak RSS of the worker process that ran it (its
 VmHWM, reset before). Beside it, labelled inner figures from the worker's log: reading (waiting for the
 pages of records), detecting (feeding them to the detectors), and the findings that need text afterwards;
-and the worker's CPU time per example, which says what an idle machine would take when this one is busy.
+and the CPU time per example of the worker and of the second process it starts for the text detectors
+(its peak RSS is sampled while it runs), which says what an idle machine would take when this one is busy.
 """
 
 from __future__ import annotations
@@ -223,7 +224,9 @@ def run(args) -> None:
             response = client.post(reverse("training:snapshot-audit", args=[snapshot.pk]))
             assert response.status_code == 302, response.status_code
             audit = SnapshotAudit.objects.filter(snapshot=snapshot).latest()
+            helper = 0.0
             while True:
+                helper = max(helper, worker.helper_peak_mib())
                 audit.refresh_from_db()
                 if audit.is_finished:
                     break
@@ -239,19 +242,22 @@ def run(args) -> None:
             types = sorted({f["type"] for f in audit.findings})
             print(
                 f"{size:>9,} examples  end to end (POST → worker → stored) {seconds:6.1f} s "
-                f"({size / seconds:,.0f} examples/s); worker peak RSS {peak:,.0f} MiB (idle {idle:,.0f} MiB); "
+                f"({size / seconds:,.0f} examples/s); worker peak RSS {peak:,.0f} MiB (idle {idle:,.0f} MiB), "
+                f"its second process (text detectors) {helper:,.0f} MiB; "
                 f"inner: read {float(split.group(4)):.1f} s, detect {float(split.group(5)):.1f} s, "
-                f"findings {float(split.group(6)):.1f} s; worker CPU {cpu:.1f} s ({cpu / size * 1e6:.0f} µs/example)"
+                f"findings {float(split.group(6)):.1f} s; "
+                f"CPU of both processes {cpu:.1f} s ({cpu / size * 1e6:.0f} µs/example)"
             )
             print(f"           {len(audit.findings)} findings: {', '.join(types)}")
-            results.append((size, seconds, peak, cpu))
+            results.append((size, seconds, peak, cpu, helper))
     finally:
         worker.stop()
     if len(results) > 1:
-        (s0, t0, m0, c0), (s1, t1, m1, c1) = results[0], results[-1]
+        (s0, t0, m0, c0, h0), (s1, t1, m1, c1, h1) = results[0], results[-1]
         print(
-            f"{s1 // s0}x the examples: {t1 / t0:.1f}x the time, {c1 / c0:.1f}x the worker CPU, "
-            f"peak RSS x{m1 / m0:.2f} ({m0:,.0f} → {m1:,.0f} MiB)"
+            f"{s1 // s0}x the examples: {t1 / t0:.1f}x the time, {c1 / c0:.1f}x the CPU, "
+            f"worker peak RSS x{m1 / m0:.2f} ({m0:,.0f} → {m1:,.0f} MiB), "
+            f"second process x{h1 / h0 if h0 else float('nan'):.2f} ({h0:,.0f} → {h1:,.0f} MiB)"
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
