@@ -423,3 +423,17 @@ def test_a_large_committed_snapshot_has_its_text_detectors_run_by_a_second_proce
     }
     types = {f["type"] for f in both.findings}
     assert {"recurring_closing", "conflicting_facts"} <= types  # one from each process's detectors
+
+
+def test_a_count_known_within_a_bound_shows_its_bound_on_the_audit_page(client, support, admin_user):
+    snapshot = _snapshot(support, admin_user)
+    audit = snapshot.audits.get()
+    report = dict(audit.report)
+    closing = _finding(audit, "recurring_closing")
+    report["findings"] = [
+        {**f, "count_error": 12, "share_error": 0.0003} if f["key"] == closing["key"] else f for f in report["findings"]
+    ]
+    SnapshotAudit.objects.filter(pk=audit.pk).update(report=report)
+    body = login(client, admin_user).get(audit.get_absolute_url()).content.decode()
+    assert f"{closing['count']} <span" in body and "± 12</span>" in body
+    assert body.count("± ") == 1  # exact counts show none
