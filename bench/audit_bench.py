@@ -237,7 +237,9 @@ def run(args) -> None:
             if audit.status != "succeeded":
                 raise SystemExit(f"The audit failed: {audit.message}\n{log.read_text()[-3000:]}")
             peak = worker.peak_mib()
-            cpu = worker.cpu_seconds() - cpu
+            (own, helpers), (own0, helpers0) = worker.cpu_seconds(), cpu
+            own, helpers = own - own0, helpers - helpers0
+            cpu = own + helpers
             split = {m.group(1): m for m in SPLIT.finditer(log.read_text())}[str(audit.pk)]
             types = sorted({f["type"] for f in audit.findings})
             print(
@@ -246,7 +248,8 @@ def run(args) -> None:
                 f"its second process (text detectors) {helper:,.0f} MiB; "
                 f"inner: read {float(split.group(4)):.1f} s, detect {float(split.group(5)):.1f} s, "
                 f"findings {float(split.group(6)):.1f} s; "
-                f"CPU of both processes {cpu:.1f} s ({cpu / size * 1e6:.0f} µs/example)"
+                f"CPU {cpu:.1f} s ({cpu / size * 1e6:.0f} µs/example: worker {own / size * 1e6:.0f}, "
+                f"second process {helpers / size * 1e6:.0f})"
             )
             print(f"           {len(audit.findings)} findings: {', '.join(types)}")
             results.append((size, seconds, peak, cpu, helper))
