@@ -7,7 +7,7 @@ Needs DATABASE_URL (PostgreSQL) and REDIS_URL, as the app runs in production. Th
 scratch database named after DATABASE_URL's plus "_audit_bench", made and migrated by the owner role
 (``manage.py ensure_db_roles`` creates it) and dropped at the end. Each snapshot is written with COPY:
 support answers of ~60 words from three sources (one adds "Thanks!" to 40% of its answers), 30%
-preference pairs (some differing only in a sign-off, some swapped), refund windows stated as 30 days
+preference pairs (a third of them differing only in a sign-off), refund windows stated as 30 days
 and sometimes 14, and a share of templated answers, so every detector has work to do.
 
 A worker runs as docker-compose runs it (``celery -A config worker -Q default -l info --concurrency 2``).
