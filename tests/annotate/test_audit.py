@@ -417,3 +417,23 @@ def test_a_phrase_counted_on_a_sample_before_it_was_tracked_is_found_with_an_err
     exact = Auditor().feed_all(records).report()  # no expected size: every answer counted, no bound
     (whole,) = [f for f in exact["findings"] if f["type"] == "recurring_phrase"]
     assert whole["count"] == len(planted) and "count_error" not in whole
+
+
+def test_a_bounded_counter_keeps_its_frequent_keys_exact_and_bounds_the_rest():
+    from annotate.audit import BoundedCounter
+
+    rng = random.Random(24)
+    counter, truth = BoundedCounter(50, examples=True), {}
+    for chunk in range(40):
+        keys = [f"rare {rng.randrange(10**6)}" for _ in range(60)] + ["early"] * 5
+        keys += ["late"] * 7 if chunk >= 20 else []
+        ids = list(range(chunk * 100, chunk * 100 + len(keys)))
+        counter.update(keys, ids)
+        for key in keys:
+            truth[key] = truth.get(key, 0) + 1
+    assert len(counter.counts) <= 50 and counter.slack > 0  # it had to drop keys
+    assert counter.get("early") == truth["early"] and counter.error("early") == 0  # kept from the start: exact
+    assert counter.get("late") <= truth["late"] <= counter.get("late") + counter.error("late")
+    for key, count in counter.counts.items():
+        assert count <= truth[key] <= count + counter.error(key)
+    assert len(counter.example_ids("early")) == 8 and counter.most_common(1)[0][0] in {"early", "late"}
