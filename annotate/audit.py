@@ -20,14 +20,16 @@ Nothing here reads the database; ``training/services`` (the audit task) streams 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import re
+import tempfile
 import unicodedata
 import zlib
-from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -61,13 +63,15 @@ MIN_LIFT = 3.0  # ... nor one that is common in the baseline too
 MIN_GROUP_SHARE = 0.30  # within one source: the share that makes a phrase that source's tic
 MIN_COUNT = 5
 BASELINE_MIN = 30  # human-written examples needed before they are the baseline
-SAMPLE_EVERY = 8  # 1 in N examples feeds the sampled detectors (templates, distinct-n)
-PHRASE_EVERY = 4  # ... and 1 in N of those the phrases anywhere (word 4-grams), the costliest
-PHRASE_SHARE = 0.2  # a 4-gram in this share of answers is a habit
-PHRASE_KEEP = 200_000  # distinct 4-grams kept before the ones seen once are dropped
-PHRASE_CANDIDATES = 400  # the most frequent 4-grams considered for phrases
+SAMPLE_EVERY = 8  # 1 in N examples feeds the repetition sample (distinct-n, compression ratio)
 SAMPLE_MIN = 20_000  # ... but below this many examples every one does
-TOP_K = 20_000  # distinct openings/closings/phrases tracked (space-saving counters)
+PHRASE_SHARE = 0.2  # a 4-gram in this share of answers is a habit
+PHRASE_KEEP = 200_000  # distinct 4-grams counted at once (bounded: see BoundedCounter)
+PHRASE_CANDIDATES = 400  # the most frequent 4-grams considered for phrases
+PHRASE_EVERY = 16  # in a snapshot of more than SAMPLE_MIN, 1 in N answers has its 4-grams counted (costly) ...
+PHRASE_TRACK = 0.1  # ... and a 4-gram in this share of them is tracked: counted exactly in every answer
+TOP_K = 20_000  # distinct openings/closings/templates counted at once
+CHUNK = 5_000  # examples fed at once: the counters update per chunk, in C
 EXAMPLES = 8
 FACT_SLOTS = 20_000
 DOMINANT_SHARE = 0.8
@@ -148,75 +152,117 @@ def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _short(sentence: str, words: int, *, tail: bool) -> str:
-    tokens = sentence.split()
-    if len(tokens) <= words:
-        return sentence
-    return " ".join(tokens[-words:] if tail else tokens[:words])
-
-
-def _sampled(record_id: int, expected: int | None) -> bool:
-    """Whether a record feeds the sampled detectors: all of them in a small snapshot, else a fixed 1 in
-    ``SAMPLE_EVERY`` chosen by the top bits of a multiplicative hash of its id (stable between runs)."""
-    if expected is None or expected <= SAMPLE_MIN:
-        return True
-    return ((record_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) * SAMPLE_EVERY >> 64 == 0
+def _sampled(record_id: int, every: int) -> bool:
+    """Whether a record is in a sample of 1 in ``every``, chosen by the top bits of a multiplicative hash of its
+    id (stable between runs, spread over the snapshot whatever its order)."""
+    return ((record_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) * every >> 64 == 0
 
 
 # --- Bounded counters -----------------------------------------------------------------------------------------
 
 
-class TopCounter:
-    """Space-saving heavy hitters: counts of the most frequent keys in bounded memory (over-counts by at most
-    the smallest count when it had to evict), with up to ``EXAMPLES`` example ids per key."""
+class BoundedCounter:
+    """Counts of keys in bounded memory, updated a chunk at a time in C, with up to ``EXAMPLES`` example ids
+    per key.
+
+    Past ``capacity`` keys, the less frequent half is dropped (lossy counting). A count is then a lower bound:
+    a key dropped earlier may have lost up to the threshold of each drop (``slack``, their sum). A key kept
+    since before the first drop has an exact count; ``error(key)`` says which (0 when exact). A habit worth
+    reporting is frequent from early on, so its count is exact on any data short of a pathological order."""
 
     def __init__(self, capacity: int = TOP_K, *, examples: bool = True):
         self.capacity = capacity
-        self.counts: dict[str, int] = {}
-        self.examples: dict[str, list[int]] = {}
-        self.keep_examples = examples
-        self.floor = 0
+        self.counts: Counter = Counter()
+        self.examples: dict | None = {} if examples else None
+        self.slack = 0
+        self.kept: set | None = None  # the keys never dropped, once something has been
 
-    def add(self, key: str, example: int = 0) -> None:
+    def update(self, keys: Iterable, ids: Iterable[int] = ()) -> None:
+        """Count each key once per occurrence; ``ids``, beside ``keys``, are their examples' record ids."""
+        if self.examples is not None:
+            keys = keys if isinstance(keys, list) else list(keys)
+            examples = self.examples
+            for key, rid in zip(keys, ids, strict=True):
+                ex = examples.get(key)
+                if ex is None:
+                    examples[key] = [rid]
+                elif len(ex) < EXAMPLES:
+                    ex.append(rid)
+        self.counts.update(keys)
+        if len(self.counts) > self.capacity:
+            self._drop()
+
+    def _drop(self) -> None:
         counts = self.counts
-        if key in counts:
-            counts[key] += 1
-            if self.keep_examples:
-                ex = self.examples[key]
-                if len(ex) < EXAMPLES:
-                    ex.append(example)
-            return
-        if len(counts) >= self.capacity:
-            self._evict()
-        counts[key] = self.floor + 1
-        if self.keep_examples:
-            self.examples[key] = [example]
+        values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+        keep = self.capacity // 2
+        threshold = int(np.partition(values, len(values) - keep)[len(values) - keep])
+        self.counts = Counter({k: v for k, v in counts.items() if v > threshold})
+        if self.examples is not None:
+            self.examples = {k: v for k, v in self.examples.items() if k in self.counts}
+        self.slack += threshold
+        self.kept = set(self.counts) if self.kept is None else self.kept & self.counts.keys()
 
-    def _evict(self) -> None:
-        # Drop the least frequent half at once: amortized O(1) per add.
-        ordered = sorted(self.counts.items(), key=lambda kv: kv[1])
-        cut = len(ordered) // 2
-        self.floor = ordered[cut - 1][1]
-        for key, _ in ordered[:cut]:
-            del self.counts[key]
-            self.examples.pop(key, None)
-
-    def get(self, key: str) -> int:
+    def get(self, key) -> int:
         return self.counts.get(key, 0)
 
-    def most_common(self, n: int) -> list[tuple[str, int]]:
-        return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    def error(self, key) -> int:
+        """How far below the true count ``get(key)`` may be (0: exact)."""
+        if self.kept is None or key in self.kept:
+            return 0
+        return self.slack
+
+    def most_common(self, n: int) -> list[tuple]:
+        return heapq.nlargest(n, self.counts.items(), key=lambda kv: kv[1])
+
+    def example_ids(self, key) -> list[int]:
+        return (self.examples or {}).get(key, [])[:EXAMPLES]
 
 
-class _Growable:
-    """A column of int64 values (for the hash joins done at the end): 8 bytes each, appended in C."""
 
-    def __init__(self):
-        self.data = array("q")
-        self.append = self.data.append
+class _Spill:
+    """Rows of int64 hashes for a join at the end, kept on disk in partitions by a hash column, so that memory
+    holds one partition at a time (a few MiB) whatever the snapshot's size."""
 
-    def array(self) -> np.ndarray:
-        return np.frombuffer(self.data, dtype=np.int64) if self.data else np.zeros(0, dtype=np.int64)
+    def __init__(self, columns: int, expected: int | None):
+        self.columns = columns
+        # About 64k rows a partition; one partition (in memory, no file) up to that.
+        self.parts = max(1, min(256, -(-(expected or 0) // 65_536)))
+        self.files: list | None = None
+        self.memory: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        """Rows (an array of shape (n, columns)) partitioned by their first column."""
+        if not len(rows):
+            return
+        self.rows += len(rows)
+        if self.parts == 1:
+            self.memory.append(rows)
+            return
+        if self.files is None:
+            # Closed by close(), or when the auditor is collected.
+            self.files = [tempfile.TemporaryFile() for _ in range(self.parts)]  # noqa: SIM115
+        part = (rows[:, 0].view(np.uint64) % np.uint64(self.parts)).astype(np.intp)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
+        for p in range(self.parts):
+            if bounds[p] < bounds[p + 1]:
+                self.files[p].write(rows[order[bounds[p] : bounds[p + 1]]].tobytes())
+
+    def partitions(self):
+        """Each partition's rows, one array at a time (every row whose first column is equal is in one)."""
+        if self.files is None:
+            yield np.concatenate(self.memory) if self.memory else np.zeros((0, self.columns), dtype=np.int64)
+            return
+        for f in self.files:
+            f.seek(0)
+            yield np.frombuffer(f.read(), dtype=np.int64).reshape(-1, self.columns)
+
+    def close(self) -> None:
+        for f in self.files or ():
+            f.close()
+        self.files, self.memory = None, []
 
 
 # --- Statistics -------------------------------------------------------------------------------------------------
@@ -244,10 +290,12 @@ def _share(count: int, n: int) -> float:
     return round(count / n, 4) if n else 0.0
 
 
+def _bound(error: int, n: int) -> dict:
+    """A count that may be short (a bounded counter let the key go once): how short, at most. Nothing when exact."""
+    return {"count_error": error, "share_error": round(error / n, 4) if n else 0.0} if error else {}
+
+
 # --- Text features ------------------------------------------------------------------------------------------------
-
-
-_FIRST_END = re.compile(r"[.!?] ")
 
 
 def opening_and_closing(text: str, *, normalized: bool = False) -> tuple[str, str]:
@@ -255,12 +303,39 @@ def opening_and_closing(text: str, *, normalized: bool = False) -> tuple[str, st
     text = text if normalized else normalize(text)
     if not text:
         return "", ""
-    # normalize() leaves single spaces: a sentence ends at ". ", "! " or "? ".
-    first = _FIRST_END.search(text)
-    opening = text[: first.start() + 1] if first else text
-    last = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
-    closing = text[last + 2 :] if last >= 0 else text
-    return _short(opening, 6, tail=False), _short(closing, 6, tail=True)
+    # normalize() leaves single spaces: a sentence ends at a word ending in ".", "!" or "?" before a space. Only
+    # the first and last seven words are looked at (split at most six times from either end).
+    head = text.split(" ", 6)
+    last = len(head) - 1  # the text's last word, or the rest of it: no sentence ends before it here
+    opening = head[:6]
+    for i, word in enumerate(opening):
+        if i < last and word[-1] in ".!?":
+            opening = head[: i + 1]
+            break
+    tail = text.rsplit(" ", 6)
+    closing = tail[-6:]
+    for i in range(len(tail) - 2, -1, -1):
+        if tail[i][-1] in ".!?":
+            closing = tail[i + 1 :]
+            break
+    return " ".join(opening), " ".join(closing)
+
+
+def _quantities(text: str):
+    """``_QUANTITY.finditer(text)``, tried only where a number starts (a scan for a digit is far cheaper than
+    trying the whole pattern at every character; where it fails at a number's first digit it fails at the rest)."""
+    end = 0
+    for run in _DIGITS.finditer(text):
+        start = run.start()
+        if start < end:
+            continue  # inside the last quantity (a range, a decimal)
+        match = None
+        if start and text[start - 1] == "$" and start - 1 >= end:
+            match = _QUANTITY.match(text, start - 1)
+        match = match or _QUANTITY.match(text, start)
+        if match:
+            end = match.end()
+            yield match
 
 
 def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
@@ -269,10 +344,10 @@ def facts(text: str, *, normalized: bool = False) -> list[tuple[str, str]]:
     A slot is the two words before the number, the unit and the two words after it; a quantity with fewer
     than two telling words around it is left out (too little context to say which quantity it is)."""
     text = text if normalized else normalize(text)
-    if not _HAS_DIGIT.search(text):
+    if not _has_digit(text):
         return []
     out = []
-    for match in _QUANTITY.finditer(text):
+    for match in _quantities(text):
         before = _WORD.findall(text[max(0, match.start() - 40) : match.start()])[-2:]
         after_text = text[match.end() : match.end() + 40]
         after = [] if after_text[:1] not in (" ", "") else _WORD.findall(after_text.split(",")[0].split(".")[0])[:2]
@@ -298,8 +373,25 @@ def format_key(text: str, *, normalized: bool = False) -> str:
     return _FORMAT_ONLY.sub("", text)
 
 
+# For ASCII text, ``_WORD.findall`` in one pass of C: every byte that is not a word character becomes a space.
+_ASCII_NOT_WORD = bytes(c if chr(c).isalnum() or chr(c) in "_'" else 32 for c in range(256))
+
+
+def word_list(text: str) -> list[str]:
+    """The words of a text as ``_WORD`` finds them (``[\\w']+``)."""
+    if text.isascii():
+        return text.encode().translate(_ASCII_NOT_WORD).decode().split()
+    return _WORD.findall(text)
+
+
 def _words(text: str) -> list[str]:
-    return _WORD.findall(normalize(text))
+    return word_list(normalize(text))
+
+
+def _has_digit(text: str) -> bool:
+    if text.isascii():  # ten scans in C are far cheaper than one regular expression over the text
+        return any(map(text.__contains__, "0123456789"))
+    return _HAS_DIGIT.search(text) is not None
 
 
 def _latin_share(text: str) -> float:
@@ -343,14 +435,15 @@ def pair_issues(chosen: str, rejected: str, *, normalized: bool = False) -> list
         return ["identical"]
     if format_key(chosen, normalized=True) == format_key(rejected, normalized=True):
         return ["format_only"]
-    chosen_words, rejected_words = chosen.split(), rejected.split()
+    # Normalized text has single spaces and no space at either end: its words are its spaces plus one.
+    chosen_words, rejected_words = (chosen.count(" ") + 1 if chosen else 0), rejected.count(" ") + 1
     if (
-        0.8 * len(chosen_words) <= len(rejected_words) <= 1.25 * len(chosen_words)
+        0.8 * chosen_words <= rejected_words <= 1.25 * chosen_words
         and similarity(chosen, rejected, normalized=True) >= 0.9
     ):
         return ["near_identical"]
     issues = []
-    if len(chosen_words) >= 12 and len(rejected_words) < 0.25 * len(chosen_words):
+    if chosen_words >= 12 and rejected_words < 0.25 * chosen_words:
         issues.append("far_shorter")
     elif not rejected.rstrip().endswith((".", "!", "?", '"', ")", "`", "*")) and len(rejected) < 0.8 * len(chosen):
         issues.append("truncated")
@@ -362,7 +455,7 @@ def pair_issues(chosen: str, rejected: str, *, normalized: bool = False) -> list
 def similarity(a: str, b: str, *, normalized: bool = False) -> float:
     """Jaccard similarity of the two texts' word sets (1.0 for two empty texts)."""
     if normalized:
-        wa, wb = set(_WORD.findall(a)), set(_WORD.findall(b))
+        wa, wb = set(word_list(a)), set(word_list(b))
     else:
         wa, wb = set(_words(a)), set(_words(b))
     if not wa and not wb:
@@ -374,49 +467,68 @@ def similarity(a: str, b: str, *, normalized: bool = False) -> float:
 
 
 GROUP_TOP_K = 5_000  # openings and closings counted per source
+# The known phrases all start with one of these: an answer without any of them needs no closer look.
+_KNOWN_PREFIXES = tuple(sorted({phrase[:4] for phrase in KNOWN_PHRASES}))
 
 
 @dataclass
 class _Group:
     n: int = 0
-    openings: TopCounter = field(default_factory=lambda: TopCounter(GROUP_TOP_K, examples=False))
-    closings: TopCounter = field(default_factory=lambda: TopCounter(GROUP_TOP_K, examples=False))
+    openings: BoundedCounter = field(default_factory=lambda: BoundedCounter(GROUP_TOP_K, examples=False))
+    closings: BoundedCounter = field(default_factory=lambda: BoundedCounter(GROUP_TOP_K, examples=False))
+
+
+def _gram_keys(norm_text: str) -> set[int]:
+    """The distinct word 4-grams of a normalized text, each as the hash of its words (within one process)."""
+    words = word_list(norm_text)
+    return set(map(hash, zip(words, words[1:], words[2:], words[3:], strict=False)))
 
 
 class Auditor:
     """Feed it every record of a snapshot once, then ask for the ``report``. ``expected``: how many records
-    will come (sampling is off for small snapshots)."""
+    will come (the size of the repetition sample, and how the hash joins at the end are partitioned).
 
-    def __init__(self, *, expected: int | None = None):
+    Records are taken a chunk at a time (``feed_many``): the text features are made per record, and the
+    counters updated per chunk in C. Memory is bounded: the counters keep their most frequent keys, and the
+    hashes for the joins at the end (same prompt, swapped pairs) wait on disk in partitions."""
+
+    # What the text detectors (``parts="text"``) hold: all another auditor needs to take their findings over.
+    TEXT_STATE = (
+        *("n", "known", "fact_slots", "skeletons", "skeleton_text"),
+        *("phrases", "phrase_docs", "phrase_keys", "tracked"),
+    )
+
+    def __init__(self, *, expected: int | None = None, parts: str = "all"):
+        if parts not in ("all", "stream", "text"):
+            raise ValueError(f"parts is 'all', 'stream' or 'text', not {parts!r}")
         self.expected = expected
+        self.parts = parts
         self.n = 0
         self.n_sft = 0
         self.n_dpo = 0
-        self.openings = TopCounter()
-        self.closings = TopCounter()
-        # Bounded too: every answer's opening is new on free text, and a million of them is memory for nothing.
-        self.base_openings = TopCounter(examples=False)
-        self.base_closings = TopCounter(examples=False)
+        self.openings = BoundedCounter()
+        self.closings = BoundedCounter()
+        self.base_openings = BoundedCounter(examples=False)
+        self.base_closings = BoundedCounter(examples=False)
         self.n_base = 0
-        self.rejected_openings = TopCounter()
-        self.rejected_closings = TopCounter()
-        self.chosen_openings = TopCounter()
-        self.chosen_closings = TopCounter()
+        self.rejected_openings = BoundedCounter()
+        self.rejected_closings = BoundedCounter()
+        self.chosen_openings = BoundedCounter()
+        self.chosen_closings = BoundedCounter()
         self.by_source: dict[str, _Group] = defaultdict(_Group)
         self.known: dict[str, list] = {category: [0, [], Counter()] for category in set(KNOWN_PHRASES.values())}
-        # Word 4-grams anywhere, once per sampled answer: counts, and example ids once a gram recurs.
-        self.phrase_counts: dict[str, int] = {}
-        self.phrase_examples: dict[str, list[int]] = {}
+        # Word 4-grams anywhere, once per answer, keyed by hash, in every answer up to SAMPLE_MIN and a sample
+        # after (the costliest count); the frequent ones are then tracked: counted exactly in every answer.
+        self.phrases = BoundedCounter(PHRASE_KEEP, examples=False)
         self.phrase_docs = 0
+        self.phrase_keys: set[int] = set()
+        self.tracked: list[tuple[str, str, dict]] = []
         self.n_sampled = 0
         self.fact_slots: dict[str, dict[str, list]] = {}
-        # Hash columns for the joins at the end.
-        self.ids = _Growable()
-        self.kinds = _Growable()
-        self.prompt_hash = _Growable()
-        self.target_hash = _Growable()
-        self.pair_hash = _Growable()
-        self.swapped_hash = _Growable()
+        # Hashes for the joins at the end: SFT (prompt, answer, id); DPO (pair, id) and (swapped pair).
+        self.sft_rows = _Spill(3, expected)
+        self.pair_rows = _Spill(2, expected)
+        self.swapped_rows = _Spill(1, expected)
         # Pair quality.
         self.pairs = 0
         self.pair_issues: dict[str, list] = {
@@ -433,36 +545,240 @@ class Auditor:
         self.decided = Counter()
         self.agreement_sum: dict[str, float] = defaultdict(float)
         self.agreement_n: Counter = Counter()
-        # Samples for templates and repetition.
-        # Templates by the hash of their skeleton (answers can be long), with the start of each to show.
-        self.skeletons: Counter = Counter()
+        # Templates by the hash of their skeleton (answers can be long), with the start of the recurring ones.
+        self.skeletons = BoundedCounter()
         self.skeleton_text: dict[int, str] = {}
-        self.skeleton_examples: dict[int, list[int]] = {}
         self.distinct_samples: dict[str, list[str]] = defaultdict(list)
+
+    def text_state(self) -> dict:
+        """The text detectors' state, for ``adopt_text`` (picklable)."""
+        return {name: getattr(self, name) for name in self.TEXT_STATE}
+
+    def adopt_text(self, state: dict) -> None:
+        """Take over the text detectors' state from an auditor (``parts="text"``) fed the same records, so that
+        this one (``parts="stream"``) reports every finding."""
+        if state["n"] != self.n:
+            raise ValueError(
+                f"The text detectors read {state['n']:,} records and the rest {self.n:,}: not one snapshot."
+            )
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.parts = "all"
 
     # -- feeding ----------------------------------------------------------------------------------------------------
 
     def feed(self, record: AuditRecord) -> None:
-        self.n += 1
-        rid = record.id
-        target = record.target or ""
-        norm_target = normalize(target)
-        opening, closing = opening_and_closing(norm_target, normalized=True)
-        if opening:
-            self.openings.add(opening, rid)
-        if closing:
-            self.closings.add(closing, rid)
-        source = record.source or record.provenance or "unknown"
-        group = self.by_source[source]
-        group.n += 1
-        if opening:
-            group.openings.add(opening)
-        if closing:
-            group.closings.add(closing)
-        if record.source == HUMAN:
-            self.n_base += 1
-            self.base_openings.add(opening)
-            self.base_closings.add(closing)
+        self.feed_many([record])
+
+    def feed_all(self, records: Iterable[AuditRecord]) -> Auditor:
+        records = iter(records)
+        while chunk := list(islice(records, CHUNK)):
+            self.feed_many(chunk)
+        return self
+
+    def feed_many(self, records: list[AuditRecord]) -> None:
+        """Feed a chunk of records (up to a few thousand: each chunk's features are held until it is counted)."""
+        norms = [normalize(record.target) for record in records]
+        self.n += len(records)
+        if self.parts != "text":
+            self._feed_stream(records, norms)
+        if self.parts != "stream":
+            self._feed_text(records, norms)
+
+    def _feed_stream(self, records: list[AuditRecord], norms: list[str]) -> None:
+        """Openings and closings, pairs, the hashes for the joins, lineage."""
+        openings, opening_ids, closings, closing_ids = [], [], [], []
+        base_openings, base_closings = [], []
+        group_openings: dict[str, list[str]] = defaultdict(list)
+        group_closings: dict[str, list[str]] = defaultdict(list)
+        chosen_openings, chosen_opening_ids, chosen_closings, chosen_closing_ids = [], [], [], []
+        rejected_openings, rejected_opening_ids, rejected_closings, rejected_closing_ids = [], [], [], []
+        sft_rows, pair_rows, swapped_rows = [], [], []
+        provenance, decided = self.provenance, self.decided
+        by_source = self.by_source
+        sampled_all = self.expected is None or self.expected <= SAMPLE_MIN
+        for record, norm in zip(records, norms, strict=True):
+            rid = record.id
+            opening, closing = opening_and_closing(norm, normalized=True)
+            source = record.source or record.provenance or "unknown"
+            by_source[source].n += 1
+            if opening:
+                openings.append(opening)
+                opening_ids.append(rid)
+                group_openings[source].append(opening)
+            if closing:
+                closings.append(closing)
+                closing_ids.append(rid)
+                group_closings[source].append(closing)
+            if record.source == HUMAN:
+                self.n_base += 1
+                base_openings.append(opening)
+                base_closings.append(closing)
+            prov = record.provenance or "unknown"
+            provenance[prov] += 1
+            decided[record.decided_by or "unknown"] += 1
+            if record.agreement is not None:
+                self.agreement_sum[prov] += record.agreement
+                self.agreement_n[prov] += 1
+
+            prompt_key = normalize(record.prompt)
+            if record.kind == "dpo":
+                self.n_dpo += 1
+                norm_rejected = normalize(record.rejected)
+                pair = _hash64(prompt_key + "\x00" + norm + "\x00" + norm_rejected)
+                swapped = _hash64(prompt_key + "\x00" + norm_rejected + "\x00" + norm)
+                if pair != swapped:  # an identical pair is its own swap: that is pair_identical, not a swap
+                    pair_rows.append((pair, rid))
+                    swapped_rows.append(swapped)
+                self._pair(record, norm, norm_rejected)
+                r_opening, r_closing = opening_and_closing(norm_rejected, normalized=True)
+                if opening:
+                    chosen_openings.append(opening)
+                    chosen_opening_ids.append(rid)
+                if closing:
+                    chosen_closings.append(closing)
+                    chosen_closing_ids.append(rid)
+                if r_opening:
+                    rejected_openings.append(r_opening)
+                    rejected_opening_ids.append(rid)
+                if r_closing:
+                    rejected_closings.append(r_closing)
+                    rejected_closing_ids.append(rid)
+            else:
+                self.n_sft += 1
+                sft_rows.append((_hash64(prompt_key), _hash64(norm), rid))
+            if sampled_all or _sampled(rid, SAMPLE_EVERY):
+                self.n_sampled += 1
+                sample = self.distinct_samples[prov]
+                if len(sample) < DISTINCT_SAMPLE:
+                    sample.append(record.target or "")
+
+        self.openings.update(openings, opening_ids)
+        self.closings.update(closings, closing_ids)
+        self.base_openings.update(base_openings)
+        self.base_closings.update(base_closings)
+        for source, keys in group_openings.items():
+            by_source[source].openings.update(keys)
+        for source, keys in group_closings.items():
+            by_source[source].closings.update(keys)
+        if chosen_openings or chosen_closings or rejected_openings or rejected_closings:
+            self.chosen_openings.update(chosen_openings, chosen_opening_ids)
+            self.chosen_closings.update(chosen_closings, chosen_closing_ids)
+            self.rejected_openings.update(rejected_openings, rejected_opening_ids)
+            self.rejected_closings.update(rejected_closings, rejected_closing_ids)
+        if sft_rows:
+            self.sft_rows.add(np.array(sft_rows, dtype=np.int64))
+        if pair_rows:
+            self.pair_rows.add(np.array(pair_rows, dtype=np.int64))
+            self.swapped_rows.add(np.array(swapped_rows, dtype=np.int64).reshape(-1, 1))
+
+    def _feed_text(self, records: list[AuditRecord], norms: list[str]) -> None:
+        """What is read in the answers' text: known phrases, facts, templates, phrases anywhere."""
+        grams: list[int] = []
+        gram_docs: list[tuple[int, str]] = []  # the answers whose 4-grams are counted
+        # Every answer's in a small snapshot; else a sample spread over all of it (not its first answers: the
+        # count before a 4-gram is tracked is scaled up from the sample, which must stand for every answer).
+        every = self.expected is None or self.expected <= SAMPLE_MIN
+        shapes, shape_ids, shape_texts = [], [], []
+        for record, norm in zip(records, norms, strict=True):
+            rid = record.id
+            if any(map(norm.__contains__, _KNOWN_PREFIXES)):
+                self._known(norm, rid)
+            # Answers from one template differ in their numbers: without a digit the skeleton is the answer.
+            shape = norm
+            if _has_digit(norm):
+                for slot, value in facts(norm, normalized=True):
+                    self._fact(slot, value, rid)
+                shape = _DIGITS.sub("#", norm)
+            shapes.append(_hash64(shape))
+            shape_ids.append(rid)
+            shape_texts.append(shape)
+            if every or _sampled(rid, PHRASE_EVERY):
+                grams.extend(_gram_keys(norm))
+                gram_docs.append((rid, norm))
+
+        self.skeletons.update(shapes, shape_ids)
+        skeleton_text, counts = self.skeleton_text, self.skeletons.counts
+        for shape, text_shape in zip(shapes, shape_texts, strict=True):
+            if shape not in skeleton_text and counts.get(shape, 0) >= 2:
+                skeleton_text[shape] = text_shape[:300]
+        if len(skeleton_text) > self.skeletons.capacity:  # the start of templates the counter has let go
+            self.skeleton_text = {k: v for k, v in skeleton_text.items() if k in counts}
+        self._track_phrases(records, norms)
+        self.phrases.update(grams)
+        self.phrase_docs += len(gram_docs)
+        self._note_phrases(gram_docs)
+
+    def _track_phrases(self, records: list[AuditRecord], norms: list[str]) -> None:
+        """Count the tracked 4-grams exactly, in every answer of the chunk."""
+        tracked = self.tracked
+        for record, norm in zip(records, norms, strict=True):
+            words = None
+            for longest, padded, entry in tracked:
+                if longest in norm:  # a cheap test first: most answers lack the gram's longest word altogether
+                    if words is None:
+                        words = f" {' '.join(word_list(norm))} "
+                    if padded in words:
+                        entry["count"] += 1
+                        if len(entry["examples"]) < EXAMPLES:
+                            entry["examples"].append(record.id)
+
+    def _note_phrases(self, gram_docs: list[tuple[int, str]]) -> None:
+        """Track each 4-gram in PHRASE_TRACK of the answers counted so far: from the next chunk on, it is counted
+        exactly in every answer; before, as the full count (a small snapshot) or the sample's estimate, with its
+        error bound, says. A habit present from the start is tracked after the first chunk, so its estimated
+        part is that chunk's.
+
+        A 4-gram in PHRASE_SHARE of all answers is in more than PHRASE_TRACK of the sample after some chunk (the
+        sample being thousands of answers), so it is tracked by the end."""
+        counts = self.phrases.counts
+        if not counts or len(self.tracked) >= PHRASE_CANDIDATES:
+            return
+        values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+        frequent = np.flatnonzero(values >= max(MIN_COUNT, PHRASE_TRACK * self.phrase_docs))
+        if not len(frequent):
+            return
+        keys = list(counts)
+        new = {keys[i] for i in frequent} - self.phrase_keys
+        if not new:
+            return
+        found: dict[int, dict] = {}
+        for rid, norm in gram_docs:
+            words = word_list(norm)
+            for gram in zip(words, words[1:], words[2:], words[3:], strict=False):
+                key = hash(gram)
+                if key in new:
+                    entry = found.get(key)
+                    if entry is None:
+                        found[key] = entry = {
+                            "phrase": " ".join(gram),
+                            "count": 0,
+                            "before": counts[key],
+                            "before_error": self.phrases.error(key),
+                            "counted": self.phrase_docs,
+                            "of": self.n,
+                            "examples": [],
+                        }
+                    if len(entry["examples"]) < EXAMPLES and rid not in entry["examples"]:
+                        entry["examples"].append(rid)
+        for key, entry in sorted(found.items(), key=lambda kv: -kv[1]["before"]):
+            if len(self.tracked) >= PHRASE_CANDIDATES:
+                break
+            self.phrase_keys.add(key)
+            self.tracked.append((max(entry["phrase"].split(" "), key=len), f" {entry['phrase']} ", entry))
+
+    def _phrase_count(self, entry: dict) -> tuple[int, int]:
+        """A tracked 4-gram's count over all answers, and how far off it may be (0: exact; else a 95% bound)."""
+        before, counted, of = entry["before"], entry["counted"], entry["of"]
+        if counted >= of:
+            return before + entry["count"], entry["before_error"]
+        # Before it was tracked, a sample of ``counted`` of the first ``of`` answers: scale up, bound the error.
+        share = before / counted
+        bound = 1.96 * math.sqrt(share * (1 - share) / counted * (1 - counted / of)) * of
+        scale = of / counted
+        return round(share * of) + entry["count"], math.ceil(bound + scale * entry["before_error"]) or 1
+
+    def _known(self, norm_target: str, rid: int) -> None:
         counted = set()
         for phrase, category in KNOWN_PHRASES.items():
             if category not in counted and phrase in norm_target:
@@ -472,62 +788,6 @@ class Auditor:
                 slot[2][phrase] += 1
                 if len(slot[1]) < EXAMPLES:
                     slot[1].append(rid)
-        for slot, value in facts(norm_target, normalized=True):
-            self._fact(slot, value, rid)
-        self.provenance[record.provenance or "unknown"] += 1
-        self.decided[record.decided_by or "unknown"] += 1
-        if record.agreement is not None:
-            self.agreement_sum[record.provenance or "unknown"] += record.agreement
-            self.agreement_n[record.provenance or "unknown"] += 1
-
-        prompt_key = normalize(record.prompt)
-        self.ids.append(rid)
-        self.kinds.append(1 if record.kind == "dpo" else 0)
-        self.prompt_hash.append(_hash64(prompt_key))
-        self.target_hash.append(_hash64(norm_target))
-        if record.kind == "dpo":
-            self.n_dpo += 1
-            norm_rejected = normalize(record.rejected)
-            self.pair_hash.append(_hash64(prompt_key + "\x00" + norm_target + "\x00" + norm_rejected))
-            self.swapped_hash.append(_hash64(prompt_key + "\x00" + norm_rejected + "\x00" + norm_target))
-            self._pair(record, norm_target, norm_rejected, opening, closing)
-        else:
-            self.n_sft += 1
-            self.pair_hash.append(0)
-            self.swapped_hash.append(0)
-
-        if _sampled(rid, self.expected):
-            self.n_sampled += 1
-            if self.expected is None or self.expected <= SAMPLE_MIN or self.n_sampled % PHRASE_EVERY == 0:
-                self._phrases(norm_target, rid)
-            shape = _hash64(text_shape := _DIGITS.sub("#", norm_target))
-            self.skeletons[shape] += 1
-            if shape not in self.skeleton_text:
-                self.skeleton_text[shape] = text_shape[:300]
-            if len(self.skeletons) > TOP_K * 2:
-                self.skeletons = Counter(dict(self.skeletons.most_common(TOP_K)))
-                self.skeleton_text = {k: v for k, v in self.skeleton_text.items() if k in self.skeletons}
-                self.skeleton_examples = {k: v for k, v in self.skeleton_examples.items() if k in self.skeletons}
-            examples = self.skeleton_examples.setdefault(shape, [])
-            if len(examples) < EXAMPLES:
-                examples.append(rid)
-            sample = self.distinct_samples[record.provenance or "unknown"]
-            if len(sample) < DISTINCT_SAMPLE:
-                sample.append(target)
-
-    def _phrases(self, norm_target: str, rid: int) -> None:
-        self.phrase_docs += 1
-        words = _WORD.findall(norm_target)
-        counts, examples = self.phrase_counts, self.phrase_examples
-        for gram in {" ".join(words[i : i + 4]) for i in range(len(words) - 3)}:
-            count = counts.get(gram, 0) + 1
-            counts[gram] = count
-            if count >= 3:
-                ids = examples.setdefault(gram, [])
-                if len(ids) < EXAMPLES:
-                    ids.append(rid)
-        if len(counts) > PHRASE_KEEP:  # a gram seen once in that many is no habit: forget it
-            self.phrase_counts = {g: c for g, c in counts.items() if c > 1}
 
     def _fact(self, slot: str, value: str, rid: int) -> None:
         values = self.fact_slots.get(slot)
@@ -540,36 +800,24 @@ class Auditor:
         if len(entry[1]) < EXAMPLES:
             entry[1].append(rid)
 
-    def _pair(self, record: AuditRecord, chosen: str, rejected: str, opening: str, closing: str) -> None:
+    def _pair(self, record: AuditRecord, chosen: str, rejected: str) -> None:
         self.pairs += 1
         rid = record.id
-        r_opening, r_closing = opening_and_closing(rejected, normalized=True)
-        if opening:
-            self.chosen_openings.add(opening, rid)
-        if closing:
-            self.chosen_closings.add(closing, rid)
-        if r_opening:
-            self.rejected_openings.add(r_opening, rid)
-        if r_closing:
-            self.rejected_closings.add(r_closing, rid)
-        chosen_words, rejected_words = chosen.split(), rejected.split()
         for name in pair_issues(chosen, rejected, normalized=True):
             slot = self.pair_issues[name]
             slot[0] += 1
             if len(slot[1]) < EXAMPLES:
                 slot[1].append(rid)
-        if len(chosen_words) > len(rejected_words):
+        # Normalized text has single spaces: its words are its spaces plus one.
+        chosen_words = chosen.count(" ") + 1 if chosen else 0
+        rejected_words = rejected.count(" ") + 1 if rejected else 0
+        if chosen_words > rejected_words:
             self.longer_chosen += 1
-        elif len(chosen_words) < len(rejected_words):
+        elif chosen_words < rejected_words:
             self.longer_rejected += 1
-        self.log_ratio_sum += math.log((len(chosen_words) + 1) / (len(rejected_words) + 1))
+        self.log_ratio_sum += math.log((chosen_words + 1) / (rejected_words + 1))
         self.left_picks += record.left_picks
         self.picks += record.picks
-
-    def feed_all(self, records: Iterable[AuditRecord]) -> Auditor:
-        for record in records:
-            self.feed(record)
-        return self
 
     # -- findings ---------------------------------------------------------------------------------------------------
 
@@ -642,7 +890,8 @@ class Auditor:
                         "lift": round(lift, 2) if lift is not None else (tic[0]["lift"] if tic else None),
                         "baseline_share": round(baseline_share, 4) if baseline_share is not None else None,
                         "by_source": groups[:5],
-                        "examples": counter.examples.get(phrase, [])[:EXAMPLES],
+                        "examples": counter.example_ids(phrase),
+                        **_bound(counter.error(phrase), self.n),
                     }
                 )
         # Preference pairs: what the chosen side has and the rejected side lacks.
@@ -667,7 +916,8 @@ class Auditor:
                                 "share": round(share, 4),
                                 "lift": round(lift, 2),
                                 "baseline_share": round(other, 4),
-                                "examples": chosen.examples.get(phrase, [])[:EXAMPLES],
+                                "examples": chosen.example_ids(phrase),
+                                **_bound(chosen.error(phrase), self.pairs),
                             }
                         )
         return out
@@ -700,18 +950,20 @@ class Auditor:
         Counted as word 4-grams; overlapping 4-grams with the same count are one phrase and are reported as
         such ("you can get a full refund within", not four findings). A phrase that an opening or closing
         finding already reports (``covered``) is not reported twice."""
-        if self.phrase_docs < MIN_COUNT:
+        if self.n < MIN_COUNT:
             return []
-        frequent = {}
-        for gram, count in sorted(self.phrase_counts.items(), key=lambda kv: -kv[1])[:PHRASE_CANDIDATES]:
-            if count / self.phrase_docs < PHRASE_SHARE or count < MIN_COUNT:
-                break
-            frequent[gram] = count
+        frequent, bounds, examples = {}, {}, {}
+        for _, _, entry in self.tracked:
+            count, error = self._phrase_count(entry)
+            if count / self.n >= PHRASE_SHARE and count >= MIN_COUNT:
+                gram = entry["phrase"]
+                frequent[gram], bounds[gram], examples[gram] = count, error, entry["examples"]
+        frequent = dict(sorted(frequent.items(), key=lambda kv: -kv[1]))
         # A 4-gram's successor shares its last three words as its first three, with the same count.
         by_head = {(gram.rsplit(" ", 1)[0], count): gram for gram, count in frequent.items()}
         successor = {gram: by_head.get((gram.split(" ", 1)[1], count)) for gram, count in frequent.items()}
         has_predecessor = {nxt for gram, nxt in successor.items() if nxt and nxt != gram}
-        covered_words = [" ".join(_WORD.findall(phrase)) for phrase in covered]
+        covered_words = [" ".join(word_list(phrase)) for phrase in covered]
         out = []
         for gram, count in frequent.items():
             if gram in has_predecessor:
@@ -727,7 +979,7 @@ class Auditor:
             phrase = " ".join(words)
             if any(phrase in other or other in phrase for other in covered_words if other):
                 continue
-            share = count / self.phrase_docs
+            share = count / self.n
             out.append(
                 {
                     "type": "recurring_phrase",
@@ -736,8 +988,8 @@ class Auditor:
                     "count": count,
                     "share": round(share, 4),
                     "lift": None,
-                    "sampled": self.phrase_docs,
-                    "examples": self.phrase_examples.get(gram, [])[:EXAMPLES],
+                    "examples": examples[gram][:EXAMPLES],
+                    **_bound(bounds[gram], self.n),
                 }
             )
             if len(out) >= 10:
@@ -856,10 +1108,10 @@ class Auditor:
         return out
 
     def _template_findings(self) -> list[dict]:
-        if not self.n_sampled:
+        if not self.n:
             return []
-        shape, count = max(self.skeletons.items(), key=lambda kv: kv[1], default=(0, 0))
-        share = count / self.n_sampled
+        shape, count = max(self.skeletons.counts.items(), key=lambda kv: kv[1], default=(0, 0))
+        share = count / self.n
         if count < MIN_COUNT or share < TEMPLATE_SHARE:
             return []
         return [
@@ -871,8 +1123,8 @@ class Auditor:
                 "count": count,
                 "share": round(share, 4),
                 "lift": None,
-                "sampled": self.n_sampled,
-                "examples": self.skeleton_examples.get(shape, []),
+                "examples": self.skeletons.example_ids(shape),
+                **_bound(self.skeletons.error(shape), self.n),
             }
         ]
 
@@ -909,42 +1161,48 @@ class Auditor:
         return out
 
     def _swapped_pairs(self) -> dict | None:
-        pairs, swapped, ids = self.pair_hash.array(), self.swapped_hash.array(), self.ids.array()
-        dpo = self.kinds.array() == 1
-        if dpo.sum() < 2:
+        if self.n_dpo < 2:
             return None
-        # An identical pair is its own swap: that is pair_identical, not this.
-        hit = dpo & (pairs != swapped) & np.isin(pairs, swapped[dpo])
-        count = int(hit.sum())
-        if not count:
+        hashes, ids = [], []
+        # A pair and its swap hash alike into one partition: each partition is joined on its own.
+        for pairs, swapped in zip(self.pair_rows.partitions(), self.swapped_rows.partitions(), strict=True):
+            hit = np.isin(pairs[:, 0], swapped[:, 0])
+            hashes += pairs[hit, 0].tolist()
+            ids += pairs[hit, 1].tolist()
+        if not hashes:
             return None
         return {
             "type": "swapped_pairs",
-            "pair_hashes": sorted(int(h) for h in pairs[hit]),
-            "title": f"{count} preference pair(s) also appear with chosen and rejected swapped",
-            "count": count,
-            "share": _share(count, int(dpo.sum())),
+            "pair_hashes": sorted(hashes),
+            "title": f"{len(hashes)} preference pair(s) also appear with chosen and rejected swapped",
+            "count": len(hashes),
+            "share": _share(len(hashes), self.n_dpo),
             "lift": None,
-            "examples": ids[hit][:EXAMPLES].tolist(),
+            "examples": sorted(ids)[:EXAMPLES],
         }
 
     def same_prompt_groups(self, limit: int = 200) -> list[list[int]]:
         """Record ids of SFT examples that share a prompt but not an answer (up to ``limit`` groups)."""
-        sft = self.kinds.array() == 0
-        prompts, targets, ids = self.prompt_hash.array()[sft], self.target_hash.array()[sft], self.ids.array()[sft]
-        if len(prompts) < 2:
-            return []
-        order = np.lexsort((targets, prompts))
-        prompts, targets, ids = prompts[order], targets[order], ids[order]
-        starts = np.flatnonzero(np.r_[True, prompts[1:] != prompts[:-1]])
-        ends = np.r_[starts[1:], len(prompts)]
         groups = []
-        for start, end in zip(starts, ends, strict=True):
-            if end - start > 1 and targets[start] != targets[end - 1]:
+        for rows in self.sft_rows.partitions():
+            if len(rows) < 2:
+                continue
+            rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
+            prompts, targets, ids = rows[:, 0], rows[:, 1], rows[:, 2]
+            starts = np.flatnonzero(np.r_[True, prompts[1:] != prompts[:-1]])
+            ends = np.r_[starts[1:], len(prompts)]
+            # Only prompts that occur more than once, with a first and last answer that differ.
+            several = (ends - starts > 1) & (targets[starts] != targets[ends - 1])
+            for start, end in zip(starts[several], ends[several], strict=True):
                 groups.append(ids[start:end].tolist())
                 if len(groups) >= limit:
-                    break
+                    return groups
         return groups
+
+    def close(self) -> None:
+        """Let go of the files the joins at the end read (the report can no longer be made)."""
+        for spill in (self.sft_rows, self.pair_rows, self.swapped_rows):
+            spill.close()
 
 
 def answers_disagree(texts: list[str], *, threshold: float = 0.5) -> bool:

@@ -35,6 +35,30 @@ class ServedProcesses:
     def peak_mib(self) -> float:
         return max(self.status(pid, "VmHWM") for pid in self.children())
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User plus system CPU time the child processes have used, and that of the processes they started and
+        waited for (from /proc/<pid>/stat)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        own = helpers = 0
+        for pid in self.children():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime, stime
+            helpers += int(fields[13]) + int(fields[14])  # cutime, cstime
+        return own / tick, helpers / tick
+
+    def helper_peak_mib(self) -> float:
+        """The largest peak RSS among the processes the children have started and that run now (0 if none)."""
+        import psutil
+
+        peak = 0.0
+        for pid in self.children():
+            try:
+                for helper in psutil.Process(pid).children(recursive=True):
+                    peak = max(peak, self.status(helper.pid, "VmHWM"))
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                continue  # it ended meanwhile
+        return peak
+
     def idle_mib(self) -> float:
         return max(self.status(pid, "VmRSS") for pid in self.children())
 

@@ -7,14 +7,16 @@ Needs DATABASE_URL (PostgreSQL) and REDIS_URL, as the app runs in production. Th
 scratch database named after DATABASE_URL's plus "_audit_bench", made and migrated by the owner role
 (``manage.py ensure_db_roles`` creates it) and dropped at the end. Each snapshot is written with COPY:
 support answers of ~60 words from three sources (one adds "Thanks!" to 40% of its answers), 30%
-preference pairs (some differing only in a sign-off, some swapped), refund windows stated as 30 days
+preference pairs (a third of them differing only in a sign-off), refund windows stated as 30 days
 and sometimes 14, and a share of templated answers, so every detector has work to do.
 
 A worker runs as docker-compose runs it (``celery -A config worker -Q default -l info --concurrency 2``).
 End to end is what an admin waits for: the snapshot page's "Audit again" POST (view → audit queued on
 commit) until the audit row has finished, with the peak RSS of the worker process that ran it (its
-VmHWM, reset before). Beside it, labelled inner figures from the worker's log: reading and detecting
-(the stream over the records), and the findings that need text afterwards.
+VmHWM, reset before). Beside it, labelled inner figures from the worker's log: reading (waiting for the
+pages of records), detecting (feeding them to the detectors), and the findings that need text afterwards;
+and the CPU time per example of the worker and of the second process it starts for the text detectors
+(its peak RSS is sampled while it runs), which says what an idle machine would take when this one is busy.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ os.environ.setdefault("SECRET_KEY", "bench")
 from _roles import owner_sql  # noqa: E402
 from _worker import Worker  # noqa: E402
 
-SPLIT = re.compile(r"audit (\d+): (\d+) records; read and detect ([\d.]+) s, findings ([\d.]+) s")
+SPLIT = re.compile(
+    r"audit (\d+): (\d+) records; read and detect ([\d.]+) s "
+    r"\(read ([\d.]+) s, detect ([\d.]+) s\), findings ([\d.]+) s"
+)
 WORDS = [
     "order",
     "refund",
@@ -214,11 +219,14 @@ def run(args) -> None:
             client.force_login(admin)
             idle = worker.idle_mib()
             worker.reset_peaks()
+            cpu = worker.cpu_seconds()
             start = time.perf_counter()
             response = client.post(reverse("training:snapshot-audit", args=[snapshot.pk]))
             assert response.status_code == 302, response.status_code
             audit = SnapshotAudit.objects.filter(snapshot=snapshot).latest()
+            helper = 0.0
             while True:
+                helper = max(helper, worker.helper_peak_mib())
                 audit.refresh_from_db()
                 if audit.is_finished:
                     break
@@ -229,20 +237,31 @@ def run(args) -> None:
             if audit.status != "succeeded":
                 raise SystemExit(f"The audit failed: {audit.message}\n{log.read_text()[-3000:]}")
             peak = worker.peak_mib()
+            (own, helpers), (own0, helpers0) = worker.cpu_seconds(), cpu
+            own, helpers = own - own0, helpers - helpers0
+            cpu = own + helpers
             split = {m.group(1): m for m in SPLIT.finditer(log.read_text())}[str(audit.pk)]
             types = sorted({f["type"] for f in audit.findings})
             print(
                 f"{size:>9,} examples  end to end (POST → worker → stored) {seconds:6.1f} s "
-                f"({size / seconds:,.0f} examples/s); worker peak RSS {peak:,.0f} MiB (idle {idle:,.0f} MiB); "
-                f"inner: read and detect {float(split.group(3)):.1f} s, findings {float(split.group(4)):.1f} s"
+                f"({size / seconds:,.0f} examples/s); worker peak RSS {peak:,.0f} MiB (idle {idle:,.0f} MiB), "
+                f"its second process (text detectors) {helper:,.0f} MiB; "
+                f"inner: read {float(split.group(4)):.1f} s, detect {float(split.group(5)):.1f} s, "
+                f"findings {float(split.group(6)):.1f} s; "
+                f"CPU {cpu:.1f} s ({cpu / size * 1e6:.0f} µs/example: worker {own / size * 1e6:.0f}, "
+                f"second process {helpers / size * 1e6:.0f})"
             )
             print(f"           {len(audit.findings)} findings: {', '.join(types)}")
-            results.append((size, seconds, peak))
+            results.append((size, seconds, peak, cpu, helper))
     finally:
         worker.stop()
     if len(results) > 1:
-        (s0, t0, m0), (s1, t1, m1) = results[0], results[-1]
-        print(f"{s1 // s0}x the examples: {t1 / t0:.1f}x the time, peak RSS x{m1 / m0:.2f} ({m0:,.0f} → {m1:,.0f} MiB)")
+        (s0, t0, m0, c0, h0), (s1, t1, m1, c1, h1) = results[0], results[-1]
+        print(
+            f"{s1 // s0}x the examples: {t1 / t0:.1f}x the time, {c1 / c0:.1f}x the CPU, "
+            f"worker peak RSS x{m1 / m0:.2f} ({m0:,.0f} → {m1:,.0f} MiB), "
+            f"second process x{h1 / h0 if h0 else float('nan'):.2f} ({h0:,.0f} → {h1:,.0f} MiB)"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

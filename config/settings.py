@@ -302,6 +302,8 @@ GOLDSET_IMPORT_INLINE_MAX_BYTES = int(os.environ.get("GOLDSET_IMPORT_INLINE_MAX_
 GOLDSET_REPORT_INLINE_MAX = int(os.environ.get("GOLDSET_REPORT_INLINE_MAX", "20000"))
 # Snapshots of more records than this are audited by a worker, with a progress bar.
 GOLDSET_AUDIT_INLINE_MAX = int(os.environ.get("GOLDSET_AUDIT_INLINE_MAX", "5000"))
+# From this many records a worker runs the audit's text detectors in a second process, on another core.
+GOLDSET_AUDIT_PROCESS_MIN = int(os.environ.get("GOLDSET_AUDIT_PROCESS_MIN", "50000"))
 
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {

@@ -10,11 +10,17 @@ without it; acknowledgements go into each job's record and its adapter's manifes
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
 import time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -81,14 +87,31 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
     started = time.perf_counter()
     snapshot = audit.snapshot
     total = snapshot.sft_count + snapshot.dpo_count
-    auditor = Auditor(expected=total)
-    for done, record in enumerate(_records(snapshot), start=1):
-        auditor.feed(record)
-        if done % READ_CHUNK == 0:
-            SnapshotAudit.report_progress(audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}")
+    text = _TextDetectors.start(snapshot, total)
+    try:
+        auditor = Auditor(expected=total, parts="stream" if text else "all")
+        done, detect = 0, 0.0
+        for page in _read_ahead(snapshot):
+            fed = time.perf_counter()
+            auditor.feed_many(page)
+            detect += time.perf_counter() - fed
+            done += len(page)
+            SnapshotAudit.report_progress(
+                audit.pk, READ_SHARE * done / max(total, 1), f"Read {done:,} of {total:,}"
+            )
+        if text:
+            waited = time.perf_counter()
+            auditor.adopt_text(text.result())
+            detect += time.perf_counter() - waited  # the second process still detecting
+    finally:
+        if text:
+            text.stop()
     SnapshotAudit.report_progress(audit.pk, READ_SHARE, "Comparing answers to the same prompt")
     streamed = time.perf_counter()
-    report = auditor.report()
+    try:
+        report = auditor.report()
+    finally:
+        auditor.close()
     groups = report.pop("same_prompt_candidates")
     if groups:
         fields = ("id", "kind", "messages", "completion", "chosen", "rejected", "lineage")
@@ -105,50 +128,158 @@ def _audit(audit: SnapshotAudit) -> tuple[dict, dict]:
     report["audited_at"] = timezone.now().isoformat()
     done = time.perf_counter()
     log.info(
-        "audit %s: %d records; read and detect %.2f s, findings %.2f s",
+        "audit %s: %d records; read and detect %.2f s (read %.2f s, detect %.2f s), findings %.2f s",
         audit.pk,
         auditor.n,
         streamed - started,
+        streamed - started - detect,
+        detect,
         done - streamed,
     )
     return report, gates
 
 
-def _records(snapshot: TrainingSnapshot):
-    """The snapshot's records as ``AuditRecord`` values, in order, streamed.
+class _TextDetectors:
+    """The text detectors run by a second process (``training.audit_text``) over the same snapshot, on another
+    core: for a committed snapshot of at least ``GOLDSET_AUDIT_PROCESS_MIN`` records on PostgreSQL, on a machine
+    with more than one core."""
 
-    On PostgreSQL the prompt text and the lineage fields are made in SQL and read through a server-side
-    cursor: decoding each row's JSON in Python cost more than the audit of it. Elsewhere, the ORM."""
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    @classmethod
+    def start(cls, snapshot: TrainingSnapshot, total: int) -> _TextDetectors | None:
+        least = int(getattr(settings, "GOLDSET_AUDIT_PROCESS_MIN", 50_000))
+        if (
+            total < least
+            or (os.cpu_count() or 1) < 2
+            or connection.vendor != "postgresql"
+            or connection.in_atomic_block  # its own connection would not see this transaction's rows
+        ):
+            return None
+        command = [sys.executable, "-m", "training.audit_text", str(snapshot.pk), str(total)]
+        # The database this connection is on (under test, the test database), whatever the settings name.
+        env = {**os.environ, "GOLDSET_DB_NAME": connection.settings_dict["NAME"]}
+        return cls(subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE))
+
+    def result(self) -> dict:
+        """The detectors' state once the process has read the whole snapshot."""
+        out, _ = self.proc.communicate()
+        if self.proc.returncode:
+            raise RuntimeError(
+                f"the process running the text detectors failed (exit code {self.proc.returncode}); "
+                "its error is in the worker's log. Run the audit again from the snapshot's page."
+            )
+        return pickle.loads(out)  # written by this worker's own child
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _read_ahead(snapshot: TrainingSnapshot):
+    """``_pages``, read one page ahead on a thread with its own connection where that connection can see the
+    snapshot (it was committed): PostgreSQL makes the next page on one core while this one is audited on the
+    other. Inside a transaction (the snapshot may be this connection's own uncommitted rows), in line."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield from _pages(snapshot)
+        return
+    pages: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Hand an item over, unless the auditing side has stopped taking them."""
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for page in _pages(snapshot):
+                if not offer(page):
+                    return
+            offer(None)
+        except Exception as exc:  # handed to the auditing side, which raises it
+            offer(exc)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    reader = threading.Thread(target=read, name=f"audit-read-{snapshot.pk}", daemon=True)
+    reader.start()
+    try:
+        while (page := pages.get()) is not None:
+            if isinstance(page, Exception):
+                raise page
+            yield page
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _records(snapshot: TrainingSnapshot):
+    """The snapshot's records as ``AuditRecord`` values, in order, streamed."""
+    for page in _pages(snapshot):
+        yield from page
+
+
+def _pages(snapshot: TrainingSnapshot, *, text_only: bool = False):
+    """The snapshot's records as lists of ``AuditRecord`` values (READ_CHUNK at a time), in order.
+
+    On PostgreSQL the prompt text and the lineage fields are made in SQL: decoding each row's JSON in Python
+    cost more than the audit of it. Elsewhere, the ORM. ``text_only`` (PostgreSQL): the id, kind and answer
+    only, all that the text detectors read."""
     if connection.vendor != "postgresql":
         rows = SnapshotRecord.objects.filter(snapshot=snapshot).order_by("position")
         fields = ("id", "kind", "messages", "completion", "chosen", "rejected", "source_item_id", "lineage")
+        page = []
         for row in rows.values(*fields).iterator(chunk_size=READ_CHUNK):
-            yield audit_record(row, record_id=row["id"])
+            page.append(audit_record(row, record_id=row["id"]))
+            if len(page) == READ_CHUNK:
+                yield page
+                page = []
+        if page:
+            yield page
         return
     table = connection.ops.quote_name(SnapshotRecord._meta.db_table)
-    # The prompt exactly as audit_record writes it: "role: content" per turn, one per line. Read in pages by
-    # position (not one cursor in one transaction: the progress written between pages must be seen meanwhile).
+    # The prompt exactly as audit_record writes it: "role: content" per turn, one per line. Read in pages by a
+    # range of positions (not one cursor in one transaction: the progress written between pages must be seen
+    # meanwhile). A range, not "after the last one, LIMIT n": without fresh statistics on a just-written
+    # snapshot the planner answered that by reading every later row and sorting them, for each page.
     sql = (
-        "SELECT r.position, r.id, r.kind, (SELECT string_agg((t.m->>'role') || ': ' || coalesce(t.m->>'content', ''),"
+        "SELECT r.id, r.kind, (SELECT string_agg((t.m->>'role') || ': ' || coalesce(t.m->>'content', ''),"
         " E'\\n' ORDER BY t.n) FROM jsonb_array_elements(r.messages) WITH ORDINALITY AS t(m, n)),"
         " CASE WHEN r.kind = 'dpo' THEN r.chosen ELSE r.completion END, CASE WHEN r.kind = 'dpo' THEN r.rejected"
         " ELSE '' END, coalesce(r.lineage->>'provenance', ''), coalesce(r.lineage->>'source', ''),"
         " coalesce(r.lineage->>'rejected_source', ''), coalesce(r.lineage->>'decided_by', ''),"
         " (r.lineage->>'agreement')::float8, coalesce((r.lineage->>'left_picks')::int, 0),"
         " coalesce((r.lineage->>'picks')::int, 0)"
-        f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position > %(after)s ORDER BY r.position"
-        " LIMIT %(page)s"
+        f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position >= %(start)s AND r.position < %(end)s"
+        " ORDER BY r.position"
     )
-    after = -1
-    while True:
+    if text_only:
+        sql = (
+            "SELECT r.id, r.kind, '', CASE WHEN r.kind = 'dpo' THEN r.chosen ELSE r.completion END"
+            f" FROM {table} r WHERE r.snapshot_id = %(snapshot)s AND r.position >= %(start)s"
+            " AND r.position < %(end)s ORDER BY r.position"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT max(position) FROM {table} WHERE snapshot_id = %(snapshot)s", {"snapshot": snapshot.pk})
+        last = cursor.fetchone()[0]
+    if last is None:
+        return
+    for start in range(0, last + 1, READ_CHUNK):
         with connection.cursor() as cursor:
-            cursor.execute(sql, {"snapshot": snapshot.pk, "after": after, "page": READ_CHUNK})
+            cursor.execute(sql, {"snapshot": snapshot.pk, "start": start, "end": start + READ_CHUNK})
             rows = cursor.fetchall()
-        for row in rows:
-            yield AuditRecord(row[1], row[2], row[3] or "", *row[4:])
-        if len(rows) < READ_CHUNK:
-            return
-        after = rows[-1][0]
+        if rows:
+            yield [AuditRecord(row[0], row[1], row[2] or "", *row[3:]) for row in rows]
 
 
 def snapshot_audit_latest(snapshot: TrainingSnapshot) -> SnapshotAudit | None:

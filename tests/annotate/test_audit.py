@@ -1,6 +1,7 @@
 """The audit's detectors: each finds its planted flaw with the right share and stays quiet on clean data."""
 
 import random
+import re
 
 import pytest
 from hypothesis import given
@@ -346,3 +347,93 @@ def test_the_fast_format_key_of_ascii_text_is_the_patterns(text):
     from annotate.audit import _FORMAT_ONLY, format_key
 
     assert format_key(text, normalized=True) == _FORMAT_ONLY.sub("", text)
+
+
+@given(st.text(alphabet="0123456789$.,- tosdayhurweklpcnUSDEGBP%–", max_size=60))
+def test_quantities_are_found_where_the_pattern_finds_them(text):
+    from annotate.audit import _QUANTITY, _quantities
+
+    assert [m.span() for m in _quantities(text)] == [m.span() for m in _QUANTITY.finditer(text)]
+
+
+def _opening_and_closing_by_sentences(text: str) -> tuple[str, str]:
+    """The definition: split into sentences at ". ", "! ", "? "; the first's first six words, the last's last six."""
+    from annotate.audit import normalize
+
+    text = normalize(text)
+    if not text:
+        return "", ""
+    sentences = re.split(r"(?<=[.!?]) ", text)
+    return " ".join(sentences[0].split(" ")[:6]), " ".join(sentences[-1].split(" ")[-6:])
+
+
+@given(st.lists(st.sampled_from(["a", "b.", "c!", "d?", "e", "..", "x?y", "!", " ", "Ünï.", "\t"]), max_size=24))
+def test_openings_and_closings_are_the_first_and_last_sentences_words(words):
+    text = " ".join(words)
+    assert opening_and_closing(text) == _opening_and_closing_by_sentences(text)
+
+
+def test_the_text_detectors_fed_apart_give_the_same_report():
+    """The worker may run the text detectors in a second process over the same records: the report is the same."""
+    records = clean_records(1200, seed=22)
+    for index, record in enumerate(records):
+        if index % 3 == 0:
+            window = 14 if index % 9 else 30
+            text = f"As an expert I recommend this warmly. You get a refund within {window} days of it."
+            records[index] = AuditRecord(**{**_fields(record), "target": text + " " + record.target + " Thanks!"})
+    whole = Auditor().feed_all(records).report()
+    stream, text = Auditor(parts="stream").feed_all(records), Auditor(parts="text").feed_all(records)
+    stream.adopt_text(text.text_state())
+    assert stream.report() == whole
+    assert {f["type"] for f in whole["findings"]} >= {"recurring_phrase", "conflicting_facts"}
+    with pytest.raises(ValueError, match="not one snapshot"):
+        Auditor(parts="stream").feed_all(records[:10]).adopt_text(text.text_state())
+
+
+def test_a_phrase_counted_on_a_sample_before_it_was_tracked_is_found_with_an_error_bound_that_holds(monkeypatch):
+    """In a snapshot of more than SAMPLE_MIN answers only a sample has its 4-grams counted; a phrase frequent
+    there is then counted exactly in every answer. Its count before that is the sample's estimate, reported
+    with its bound."""
+    from annotate import audit
+
+    monkeypatch.setattr(audit, "SAMPLE_MIN", 300)
+    monkeypatch.setattr(audit, "PHRASE_EVERY", 4)
+    monkeypatch.setattr(audit, "CHUNK", 500)
+    records = clean_records(4000, seed=23)
+    planted = set()
+    for index, record in enumerate(records):
+        if index >= 1000 and index % 2:  # from the third chunk on: tracked after it, estimated before
+            first, _, rest = record.target.partition(". ")
+            text = f"{first}. Our returns desk answers within the hour. {rest or 'Kalo mi.'}"
+            records[index] = AuditRecord(**{**_fields(record), "target": text})
+            planted.add(record.id)
+    report = Auditor(expected=len(records)).feed_all(records).report()
+    (finding,) = [f for f in report["findings"] if f["type"] == "recurring_phrase"]
+    assert finding["phrase"] == "our returns desk answers within the hour"
+    assert finding["count_error"] > 0 and abs(finding["count"] - len(planted)) <= finding["count_error"]
+    assert finding["share_error"] == round(finding["count_error"] / len(records), 4)
+    matches = matcher(finding)
+    assert {r.id for r in records if matches(r)} == planted and set(finding["examples"]) <= planted
+    exact = Auditor().feed_all(records).report()  # no expected size: every answer counted, no bound
+    (whole,) = [f for f in exact["findings"] if f["type"] == "recurring_phrase"]
+    assert whole["count"] == len(planted) and "count_error" not in whole
+
+
+def test_a_bounded_counter_keeps_its_frequent_keys_exact_and_bounds_the_rest():
+    from annotate.audit import BoundedCounter
+
+    rng = random.Random(24)
+    counter, truth = BoundedCounter(50, examples=True), {}
+    for chunk in range(40):
+        keys = [f"rare {rng.randrange(10**6)}" for _ in range(60)] + ["early"] * 5
+        keys += ["late"] * 7 if chunk >= 20 else []
+        ids = list(range(chunk * 100, chunk * 100 + len(keys)))
+        counter.update(keys, ids)
+        for key in keys:
+            truth[key] = truth.get(key, 0) + 1
+    assert len(counter.counts) <= 50 and counter.slack > 0  # it had to drop keys
+    assert counter.get("early") == truth["early"] and counter.error("early") == 0  # kept from the start: exact
+    assert counter.get("late") <= truth["late"] <= counter.get("late") + counter.error("late")
+    for key, count in counter.counts.items():
+        assert count <= truth[key] <= count + counter.error(key)
+    assert len(counter.example_ids("early")) == 8 and counter.most_common(1)[0][0] in {"early", "late"}

@@ -355,3 +355,85 @@ def test_responses_scored_under_a_rubric_version_join_a_snapshot_when_they_reach
         services.snapshot_create(
             name="x", projects=[other], created_by=admin_user, filters=SnapshotFilters(rubric_version=current.pk)
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_snapshot_is_read_ahead_on_a_second_connection_with_the_same_records(
+    support, admin_user, monkeypatch
+):
+    """Outside a transaction the worker reads the next page on a thread while it audits this one: the records,
+    their order and the audit are those of the read in line, and a failure in the reader reaches the audit."""
+    from django.db import connection
+
+    from training import audits
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: the read ahead is PostgreSQL's path (set DATABASE_URL=postgres://...)")
+    snapshot = _snapshot(support, admin_user)
+    monkeypatch.setattr(audits, "READ_CHUNK", 7)  # pages end mid-snapshot
+    assert not connection.in_atomic_block
+    ahead = [record for page in audits._read_ahead(snapshot) for record in page]
+    assert ahead == list(audits._records(snapshot)) and len(ahead) == 50
+    audit = audits.snapshot_audit_request(snapshot=snapshot, created_by=admin_user)
+    assert audit.status == "succeeded" and _finding(audit, "recurring_closing")["share"] == 0.4  # swift's 20 of 50
+
+    def broken(snapshot):
+        yield from []
+        raise RuntimeError("the page could not be read")
+
+    monkeypatch.setattr(audits, "_pages", broken)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        list(audits._read_ahead(snapshot))
+    monkeypatch.setattr(audits, "_pages", lambda snapshot: iter([[1], [2], [3], [4]]))
+    pages = audits._read_ahead(snapshot)
+    assert next(pages) == [1]
+    pages.close()  # the auditing side stops early: the reader stops too, nothing hangs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_committed_snapshot_has_its_text_detectors_run_by_a_second_process_with_the_same_report(
+    support, admin_user, settings
+):
+    from django.db import connection
+
+    from training import audits
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: the second process reads the committed snapshot (set DATABASE_URL=postgres://...)")
+    snapshot = _snapshot(support, admin_user)
+    settings.GOLDSET_AUDIT_PROCESS_MIN = 10**9
+    # As the worker runs it: outside any transaction.
+    alone = audits.snapshot_audit_run(audit_id=SnapshotAudit.objects.create(snapshot=snapshot).pk)
+    settings.GOLDSET_AUDIT_PROCESS_MIN = 1
+    started = []
+    real_start = audits._TextDetectors.start.__func__
+
+    def start(cls, snapshot, total):
+        started.append(real_start(cls, snapshot, total))
+        return started[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audits._TextDetectors, "start", classmethod(start))
+        both = audits.snapshot_audit_run(audit_id=SnapshotAudit.objects.create(snapshot=snapshot).pk)
+    assert alone.status == both.status == "succeeded"
+    assert started and started[0] is not None and started[0].proc.returncode == 0
+    drop = {"audited_at"}
+    assert {k: v for k, v in both.report.items() if k not in drop} == {
+        k: v for k, v in alone.report.items() if k not in drop
+    }
+    types = {f["type"] for f in both.findings}
+    assert {"recurring_closing", "conflicting_facts"} <= types  # one from each process's detectors
+
+
+def test_a_count_known_within_a_bound_shows_its_bound_on_the_audit_page(client, support, admin_user):
+    snapshot = _snapshot(support, admin_user)
+    audit = snapshot.audits.get()
+    report = dict(audit.report)
+    closing = _finding(audit, "recurring_closing")
+    report["findings"] = [
+        {**f, "count_error": 12, "share_error": 0.0003} if f["key"] == closing["key"] else f for f in report["findings"]
+    ]
+    SnapshotAudit.objects.filter(pk=audit.pk).update(report=report)
+    body = login(client, admin_user).get(audit.get_absolute_url()).content.decode()
+    assert f"{closing['count']} <span" in body and "± 12</span>" in body
+    assert body.count("± ") == 1  # exact counts show none
