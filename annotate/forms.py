@@ -34,6 +34,7 @@ from annotate.payloads import (
     RubricPayload,
     Strength,
 )
+from annotate.services.projects import PROJECT_SETTINGS
 
 MAX_ANSWER_CHARS = 50_000
 MAX_NOTE_CHARS = 2_000
@@ -336,27 +337,13 @@ def task_form(item: Item, data=None, **kwargs) -> TaskForm:
 
 
 class ProjectSettingsForm(forms.ModelForm):
-    """A project's settings, as an admin changes them in the app (``services.projects.PROJECT_SETTINGS``)."""
+    """A project's settings, as an admin changes them in the app."""
 
     task_kinds = forms.MultipleChoiceField(choices=TaskKind.choices, widget=forms.CheckboxSelectMultiple)
 
     class Meta:
         model = Project
-        fields = [
-            "name",
-            "description",
-            "guidelines",
-            "task_kinds",
-            "overlap_k",
-            "lease_minutes",
-            "consensus_rule",
-            "score_tolerance",
-            "rubric_signoffs_required",
-            "calibration_required",
-            "calibration_threshold",
-            "reviewers_see_evalsets",
-            "audit_gates",
-        ]
+        fields = list(PROJECT_SETTINGS)
         help_texts = {
             "audit_gates": "What each audit finding does to a snapshot of this project, as JSON: "
             '{"recurring_closing": {"action": "block", "min_share": 0.05}}. Actions: off, warn, block; '

@@ -31,6 +31,15 @@ def owner_sql(app_url: str, *statements: str) -> None:
             conn.execute(sql)
 
 
+def scratch_database(app_url: str, name: str, *, create: bool) -> None:
+    """Drop the scratch database ``name`` (and make it again with ``create``) as the owner role, which then
+    migrates it as in production; the app runs on it as the app role."""
+    statements = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']
+    if create:
+        statements.append(f'CREATE DATABASE "{name}"')
+    owner_sql(app_url, *statements)
+
+
 def migrate_alias() -> str:
     """The alias migrations run through: the owner role on PostgreSQL, the one database on SQLite."""
     from django.conf import settings

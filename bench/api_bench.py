@@ -101,11 +101,9 @@ def scratch_env(backend: str, tmp: Path) -> dict:
 
 
 def pg_scratch(create: bool) -> None:
-    """Drop (and make) the scratch database as the owner role, which migrates it; the server runs as the app role."""
-    from _roles import owner_sql
+    from _roles import scratch_database
 
-    statements = [f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)']
-    owner_sql(os.environ["DATABASE_URL"], *(statements + [f'CREATE DATABASE "{SCRATCH_DB}"'] if create else statements))
+    scratch_database(os.environ["DATABASE_URL"], SCRATCH_DB, create=create)
 
 
 SETUP = """

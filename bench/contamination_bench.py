@@ -51,13 +51,9 @@ os.environ.setdefault("SECRET_KEY", "bench")
 
 
 def pg_scratch(create: bool) -> None:
-    """The scratch database, dropped and made again by the owner role (which migrates it, as in production)."""
-    from _roles import owner_sql
+    from _roles import scratch_database
 
-    statements = [f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)']
-    if create:
-        statements.append(f'CREATE DATABASE "{SCRATCH_DB}"')
-    owner_sql(os.environ["DATABASE_URL"], *statements)
+    scratch_database(os.environ["DATABASE_URL"], SCRATCH_DB, create=create)
 
 
 if BACKEND == "postgresql":
