@@ -43,6 +43,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _worker import Worker  # noqa: E402
+
 if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
     raise SystemExit("Set DATABASE_URL to a PostgreSQL database (and REDIS_URL): the worker reads PostgreSQL.")
 if not os.environ.get("REDIS_URL"):
@@ -203,50 +206,6 @@ def analyze() -> None:
     with psycopg.connect(owner_url(os.environ["DATABASE_URL"], SCRATCH), autocommit=True) as conn:
         for model in (Item, Annotation, ItemResult):
             conn.execute(f"VACUUM (ANALYZE) {model._meta.db_table}")
-
-
-class Worker:
-    """A Celery worker process as docker-compose runs it, logging to a file."""
-
-    def __init__(self, log: Path):
-        self.log = log
-        env = {**os.environ, "GOLDSET_LOG_LEVEL": "INFO"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-l", "info"]
-            + ["--concurrency", "2", "-n", f"agreement-bench-{os.getpid()}@%h"],
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while "ready." not in log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"The worker did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def children(self) -> list[int]:
-        import psutil
-
-        return [c.pid for c in psutil.Process(self.proc.pid).children()]
-
-    def reset_peaks(self) -> None:
-        for pid in self.children():
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-    def status(self, pid: int, field: str) -> float:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def proc_cpu(pid: int) -> tuple[float, int] | None:
@@ -432,7 +391,7 @@ def main() -> None:
     client = Client()
     client.force_login(get_user_model().objects.get(username="bench-admin"))
     with tempfile.TemporaryDirectory(prefix="agreement-bench-") as tmp:
-        worker = Worker(Path(tmp) / "worker.log")
+        worker = Worker(Path(tmp) / "worker.log", name="agreement-bench")
         try:
             print(f"load average before the runs: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
             print(
