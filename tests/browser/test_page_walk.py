@@ -7,7 +7,8 @@ the walk fails when:
 - the page answers with an error, or logs one to the browser console (a script error, a resource refused by the
   Content-Security-Policy, an htmx request that failed);
 - its ``<title>`` does not name the page (and, inside a project, the project);
-- it links to a page the same caller cannot open (403, 404, 405, a 5xx, or the login page).
+- it links to a page the same caller cannot open (403, 404, 405, a 5xx, or the login page);
+- it draws a chart without named axes or without the numbers behind it (a table, or a CSV download).
 
 Answers that are not pages (CSV, JSON, downloads, htmx fragments) are only checked for their status. Screenshots
 land in ``$GOLDSET_TEST_OUTPUT/screenshots/walk/<role>/``.
@@ -28,6 +29,25 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ROLES = ["anonymous", "outsider", "reviewer", "adjudicator", "admin"]
 BARE_TITLE = " · Goldset"
+
+
+# Every chart (an svg drawn as an image) sits in a figure with named axes and its numbers: a table in the figure,
+# a link to a table on the page, or a CSV download.
+CHART_PROBLEMS = """() => Array.from(document.querySelectorAll('main svg[role=img]')).flatMap(svg => {
+  const name = svg.getAttribute('aria-label') || 'a chart';
+  const figure = svg.closest('figure');
+  if (!figure) return [`${name}: not in a figure with a caption`];
+  const problems = [];
+  if (!svg.querySelector('.axis-title')) problems.push(`${name}: its axes are not named`);
+  const linked = Array.from(figure.querySelectorAll('a[href]')).some(a => {
+    const href = a.getAttribute('href');
+    if (href.includes('format=csv') || href.split('?')[0].endsWith('.csv')) return true;
+    const target = href.startsWith('#') && document.getElementById(href.slice(1));
+    return !!target && (target.matches('table') || !!target.querySelector('table'));
+  });
+  if (!figure.querySelector('table') && !linked) problems.push(`${name}: no table or CSV of its numbers`);
+  return problems;
+})"""
 
 
 def may_open(name: str, role: str) -> bool:
@@ -123,6 +143,7 @@ def test_every_page_opens_cleanly_for_each_role(role, live_server, browser, worl
         problem = title_problem(page.title(), name, url, project_name)
         if problem:
             failures.append(f"{where}: {problem}")
+        failures += [f"{where}: {problem}" for problem in page.evaluate(CHART_PROBLEMS)]
         hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
         for href in dict.fromkeys(hrefs):
             if urlsplit(href).netloc != urlsplit(live_server.url).netloc:
