@@ -154,6 +154,8 @@ def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 200) 
             {
                 "phase": phase,
                 "title": f"{phase.upper()} loss",
+                # SFT's loss is the mean cross-entropy per answer token; DPO's the mean -log σ(margin) per pair.
+                "y_title": "Loss (nats/pair)" if phase == "dpo" else "Loss (nats/token)",
                 "points": " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in mine),
                 "x_ticks": [{"at": round(x(t), 1), "label": _step_label(t)} for t in _ticks(xmin, xmax)],
                 "y_ticks": [

@@ -148,7 +148,8 @@ def test_sft_and_dpo_losses_get_their_own_panel_with_labelled_axes(client, admin
     assert [p.split('"', 1)[0] for p in panels] == [" loss-sft", " loss-dpo"]
     expected = (("SFT loss", "2.4", "1.9"), ("DPO loss", "0.69", "0.52"))
     for panel, (title, top, bottom) in zip(panels, expected, strict=True):
-        assert f">{title}</text>" in panel and ">Step</text>" in panel and ">Loss</text>" in panel
+        assert f">{title}</text>" in panel and ">Step</text>" in panel
+        assert (">Loss (nats/token)</text>" if title == "SFT loss" else ">Loss (nats/pair)</text>") in panel
         # Each panel is scaled to its own losses: its own top and bottom tick labels.
         assert f">{top}</text>" in panel and f">{bottom}</text>" in panel
 
