@@ -118,7 +118,7 @@ def test_every_page_opens_cleanly_for_each_role(role, live_server, browser, worl
         return None
 
     failures: list[str] = []
-    visited = 0
+    visited = charts = 0
     patterns = page_patterns()
     for name in sorted(patterns):
         if not may_open(name, role):
@@ -144,6 +144,7 @@ def test_every_page_opens_cleanly_for_each_role(role, live_server, browser, worl
         if problem:
             failures.append(f"{where}: {problem}")
         failures += [f"{where}: {problem}" for problem in page.evaluate(CHART_PROBLEMS)]
+        charts += page.locator("main svg[role=img]").count()
         hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
         for href in dict.fromkeys(hrefs):
             if urlsplit(href).netloc != urlsplit(live_server.url).netloc:
@@ -155,4 +156,7 @@ def test_every_page_opens_cleanly_for_each_role(role, live_server, browser, worl
         page.screenshot(path=str(out / f"{name.replace(':', '--')}.png"), full_page=True)
     context.close()
     assert visited, f"no page was walked as {role}"
+    assert link_status or role == "anonymous", f"no link was followed as {role}"
+    if role == "admin":
+        assert charts >= 4, "the agreement report and the job's loss curve were not drawn: the walk saw no chart"
     assert failures == [], "\n".join(failures)
