@@ -27,6 +27,21 @@ def _svg(width: float, height: float, body: list[str], title: str) -> SafeString
     )
 
 
+def _axis_title(x: float, y: float, text: str, *, vertical: bool = False) -> str:
+    """An axis's name (and unit), read from below the axis or, rotated, from beside it."""
+    turn = f' transform="rotate(-90 {x:.0f} {y:.0f})"' if vertical else ""
+    return (
+        f'<text class="axis-title" x="{x:.0f}" y="{y:.0f}" text-anchor="middle" fill="{MUTED}"{turn}>'
+        f"{escape(text)}</text>"
+    )
+
+
+def _vertical_middle(middle: float, text: str) -> float:
+    """Where a rotated axis title is centred so that it does not run off the top; a chart whose matrix is shorter
+    than its title grows to hold the rest (about 6.8 pixels a letter at 12 pixels)."""
+    return max(middle, len(text) * 3.4 + 2)
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -53,12 +68,15 @@ def _text_color(fill_share: float) -> str:
     return "#fff" if fill_share > 0.55 else "#1d2330"
 
 
-def heatmap(matrix: list[list[float | None]], labels: list[str], *, title: str, counts=None) -> SafeString:
+def heatmap(
+    matrix: list[list[float | None]], labels: list[str], *, title: str, counts=None, axis: str = "Reviewer"
+) -> SafeString:
     """A reviewer × reviewer matrix (kappa or agreement), one coloured cell each, value printed inside."""
     n = len(labels)
-    cell, left, top = 44, 110, 100
-    width, height = left + n * cell + 80, top + n * cell + 10
-    body = []
+    cell, left, top = 44, 126, 116
+    middle = _vertical_middle(top + n * cell / 2, axis)
+    width, height = left + n * cell + 80, max(top + n * cell + 10, middle + len(axis) * 3.4 + 2)
+    body = [_axis_title(left + n * cell / 2, 14, axis), _axis_title(14, middle, axis, vertical=True)]
     for i, label in enumerate(labels):
         y = top + i * cell + cell / 2 + 4
         x = left + i * cell + cell / 2
@@ -86,22 +104,33 @@ def heatmap(matrix: list[list[float | None]], labels: list[str], *, title: str, 
 
 
 def bars_with_ci(
-    rows: list[dict], *, title: str, lo: float = 0.0, hi: float = 1.0, thresholds: list[tuple[float, str]] = ()
+    rows: list[dict],
+    *,
+    title: str,
+    axis: str,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    thresholds: list[tuple[float, str]] = (),
 ) -> SafeString:
-    """Horizontal bars with confidence whiskers; rows are {label, value, low, high}."""
+    """Horizontal bars with confidence whiskers; rows are {label, value, low, high}; ``axis`` names the
+    value axis and its unit."""
     values = [v for r in rows for v in (r.get("value"), r.get("low")) if v is not None]
     lo = min([lo, *values]) if values else lo
     bar_h, left, top, plot_w = 26, 150, 24, 380
-    height = top + len(rows) * bar_h + 30
+    height = top + len(rows) * bar_h + 48
     width = left + plot_w + 70
 
     def x(v: float) -> float:
         return left + (v - lo) / (hi - lo) * plot_w
 
-    body = [f'<line x1="{x(0):.1f}" y1="{top - 6}" x2="{x(0):.1f}" y2="{height - 24}" stroke="{MUTED}"/>']
+    bottom = height - 42
+    body = [
+        f'<line x1="{x(0):.1f}" y1="{top - 6}" x2="{x(0):.1f}" y2="{bottom}" stroke="{MUTED}"/>',
+        _axis_title(left + plot_w / 2, height - 6, axis),
+    ]
     for t, name in thresholds:
         body.append(
-            f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{height - 24}" stroke="{GOLD}" '
+            f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{bottom}" stroke="{GOLD}" '
             f'stroke-dasharray="4 3"/><text x="{x(t):.1f}" y="{top - 10}" text-anchor="middle" fill="{GOLD}">'
             f"{escape(name)}</text>"
         )
@@ -126,14 +155,22 @@ def bars_with_ci(
             )
         body.append(f'<text x="{left + plot_w + 8}" y="{y + 16}">{escape(_fmt(value, 3))}</text>')
     for t in (lo, 0.0, hi):
-        body.append(f'<text x="{x(t):.1f}" y="{height - 8}" text-anchor="middle" fill="{MUTED}">{_fmt(t, 1)}</text>')
+        body.append(f'<text x="{x(t):.1f}" y="{bottom + 16}" text-anchor="middle" fill="{MUTED}">{_fmt(t, 1)}</text>')
     return _svg(width, height, body, title)
 
 
-def line(points: list[dict], *, title: str, key: str = "alpha", thresholds: list[tuple[float, str]] = ()) -> SafeString:
+def line(
+    points: list[dict],
+    *,
+    title: str,
+    x_axis: str,
+    y_axis: str,
+    key: str = "alpha",
+    thresholds: list[tuple[float, str]] = (),
+) -> SafeString:
     """Agreement over time: points are {start, <key>, n_units}, drawn in order."""
-    left, top, plot_w, plot_h = 44, 16, 520, 160
-    width, height = left + plot_w + 20, top + plot_h + 40
+    left, top, plot_w, plot_h = 60, 16, 520, 160
+    width, height = left + plot_w + 20, top + plot_h + 50
     values = [p.get(key) for p in points]
     known = [v for v in values if v is not None]
     lo = min([0.0, *known]) if known else 0.0
@@ -145,7 +182,11 @@ def line(points: list[dict], *, title: str, key: str = "alpha", thresholds: list
     def x(i: int) -> float:
         return left + (i / max(1, len(points) - 1)) * plot_w if len(points) > 1 else left + plot_w / 2
 
-    body = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="{LINE}"/>']
+    body = [
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="{LINE}"/>',
+        _axis_title(left + plot_w / 2, height - 4, x_axis),
+        _axis_title(14, top + plot_h / 2, y_axis, vertical=True),
+    ]
     for t in sorted({lo, 0.0, 0.5, hi}):
         body.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{LINE}"/>'
@@ -173,21 +214,24 @@ def line(points: list[dict], *, title: str, key: str = "alpha", thresholds: list
                 f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5" fill="{BLUE}"><title>{escape(tip)}</title></circle>'
             )
     if points:
-        body.append(f'<text x="{left}" y="{height - 10}" fill="{MUTED}">{escape(points[0]["start"])}</text>')
+        body.append(f'<text x="{left}" y="{top + plot_h + 16}" fill="{MUTED}">{escape(points[0]["start"])}</text>')
         body.append(
-            f'<text x="{left + plot_w}" y="{height - 10}" text-anchor="end" fill="{MUTED}">'
+            f'<text x="{left + plot_w}" y="{top + plot_h + 16}" text-anchor="end" fill="{MUTED}">'
             f"{escape(points[-1]['start'])}</text>"
         )
     return _svg(width, height, body, title)
 
 
-def confusion(matrix: list[list[float]], labels: list[str], *, title: str) -> SafeString:
+def confusion(
+    matrix: list[list[float]], labels: list[str], *, title: str, rows_axis: str, columns_axis: str
+) -> SafeString:
     """A value × value matrix of paired judgements (Krippendorff's coincidences), counts in the cells."""
     n = len(labels)
-    cell, left, top = 40, 90, 80
-    width, height = left + n * cell + 60, top + n * cell + 10
+    cell, left, top = 40, 106, 96
+    middle = _vertical_middle(top + n * cell / 2, rows_axis)
+    width, height = left + n * cell + 60, max(top + n * cell + 10, middle + len(rows_axis) * 3.4 + 2)
     peak = max((v for row in matrix for v in row), default=0.0)
-    body = []
+    body = [_axis_title(left + n * cell / 2, 14, columns_axis), _axis_title(14, middle, rows_axis, vertical=True)]
     for i, label in enumerate(labels):
         y = top + i * cell + cell / 2 + 4
         body.append(f'<text x="{left - 6}" y="{y:.0f}" text-anchor="end">{escape(label[:12])}</text>')

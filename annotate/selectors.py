@@ -166,13 +166,18 @@ def item_get_for_adjudication(*, user, slug: str, item_id: int) -> Item:
         raise Http404("No such item in this project.") from None
 
 
-def disputed_items(*, project: Project):
-    """Disputed results waiting for an adjudicator, oldest first."""
-    return (
-        ItemResult.objects.filter(item__project=project, status=ItemResult.Status.DISPUTED)
-        .select_related("item")
-        .order_by("decided_at", "item_id")
-    )
+def disputed_items(*, project: Project, q: str = ""):
+    """Disputed results waiting for an adjudicator, oldest first; searched by prompt text, item number ("#12")
+    or the username of a reviewer who reviewed the item."""
+    results = ItemResult.objects.filter(item__project=project, status=ItemResult.Status.DISPUTED)
+    if q:
+        match = Q(item__prompt__icontains=q) | Q(
+            item__in=Annotation.objects.filter(item__project=project, reviewer__username__icontains=q).values("item")
+        )
+        if q.lstrip("#").isdigit():
+            match |= Q(item_id=int(q.lstrip("#")))
+        results = results.filter(match)
+    return results.select_related("item").order_by("decided_at", "item_id")
 
 
 def describe_payload(

@@ -189,7 +189,7 @@ def world(project, alice, bob, judge, admin_user, mallory, settings, tmp_path):
     """Something behind every page: items and a lease per caller, a dispute, a rubric, an import, an eval set
     version, snapshots with an audit, a preflight and a job, and a token per caller."""
     from evalsets.services import evalset_freeze
-    from training.models import SnapshotAudit, TrainingJob, TrainingPreflight, TrainingSnapshot
+    from training.models import JobProgress, SnapshotAudit, TrainingJob, TrainingPreflight, TrainingSnapshot
 
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.ARTIFACTS_DIR = tmp_path / "artifacts"
@@ -241,7 +241,17 @@ def world(project, alice, bob, judge, admin_user, mallory, settings, tmp_path):
     other = TrainingSnapshot.objects.create(name="support v2", sha256="b" * 64)
     audit = SnapshotAudit.objects.create(
         snapshot=snapshot,
-        report={"findings": [{"key": "phrase:thanks", "type": "recurring_closing", "phrase": "thanks!"}]},
+        report={
+            "findings": [
+                {
+                    "key": "phrase:thanks",
+                    "type": "recurring_closing",
+                    "title": "100% of answers end with “thanks!”",
+                    "phrase": "thanks!",
+                    "count": 1,
+                }
+            ]
+        },
     )
     adapter = tmp_path / "artifacts" / "job-1" / "adapter"
     adapter.mkdir(parents=True)
@@ -254,6 +264,9 @@ def world(project, alice, bob, judge, admin_user, mallory, settings, tmp_path):
         output_dir=str(adapter.parent),
         status="succeeded",
     )
+    # A loss curve on the job's page.
+    for step, loss in ((1, 2.5), (2, 1.9), (3, 1.4)):
+        JobProgress.objects.create(job=job, phase="sft", step=step, total_steps=3, loss=loss, learning_rate=2e-4)
     preflight = TrainingPreflight.objects.create(snapshot=snapshot, base_model="tiny", method="sft", config={})
     from annotate.models import Flag, Project
     from evalsets.judging.models import Comparison, GenerationRun

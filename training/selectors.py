@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
@@ -153,6 +154,8 @@ def loss_chart(rows: list[JobProgress], *, width: int = 640, height: int = 200) 
             {
                 "phase": phase,
                 "title": f"{phase.upper()} loss",
+                # SFT's loss is the mean cross-entropy per answer token; DPO's the mean -log σ(margin) per pair.
+                "y_title": "Loss (nats/pair)" if phase == "dpo" else "Loss (nats/token)",
                 "points": " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in mine),
                 "x_ticks": [{"at": round(x(t), 1), "label": _step_label(t)} for t in _ticks(xmin, xmax)],
                 "y_ticks": [
@@ -181,6 +184,26 @@ def job_metrics_page(job: TrainingJob, page_number) -> Page:
     """Every logged step of a job, newest first, one page at a time."""
     rows = job.progress.order_by("-id")
     return Paginator(rows, METRICS_PER_PAGE).get_page(page_number)
+
+
+METRIC_COLUMNS = [
+    "phase",
+    "step",
+    "total_steps",
+    "epoch",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "reward_margin",
+    "reward_accuracy",
+]
+
+
+def job_metrics_rows(job: TrainingJob) -> Iterator[list]:
+    """Every logged step of a job, oldest first, as CSV rows under a header (the data behind its loss chart)."""
+    yield METRIC_COLUMNS
+    yield from job.progress.order_by("id").values_list(*METRIC_COLUMNS)
 
 
 def job_config_rows(job: TrainingJob) -> list[dict]:

@@ -19,6 +19,7 @@ from django_htmx.middleware import HtmxDetails
 from annotate.audit import matcher
 from annotate.services.curation import items_mark_unusable, items_send_back
 from config.background import poll_response
+from config.csvwriter import csv_response
 from training import selectors, services
 from training.audits import audit_finding_acknowledge, snapshot_audit_clearance, snapshot_audit_request
 from training.demo import LABEL as DEMO_LABEL
@@ -314,6 +315,8 @@ def preflight_queue(request: HtmxHttpRequest, preflight_id: int) -> HttpResponse
 @vary_on_headers("HX-Request", "HX-Target")
 def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_admin(user=request.user, job_id=job_id)
+    if request.GET.get("format") == "csv":
+        return csv_response(selectors.job_metrics_rows(job), filename=f"job-{job.pk}-metrics.csv")
     metrics = selectors.job_metrics_page(job, request.GET.get("page"))
     if request.htmx and request.htmx.target == "job-metrics":
         context = {"job": job, "metrics": metrics, "finished": job.is_finished}

@@ -2,20 +2,29 @@ import json
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.vary import vary_on_headers
 
 from annotate import selectors
 from annotate.services.adjudication import adjudication_record
 
+DISPUTES_PER_PAGE = 50
+
 
 @require_GET
+@vary_on_headers("HX-Request")
 def queue(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get_for_adjudicator(user=request.user, slug=slug)
-    results = selectors.disputed_items(project=project)
-    return render(request, "annotate/adjudication_queue.html", {"project": project, "results": results})
+    q = request.GET.get("q", "").strip()[:200]
+    disputes = selectors.disputed_items(project=project, q=q)
+    page = Paginator(disputes, DISPUTES_PER_PAGE).get_page(request.GET.get("page"))
+    template = "annotate/adjudication_queue.html"
+    context = {"project": project, "page": page, "q": q}
+    return render(request, template + "#disputes" if request.htmx else template, context)
 
 
 def _context(item, *, form=None, errors=None) -> dict:

@@ -19,8 +19,57 @@ def _version(request: HttpRequest, project) -> RubricVersion | None:
     return selectors.rubric_version_get(project=project, version_id=raw) if raw else None
 
 
+def _number(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _count(x: float) -> str:
+    return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
+
+
+def _period(points: list[dict]) -> str:
+    return "day" if points[0]["days"] == 1 else "week"
+
+
+def _kappa_table(v: dict, names: list[str], seen: list[int]) -> dict:
+    return {
+        "caption": f"Cohen's κ between reviewers on {v['name']} (items both reviewed in brackets)",
+        "head": ["Reviewer", *(names[j] for j in seen)],
+        "rows": [
+            [
+                names[i],
+                *(
+                    "–" if i == j else f"{_number(v['pairwise_kappa'][i][j], 2)} ({v['pairwise_n'][i][j]})"
+                    for j in seen
+                ),
+            ]
+            for i in seen
+        ],
+    }
+
+
+def _paired_table(v: dict) -> dict:
+    return {
+        "caption": f"Paired values on {v['name']}: how often one reviewer's value (row) met another's (column)",
+        "head": ["Value", *v["labels"]],
+        "rows": [[label, *(_count(x) for x in row)] for label, row in zip(v["labels"], v["confusion"], strict=True)],
+    }
+
+
+def _over_time_table(v: dict) -> dict:
+    return {
+        "caption": f"Agreement on {v['name']} by the date items were last reviewed",
+        "head": ["From", "Days", "Items", "Krippendorff's α", "Percent agreement"],
+        "rows": [
+            [p["start"], str(p["days"]), str(p["n_units"]), _number(p["alpha"]), _number(p["percent"])]
+            for p in v["over_time"]
+        ],
+    }
+
+
 def _charts(result: dict) -> list[dict]:
-    """Chart markup for each section and variable; the chart code escapes every label."""
+    """Chart markup for each section and variable, with the numbers behind each chart as a table; the chart
+    code escapes every label."""
     names = result["reviewers"]
     sections = []
     for s in result["sections"]:
@@ -28,6 +77,7 @@ def _charts(result: dict) -> list[dict]:
         for v in s["variables"]:
             # Only reviewers who judged this variable get a row in its heatmap.
             seen = [i for i, row in enumerate(v["pairwise_n"]) if any(row)]
+            over_time = len(v["over_time"]) > 1
             variables.append(
                 {
                     "data": v,
@@ -37,17 +87,31 @@ def _charts(result: dict) -> list[dict]:
                         title=f"Cohen's kappa between reviewers: {v['name']}",
                         counts=[[v["pairwise_n"][i][j] for j in seen] for i in seen],
                     ),
-                    "confusion": charts.confusion(v["confusion"], v["labels"], title=f"Paired values: {v['name']}"),
+                    "heatmap_table": _kappa_table(v, names, seen),
+                    "confusion": charts.confusion(
+                        v["confusion"],
+                        v["labels"],
+                        title=f"Paired values: {v['name']}",
+                        rows_axis="One reviewer's value",
+                        columns_axis="Another reviewer's value",
+                    ),
+                    "confusion_table": _paired_table(v),
                     "over_time": charts.line(
-                        v["over_time"], title=f"Alpha over time: {v['name']}", thresholds=CALIBRATION_LINES
+                        v["over_time"],
+                        title=f"Alpha over time: {v['name']}",
+                        x_axis=f"Date items were last reviewed (per {_period(v['over_time'])})",
+                        y_axis="Krippendorff's α",
+                        thresholds=CALIBRATION_LINES,
                     )
-                    if len(v["over_time"]) > 1
+                    if over_time
                     else None,
+                    "over_time_table": _over_time_table(v) if over_time else None,
                 }
             )
         alpha_bars = charts.bars_with_ci(
             [{"label": v["name"], **v["alpha"]} for v in s["variables"]],
             title=f"Krippendorff's alpha with 95% CI: {s['title']}",
+            axis="Krippendorff's α (1 = full agreement, 0 = chance)",
             lo=0.0,
             thresholds=CALIBRATION_LINES,
         )
@@ -56,6 +120,7 @@ def _charts(result: dict) -> list[dict]:
             left = charts.bars_with_ci(
                 [{"label": r["reviewer"], "value": r["rate"], "low": None, "high": None} for r in s["left_pick"]],
                 title="Share of picks of the left-hand response",
+                axis="Share of picks of the left-hand response (0 to 1)",
                 thresholds=[(0.5, "chance")],
             )
         sections.append({"data": s, "variables": variables, "alpha_bars": alpha_bars, "left_pick_chart": left})

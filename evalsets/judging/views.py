@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
+from annotate import charts
 from config.background import poll_response
 from evalsets.judging import modelcard, results, selectors
 from evalsets.judging.forms import (
@@ -112,8 +113,27 @@ def comparison_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
     comparison = selectors.comparison_get_for_admin(user=request.user, comparison_id=comparison_id)
-    context = {"comparison": comparison, "results": results.comparison_results(comparison)}
+    found = results.comparison_results(comparison)
+    context = {"comparison": comparison, "results": found, "win_rate_chart": _win_rate_chart(comparison, found)}
     return render(request, "judging/comparison_detail.html", context)
+
+
+def _win_rate_chart(comparison, found: dict):
+    """B's win rate overall and by reviewer as bars with their 95% intervals (the tables below hold the numbers)."""
+    groups = [("All judgements", found["overall"])] + [(f"by {r['group']}", r) for r in found["by_reviewer"]]
+    rows = [
+        {"label": label, "value": s.value, "low": s.low, "high": s.high}
+        for label, result in groups
+        if (s := result.get("win_rate")) is not None
+    ]
+    if not rows:
+        return None
+    return charts.bars_with_ci(
+        rows,
+        title=f"Win rate of {comparison.run_b.label} (B) against {comparison.run_a.label} (A)",
+        axis="Win rate of B (0 to 1; ties count half; 0.5 = even)",
+        thresholds=[(0.5, "even")],
+    )
 
 
 # --- model cards and capability regression -----------------------------------------------------------

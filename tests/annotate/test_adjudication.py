@@ -53,6 +53,39 @@ def test_the_queue_lists_disputed_items_for_adjudicators_only(client, disputed, 
     assert login(client, mallory).get(f"/projects/{project.slug}/adjudication/").status_code == 404
 
 
+def test_the_queue_is_searched_by_prompt_item_and_reviewer_and_paged(client, disputed, judge, carol, project):
+    others = []
+    for n in range(52):
+        item = make_item(project, "preference", prompt=f"Refund question {n}")
+        annotate(item, carol, pref(chosen=0, rejected=1))
+        annotate(item, judge, pref("both_bad"))
+        item_result_refresh(item=item)
+        others.append(item)
+    queue = f"/projects/{project.slug}/adjudication/"
+    client = login(client, judge)
+    first = client.get(queue).content.decode()
+    assert "53 disputed items" in first and "Page 1 of 2" in first
+    assert f"#{disputed.pk}<" in first, "oldest first"
+    second = client.get(queue, {"page": 2}).content.decode()
+    assert f"#{others[-1].pk}<" in second and f"#{disputed.pk}<" not in second
+    by_alice = client.get(queue, {"q": "ALICE"}).content.decode()
+    assert "1 disputed item " in by_alice and f"#{disputed.pk}<" in by_alice
+    by_text = client.get(queue, {"q": "question 51"}).content.decode()
+    assert "1 disputed item " in by_text and f"#{others[51].pk}<" in by_text
+    by_number = client.get(queue, {"q": f"#{others[3].pk}"}).content.decode()
+    assert f"#{others[3].pk}<" in by_number
+    nothing = client.get(queue, {"q": "nobody at all"}).content.decode()
+    assert "0 disputed items" in nothing and "No disputed item matches" in nothing
+    fragment = client.get(queue, {"q": "carol"}, headers={"HX-Request": "true"})
+    body = fragment.content.decode()
+    assert body.lstrip().startswith('<div id="disputes"') and "<html" not in body and "52 disputed items" in body
+
+
+def test_with_nothing_disputed_the_queue_says_so_and_links_to_the_review_queue(client, judge, project):
+    html = login(client, judge).get(f"/projects/{project.slug}/adjudication/").content.decode()
+    assert "Nothing is disputed" in html and f'href="/projects/{project.slug}/queue/"' in html
+
+
 def test_the_item_page_shows_every_review_unblinded_and_escaped(client, disputed, judge, project):
     html = login(client, judge).get(f"/projects/{project.slug}/adjudication/{disputed.pk}/").content.decode()
     assert "alice" in html and "bob" in html and "both_bad" in html

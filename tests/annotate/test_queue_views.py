@@ -330,6 +330,23 @@ def test_admins_see_flags_from_queue_health_search_them_and_resolve_them_with_a_
     assert again.status_code == 400 and "resolved already" in again.content.decode()
 
 
+def test_the_flag_list_pages_fifty_at_a_time_and_keeps_its_search_on_every_page(
+    client, alice, bob, admin_user, project
+):
+    items = [make_item(project, n, prompt=f"Flagged prompt {n}") for n in range(55)]
+    for n, item in enumerate(items):
+        Flag.objects.create(item=item, reviewer=alice if n % 5 else bob, reason=f"Reason {n}")
+    client.force_login(admin_user)
+    first = client.get(url("flag-list", project)).content.decode()
+    assert "55 flags" in first and "Page 1 of 2" in first and first.count("<tr>") == 51  # head + 50
+    assert "Reason 54" in first and "Reason 4<" not in first  # newest first
+    second = client.get(url("flag-list", project), {"page": 2}).content.decode()
+    assert "Page 2 of 2" in second and "Reason 0<" in second and "Reason 54" not in second
+    by_bob = client.get(url("flag-list", project), {"q": "bob"}).content.decode()
+    assert "11 flags" in by_bob and "Page 1" not in by_bob
+    assert all(f"Reason {n}<" in by_bob for n in range(0, 55, 5))
+
+
 def test_queue_health_is_for_admins_only(client, alice, admin_user, project):
     make_item(project, 1)
     client.force_login(alice)

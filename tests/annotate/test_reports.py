@@ -1,6 +1,8 @@
 import csv
 import io
 import json
+import re
+from datetime import timedelta
 
 import krippendorff
 import numpy as np
@@ -8,8 +10,9 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from annotate.models import AgreementReport, RubricVersion
+from annotate.models import AgreementReport, Annotation, RubricVersion
 from annotate.reports import report_build
 from annotate.services import rubrics
 from annotate.services.reports import agreement_report_request
@@ -143,6 +146,36 @@ def test_report_page_renders_charts_for_an_adjudicator(client, project, data, ju
     assert html.count("<svg") >= 6
     assert "Krippendorff" in html and "picks left more than chance" in html
     assert 'id="report-body"' in html and "<html" in html
+
+
+def chart_figures(html: str) -> list[str]:
+    return [f.split("</figure>")[0] for f in html.split("<figure")[1:] if "<svg" in f.split("</figure>")[0]]
+
+
+def test_every_report_chart_names_its_axes_and_has_its_numbers_beside_it(client, project, data, judge):
+    # Reviews spread over three days, so the report draws agreement over time as well.
+    for n, pk in enumerate(Annotation.objects.order_by("pk").values_list("pk", flat=True)):
+        Annotation.objects.filter(pk=pk).update(updated_at=timezone.now() - timedelta(days=n % 3))
+    compute(login(client, judge), project)
+    html = client.get(f"/projects/{project.slug}/report/").content.decode()
+    figures = chart_figures(html)
+    assert len(figures) >= 9
+    for figure in figures:
+        assert 'class="axis-title"' in figure, figure[:300]
+        anchor = re.search(r'href="#([\w-]+)"', figure)
+        assert "<table" in figure or (anchor and re.search(rf'<table[^>]*id="{anchor[1]}"', html)), figure[:300]
+    result = AgreementReport.objects.get().result
+    helpful = next(v for s in result["sections"] for v in s["variables"] if v["key"] == "helpful")
+    names = result["reviewers"]
+    a, b = names.index("alice"), names.index("bob")
+    kappa = next(f for f in figures if "kappa between reviewers: Helpfulness" in f)
+    assert f"<td>{helpful['pairwise_kappa'][a][b]:.2f} ({helpful['pairwise_n'][a][b]})</td>" in kappa
+    assert ">Reviewer</text>" in kappa
+    over_time = next(f for f in figures if "Alpha over time: Helpfulness" in f)
+    assert len(helpful["over_time"]) >= 2
+    for point in helpful["over_time"]:
+        assert f'<th scope="row">{point["start"]}</th><td>1</td><td>{point["n_units"]}</td>' in over_time
+    assert ">Date items were last reviewed (per day)</text>" in over_time
 
 
 def test_report_fragment_is_returned_to_htmx(client, project, data, judge):

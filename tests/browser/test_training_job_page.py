@@ -59,7 +59,7 @@ def test_the_job_page_follows_a_running_job_to_its_end(login_page, live_server, 
     page.locator(".job-status", has_text="Succeeded").wait_for(timeout=10000)
     assert page.locator(".progress").get_attribute("aria-valuenow") == "100"
     assert page.locator("figure.loss-sft polyline").count() == 1
-    assert page.locator("figure.loss-sft text.axis-title").all_text_contents() == ["Step", "Loss"]
+    assert page.locator("figure.loss-sft text.axis-title").all_text_contents() == ["Step", "Loss (nats/token)"]
     # The metrics table follows too: its newest row is step 6.
     expect(page.locator("#job-metrics tbody tr").first.locator("td:nth-child(2)")).to_have_text("6", timeout=10000)
     page.screenshot(path=str(screenshot_dir / "training-job-succeeded.png"), full_page=True)

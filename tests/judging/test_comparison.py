@@ -287,6 +287,12 @@ def test_the_results_page_gives_the_verdict_breakdowns_judges_and_what_was_compa
     for text in (results["verdict"], "By category", "By difficulty", "Position bias", eval_sha(comparison), "alice"):
         assert text in page
     assert "superseded" not in page
+    # The win rates at a glance: a bar each for all judgements and each reviewer, named axis, numbers linked.
+    figure = page.split('<figure class="chart-box">')[1].split("</figure>")[0]
+    assert 'class="axis-title"' in figure and "Win rate of B (0 to 1; ties count half; 0.5 = even)" in figure
+    for label, share in (("All judgements", results["overall"]), ("by alice", results["by_reviewer"][0])):
+        assert f"{label}: {share['win_rate'].value:.3f}" in figure
+    assert 'href="#results-table"' in figure and 'id="results-table"' in page
 
     make_item("gold", prompt="A new question for the second version?")
     freeze(changelog="One more record.")

@@ -1,5 +1,6 @@
 """The training pages: admin-only, the job page and its htmx fragment, the form's errors, downloads."""
 
+import csv
 import io
 import json
 import zipfile
@@ -147,7 +148,8 @@ def test_sft_and_dpo_losses_get_their_own_panel_with_labelled_axes(client, admin
     assert [p.split('"', 1)[0] for p in panels] == [" loss-sft", " loss-dpo"]
     expected = (("SFT loss", "2.4", "1.9"), ("DPO loss", "0.69", "0.52"))
     for panel, (title, top, bottom) in zip(panels, expected, strict=True):
-        assert f">{title}</text>" in panel and ">Step</text>" in panel and ">Loss</text>" in panel
+        assert f">{title}</text>" in panel and ">Step</text>" in panel
+        assert (">Loss (nats/token)</text>" if title == "SFT loss" else ">Loss (nats/pair)</text>") in panel
         # Each panel is scaled to its own losses: its own top and bottom tick labels.
         assert f">{top}</text>" in panel and f">{bottom}</text>" in panel
 
@@ -169,6 +171,24 @@ def test_the_metrics_table_pages_through_every_logged_step(client, admin_user, j
     assert "Page 3 of 3" in body and "<td>SFT</td><td>1</td>" in body and "<td>SFT</td><td>11</td>" not in body
     assert "every 5s" not in body  # an older page stays put
     assert "Page 2 of 3" in client.get(job.get_absolute_url() + "?page=2").content.decode()
+
+
+def test_the_loss_chart_points_at_its_numbers_and_every_step_downloads_as_csv(client, admin_user, job):
+    running(job, phase="sft", step=40, total_steps=40)
+    for step in range(1, 41):
+        progress(job, "sft", step, 3.0 - step / 100, total_steps=40)
+    client.force_login(admin_user)
+    page = client.get(job.get_absolute_url()).content.decode()
+    figure = page.split('<figure class="loss-chart loss-sft"')[1].split("</figure>")[0]
+    csv_url = f"{job.get_absolute_url()}?format=csv"
+    assert 'href="#job-metrics"' in figure and f'href="{csv_url}"' in figure
+    response = client.get(csv_url)
+    assert response["Content-Type"].startswith("text/csv")
+    assert f'filename="job-{job.pk}-metrics.csv"' in response["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0][:5] == ["phase", "step", "total_steps", "epoch", "loss"]
+    assert len(rows) == 41, "every logged step, not one page of them"
+    assert [(r[1], float(r[4])) for r in rows[1:3]] == [("1", 2.99), ("2", 2.98)]
 
 
 def test_the_config_shows_as_a_table_with_what_each_setting_does(client, admin_user, job):
