@@ -19,6 +19,7 @@ from evalsets.judging.forms import (
     RegressionPairForm,
     ThresholdForm,
 )
+from evalsets.judging.models import Comparison
 from evalsets.judging.services import comparisons as comparison_services
 from evalsets.judging.services import regression as regression_services
 from evalsets.judging.services import runs as run_services
@@ -119,7 +120,10 @@ def comparison_detail(request: HttpRequest, comparison_id: int) -> HttpResponse:
 
 
 def _win_rate_chart(comparison, found: dict):
-    """B's win rate overall and by reviewer as bars with their 95% intervals (the tables below hold the numbers)."""
+    """B's win rate overall and by reviewer as bars with their 95% intervals (the tables below hold the numbers);
+    None for a comparison with no B (the reference and rubric modes judge one run)."""
+    if comparison.mode != Comparison.Mode.PAIRWISE:
+        return None
     groups = [("All judgements", found["overall"])] + [(f"by {r['group']}", r) for r in found["by_reviewer"]]
     rows = [
         {"label": label, "value": s.value, "low": s.low, "high": s.high}
