@@ -6,6 +6,10 @@ page is one statement over a page of item ids that the ORM chose (so the filters
 once in ``ExportFilter``): the item, its result, its annotations with their revisions and reviewer, its
 adjudications. The lines parse to exactly the records ``export_records`` makes, key for key
 (tests/annotate/test_export_sql.py checks every field); only the spacing of the JSON differs.
+
+The export itself mostly reads these lines stored: the worker builds them ahead and triggers record what
+outdates them (``annotate/export_cache.py``); ``export_lines`` builds here only the lines of a page that
+are missing or outdated.
 """
 
 from __future__ import annotations
@@ -145,14 +149,21 @@ def page_sql() -> str:
 
 
 def export_lines(item_ids: Iterator[list[int]]) -> Iterator[str]:
-    """One JSON line per item, for each page of item ids (ascending) in turn."""
+    """One JSON line per item, for each page of item ids (ascending) in turn: the stored line where no
+    change has outdated it (``annotate/export_cache.py``), else built here."""
+    from annotate.export_cache import stored_lines
+
     sql = page_sql()
     for ids in item_ids:
         with transaction.atomic(), connection.cursor() as cursor:
-            # The planner's estimate for the nested aggregates can be huge; compiling them (JIT) then costs more
-            # than running them, on every page.
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute(sql, {"ids": ids})
-            rows = cursor.fetchall()
-        for _, line in rows:
-            yield line
+            lines = stored_lines(cursor, ids)
+            if len(lines) < len(ids):
+                # The planner's estimate for the nested aggregates can be huge; compiling them (JIT) then
+                # costs more than running them, on every page.
+                cursor.execute("SET LOCAL jit = off")
+                cursor.execute(sql, {"ids": [i for i in ids if i not in lines]})
+                lines.update(cursor.fetchall())
+        for item_id in ids:
+            line = lines.get(item_id)
+            if line is not None:  # an item deleted since its page was chosen
+                yield line

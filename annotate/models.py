@@ -381,6 +381,23 @@ class Adjudication(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
 
+class ExportLine(models.Model):
+    """An item's annotation-export line (one JSON object), as the worker last built it
+    (``annotate/export_cache.py``). The item's key is a real foreign key with ON DELETE CASCADE, added in
+    SQL: the line goes with its item whoever deletes it."""
+
+    item_id = models.BigIntegerField(primary_key=True)
+    line = models.TextField()
+    built_at = models.DateTimeField()
+
+
+class ExportLineChange(models.Model):
+    """An item whose stored export line may be out of date: written by database triggers in the
+    transaction that made the change, deleted by the refresh that rebuilt the line."""
+
+    item_id = models.BigIntegerField(db_index=True)
+
+
 class AgreementReport(BackgroundWork):
     """A computed agreement report, cached by a fingerprint of the data it was built from.
     Large projects compute it in a Celery task that writes progress here."""

@@ -38,3 +38,12 @@ def background_sweep(older_than_s: float = 60) -> dict:
         "audits": requeue(SnapshotAudit, snapshot_audit_run_task, older_than_s=older_than_s),
         "checks": requeue(ContaminationCheckRun, contamination_check_run_task, older_than_s=older_than_s),
     }
+
+
+@shared_task(name="annotate.tasks.export_lines_refresh", ignore_result=True)
+def export_lines_refresh() -> dict:
+    """Build the annotation-export lines that changes outdated or that new items lack (Celery beat, every
+    minute; at most ``REFRESH_BUDGET_S`` a run, the next run goes on)."""
+    from annotate.export_cache import refresh
+
+    return refresh()

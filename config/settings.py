@@ -350,6 +350,7 @@ TRAINING_GPUS = os.environ.get("GOLDSET_TRAINING_GPUS", "auto")
 TRAINING_LAUNCHER = os.environ.get("GOLDSET_TRAINING_LAUNCHER", "auto")
 CELERY_BEAT_SCHEDULE = {
     "background-sweep": {"task": "annotate.tasks.background_sweep", "schedule": 60.0},
+    "export-lines-refresh": {"task": "annotate.tasks.export_lines_refresh", "schedule": 60.0},
     "training-fail-stale-jobs": {"task": "training.tasks.training_jobs_fail_stale", "schedule": 60.0},
     "judging-fail-stale-runs": {"task": "evalsets.judging.tasks.generation_runs_fail_stale", "schedule": 60.0},
 }

@@ -1,0 +1,264 @@
+"""Each item's annotation-export line, kept built ahead of time (PostgreSQL only).
+
+Building an item's JSON line (``annotate/export_sql.py``) costs the database 70-110 µs of CPU: its result,
+its annotations with their revisions and reviewers, its adjudications, each an index probe. Exporting then
+ran at a few thousand items a second whatever Python did. So the lines are built ahead, by the worker,
+and the export reads them back as text: ``ExportLine`` holds each item's line as last built.
+
+**Never stale.** Whoever changes what a line shows (the queue, an adjudication, the admin, a shell, raw
+SQL), a trigger adds the item to ``ExportLineChange`` in the same transaction. The export serves a stored
+line only when no change of its item is visible to it; any other item's line it builds on the spot, as it
+did before there were stored lines. The triggers only ever INSERT into a table without a unique key, so
+writers never wait on each other or on the worker, and cannot deadlock through it.
+
+**Refreshing** (``refresh``, the worker, every minute from Celery beat): take a page of items that have no
+line yet or have changes, read their changes, build their lines in a later statement, store them, then
+delete exactly the changes it read, all in one READ COMMITTED transaction. A change committed after the
+build's snapshot is not among those read, so it stays and keeps its item's line from being served. An item
+deleted while its line is built cannot leave the line behind: the line's foreign key cascades on delete,
+and storing a line for an item that is gone fails (that page is tried again on the next run). One refresh
+runs at a time (a session advisory lock).
+
+What changes a line: the item's exported columns, its result, its annotations and their revisions, its
+adjudications, and a reviewer's or adjudicator's username (the line names them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.db.utils import IntegrityError
+
+from annotate.models import Adjudication, Annotation, AnnotationRevision, ExportLine, ExportLineChange, Item, ItemResult
+from config.sqltext import ident
+
+log = logging.getLogger(__name__)
+
+# The item columns a line shows (``export_sql.page_sql``): an UPDATE of any other (the queue's review
+# count, the calibration flag) leaves the line as it is.
+ITEM_COLUMNS = (
+    "kind",
+    "split",
+    "provenance",
+    "prompt",
+    "messages",
+    "responses",
+    "metadata",
+    "import_batch",
+    "source_line",
+    "is_check",
+    "created_at",
+)
+# Items per refresh transaction, and how long one run of the worker's refresh may go on.
+REFRESH_PAGE = 2000
+REFRESH_BUDGET_S = 50.0
+# A key for pg_try_advisory_lock: one refresh at a time per database.
+REFRESH_LOCK = 0x60_1D_5E_7E
+FUNCTION = "annotate_export_line_changed"
+
+
+def _table(model) -> str:
+    return ident(model._meta.db_table)
+
+
+def _col(model, field: str) -> str:
+    return ident(model._meta.get_field(field).column)
+
+
+def _changes_from(rows: str, model) -> str:
+    """SELECT of the item ids touched by the rows of transition table ``rows`` of ``model``."""
+    if model is AnnotationRevision:
+        return (
+            f"SELECT a.{_col(Annotation, 'item')} FROM {rows} r JOIN {_table(Annotation)} a"
+            f" ON a.{_col(Annotation, 'id')} = r.{_col(AnnotationRevision, 'annotation')}"
+        )
+    return f"SELECT r.{_col(model, 'item')} FROM {rows} r"
+
+
+def trigger_sql() -> list[str]:
+    """The statements that install the change triggers (run by the owner, in a migration)."""
+    change = f"{_table(ExportLineChange)} ({_col(ExportLineChange, 'item_id')})"
+    statements = []
+    for model in (ItemResult, Annotation, AnnotationRevision, Adjudication):
+        table, name = _table(model), model._meta.db_table
+        function = ident(f"{name}_export_changed")
+        # One statement-level trigger per event: transition tables cannot serve several events, and a bulk
+        # write (an import's COPY, a recount) adds its changes in one INSERT rather than one per row.
+        statements.append(
+            f"""
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    INSERT INTO {change} SELECT DISTINCT * FROM ({_changes_from("new_rows", model)}) touched;
+  END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    INSERT INTO {change} SELECT DISTINCT * FROM ({_changes_from("old_rows", model)}) touched;
+  END IF;
+  RETURN NULL;
+END $$;
+"""
+        )
+        for event, referencing in (
+            ("INSERT", "NEW TABLE AS new_rows"),
+            ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+            ("DELETE", "OLD TABLE AS old_rows"),
+        ):
+            trigger = ident(f"{name}_export_{event.lower()}")
+            statements += [
+                f"DROP TRIGGER IF EXISTS {trigger} ON {table};",
+                f"CREATE TRIGGER {trigger} AFTER {event} ON {table} REFERENCING {referencing}"
+                f" FOR EACH STATEMENT EXECUTE FUNCTION {function}();",
+            ]
+    # The item itself, and a renamed user (every item they reviewed or adjudicated names them): edits of
+    # one row at a time. The columns are compared in the function body, not in a WHEN clause or an
+    # ``UPDATE OF`` list, which would forbid later migrations from altering those columns' types.
+    columns = [_col(Item, field) for field in ITEM_COLUMNS]
+    differs = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+    user = get_user_model()
+    username, user_id = _col(user, user.USERNAME_FIELD), ident(user._meta.pk.column)
+    statements += [
+        f"""
+CREATE OR REPLACE FUNCTION annotate_item_export_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF {differs} THEN
+    INSERT INTO {change} VALUES (NEW.{_col(Item, "id")});
+  END IF;
+  RETURN NULL;
+END $$;
+""",
+        f"DROP TRIGGER IF EXISTS annotate_item_export_update ON {_table(Item)};",
+        f"CREATE TRIGGER annotate_item_export_update AFTER UPDATE ON {_table(Item)}"
+        " FOR EACH ROW EXECUTE FUNCTION annotate_item_export_changed();",
+        f"""
+CREATE OR REPLACE FUNCTION annotate_user_export_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.{username} IS DISTINCT FROM NEW.{username} THEN
+    INSERT INTO {change}
+      SELECT {_col(Annotation, "item")} FROM {_table(Annotation)} WHERE {_col(Annotation, "reviewer")} = NEW.{user_id}
+      UNION SELECT {_col(Adjudication, "item")} FROM {_table(Adjudication)}
+        WHERE {_col(Adjudication, "adjudicator")} = NEW.{user_id};
+  END IF;
+  RETURN NULL;
+END $$;
+""",
+        f"DROP TRIGGER IF EXISTS annotate_user_export_update ON {_table(user)};",
+        f"CREATE TRIGGER annotate_user_export_update AFTER UPDATE ON {_table(user)}"
+        " FOR EACH ROW EXECUTE FUNCTION annotate_user_export_changed();",
+    ]
+    # A line goes with its item, whoever deletes the item.
+    statements.append(
+        f"ALTER TABLE {_table(ExportLine)} ADD CONSTRAINT annotate_exportline_item_fk"
+        f" FOREIGN KEY ({_col(ExportLine, 'item_id')}) REFERENCES {_table(Item)} ({_col(Item, 'id')})"
+        " ON DELETE CASCADE;"
+    )
+    return statements
+
+
+def drop_sql() -> list[str]:
+    user = get_user_model()
+    statements = [f"DROP TRIGGER IF EXISTS annotate_user_export_update ON {_table(user)};"]
+    statements.append(f"DROP TRIGGER IF EXISTS annotate_item_export_update ON {_table(Item)};")
+    for model in (ItemResult, Annotation, AnnotationRevision, Adjudication):
+        for event in ("insert", "update", "delete"):
+            trigger = ident(f"{model._meta.db_table}_export_{event}")
+            statements.append(f"DROP TRIGGER IF EXISTS {trigger} ON {_table(model)};")
+        statements.append(f"DROP FUNCTION IF EXISTS {ident(f'{model._meta.db_table}_export_changed')}();")
+    statements += [
+        "DROP FUNCTION IF EXISTS annotate_item_export_changed();",
+        "DROP FUNCTION IF EXISTS annotate_user_export_changed();",
+        f"ALTER TABLE {_table(ExportLine)} DROP CONSTRAINT IF EXISTS annotate_exportline_item_fk;",
+    ]
+    return statements
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def stored_lines(cursor, ids: list[int]) -> dict[int, str]:
+    """The stored lines of these items that no visible change has outdated."""
+    line, change = _table(ExportLine), _table(ExportLineChange)
+    item, changed = _col(ExportLine, "item_id"), _col(ExportLineChange, "item_id")
+    cursor.execute(
+        f"SELECT l.{item}, l.{_col(ExportLine, 'line')} FROM {line} l WHERE l.{item} = ANY(%(ids)s)"
+        f" AND NOT EXISTS (SELECT 1 FROM {change} c WHERE c.{changed} = l.{item})",
+        {"ids": ids},
+    )
+    return dict(cursor.fetchall())
+
+
+# --- refreshing -------------------------------------------------------------------------------------
+
+
+def _refresh_page(cursor, after: int, size: int) -> tuple[int, int, bool]:
+    """Build and store one page of lines: first items that have none (by id, after ``after``), then items
+    with changes. Returns (lines stored, the last item id looked at for missing lines, whether there may be
+    more to do)."""
+    from annotate.export_sql import page_sql
+
+    change, line = _table(ExportLineChange), _table(ExportLine)
+    item_id, changed = _col(Item, "id"), _col(ExportLineChange, "item_id")
+    key, text, built_at = (_col(ExportLine, f) for f in ("item_id", "line", "built_at"))
+    cursor.execute("SET LOCAL jit = off")
+    cursor.execute(
+        f"SELECT i.{item_id} FROM {_table(Item)} i WHERE i.{item_id} > %s"
+        f" AND NOT EXISTS (SELECT 1 FROM {line} l WHERE l.{key} = i.{item_id}) ORDER BY i.{item_id} LIMIT %s",
+        [after, size],
+    )
+    ids = [row[0] for row in cursor.fetchall()]
+    missing = len(ids)
+    if missing < size:
+        cursor.execute(
+            f"SELECT {changed} FROM {change} GROUP BY {changed} ORDER BY {changed} LIMIT %s", [size - missing]
+        )
+        ids += [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return 0, after, False
+    # Every change of these items visible now: all of them are older than the build's snapshot below.
+    cursor.execute(f"SELECT id FROM {change} WHERE {changed} = ANY(%s)", [ids])
+    change_ids = [row[0] for row in cursor.fetchall()]
+    # A later statement: its snapshot holds every change just read, and maybe more.
+    cursor.execute(
+        f"INSERT INTO {line} ({key}, {text}, {built_at}) SELECT built.*, now() FROM ({page_sql()}) built"
+        f" ON CONFLICT ({key}) DO UPDATE SET {text} = EXCLUDED.{text}, {built_at} = EXCLUDED.{built_at}",
+        {"ids": sorted(set(ids))},
+    )
+    stored = cursor.rowcount
+    if change_ids:
+        cursor.execute(f"DELETE FROM {change} WHERE id = ANY(%s)", [change_ids])
+    return stored, (ids[missing - 1] if missing else after), len(ids) == size
+
+
+def refresh(*, budget_s: float | None = REFRESH_BUDGET_S, page: int = REFRESH_PAGE) -> dict:
+    """Build the lines that changed or are missing, a page per transaction, until none is left or the
+    budget is spent. Returns what it did; ``{"skipped": True}`` when another refresh holds the lock."""
+    if connection.vendor != "postgresql":
+        return {"stored": 0, "pages": 0, "skipped": True}
+    started = time.monotonic()
+    stored = pages = failed = 0
+    after = 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [REFRESH_LOCK])
+        if not cursor.fetchone()[0]:
+            return {"stored": 0, "pages": 0, "skipped": True}
+        try:
+            more = True
+            while more and (budget_s is None or time.monotonic() - started < budget_s):
+                try:
+                    with transaction.atomic():
+                        n, after, more = _refresh_page(cursor, after, page)
+                except IntegrityError:
+                    # An item of the page was deleted while its line was built: the next run reads the
+                    # page again without it.
+                    failed += 1
+                    log.info("export lines: an item went away during a refresh page; it is tried again next run")
+                    if failed > 3:
+                        break
+                    continue
+                stored += n
+                pages += 1
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [REFRESH_LOCK])
+    return {"stored": stored, "pages": pages, "skipped": False, "seconds": round(time.monotonic() - started, 3)}
