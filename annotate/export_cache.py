@@ -30,6 +30,7 @@ import time
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.db.utils import IntegrityError
 
 from annotate.models import Adjudication, Annotation, AnnotationRevision, ExportLine, ExportLineChange, Item, ItemResult
@@ -177,16 +178,18 @@ def drop_sql() -> list[str]:
 # --- reading ----------------------------------------------------------------------------------------
 
 
-def stored_lines(cursor, ids: list[int]) -> dict[int, str]:
-    """The stored lines of these items that no visible change has outdated."""
-    line, change = _table(ExportLine), _table(ExportLineChange)
-    item, changed = _col(ExportLine, "item_id"), _col(ExportLineChange, "item_id")
+def page_of_stored_lines(cursor, page: QuerySet) -> list[tuple[int, bytes | str | None]]:
+    """``(item id, line)`` for each item of ``page`` (a sliced queryset of items' ids in order), in one
+    statement: the stored line, or None where there is none or a visible change has outdated it."""
+    sql, params = page.values_list("id").query.sql_with_params()
+    key, text, changed = _col(ExportLine, "item_id"), _col(ExportLine, "line"), _col(ExportLineChange, "item_id")
     cursor.execute(
-        f"SELECT l.{item}, l.{_col(ExportLine, 'line')} FROM {line} l WHERE l.{item} = ANY(%(ids)s)"
-        f" AND NOT EXISTS (SELECT 1 FROM {change} c WHERE c.{changed} = l.{item})",
-        {"ids": ids},
+        f"SELECT p.id, CASE WHEN EXISTS (SELECT 1 FROM {_table(ExportLineChange)} c WHERE c.{changed} = p.id)"
+        f" THEN NULL ELSE l.{text} END FROM ({sql}) p LEFT JOIN {_table(ExportLine)} l ON l.{key} = p.id"
+        " ORDER BY p.id",
+        params,
     )
-    return dict(cursor.fetchall())
+    return cursor.fetchall()
 
 
 # --- refreshing -------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from functools import cache
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.db.models import QuerySet
+from psycopg.adapt import Loader
 
 from annotate.models import Adjudication, Annotation, AnnotationRevision, Item, ItemResult
 
@@ -148,22 +150,36 @@ def page_sql() -> str:
     )
 
 
-def export_lines(item_ids: Iterator[list[int]]) -> Iterator[str]:
-    """One JSON line per item, for each page of item ids (ascending) in turn: the stored line where no
-    change has outdated it (``annotate/export_cache.py``), else built here."""
-    from annotate.export_cache import stored_lines
+class _Bytes(Loader):
+    """Text as the bytes PostgreSQL sent: the lines go out as they came in, never decoded."""
+
+    def load(self, data) -> bytes:
+        return bytes(data)
+
+
+def export_lines(items: QuerySet, size: int) -> Iterator[bytes]:
+    """One JSON line per item of ``items`` (a queryset of items, filters applied), in id order: a page of
+    ``size`` items per statement, each item's stored line where no change has outdated it
+    (``annotate/export_cache.py``), the others built here."""
+    from annotate.export_cache import page_of_stored_lines
 
     sql = page_sql()
-    for ids in item_ids:
+    after = 0
+    while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            lines = stored_lines(cursor, ids)
-            if len(lines) < len(ids):
+            cursor.cursor.adapters.register_loader("text", _Bytes)
+            rows = page_of_stored_lines(cursor, items.filter(id__gt=after).order_by("id")[:size])
+            if not rows:
+                return
+            outdated = [item_id for item_id, line in rows if line is None]
+            if outdated:
                 # The planner's estimate for the nested aggregates can be huge; compiling them (JIT) then
                 # costs more than running them, on every page.
                 cursor.execute("SET LOCAL jit = off")
-                cursor.execute(sql, {"ids": [i for i in ids if i not in lines]})
-                lines.update(cursor.fetchall())
-        for item_id in ids:
-            line = lines.get(item_id)
-            if line is not None:  # an item deleted since its page was chosen
+                cursor.execute(sql, {"ids": outdated})
+                built = dict(cursor.fetchall())
+                rows = [(item_id, line if line is not None else built.get(item_id)) for item_id, line in rows]
+        for _, line in rows:
+            if line is not None:  # None: an item deleted since its page was chosen
                 yield line
+        after = rows[-1][0]

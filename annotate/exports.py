@@ -2,8 +2,9 @@
 consensus result and any adjudication, streamed as JSONL (one item per line) or CSV (one annotation per row).
 
 The API (``GET /api/v1/projects/<slug>/annotations/export``) and the project page's export buttons both
-stream JSONL from ``export_jsonl``: on PostgreSQL the database writes each line (``annotate/export_sql.py``),
-a keyset page of items at a time; elsewhere, and for CSV, ``export_records`` reads in keyset chunks of items
+stream JSONL from ``export_jsonl``: on PostgreSQL the database writes each line (``annotate/export_sql.py``)
+and keeps it stored until a change outdates it (``annotate/export_cache.py``), a page of items at a time;
+elsewhere, and for CSV, ``export_records`` reads in keyset chunks of items
 (and their annotations, revisions and adjudications in one query each per chunk). Either way memory stays
 flat however large the project. Callers check permission first (admins only: an export names every
 reviewer and their answers).
@@ -191,18 +192,6 @@ def export_records(*, project: Project, filters: ExportFilter = ExportFilter()) 
             }
 
 
-def item_id_pages(*, project: Project, filters: ExportFilter, size: int = PAGE_ITEMS) -> Iterator[list[int]]:
-    """The matching item ids in ascending pages (keyset: each page one range scan of the (project, id) index)."""
-    ids = filters.items(project).order_by("id").values_list("id", flat=True)
-    after = 0
-    while True:
-        page = list(ids.filter(id__gt=after)[:size])
-        if not page:
-            return
-        yield page
-        after = page[-1]
-
-
 def export_jsonl(*, project: Project, filters: ExportFilter = ExportFilter()) -> Iterator[bytes]:
     """The export as JSONL in pieces of about ``FLUSH_BYTES``: lines written by PostgreSQL there, else by Python."""
     if connection.vendor != "postgresql":
@@ -210,18 +199,18 @@ def export_jsonl(*, project: Project, filters: ExportFilter = ExportFilter()) ->
         return
     from annotate.export_sql import export_lines
 
-    buffer: list[str] = []
+    buffer: list[bytes] = []
     size = 0
-    for line in export_lines(item_id_pages(project=project, filters=filters)):
+    for line in export_lines(filters.items(project), PAGE_ITEMS):
         buffer.append(line)
         size += len(line)
         if size >= FLUSH_BYTES:
-            buffer.append("")
-            yield "\n".join(buffer).encode()
+            buffer.append(b"")
+            yield b"\n".join(buffer)
             buffer, size = [], 0
     if buffer:
-        buffer.append("")
-        yield "\n".join(buffer).encode()
+        buffer.append(b"")
+        yield b"\n".join(buffer)
 
 
 def jsonl_chunks(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:

@@ -12,7 +12,7 @@ from django.db import connection, connections
 
 from annotate import export_cache
 from annotate.export_sql import export_lines, page_sql
-from annotate.exports import ExportFilter, export_records, item_id_pages
+from annotate.exports import ExportFilter, export_records
 from annotate.models import (
     Adjudication,
     Annotation,
@@ -44,8 +44,7 @@ def _reviewed(project, alice, bob, judge):
 
 
 def _export(project) -> list[dict]:
-    pages = item_id_pages(project=project, filters=ExportFilter(), size=2)
-    return [json.loads(line) for line in export_lines(pages)]
+    return [json.loads(line) for line in export_lines(ExportFilter().items(project), 2)]
 
 
 def _python(project) -> list[dict]:

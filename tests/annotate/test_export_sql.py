@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from annotate.export_sql import export_lines
-from annotate.exports import ExportFilter, export_jsonl, export_records, item_id_pages
+from annotate.exports import ExportFilter, export_jsonl, export_records
 from annotate.models import Annotation, AnnotationRevision, Item, ItemResult
 from annotate.services.adjudication import adjudication_record
 from tests import factories
@@ -43,7 +43,7 @@ def reviewed(project, alice, bob, judge):
 def test_every_line_parses_to_the_python_record_key_for_key(reviewed):
     filters = ExportFilter()
     python = list(export_records(project=reviewed, filters=filters))
-    lines = [json.loads(line) for line in export_lines(item_id_pages(project=reviewed, filters=filters, size=2))]
+    lines = [json.loads(line) for line in export_lines(filters.items(reviewed), 2)]
     assert len(python) == 3 and lines == python
     for ours, theirs in zip(lines, python, strict=True):
         assert list(ours) == list(theirs)

@@ -117,3 +117,28 @@ def test_retries_429_and_503_with_backoff_honouring_retry_after():
 def test_the_client_needs_no_django():
     code = "import sys, goldset_client; assert not [m for m in sys.modules if m.split('.')[0] == 'django']"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT / "client", check=True)
+
+
+def test_jsonl_records_survive_any_split_of_the_stream():
+    """Lines cut anywhere by the network, blank lines, CRLF, non-ASCII text split inside a character, and a
+    number orjson does not take (beyond 64 bits) all parse as the standard library parses them."""
+    records = [{"prompt": "Ça va? — ünïcödé", "n": i, "big": 2**70 if i == 3 else i} for i in range(7)]
+    body = b"".join(
+        json.dumps(r, ensure_ascii=False).encode() + (b"\r\n" if i % 2 else b"\n\n") for i, r in enumerate(records)
+    )
+    for size in (1, 2, 3, 7, 64, len(body)):
+        chunks = [body[i : i + size] for i in range(0, len(body), size)]
+
+        def handler(request, chunks=chunks):
+            return httpx.Response(200, stream=_Chunks(chunks))
+
+        gs = Goldset("http://goldset.test", "gs_x", transport=httpx.MockTransport(handler), progress=False)
+        assert list(gs.annotations.export("p")) == records, size
+
+
+class _Chunks(httpx.SyncByteStream):
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def __iter__(self):
+        yield from self.chunks
