@@ -79,28 +79,11 @@ def variables_report(
 
 
 def variable_report(var: Variable, *, n_units: int, rater_names: list[str], n_boot: int, seed: int) -> dict:
-    n_raters, k = len(rater_names), len(var.levels)
-    counts = ag.value_counts(var.units, var.codes, n_units, k)
-    pairable = counts.sum(axis=1) >= 2
-    tables = ag.pairwise_tables(var.units, var.raters, var.codes, n_raters, k)
-    return {
-        "key": var.key,
-        "name": var.name,
-        "level": var.level,
-        "labels": var.labels,
-        "n_ratings": int(len(var.codes)),
-        "n_units": int(pairable.sum()),
-        "alpha": ag.alpha_estimate(counts, var.levels, var.level, n_boot=n_boot, seed=seed).as_dict(),
-        "percent": ag.percent_estimate(counts, n_boot=n_boot, seed=seed).as_dict(),
-        "fleiss_kappa": _num(ag.fleiss_kappa(counts)),
-        "confusion": ag.coincidence_matrix(counts).round(6).tolist(),
-        "pairwise_kappa": _matrix(ag.pairwise_kappa(tables)),
-        "pairwise_percent": _matrix(ag.pairwise_percent(tables)),
-        "pairwise_n": tables.sum(axis=(-2, -1)).astype(int).tolist(),
-        "over_time": _over_time(var, counts, n_units) if var.days is not None else [],
-        "reviewers": _rater_bias(var, counts, rater_names),
-        **var.meta,
-    }
+    sums = VariableSums(
+        key=var.key, name=var.name, level=var.level, labels=var.labels, levels=var.levels, meta=var.meta
+    )
+    sums.add(units=var.units, raters=var.raters, codes=var.codes, days=var.days, n_units=n_units)
+    return sums.report(positions=np.arange(len(rater_names)), rater_names=rater_names, n_boot=n_boot, seed=seed)
 
 
 def _num(x) -> float | None:
@@ -111,102 +94,204 @@ def _matrix(m: np.ndarray) -> list[list[float | None]]:
     return [[_num(x) for x in row] for row in m]
 
 
-def _over_time(var: Variable, counts: np.ndarray, n_units: int) -> list[dict]:
-    """Alpha per period, each unit dated by its latest rating (days if the span is short, else weeks)."""
-    unit_day = np.full(n_units, np.iinfo(np.int64).min, dtype=np.int64)
-    units = var.units
+NO_DAY = np.iinfo(np.int32).min
+
+
+class VariableSums:
+    """One judged variable's figures, fed its ratings a block of units at a time, in unit order; what
+    it keeps grows with the raters and with four or eight bytes per unit, not with the ratings.
+
+    Each block's units are new (no unit spans two blocks); ratings come in the order their float sums
+    run in (a unit's ratings by rater), so the figures are those of all the ratings in one go."""
+
+    def __init__(self, *, key: str, name: str, level: str, labels: list[str], levels: np.ndarray, meta: dict):
+        self.key, self.name, self.level, self.labels, self.meta = key, name, level, labels, meta
+        self.levels = np.asarray(levels, dtype=np.float64)
+        self.k = len(self.levels)
+        self.units = ag.UnitsBuilder(self.k)
+        self.unit_days: list[np.ndarray] | None = []  # each unit's latest rating (days), NO_DAY for none
+        self.n_ratings = 0
+        self.n_raters = 0  # raters are dense indices below this (it grows as they appear)
+        self.pairs = np.zeros(0, dtype=np.int64)  # (rater, value) × (rater, value) on one unit
+        self.per_rater = np.zeros((0, self.k), dtype=np.int64)
+        self.agree = np.zeros(0)  # Σ share of the other raters on the unit who gave the same value
+        self.agree_n = np.zeros(0, dtype=np.int64)
+        self.lean = np.zeros(0)  # Σ value − the other raters' mean on the unit (numeric scales)
+
+    def _grow(self, n_raters: int) -> None:
+        if n_raters <= self.n_raters:
+            return
+        old, k = self.n_raters, self.k
+        pairs = np.zeros((n_raters, k, n_raters, k), dtype=np.int64)
+        pairs[:old, :, :old, :] = self.pairs.reshape(old, k, old, k)
+        self.pairs = pairs.ravel()
+        self.per_rater = np.concatenate([self.per_rater, np.zeros((n_raters - old, k), dtype=np.int64)])
+        self.agree = np.concatenate([self.agree, np.zeros(n_raters - old)])
+        self.agree_n = np.concatenate([self.agree_n, np.zeros(n_raters - old, dtype=np.int64)])
+        self.lean = np.concatenate([self.lean, np.zeros(n_raters - old)])
+        self.n_raters = n_raters
+
+    def add(self, *, units: np.ndarray, raters: np.ndarray, codes: np.ndarray, days, n_units: int) -> None:
+        """The ratings of ``n_units`` new units (``units`` numbers them from 0), with their raters' dense
+        indices, value codes and days (None: undated)."""
+        k = self.k
+        units, raters, codes = (np.asarray(x, dtype=np.int64) for x in (units, raters, codes))
+        self._grow(int(raters.max()) + 1 if len(raters) else 0)
+        self.n_ratings += len(codes)
+        counts = np.bincount(units * k + codes, minlength=n_units * k).reshape(n_units, k)
+        self.units.add(counts)
+        if days is None or self.unit_days is None:
+            self.unit_days = None
+        else:
+            self.unit_days.append(_latest(units, np.asarray(days, dtype=np.int64), n_units))
+        slots = self.n_raters * k
+        self.pairs += ag.pair_counts(units, raters * k + codes, slots)
+        self.per_rater += np.bincount(raters * k + codes, minlength=slots).reshape(self.n_raters, k)
+        # Agreement with others: share of other reviewers on the same unit who gave the same value.
+        m = counts.sum(axis=1)
+        same = counts[units, codes] - 1
+        others = m[units] - 1
+        ok = others > 0
+        # Sums in the order of the ratings, as one bincount over them all would add them.
+        np.add.at(self.agree, raters[ok], same[ok] / others[ok])
+        self.agree_n += np.bincount(raters[ok], minlength=self.n_raters)
+        if self.level in (ag.ORDINAL, ag.INTERVAL):
+            values = self.levels[codes]
+            unit_sum = np.bincount(units, values, minlength=n_units)
+            others_mean = np.divide(unit_sum[units] - values, others, out=np.zeros_like(values), where=ok)
+            np.add.at(self.lean, raters[ok], values[ok] - others_mean[ok])
+
+    def report(self, *, positions: np.ndarray, rater_names: list[str], n_boot: int, seed: int) -> dict:
+        """Every figure; ``positions`` places each dense rater index among ``rater_names``."""
+        units = self.units.build()
+        n_raters, k = len(rater_names), self.k
+        self._grow(len(positions))
+        positions = np.asarray(positions, dtype=np.int64)[: self.n_raters]
+        pairs = np.zeros((n_raters, k, self.n_raters, k), dtype=np.int64)
+        pairs[positions] = self.pairs.reshape(self.n_raters, k, self.n_raters, k)
+        half = np.zeros((n_raters, k, n_raters, k), dtype=np.int64)
+        half[:, :, positions] = pairs
+        half = half.reshape(n_raters * k, n_raters * k)
+        both = (half + half.T).reshape(n_raters, k, n_raters, k).transpose(0, 2, 1, 3)
+        tables = np.ascontiguousarray(both, dtype=np.float64)
+        alpha, percent = ag.units_estimates(units, self.levels, self.level, n_boot=n_boot, seed=seed)
+        return {
+            "key": self.key,
+            "name": self.name,
+            "level": self.level,
+            "labels": self.labels,
+            "n_ratings": int(self.n_ratings),
+            "n_units": int((units.multiplicity() * (units.ratings() >= 2)).sum()),
+            "alpha": alpha.as_dict(),
+            "percent": percent.as_dict(),
+            "fleiss_kappa": _num(ag.units_fleiss_kappa(units)),
+            "confusion": units.coincidences().round(6).tolist(),
+            "pairwise_kappa": _matrix(ag.pairwise_kappa(tables)),
+            "pairwise_percent": _matrix(ag.pairwise_percent(tables)),
+            "pairwise_n": tables.sum(axis=(-2, -1)).astype(int).tolist(),
+            "over_time": self._over_time(units) if self.unit_days is not None else [],
+            "reviewers": self._rater_bias(units, positions, rater_names),
+            **self.meta,
+        }
+
+    def _over_time(self, units: ag.Units) -> list[dict]:
+        """Alpha per period, each unit dated by its latest rating (days if the span is short, else weeks)."""
+        rated = np.flatnonzero(units.ratings()[units.of_unit] >= 2)
+        if not len(rated):
+            return []
+        days = np.concatenate(self.unit_days)[rated].astype(np.int64)
+        first_day = int(days.min())
+        span = int(days.max()) - first_day
+        width = 1 if span <= 45 else 7
+        bucket = (days - first_day) // width
+        del days
+        # Units grouped by period once (a stable sort keeps each period's units in order), not masked per period.
+        order = np.argsort(bucket, kind="stable")
+        periods, first = np.unique(bucket[order], return_index=True)
+        ends = np.append(first[1:], len(order))
+        out = []
+        for b, lo, hi in zip(periods, first, ends, strict=True):
+            chosen = rated[order[lo:hi]]
+            out.append(
+                {
+                    "start": _day_iso(first_day + int(b) * width),
+                    "days": width,
+                    "n_units": int(len(chosen)),
+                    "alpha": _num(ag.units_alpha(units, self.levels, self.level, chosen)),
+                    "percent": _num(ag.units_percent(units, chosen)),
+                }
+            )
+        return out
+
+    def _rater_bias(self, units: ag.Units, positions: np.ndarray, rater_names: list[str]) -> list[dict]:
+        """Per reviewer: how many ratings, the share of their most common value, and (numeric scales)
+        their mean distance from the other reviewers on the same items."""
+        n_raters, k = len(rater_names), self.k
+
+        def placed(values: np.ndarray, fill=0) -> np.ndarray:
+            out = np.full((n_raters, *values.shape[1:]), fill, dtype=values.dtype)
+            out[positions] = values
+            return out
+
+        per_rater = placed(self.per_rater)
+        n = per_rater.sum(axis=1)
+        pooled = units.value_totals().astype(np.float64)
+        pooled_share = pooled / pooled.sum() if pooled.sum() else pooled
+        agree, agree_n = placed(self.agree), placed(self.agree_n)
+        lean = np.full(n_raters, np.nan)
+        if self.level in (ag.ORDINAL, ag.INTERVAL):
+            lean = np.divide(placed(self.lean), agree_n, out=np.full(n_raters, np.nan), where=agree_n > 0)
+            if self.level == ag.ORDINAL:
+                # Ordinal levels have no unit; express the lean in steps between adjacent levels.
+                step = np.diff(self.levels).mean() if k > 1 else 1.0
+                lean = lean / step
+        # Judge each lean against the typical reviewer's, so one extreme reviewer (who shifts everyone
+        # else's "others' mean") does not get the whole team flagged.
+        typical = np.nanmedian(lean[n > 0]) if np.isfinite(lean[n > 0]).any() else 0.0
+        out = []
+        for r in range(n_raters):
+            if n[r] == 0:
+                continue
+            top = int(per_rater[r].argmax())
+            share = per_rater[r, top] / n[r]
+            flags = []
+            if n[r] >= MIN_BIAS_N and share >= STRAIGHT_LINE_SHARE and share - pooled_share[top] >= 0.2:
+                flags.append(
+                    f"gives {self.labels[top]} to {share:.0%} of items (all reviewers: {pooled_share[top]:.0%})"
+                )
+            relative = lean[r] - typical
+            if n[r] >= MIN_BIAS_N and np.isfinite(relative) and abs(relative) >= LENIENCY_FLAG:
+                flags.append(
+                    f"scores {'higher' if relative > 0 else 'lower'} than the typical reviewer by {abs(relative):.2f}"
+                )
+            out.append(
+                {
+                    "reviewer": rater_names[r],
+                    "n": int(n[r]),
+                    "distribution": per_rater[r].astype(int).tolist(),
+                    "top_value": self.labels[top],
+                    "top_share": _num(share),
+                    "agreement_with_others": _num(agree[r] / agree_n[r]) if agree_n[r] else None,
+                    "lean": _num(lean[r]),
+                    "flags": flags,
+                }
+            )
+        return out
+
+
+def _latest(units: np.ndarray, days: np.ndarray, n_units: int) -> np.ndarray:
+    """Each unit's latest day (NO_DAY for a unit without ratings)."""
+    latest = np.full(n_units, NO_DAY, dtype=np.int64)
     if len(units) and np.all(units[1:] >= units[:-1]):  # rows in unit order, as the sections arrange them
         starts = np.flatnonzero(np.concatenate(([True], units[1:] != units[:-1])))
-        unit_day[units[starts]] = np.maximum.reduceat(var.days, starts)
+        latest[units[starts]] = np.maximum.reduceat(days, starts)
     else:
-        np.maximum.at(unit_day, units, var.days)
-    rated = counts.sum(axis=1) >= 2
-    if not rated.any():
-        return []
-    days = unit_day[rated]
-    span = int(days.max() - days.min())
-    width = 1 if span <= 45 else 7
-    bucket = (days - days.min()) // width
-    sub = counts[rated]
-    # Units grouped by period once (a stable sort keeps each period's units in order), not masked per period.
-    order = np.argsort(bucket, kind="stable")
-    periods, first = np.unique(bucket[order], return_index=True)
-    ends = np.append(first[1:], len(order))
-    out = []
-    for b, lo, hi in zip(periods, first, ends, strict=True):
-        chunk = sub[order[lo:hi]]
-        start = int(days.min() + b * width)
-        out.append(
-            {
-                "start": _day_iso(start),
-                "days": width,
-                "n_units": int(len(chunk)),
-                "alpha": _num(ag.krippendorff_alpha(chunk, var.levels, var.level)),
-                "percent": _num(ag.percent_agreement(chunk)),
-            }
-        )
-    return out
+        np.maximum.at(latest, units, days)
+    return latest.astype(np.int32)
 
 
 def _day_iso(day: int) -> str:
     return str(np.datetime64(day, "D"))
-
-
-def _rater_bias(var: Variable, counts: np.ndarray, rater_names: list[str]) -> list[dict]:
-    """Per reviewer: how many ratings, the share of their most common value, and (numeric scales)
-    their mean distance from the other reviewers on the same items."""
-    n_raters, k = len(rater_names), len(var.levels)
-    per_rater = np.bincount(var.raters * k + var.codes, minlength=n_raters * k).reshape(n_raters, k)
-    n = per_rater.sum(axis=1)
-    pooled = counts.sum(axis=0)
-    pooled_share = pooled / pooled.sum() if pooled.sum() else pooled
-    # Agreement with others: share of other reviewers on the same unit who gave the same value.
-    same = counts[var.units, var.codes] - 1
-    others = counts.sum(axis=1)[var.units] - 1
-    ok = others > 0
-    agree = np.bincount(var.raters[ok], same[ok] / others[ok], minlength=n_raters)
-    agree_n = np.bincount(var.raters[ok], minlength=n_raters)
-    lean = np.full(n_raters, np.nan)
-    if var.level in ("ordinal", "interval"):
-        values = var.levels[var.codes]
-        unit_sum = np.bincount(var.units, values, minlength=len(counts))
-        others_mean = np.divide(unit_sum[var.units] - values, others, out=np.zeros_like(values), where=ok)
-        dev = np.bincount(var.raters[ok], values[ok] - others_mean[ok], minlength=n_raters)
-        lean = np.divide(dev, agree_n, out=np.full(n_raters, np.nan), where=agree_n > 0)
-        if var.level == "ordinal":
-            # Ordinal levels have no unit; express the lean in steps between adjacent levels.
-            step = np.diff(var.levels).mean() if k > 1 else 1.0
-            lean = lean / step
-    # Judge each lean against the typical reviewer's, so one extreme reviewer (who shifts everyone
-    # else's "others' mean") does not get the whole team flagged.
-    typical = np.nanmedian(lean[n > 0]) if np.isfinite(lean[n > 0]).any() else 0.0
-    out = []
-    for r in range(n_raters):
-        if n[r] == 0:
-            continue
-        top = int(per_rater[r].argmax())
-        share = per_rater[r, top] / n[r]
-        flags = []
-        if n[r] >= MIN_BIAS_N and share >= STRAIGHT_LINE_SHARE and share - pooled_share[top] >= 0.2:
-            flags.append(f"gives {var.labels[top]} to {share:.0%} of items (all reviewers: {pooled_share[top]:.0%})")
-        relative = lean[r] - typical
-        if n[r] >= MIN_BIAS_N and np.isfinite(relative) and abs(relative) >= LENIENCY_FLAG:
-            flags.append(
-                f"scores {'higher' if relative > 0 else 'lower'} than the typical reviewer by {abs(relative):.2f}"
-            )
-        out.append(
-            {
-                "reviewer": rater_names[r],
-                "n": int(n[r]),
-                "distribution": per_rater[r].astype(int).tolist(),
-                "top_value": var.labels[top],
-                "top_share": _num(share),
-                "agreement_with_others": _num(agree[r] / agree_n[r]) if agree_n[r] else None,
-                "lean": _num(lean[r]),
-                "flags": flags,
-            }
-        )
-    return out
 
 
 # --- From the database --------------------------------------------------------------------------
