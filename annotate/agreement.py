@@ -352,15 +352,18 @@ class UnitsBuilder:
     def build(self) -> Units:
         patterns = np.array(self._rows, dtype=np.int64).reshape(len(self._rows), self.n_levels)
         of_unit = np.concatenate(self._parts) if self._parts else np.zeros(0, dtype=np.int32)
-        return Units(patterns=patterns, of_unit=of_unit)
+        self._parts = [of_unit]  # held once from here on
+        return Units(patterns=patterns, of_unit=of_unit, mult=np.bincount(of_unit, minlength=len(patterns)))
 
 
 @dataclass(frozen=True)
 class Units:
-    """A count matrix as its distinct rows (``patterns``, P × K) and each unit's row (``of_unit``)."""
+    """A count matrix as its distinct rows (``patterns``, P × K), each unit's row (``of_unit``) and
+    how many units have each row (``mult``)."""
 
     patterns: np.ndarray
     of_unit: np.ndarray
+    mult: np.ndarray
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> Units:
@@ -376,20 +379,19 @@ class Units:
         """Ratings per pattern (m)."""
         return self.patterns.sum(axis=1)
 
-    def multiplicity(self) -> np.ndarray:
-        """Units per pattern."""
-        return np.bincount(self.of_unit, minlength=len(self.patterns))
+    def n_pairable(self) -> int:
+        """Units rated at least twice."""
+        return int(self.mult[self.ratings() >= 2].sum())
 
     def value_totals(self) -> np.ndarray:
         """How often each value was given over all units: the column sums of the count matrix."""
-        return self.multiplicity() @ self.patterns
+        return self.mult @ self.patterns
 
     def pairable(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct rows of units rated at least twice, as ``_patterns`` orders them, and their
         multiplicities (both float64)."""
-        mult = self.multiplicity()
-        keep = (self.ratings() >= 2) & (mult > 0)
-        rows, mult = self.patterns[keep], mult[keep]
+        keep = (self.ratings() >= 2) & (self.mult > 0)
+        rows, mult = self.patterns[keep], self.mult[keep]
         if not len(rows):
             return np.zeros((0, self.patterns.shape[1])), np.zeros(0)
         base = int(rows.max()) + 1
@@ -444,7 +446,7 @@ def units_fleiss_kappa(units: Units) -> float:
     per_unit = units.agreement()
     if not len(per_unit):
         return float("nan")
-    mult = units.multiplicity() * (units.ratings() >= 2)
+    mult = units.mult * (units.ratings() >= 2)
     totals = (mult @ units.patterns).astype(np.float64)  # integers: exact, in any order
     p_cat = totals / totals.sum()
     p_exp = float((p_cat**2).sum())

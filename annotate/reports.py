@@ -1,10 +1,15 @@
 """The agreement report: a project's annotations as arrays (``annotate.report_reader``), numpy does the rest.
 
 ``report_build`` reads (rubric reviews grouped by payload and packed rows of the other kinds, on
-PostgreSQL), arranges the rows into one set of
-arrays per judged variable, and computes every figure with ``variables_report``, which works only
-on arrays. The result is a plain JSON-serializable dict, cached in ``AgreementReport`` and offered
-as HTML, CSV and JSON. ``bench/agreement_bench.py`` times the whole of it as a worker runs it.
+PostgreSQL). Every figure of a judged variable comes from a ``VariableSums``, fed its ratings a
+block of units at a time: the units' count rows as distinct patterns (``agreement.Units``), each
+unit's latest day, and per-rater and per-pair sums; it keeps a few bytes per unit and nothing per
+rating. The rubric reviews are summed slice by slice as the reader hands them over
+(``RubricSums``), so a worker's memory stays nearly flat from 100k to 1M reviews; the gold and
+preference rows are arrays held whole, each section's summed in one block (``variables_report``).
+The figures are those of the whole count matrix at once, bit for bit (``agreement``'s docstring has
+the one limit). The result is a plain JSON-serializable dict, cached in ``AgreementReport`` and
+offered as HTML, CSV and JSON. ``bench/agreement_bench.py`` times the whole of it as a worker runs it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,24 @@ def variables_report(
     for i, var in enumerate(variables):
         progress(i / max(1, len(variables)), f"Agreement on {var.name}")
         out.append(variable_report(var, n_units=n_units, rater_names=rater_names, n_boot=n_boot, seed=seed))
+    progress(1.0, "Done")
+    return out
+
+
+def sums_report(
+    variables: list[VariableSums],
+    *,
+    positions: np.ndarray,
+    rater_names: list[str],
+    n_boot: int,
+    seed: int,
+    progress: Progress = _noop,
+) -> list[dict]:
+    """Every agreement figure for each variable summed so far (``positions``: see ``VariableSums.report``)."""
+    out = []
+    for i, sums in enumerate(variables):
+        progress(i / max(1, len(variables)), f"Agreement on {sums.name}")
+        out.append(sums.report(positions=positions, rater_names=rater_names, n_boot=n_boot, seed=seed))
     progress(1.0, "Done")
     return out
 
@@ -181,7 +204,7 @@ class VariableSums:
             "level": self.level,
             "labels": self.labels,
             "n_ratings": int(self.n_ratings),
-            "n_units": int((units.multiplicity() * (units.ratings() >= 2)).sum()),
+            "n_units": units.n_pairable(),
             "alpha": alpha.as_dict(),
             "percent": percent.as_dict(),
             "fleiss_kappa": _num(ag.units_fleiss_kappa(units)),
@@ -196,18 +219,22 @@ class VariableSums:
 
     def _over_time(self, units: ag.Units) -> list[dict]:
         """Alpha per period, each unit dated by its latest rating (days if the span is short, else weeks)."""
-        rated = np.flatnonzero(units.ratings()[units.of_unit] >= 2)
+        rated = np.flatnonzero((units.ratings() >= 2)[units.of_unit])
         if not len(rated):
             return []
-        days = np.concatenate(self.unit_days)[rated].astype(np.int64)
+        self.unit_days = [np.concatenate(self.unit_days)]  # held once from here on
+        days = self.unit_days[0][rated]  # int32: a few bytes per unit
         first_day = int(days.min())
         span = int(days.max()) - first_day
         width = 1 if span <= 45 else 7
-        bucket = (days - first_day) // width
+        bucket = (days - np.int32(first_day)) // np.int32(width)
         del days
         # Units grouped by period once (a stable sort keeps each period's units in order), not masked per period.
         order = np.argsort(bucket, kind="stable")
-        periods, first = np.unique(bucket[order], return_index=True)
+        bucket = bucket[order]
+        first = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
+        periods = bucket[first].astype(np.int64)
+        del bucket
         ends = np.append(first[1:], len(order))
         out = []
         for b, lo, hi in zip(periods, first, ends, strict=True):
@@ -326,16 +353,10 @@ class _Section:
         return len(self.items)
 
 
-def _section(
-    rows: report_reader.ReportRows, mask: np.ndarray, rater: np.ndarray, n_raters: int, sub: np.ndarray | None = None
-) -> _Section:
-    """The rows of ``mask`` as units: one per item, or per (item, ``sub``) when given (rubric reviews of
-    different responses of one item are different units: their scores are never compared)."""
+def _section(rows: report_reader.ReportRows, mask: np.ndarray, rater: np.ndarray, n_raters: int) -> _Section:
+    """The rows of ``mask`` as units, one per item."""
     index = np.flatnonzero(mask)
     items = rows.item[index]
-    if sub is not None:
-        # Responses per item are few (an import allows 20): item and response in one sortable key.
-        items = items * 1024 + (sub[index].astype(np.int64) + 1)
     if len(items) and np.all(items[1:] >= items[:-1]):
         new = np.empty(len(items), dtype=bool)
         new[:1] = True
@@ -344,8 +365,6 @@ def _section(
         unit_items = items[new]
     else:
         unit_items, units = np.unique(items, return_inverse=True)
-    if sub is not None:
-        unit_items = unit_items // 1024
     raters = rater[index]
     # Units are numbered by item id and rows ordered by (item, reviewer), whatever order the
     # database returned them in: float sums over rows then come out the same on every plan.
@@ -356,38 +375,93 @@ def _section(
     return _Section(index=index, units=units.astype(np.int64), raters=raters.astype(np.int64), items=unit_items)
 
 
-def _rubric_variables(rows: report_reader.ReportRows, section: _Section, criteria: list[dict]) -> list[Variable]:
-    """One variable per criterion; scores outside the levels (code -1) are left out."""
-    days = rows.day[section.index].astype(np.int64)
-    variables = []
-    for j, criterion in enumerate(criteria):
-        level, levels, _ = report_reader.score_lookup(criterion)
-        codes = rows.scores[j, section.index].astype(np.int64)
-        keep = codes >= 0
-        if keep.all():  # the usual case: every criterion shares the section's arrays
-            units, raters, kept_days = section.units, section.raters, days
-        else:
-            units, raters, kept_days, codes = section.units[keep], section.raters[keep], days[keep], codes[keep]
-        numeric = (
-            np.arange(len(levels), dtype=np.float64)
-            if level == "nominal"
-            else np.asarray([lv["value"] for lv in levels], dtype=np.float64)
-        )
-        variables.append(
-            Variable(
-                key=criterion["key"],
-                name=criterion["name"],
-                level=level,
-                labels=[str(lv.get("label") or lv["value"]) for lv in levels],
-                levels=numeric,
-                units=units,
-                raters=raters,
-                codes=codes,
-                days=kept_days,
-                meta={"scale": criterion["scale"]},
+class Raters:
+    """Reviewer ids as dense indices, numbered in the order they appear."""
+
+    def __init__(self):
+        self.ids = np.zeros(0, dtype=np.int64)  # the reviewer id of each index
+        self._sorted = self.ids
+        self._index = self.ids
+
+    def index(self, reviewer: np.ndarray) -> np.ndarray:
+        reviewer = np.asarray(reviewer, dtype=np.int64)
+        new = np.unique(reviewer)
+        new = new[~np.isin(new, self.ids, assume_unique=True)]
+        if len(new):
+            self.ids = np.concatenate([self.ids, new])
+            self._index = np.argsort(self.ids, kind="stable")
+            self._sorted = self.ids[self._index]
+        return self._index[np.searchsorted(self._sorted, reviewer)]
+
+
+class RubricSums:
+    """The rubric section, fed the reader's chunks of reviews (in item order) as they arrive: one
+    ``VariableSums`` per criterion, over units of one response of one item (the scores of different
+    responses of an item are never compared)."""
+
+    def __init__(self, criteria: list[dict], raters: Raters):
+        self.raters = raters
+        self.seen = 0  # rubric reviews, counted or not: the section is shown when there are any
+        self.n_annotations = 0
+        self.n_items = 0
+        self.variables = []
+        for criterion in criteria:
+            level, levels, _ = report_reader.score_lookup(criterion)
+            numeric = (
+                np.arange(len(levels), dtype=np.float64)
+                if level == "nominal"
+                else np.asarray([lv["value"] for lv in levels], dtype=np.float64)
             )
-        )
-    return variables
+            self.variables.append(
+                VariableSums(
+                    key=criterion["key"],
+                    name=criterion["name"],
+                    level=level,
+                    labels=[str(lv.get("label") or lv["value"]) for lv in levels],
+                    levels=numeric,
+                    meta={"scale": criterion["scale"]},
+                )
+            )
+
+    def add(self, chunk: report_reader.RubricChunk) -> None:
+        """One chunk of reviews: those made under the covered rubric version count; scores outside
+        the levels (code -1) are left out of their criterion."""
+        self.seen += len(chunk)
+        index = np.flatnonzero((chunk.flags & report_reader.COUNTED) != 0)
+        if not len(index):
+            return
+        # Responses per item are few (an import allows 20): item and response in one sortable key.
+        key = chunk.item[index] * 1024 + (chunk.response[index].astype(np.int64) + 1)
+        if np.all(key[1:] >= key[:-1]):
+            new = np.empty(len(key), dtype=bool)
+            new[:1] = True
+            np.not_equal(key[1:], key[:-1], out=new[1:])
+            units = np.cumsum(new) - 1
+            unit_items = key[new] // 1024
+        else:
+            unit_keys, units = np.unique(key, return_inverse=True)
+            unit_items = unit_keys // 1024
+        del key
+        reviewer = chunk.reviewer[index].astype(np.int64)
+        # Ratings by unit, then by reviewer id: the order their float sums run in.
+        order = units * (int(reviewer.max()) + 1) + reviewer
+        if np.all(order[1:] > order[:-1]):
+            order = None
+        else:
+            order = np.argsort(order, kind="stable")
+            index, units, reviewer = index[order], units[order], reviewer[order]
+        raters = self.raters.index(reviewer)
+        days = chunk.day[index].astype(np.int64)
+        n_units = len(unit_items)
+        self.n_annotations += len(index)
+        self.n_items += int(np.count_nonzero(unit_items[1:] != unit_items[:-1])) + 1
+        for j, sums in enumerate(self.variables):
+            codes = chunk.scores[j, index].astype(np.int64)
+            keep = codes >= 0
+            if keep.all():  # the usual case: every criterion shares the chunk's arrays
+                sums.add(units=units, raters=raters, codes=codes, days=days, n_units=n_units)
+            else:
+                sums.add(units=units[keep], raters=raters[keep], codes=codes[keep], days=days[keep], n_units=n_units)
 
 
 def _categorical(key: str, name: str, labels: list[str], codes: np.ndarray, rows, section: _Section) -> Variable:
@@ -465,11 +539,14 @@ def report_build(
     progress(0.02, "Reading annotations")
     with clock("read"):
         version = report_rubric_version(project=project, rubric_version=rubric_version)
+        raters = Raters()
+        rubric = RubricSums(version.criteria if version else [], raters)
         data = report_reader.read(
             project=project,
             version=version,
             max_similarity_pairs=MAX_SIMILARITY_PAIRS,
             progress=lambda f, stage: progress(0.02 + (READ_UNTIL - 0.02) * f, stage),
+            rubric=rubric.add,
         )
     progress(READ_UNTIL, "Arranging arrays")
     rows = data.rows
@@ -480,25 +557,18 @@ def report_build(
         kind = rows.kind
         present = np.bincount(kind, minlength=4)
         plans = []
-        for name in (TaskKind.GOLD, TaskKind.PREFERENCE, TaskKind.RUBRIC):
+        for name in (TaskKind.GOLD, TaskKind.PREFERENCE):
             code = report_reader.KIND_CODE[name]
             if not present[code]:
                 continue
-            mask = kind == code
-            n_annotations = int(present[code])
-            if name == TaskKind.RUBRIC:
-                mask &= (rows.flags & report_reader.COUNTED) != 0
-                n_annotations = int(mask.sum())
-            sub = rows.response if name == TaskKind.RUBRIC and rows.response is not None else None
-            section = _section(rows, mask, rater, len(rater_names), sub)
-            if name == TaskKind.RUBRIC:
-                variables = _rubric_variables(rows, section, data.criteria)
-            elif name == TaskKind.PREFERENCE:
+            section = _section(rows, kind == code, rater, len(rater_names))
+            if name == TaskKind.PREFERENCE:
                 variables = [_preference_variable(rows, section)]
             else:
                 variables = [_gold_variable(rows, section)]
-            plans.append((name, section, n_annotations, variables))
-        n_items = _distinct_count(rows.item)
+            plans.append((name, section, int(present[code]), variables))
+        if rubric.seen:  # its rows were summed as they were read
+            plans.append((TaskKind.RUBRIC, None, rubric.n_annotations, rubric.variables))
     progress(ARRANGE_UNTIL, "Computing agreement")
     sections = []
     with clock("compute"):
@@ -509,27 +579,36 @@ def report_build(
 
             if name == TaskKind.RUBRIC:
                 extra = {"rubric_version": {"id": version.pk, "label": str(version)} if version else None}
-            elif name == TaskKind.PREFERENCE:
-                extra = {
-                    "left_pick": left_pick(rows, section, rater_names),
-                    "rankings": rankings(rows, section),
-                }
+                n_items = rubric.n_items
+                figures = sums_report(
+                    variables,
+                    positions=np.searchsorted(rater_ids, raters.ids),
+                    rater_names=rater_names,
+                    n_boot=n_boot,
+                    seed=seed,
+                    progress=sub_progress,
+                )
             else:
-                extra = {"edit_similarity": edit_similarity(data.answers)}
+                if name == TaskKind.PREFERENCE:
+                    extra = {"left_pick": left_pick(rows, section, rater_names), "rankings": rankings(rows, section)}
+                else:
+                    extra = {"edit_similarity": edit_similarity(data.answers)}
+                n_items = _distinct_count(section.items)
+                figures = variables_report(
+                    variables,
+                    n_units=section.n_units,
+                    rater_names=rater_names,
+                    n_boot=n_boot,
+                    seed=seed,
+                    progress=sub_progress,
+                )
             sections.append(
                 {
                     "kind": str(name),
                     "title": TaskKind(name).label,
                     "n_annotations": n_annotations,
-                    "n_items": _distinct_count(section.items),
-                    "variables": variables_report(
-                        variables,
-                        n_units=section.n_units,
-                        rater_names=rater_names,
-                        n_boot=n_boot,
-                        seed=seed,
-                        progress=sub_progress,
-                    ),
+                    "n_items": n_items,
+                    "variables": figures,
                     **extra,
                 }
             )
@@ -538,8 +617,8 @@ def report_build(
     report = {
         "project": {"slug": project.slug, "name": project.name},
         "generated_at": timezone.now().isoformat(),
-        "n_annotations": rows.n,
-        "n_items": n_items,
+        "n_annotations": data.n_annotations,
+        "n_items": data.n_items,
         "reviewers": rater_names,
         "result_status": {s: int(data.status_counts.get(s, 0)) for s in ItemResult.Status.values},
         "bootstrap": {"resamples": n_boot, "seed": seed, "interval": 0.95},
@@ -550,7 +629,7 @@ def report_build(
     logger.info(
         "agreement report %s: %d annotations; read %.2f s, arrange %.2f s, compute %.2f s; %d coded in Python",
         project.slug,
-        rows.n,
+        data.n_annotations,
         seconds["read"],
         seconds["arrange"],
         seconds["compute"],
