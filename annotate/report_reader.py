@@ -829,12 +829,14 @@ def _pg_rubric_groups(
                     streamed.others = True
                     continue
                 reviews.append((group_items, packed, coder.code(kind, version_id, _json(payload), None)))
-            if items:
-                distinct = np.unique(np.concatenate(items))
+            chunk = _rubric_chunk(reviews, n_criteria)
+            if len(items) > len(reviews) or len(counted_items):  # rows of other kinds, or items seen before
+                distinct = np.unique(np.concatenate(items)) if items else np.zeros(0, dtype=np.int64)
                 if len(counted_items):
                     distinct = distinct[~np.isin(distinct, counted_items, assume_unique=True)]
                 streamed.n_items += len(distinct)
-            chunk = _rubric_chunk(reviews, n_criteria)
+            elif len(chunk):  # the chunk is in item order
+                streamed.n_items += int(np.count_nonzero(chunk.item[1:] != chunk.item[:-1])) + 1
             if len(chunk):
                 streamed.n += len(chunk)
                 streamed.reviewers.update(_distinct(chunk.reviewer))

@@ -385,13 +385,15 @@ class Raters:
 
     def index(self, reviewer: np.ndarray) -> np.ndarray:
         reviewer = np.asarray(reviewer, dtype=np.int64)
-        new = np.unique(reviewer)
-        new = new[~np.isin(new, self.ids, assume_unique=True)]
-        if len(new):
-            self.ids = np.concatenate([self.ids, new])
+        at = np.searchsorted(self._sorted, reviewer)
+        known = at < len(self._sorted)
+        known[known] = self._sorted[at[known]] == reviewer[known]
+        if not known.all():  # a reviewer not met before (rare: reviewers are few)
+            self.ids = np.concatenate([self.ids, np.unique(reviewer[~known])])
             self._index = np.argsort(self.ids, kind="stable")
             self._sorted = self.ids[self._index]
-        return self._index[np.searchsorted(self._sorted, reviewer)]
+            at = np.searchsorted(self._sorted, reviewer)
+        return self._index[at]
 
 
 class RubricSums:
