@@ -102,6 +102,7 @@ def sums_report(
 
 
 def variable_report(var: Variable, *, n_units: int, rater_names: list[str], n_boot: int, seed: int) -> dict:
+    """Every agreement figure of one variable given as arrays, its units summed in one block."""
     sums = VariableSums(
         key=var.key, name=var.name, level=var.level, labels=var.labels, levels=var.levels, meta=var.meta
     )
