@@ -6,6 +6,15 @@ domain ``levels``). A rater who did not see a unit simply has no entry, so missi
 placeholder. Most figures are computed from the unit × value count matrix ``counts`` (U × K),
 which is what Krippendorff's coincidence matrix is built from.
 
+A large report keeps that matrix as ``Units``: its distinct rows ("patterns": rubric data has a
+few hundred even at a million units) and each unit's pattern, filled a block of units at a time,
+so a unit costs four bytes instead of 8·K. Every figure of ``Units`` is the one the count matrix
+gives, bit for bit: per-unit values are looked up per pattern and summed in unit order, and the
+coincidence matrix is the same matrix product, taken over ``COINCIDENCE_BLOCK`` units at a time
+(a float sum over more units than one block can differ from the single product in its last bit
+where weights such as 1/3 are not exact in binary; with two, three, five or nine ratings per unit
+every term is exact and the result does not depend on the blocks).
+
 References: Krippendorff, "Computing Krippendorff's Alpha-Reliability" (2011); Fleiss (1971);
 Cohen (1960). The results match the ``krippendorff`` package and ``statsmodels.stats.inter_rater``
 to 1e-9 (see tests/annotate/test_agreement.py).
@@ -169,14 +178,20 @@ def pairwise_tables(
 ) -> np.ndarray:
     """Contingency tables for every rater pair, shape (R, R, K, K); [a, b] has a's values on rows."""
     units, raters, codes = (np.asarray(x, dtype=np.int64) for x in (units, raters, codes))
-    # Each judgement as one "slot" (rater, value). Over the judgements sorted by (unit, rater), the
-    # pairs on one unit are those `gap` apart for gap = 1, 2, ...: counted gap by gap, so no array
-    # of all pairs is ever built.
     slots = n_raters * n_levels
-    slot = raters * n_levels + codes
-    key = units * n_raters + raters
-    if len(key) > 1 and not np.all(key[1:] >= key[:-1]):
-        order = np.lexsort((raters, units))
+    half = pair_counts(units, raters * n_levels + codes, slots).reshape(slots, slots)
+    # Count each pair both ways so tables[a, b] and tables[b, a] are transposes of each other.
+    both = (half + half.T).reshape(n_raters, n_levels, n_raters, n_levels).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(both, dtype=np.float64)
+
+
+def pair_counts(units: np.ndarray, slot: np.ndarray, slots: int) -> np.ndarray:
+    """How often each ordered pair of "slots" (rater, value) meets on a unit, once per pair of judgements
+    (flat, ``slots``²): the one of the pair that comes first in unit order is the row."""
+    # Over the judgements grouped by unit, the pairs on one unit are those `gap` apart for gap = 1, 2,
+    # ...: counted gap by gap, so no array of all pairs is ever built.
+    if len(units) > 1 and not np.all(units[1:] >= units[:-1]):
+        order = np.argsort(units, kind="stable")
         units, slot = units[order], slot[order]
     half = np.zeros(slots * slots, dtype=np.int64)
     for gap in range(1, len(units)):
@@ -184,10 +199,7 @@ def pairwise_tables(
         if not len(first):
             break
         half += np.bincount(slot[first] * slots + slot[first + gap], minlength=slots * slots)
-    half = half.reshape(slots, slots)
-    # Count each pair both ways so tables[a, b] and tables[b, a] are transposes of each other.
-    both = (half + half.T).reshape(n_raters, n_levels, n_raters, n_levels).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(both, dtype=np.float64)
+    return half
 
 
 def pairwise_kappa(tables: np.ndarray) -> np.ndarray:
@@ -252,11 +264,15 @@ def alpha_estimate(
     """Alpha with a percentile bootstrap confidence interval over units."""
     value = krippendorff_alpha(counts, levels, level)
     rows, mult = _patterns(counts)
+    return _alpha_bootstrap(value, rows, mult, levels, level, n_boot=n_boot, seed=seed, ci=ci)
+
+
+def _alpha_bootstrap(value, rows, mult, levels, level: str, *, n_boot: int, seed: int, ci: float) -> Estimate:
     if len(rows) == 0 or n_boot <= 0:
         return Estimate(value, float("nan"), float("nan"), int(mult.sum()))
     rng = np.random.default_rng(seed)
     contrib = unit_coincidences(rows).reshape(len(rows), -1)
-    k = counts.shape[1]
+    k = rows.shape[1]
     chunk = max(1, _BOOTSTRAP_CHUNK_BYTES // max(1, 8 * len(rows)))
     alphas = []
     for start in range(0, n_boot, chunk):
@@ -270,6 +286,10 @@ def percent_estimate(counts: np.ndarray, *, n_boot: int = 1000, seed: int = 0, c
     """Percent agreement with a percentile bootstrap confidence interval over units."""
     value = percent_agreement(counts)
     rows, mult = _patterns(counts)
+    return _percent_bootstrap(value, rows, mult, n_boot=n_boot, seed=seed, ci=ci)
+
+
+def _percent_bootstrap(value, rows, mult, *, n_boot: int, seed: int, ci: float) -> Estimate:
     if len(rows) == 0 or n_boot <= 0:
         return Estimate(value, float("nan"), float("nan"), int(mult.sum()))
     rng = np.random.default_rng(seed)
@@ -287,6 +307,163 @@ def _percentiles(stats: np.ndarray, ci: float) -> tuple[float, float]:
     tail = (1.0 - ci) / 2.0 * 100.0
     low, high = np.percentile(stats, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+# --- Many units: distinct count rows -------------------------------------------------------------
+
+# Units per matrix product when ``Units`` sums its coincidences: 32768 units × K values × 8 bytes,
+# twice (the counts and their weighted copy), is 5.8 MB at K = 11.
+COINCIDENCE_BLOCK = 32768
+
+
+class UnitsBuilder:
+    """``Units`` filled a block of units at a time, in unit order."""
+
+    def __init__(self, n_levels: int):
+        self.n_levels = n_levels
+        self._index: dict[bytes, int] = {}
+        self._rows: list[np.ndarray] = []
+        self._parts: list[np.ndarray] = []
+
+    def add(self, counts: np.ndarray) -> None:
+        """The next units' rows of the count matrix (integers, U × K)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if not len(counts):
+            return
+        top = int(counts.max()) + 1
+        if self.n_levels * np.log2(max(top, 2)) < 62:
+            # Each row as one integer in base (max count + 1): a 1-D unique is far faster than axis=0.
+            key = counts @ (top ** np.arange(self.n_levels, dtype=np.int64))
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            distinct = counts[first]
+        else:
+            distinct, inverse = np.unique(counts, axis=0, return_inverse=True)
+        ids = np.fromiter((self._pattern(row) for row in distinct), dtype=np.int32, count=len(distinct))
+        self._parts.append(ids[inverse.ravel()])
+
+    def _pattern(self, row: np.ndarray) -> int:
+        key = row.tobytes()
+        found = self._index.get(key)
+        if found is None:
+            found = self._index[key] = len(self._rows)
+            self._rows.append(row.copy())
+        return found
+
+    def build(self) -> Units:
+        patterns = np.array(self._rows, dtype=np.int64).reshape(len(self._rows), self.n_levels)
+        of_unit = np.concatenate(self._parts) if self._parts else np.zeros(0, dtype=np.int32)
+        self._parts = [of_unit]  # held once from here on
+        return Units(patterns=patterns, of_unit=of_unit, mult=np.bincount(of_unit, minlength=len(patterns)))
+
+
+@dataclass(frozen=True)
+class Units:
+    """A count matrix as its distinct rows (``patterns``, P × K), each unit's row (``of_unit``) and
+    how many units have each row (``mult``)."""
+
+    patterns: np.ndarray
+    of_unit: np.ndarray
+    mult: np.ndarray
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> Units:
+        builder = UnitsBuilder(counts.shape[1])
+        builder.add(np.asarray(counts).astype(np.int64))
+        return builder.build()
+
+    @property
+    def n_units(self) -> int:
+        return len(self.of_unit)
+
+    def ratings(self) -> np.ndarray:
+        """Ratings per pattern (m)."""
+        return self.patterns.sum(axis=1)
+
+    def n_pairable(self) -> int:
+        """Units rated at least twice."""
+        return int(self.mult[self.ratings() >= 2].sum())
+
+    def value_totals(self) -> np.ndarray:
+        """How often each value was given over all units: the column sums of the count matrix."""
+        return self.mult @ self.patterns
+
+    def pairable(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct rows of units rated at least twice, as ``_patterns`` orders them, and their
+        multiplicities (both float64)."""
+        keep = (self.ratings() >= 2) & (self.mult > 0)
+        rows, mult = self.patterns[keep], self.mult[keep]
+        if not len(rows):
+            return np.zeros((0, self.patterns.shape[1])), np.zeros(0)
+        base = int(rows.max()) + 1
+        k = rows.shape[1]
+        if k * np.log2(base) < 62:
+            order = np.argsort(rows @ (base ** np.arange(k, dtype=np.int64)))
+        else:
+            order = np.lexsort(rows.T[::-1])
+        return rows[order].astype(np.float64), mult[order].astype(np.float64)
+
+    def coincidences(self, units: np.ndarray | None = None) -> np.ndarray:
+        """``coincidence_matrix`` of the units (all, or those of ``units``, in that order)."""
+        of_unit = self.of_unit if units is None else self.of_unit[units]
+        k = self.patterns.shape[1]
+        rows = self.patterns.astype(np.float64)
+        o, diagonal = np.zeros((k, k)), np.zeros(k)
+        for start in range(0, len(of_unit), COINCIDENCE_BLOCK):
+            counts = rows[of_unit[start : start + COINCIDENCE_BLOCK]]
+            m = counts.sum(axis=1)
+            w = np.divide(1.0, m - 1, out=np.zeros_like(m), where=m >= 2)
+            weighted = counts * w[:, None]
+            if start:
+                o += weighted.T @ counts
+                diagonal += weighted.sum(axis=0)
+            else:  # one block is exactly coincidence_matrix's product
+                o, diagonal = weighted.T @ counts, weighted.sum(axis=0)
+        o[np.diag_indices_from(o)] -= diagonal
+        return o
+
+    def agreement(self, units: np.ndarray | None = None) -> np.ndarray:
+        """``unit_agreement`` of the units rated at least twice (all, or those of ``units``), in unit order."""
+        of_unit = self.of_unit if units is None else self.of_unit[units]
+        pairable = self.ratings() >= 2
+        return unit_agreement(self.patterns.astype(np.float64))[of_unit[pairable[of_unit]]]
+
+
+def units_alpha(units: Units, levels: np.ndarray, level: str, selected: np.ndarray | None = None) -> float:
+    """``krippendorff_alpha`` of the count matrix ``units`` holds (or of its rows ``selected``)."""
+    if level not in LEVELS_OF_MEASUREMENT:
+        raise ValueError(f"Unknown level of measurement {level!r}: use one of {', '.join(LEVELS_OF_MEASUREMENT)}.")
+    return alpha_from_coincidences(units.coincidences(selected), level, np.asarray(levels))
+
+
+def units_percent(units: Units, selected: np.ndarray | None = None) -> float:
+    """``percent_agreement`` of the count matrix ``units`` holds (or of its rows ``selected``)."""
+    per_unit = units.agreement(selected)
+    return float(per_unit.mean()) if len(per_unit) else float("nan")
+
+
+def units_fleiss_kappa(units: Units) -> float:
+    """``fleiss_kappa`` of the count matrix ``units`` holds."""
+    per_unit = units.agreement()
+    if not len(per_unit):
+        return float("nan")
+    mult = units.mult * (units.ratings() >= 2)
+    totals = (mult @ units.patterns).astype(np.float64)  # integers: exact, in any order
+    p_cat = totals / totals.sum()
+    p_exp = float((p_cat**2).sum())
+    if p_exp >= 1.0:
+        return float("nan")
+    return float((per_unit.mean() - p_exp) / (1.0 - p_exp))
+
+
+def units_estimates(
+    units: Units, levels: np.ndarray, level: str, *, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> tuple[Estimate, Estimate]:
+    """``alpha_estimate`` and ``percent_estimate`` of the count matrix ``units`` holds."""
+    rows, mult = units.pairable()
+    return (
+        _alpha_bootstrap(units_alpha(units, levels, level), rows, mult, levels, level, n_boot=n_boot, seed=seed, ci=ci),
+        _percent_bootstrap(units_percent(units), rows, mult, n_boot=n_boot, seed=seed, ci=ci),
+    )
 
 
 # --- Bias tests ---------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ both into columns of arrays allocated once (from the planner's row estimate, gro
 so the worker holds a few bytes per annotation instead of Python objects, and the progress moves
 with every slice and chunk.
 
+``read`` takes a rubric sink, as ``report_build`` passes one: the rubric reviews are then handed to
+it one slice of items at a time, in item order, each slice's rows ordered by (item, reviewer), and
+never held all at once (the report sums them as they come, see ``annotate.reports.RubricSums``). The
+other kinds are read first, so that a slice can tell which of its items were already counted.
+
 SQL codes only the payload shapes the app writes. A row holding anything else (a score sent as 4.0
 for the level 4, a preference without a choice, a display order that is not a list) is marked, read
 again with its payload and coded in Python by the rules the report has always applied
@@ -55,7 +60,9 @@ RESPONSE_CHOSEN = -1  # preference category "response:<chosen>"
 PREFERENCE_LABELS = ("tie", "both_bad", "response:None")
 GOLD_LABELS = ("accept", "edit", "write", "unusable")
 LEVEL_OF_MEASUREMENT = {"nominal": "nominal", "binary": "nominal", "ordinal": "ordinal", "interval": "interval"}
-# Rows per FETCH: about 2 MB of records, and one progress update per chunk.
+# Rows per FETCH and rubric reviews per slice: a slice's arrays, and what the report computes from
+# them, take about 10 MB; one progress update per chunk or slice. (Slices of half the size save 4 MB
+# and cost 0.4 CPU s more at 1M reviews, per-slice work in the worker and in PostgreSQL.)
 FETCH_ROWS = 65536
 # The hash join of annotations on the project's items spills to disk at PostgreSQL's default 4 MB
 # for a project of 200k items; the report's transaction gets more.
@@ -206,10 +213,31 @@ class ReportRows:
 
 
 @dataclass
+class RubricChunk:
+    """Rubric reviews of a run of items, ordered by (item, reviewer): every review of an item is in one
+    chunk, and chunks come in item order."""
+
+    item: np.ndarray
+    reviewer: np.ndarray
+    day: np.ndarray
+    flags: np.ndarray
+    scores: np.ndarray  # (criteria, n) level indices, -1 for none
+    response: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+RubricSink = Callable[[RubricChunk], None]
+
+
+@dataclass
 class ReportData:
     """Everything the report is computed from."""
 
-    rows: ReportRows
+    rows: ReportRows  # with a rubric sink, every annotation but the rubric reviews it was handed
+    n_annotations: int
+    n_items: int
     criteria: list[dict]
     names: dict[int, str]
     status_counts: dict[str, int]
@@ -595,7 +623,20 @@ def _pg_session(alias: str) -> Iterator:
         own.close()
 
 
-def _pg_stream(db, statement: _Statement, columns: _Columns, progress: Progress, estimate: int) -> None:
+class _Counter:
+    """Rows read so far, on the progress bar."""
+
+    def __init__(self, expected: int, progress: Progress):
+        self.n, self.expected, self.progress = 0, expected, progress
+
+    def add(self, n: int) -> None:
+        self.n += n
+        # The planner's estimate may be low (statistics not yet gathered): then the bar still
+        # moves, ever slower, as if one more chunk were left.
+        self.progress(self.n / max(self.expected, self.n + FETCH_ROWS), f"Reading annotations ({self.n:,} read)")
+
+
+def _pg_stream(db, statement: _Statement, columns: _Columns, counter: _Counter) -> None:
     wire, fields = statement.wire, statement.record.fields
     with db.connection.cursor(name="agreement_report_rows", binary=True) as cursor:
         cursor.itersize = FETCH_ROWS
@@ -609,9 +650,7 @@ def _pg_stream(db, statement: _Statement, columns: _Columns, progress: Progress,
                     target[part] = values
                 else:
                     target[j, part] = values
-            # The planner's estimate may be low (statistics not yet gathered): then the bar still
-            # moves, ever slower, as if one more chunk were left.
-            progress(columns.n / max(estimate, columns.n + FETCH_ROWS), f"Reading annotations ({columns.n:,} read)")
+            counter.add(len(records))
 
 
 # --- PostgreSQL: rubric reviews, one group per distinct payload ------------------------------------
@@ -621,8 +660,9 @@ def _pg_stream(db, statement: _Statement, columns: _Columns, progress: Progress,
 # JSON per row, where coding each score in SQL took a JSON extraction and a comparison per criterion)
 # and hands over, per payload, the items, reviewers and days as int8 arrays; Python codes each payload
 # once, by the rules themselves (``RowCoder``), so no payload shape needs SQL of its own. The item id
-# range is read in slices, one query each, so the progress moves and at most a slice's arrays are held
-# twice; in a worker two connections read alternate slices in the same snapshot, one core each.
+# range is read in slices of about FETCH_ROWS reviews, one query each, so the progress moves and only
+# a few slices are held at once; in a worker two connections read alternate slices in the same
+# snapshot, one core each, and hand them over in slice order (the sums downstream run in item order).
 
 INT8_ARRAY_OID = 1016
 # Connections reading a worker's slices at once (the reader and one helper).
@@ -705,32 +745,42 @@ def _helper(alias: str, db) -> Iterator:
 
 
 def _lanes(raws: list, sql: str, params: dict, slices: list[tuple[int, int]]) -> Iterator[list[tuple]]:
-    """Each slice's groups as it arrives, the slices shared out among the connections ``raws``, each
-    read by a thread of its own (the waits on PostgreSQL release the GIL)."""
+    """Each slice's groups in slice order, the slices shared out in turn among the connections ``raws``,
+    each read by a thread of its own (the waits on PostgreSQL release the GIL). A lane runs at most one
+    slice ahead of the reader, so no more than a few slices are held at once."""
     if len(raws) == 1:
         for lo, hi in slices:
             yield _fetch_slice(raws[0], sql, {**params, "lo": lo, "hi": hi})
         return
-    arrived: queue.Queue = queue.Queue()
+    lanes = [queue.Queue(maxsize=1) for _ in raws]
     stop = threading.Event()
 
-    def lane(raw, share):
+    def hand_over(out: queue.Queue, got) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(got, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def lane(raw, share, out):
         try:
             for lo, hi in share:
-                if stop.is_set():
+                if stop.is_set() or not hand_over(out, _fetch_slice(raw, sql, {**params, "lo": lo, "hi": hi})):
                     return
-                arrived.put(_fetch_slice(raw, sql, {**params, "lo": lo, "hi": hi}))
         except BaseException as exc:  # handed to the reading thread, which raises it
-            arrived.put(exc)
+            hand_over(out, exc)
 
     threads = [
-        threading.Thread(target=lane, args=(raw, slices[n :: len(raws)]), daemon=True) for n, raw in enumerate(raws)
+        threading.Thread(target=lane, args=(raw, slices[n :: len(raws)], lanes[n]), daemon=True)
+        for n, raw in enumerate(raws)
     ]
     for thread in threads:
         thread.start()
     try:
-        for _ in slices:
-            got = arrived.get()
+        for n in range(len(slices)):
+            got = lanes[n % len(raws)].get()
             if isinstance(got, BaseException):
                 raise got
             yield got
@@ -738,6 +788,16 @@ def _lanes(raws: list, sql: str, params: dict, slices: list[tuple[int, int]]) ->
         stop.set()
         for thread in threads:
             thread.join()
+
+
+@dataclass
+class _Streamed:
+    """What the rubric groups held besides the reviews: how many, their distinct items and reviewers."""
+
+    n: int = 0
+    n_items: int = 0
+    reviewers: set = field(default_factory=set)
+    others: bool = False  # rows of another kind were met (read again by the packed stream)
 
 
 def _pg_rubric_groups(
@@ -748,31 +808,93 @@ def _pg_rubric_groups(
     params: dict,
     slices: list[tuple[int, int]],
     coder: RowCoder,
-    columns: _Columns,
-    progress: Progress,
-    estimate: int,
-) -> bool:
-    """Read the rubric reviews slice by slice into ``columns``; True when rows of another kind were met."""
-    others = False
+    n_criteria: int,
+    sink: RubricSink,
+    counter: _Counter,
+    counted_items: np.ndarray,
+) -> _Streamed:
+    """Read the rubric reviews slice by slice, handing each slice's to ``sink`` in item order.
+
+    ``counted_items`` (sorted) are items already counted: a slice's other items add to ``n_items``."""
+    streamed = _Streamed()
     # A worker reads on a connection of its own; a request's transaction (``db`` is the shared
     # connection, which the progress is written on) is read by this thread alone.
     parallel = db is not connections[alias] and len(slices) > 1 and READ_CONNECTIONS > 1
     with _helper(alias, db) if parallel else nullcontext() as helper:
         raws = [db.connection] + ([helper] if helper is not None else [])
         for groups in _lanes(raws, sql, params, slices):
-            for kind, version_id, payload, items, packed in groups:
+            reviews, items = [], []
+            for kind, version_id, payload, group_items, packed in groups:
+                items.append(group_items)
                 if kind != TaskKind.RUBRIC:
-                    others = True
+                    streamed.others = True
                     continue
-                coded = coder.code(kind, version_id, _json(payload), None)
-                part = columns.reserve(len(items))
-                arrays = columns.arrays
-                arrays["item"][part] = items
-                arrays["reviewer"][part] = packed >> 32
-                arrays["day"][part] = (packed << 32) >> 32  # sign-extended: days before 1970 are negative
-                _fill(arrays, part, coded)
-            progress(columns.n / max(estimate, columns.n + FETCH_ROWS), f"Reading annotations ({columns.n:,} read)")
-    return others
+                reviews.append((group_items, packed, coder.code(kind, version_id, _json(payload), None)))
+            chunk = _rubric_chunk(reviews, n_criteria)
+            if len(items) > len(reviews) or len(counted_items):  # rows of other kinds, or items seen before
+                distinct = np.unique(np.concatenate(items)) if items else np.zeros(0, dtype=np.int64)
+                if len(counted_items):
+                    distinct = distinct[~np.isin(distinct, counted_items, assume_unique=True)]
+                streamed.n_items += len(distinct)
+            elif len(chunk):  # the chunk is in item order
+                streamed.n_items += int(np.count_nonzero(chunk.item[1:] != chunk.item[:-1])) + 1
+            if len(chunk):
+                streamed.n += len(chunk)
+                streamed.reviewers.update(_distinct(chunk.reviewer))
+                sink(chunk)
+            counter.add(len(chunk))
+    return streamed
+
+
+def _rubric_chunk(reviews: list[tuple[np.ndarray, np.ndarray, Coded]], n_criteria: int) -> RubricChunk:
+    """One slice's reviews (per payload: items, packed reviewer and day, codes) as rows in (item, reviewer) order."""
+    sizes = np.asarray([len(items) for items, _, _ in reviews], dtype=np.int64)
+    group = np.repeat(np.arange(len(reviews)), sizes)
+    item = np.concatenate([items for items, _, _ in reviews]) if reviews else np.zeros(0, dtype=np.int64)
+    packed = np.concatenate([p for _, p, _ in reviews]) if reviews else np.zeros(0, dtype=np.int64)
+    codes = [coded for _, _, coded in reviews]
+    scores = np.asarray([c.scores or [-1] * n_criteria for c in codes], dtype=np.int16).reshape(len(codes), n_criteria)
+    rows = {
+        "item": item,
+        "reviewer": (packed >> 32).astype(np.int32),
+        "day": ((packed << 32) >> 32).astype(np.int32),  # sign-extended: days before 1970 are negative
+        "flags": np.asarray([c.flags for c in codes], dtype=np.int16)[group],
+        "scores": scores.T[:, group],
+        "response": np.asarray([c.response for c in codes], dtype=np.int16)[group],
+    }
+    rows = _by_item_and_reviewer(rows)
+    return RubricChunk(**rows)
+
+
+def _rows_chunk(rows: dict[str, np.ndarray], n_criteria: int) -> RubricChunk:
+    """The rubric reviews among packed rows, as one chunk."""
+    mine = np.flatnonzero((rows["flags"] & 3) == KIND_CODE[TaskKind.RUBRIC])
+    chunk = {
+        "item": rows["item"][mine],
+        "reviewer": rows["reviewer"][mine],
+        "day": rows["day"][mine],
+        "flags": rows["flags"][mine],
+        "scores": rows["scores"][:, mine].reshape(n_criteria, len(mine)),
+        "response": rows["response"][mine] if "response" in rows else np.full(len(mine), -1, dtype=np.int16),
+    }
+    return RubricChunk(**_by_item_and_reviewer(chunk))
+
+
+def _collect(columns: _Columns) -> RubricSink:
+    """A sink that keeps every chunk in ``columns`` (for callers that want all the rows)."""
+
+    def sink(chunk: RubricChunk) -> None:
+        part = columns.reserve(len(chunk))
+        arrays = columns.arrays
+        for name in ("item", "reviewer", "day", "flags", "response"):
+            arrays[name][part] = getattr(chunk, name)
+        arrays["scores"][:, part] = chunk.scores
+        blank = Coded(flags=0)
+        for name in ("pcat", "chosen", "rejected", "olen", "gcat"):
+            if name in arrays:
+                arrays[name][part] = getattr(blank, name)
+
+    return sink
 
 
 def _pg_recode(db, rows: dict[str, np.ndarray], coder: RowCoder) -> int:
@@ -936,8 +1058,12 @@ def read(
     version: RubricVersion | None,
     max_similarity_pairs: int,
     progress: Progress = _noop,
+    rubric: RubricSink | None = None,
 ) -> ReportData:
-    """Every annotation of ``project`` the report reads, as arrays, and the few other rows it needs."""
+    """Every annotation of ``project`` the report reads, as arrays, and the few other rows it needs.
+
+    With ``rubric``, the rubric reviews are handed to it a run of items at a time, in item order, and
+    left out of the rows: a project of a million reviews is never held at once."""
     alias = router.db_for_read(Annotation)
     criteria = version.criteria if version else []
     preference, gold = Labels(PREFERENCE_LABELS), Labels(GOLD_LABELS)
@@ -951,11 +1077,13 @@ def read(
     )
     status_counts = dict(results.values_list("status").annotate(n=Count("id")).order_by())
     progress(0.0, "Reading annotations")
+    streamed = _Streamed()
     if connections[alias].vendor == "postgresql":
         kinds = set(project.task_kinds or []) & set(KIND_CODE)
         # Rubric reviews are read grouped by payload when the project has them; the other kinds as
         # packed rows (a project that no longer lists rubric reads its few rubric rows that way too).
         rubric_apart = TaskKind.RUBRIC in kinds
+        rubric_in_rows = not rubric_apart
         with _pg_session(alias) as db:
             with db.cursor() as cursor:
                 bounds = _item_bounds(cursor, project)
@@ -974,23 +1102,32 @@ def read(
                 every_row = _Statement(sql=f"SELECT 1 {_pg_rows(join=join)}", params=statement.params, record=_Record())
                 estimate = _estimate(cursor, every_row)
             # The planner's estimate may be low (statistics not yet gathered); the items are counted.
-            expected = max(estimate, bounds.items * project.overlap_k)
-            columns = _Columns(int(estimate * 1.05) + 1024, _spec(len(criteria), kinds))
-            others = False
+            counter = _Counter(max(estimate, bounds.items * project.overlap_k), progress)
+            # The other kinds are read first when the project lists them, so that a slice of rubric
+            # reviews can tell which of its items are new without all the items being kept.
+            packed_first = not rubric_apart or bool(kinds - {TaskKind.RUBRIC})
+            # Room for every row (pages never written cost no memory); a project that lists only
+            # rubric has few other rows, and the columns grow if it has more.
+            capacity = int(estimate * 1.05) + 1024 if packed_first or rubric is None else 1024
+            columns = _Columns(capacity, _spec(len(criteria), kinds))
+            if packed_first:
+                _pg_stream(db, statement, columns, counter)
+            counted_items = np.unique(columns.arrays["item"][: columns.n]) if packed_first else np.zeros(0, np.int64)
             if rubric_apart:
-                others = _pg_rubric_groups(
+                streamed = _pg_rubric_groups(
                     db,
                     alias=alias,
                     sql=_pg_rubric_sql(join=join, only_rubric=kinds == {TaskKind.RUBRIC}),
                     params={"project": project.pk, "low": bounds.low, "high": bounds.high},
-                    slices=_slices(bounds, expected),
+                    slices=_slices(bounds, counter.expected),
                     coder=coder,
-                    columns=columns,
-                    progress=progress,
-                    estimate=expected,
+                    n_criteria=len(criteria),
+                    sink=rubric or _collect(columns),
+                    counter=counter,
+                    counted_items=counted_items,
                 )
-            if not rubric_apart or others or kinds - {TaskKind.RUBRIC}:
-                _pg_stream(db, statement, columns, progress, expected)
+                if streamed.others and not packed_first:  # their items were counted with the slices
+                    _pg_stream(db, statement, columns, counter)
             rows = _by_item_and_reviewer(columns.trimmed())
             _add_missing_kinds(rows, len(criteria))
             coded_in_python = _pg_recode(db, rows, coder)
@@ -1004,7 +1141,11 @@ def read(
         coded_in_python = len(rows["item"])
         check_rows = _check_rows(db, sorted(checks))
         answers = _answers(db, rows, max_similarity_pairs)
-    reviewer_ids = _distinct(rows["reviewer"])
+        counted_items = np.unique(rows["item"])
+        rubric_in_rows = True
+    if rubric is not None and rubric_in_rows:
+        rubric(_rows_chunk(rows, len(criteria)))
+    reviewer_ids = sorted(set(_distinct(rows["reviewer"])) | streamed.reviewers)
     user = get_user_model()
     names = dict(user.objects.filter(id__in=reviewer_ids).values_list("id", user.USERNAME_FIELD))
     return ReportData(
@@ -1024,6 +1165,8 @@ def read(
             preference_labels=preference.names,
             gold_labels=gold.names,
         ),
+        n_annotations=len(rows["item"]) + (streamed.n if rubric is not None else 0),
+        n_items=len(counted_items) + streamed.n_items,
         criteria=criteria,
         names=names,
         status_counts={str(k): int(v) for k, v in status_counts.items()},

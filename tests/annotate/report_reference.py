@@ -2,7 +2,9 @@
 
 This is ``annotate.reports.report_build`` and its row helpers as they were before the report read
 PostgreSQL through a server-side cursor: every annotation through ``values_list`` (payloads decoded
-in Python), arranged with dicts, then the same numpy code. One change: the rows are ordered by
+in Python), arranged with dicts, then the figures computed as they were before the report kept its
+units as patterns and summed its ratings a block at a time (``variables_report`` below: a count
+matrix of all the units, one matrix product, one bincount per sum). One change: the rows are ordered by
 (item, reviewer). Without an ORDER BY the row order was whatever plan PostgreSQL chose (a merge
 join on large projects gives item order, a hash join gives the heap's order), and float sums over
 units in a different order can differ in the last bit, so this reference could not even match
@@ -28,7 +30,15 @@ from annotate.consensus import (
     preference_category,
 )
 from annotate.models import Annotation, Item, ItemResult, TaskKind
-from annotate.reports import LEVEL_OF_MEASUREMENT, MAX_SIMILARITY_PAIRS, SIGNIFICANCE, Variable, variables_report
+from annotate.reports import (
+    LENIENCY_FLAG,
+    LEVEL_OF_MEASUREMENT,
+    MAX_SIMILARITY_PAIRS,
+    MIN_BIAS_N,
+    SIGNIFICANCE,
+    STRAIGHT_LINE_SHARE,
+    Variable,
+)
 
 
 def _num(x) -> float | None:
@@ -194,6 +204,148 @@ def report_build_reference(*, project, version, n_boot: int = 500, seed: int = 0
         "sections": sections,
         "checks": check_accuracy(project, rows, checks, names, version),
     }
+
+
+def variables_report(
+    variables: list[Variable],
+    *,
+    n_units: int,
+    rater_names: list[str],
+    n_boot: int = 500,
+    seed: int = 0,
+) -> list[dict]:
+    """Every agreement figure for each variable, over the whole count matrix at once."""
+    out = []
+    for var in variables:
+        out.append(variable_report(var, n_units=n_units, rater_names=rater_names, n_boot=n_boot, seed=seed))
+    return out
+
+
+def variable_report(var: Variable, *, n_units: int, rater_names: list[str], n_boot: int, seed: int) -> dict:
+    n_raters, k = len(rater_names), len(var.levels)
+    counts = ag.value_counts(var.units, var.codes, n_units, k)
+    pairable = counts.sum(axis=1) >= 2
+    tables = ag.pairwise_tables(var.units, var.raters, var.codes, n_raters, k)
+    return {
+        "key": var.key,
+        "name": var.name,
+        "level": var.level,
+        "labels": var.labels,
+        "n_ratings": int(len(var.codes)),
+        "n_units": int(pairable.sum()),
+        "alpha": ag.alpha_estimate(counts, var.levels, var.level, n_boot=n_boot, seed=seed).as_dict(),
+        "percent": ag.percent_estimate(counts, n_boot=n_boot, seed=seed).as_dict(),
+        "fleiss_kappa": _num(ag.fleiss_kappa(counts)),
+        "confusion": ag.coincidence_matrix(counts).round(6).tolist(),
+        "pairwise_kappa": _matrix(ag.pairwise_kappa(tables)),
+        "pairwise_percent": _matrix(ag.pairwise_percent(tables)),
+        "pairwise_n": tables.sum(axis=(-2, -1)).astype(int).tolist(),
+        "over_time": _over_time(var, counts, n_units) if var.days is not None else [],
+        "reviewers": _rater_bias(var, counts, rater_names),
+        **var.meta,
+    }
+
+
+def _matrix(m: np.ndarray) -> list[list[float | None]]:
+    return [[_num(x) for x in row] for row in m]
+
+
+def _over_time(var: Variable, counts: np.ndarray, n_units: int) -> list[dict]:
+    """Alpha per period, each unit dated by its latest rating (days if the span is short, else weeks)."""
+    unit_day = np.full(n_units, np.iinfo(np.int64).min, dtype=np.int64)
+    units = var.units
+    if len(units) and np.all(units[1:] >= units[:-1]):  # rows in unit order, as the sections arrange them
+        starts = np.flatnonzero(np.concatenate(([True], units[1:] != units[:-1])))
+        unit_day[units[starts]] = np.maximum.reduceat(var.days, starts)
+    else:
+        np.maximum.at(unit_day, units, var.days)
+    rated = counts.sum(axis=1) >= 2
+    if not rated.any():
+        return []
+    days = unit_day[rated]
+    span = int(days.max() - days.min())
+    width = 1 if span <= 45 else 7
+    bucket = (days - days.min()) // width
+    sub = counts[rated]
+    # Units grouped by period once (a stable sort keeps each period's units in order), not masked per period.
+    order = np.argsort(bucket, kind="stable")
+    periods, first = np.unique(bucket[order], return_index=True)
+    ends = np.append(first[1:], len(order))
+    out = []
+    for b, lo, hi in zip(periods, first, ends, strict=True):
+        chunk = sub[order[lo:hi]]
+        start = int(days.min() + b * width)
+        out.append(
+            {
+                "start": _day_iso(start),
+                "days": width,
+                "n_units": int(len(chunk)),
+                "alpha": _num(ag.krippendorff_alpha(chunk, var.levels, var.level)),
+                "percent": _num(ag.percent_agreement(chunk)),
+            }
+        )
+    return out
+
+
+def _day_iso(day: int) -> str:
+    return str(np.datetime64(day, "D"))
+
+
+def _rater_bias(var: Variable, counts: np.ndarray, rater_names: list[str]) -> list[dict]:
+    """Per reviewer: how many ratings, the share of their most common value, and (numeric scales)
+    their mean distance from the other reviewers on the same items."""
+    n_raters, k = len(rater_names), len(var.levels)
+    per_rater = np.bincount(var.raters * k + var.codes, minlength=n_raters * k).reshape(n_raters, k)
+    n = per_rater.sum(axis=1)
+    pooled = counts.sum(axis=0)
+    pooled_share = pooled / pooled.sum() if pooled.sum() else pooled
+    # Agreement with others: share of other reviewers on the same unit who gave the same value.
+    same = counts[var.units, var.codes] - 1
+    others = counts.sum(axis=1)[var.units] - 1
+    ok = others > 0
+    agree = np.bincount(var.raters[ok], same[ok] / others[ok], minlength=n_raters)
+    agree_n = np.bincount(var.raters[ok], minlength=n_raters)
+    lean = np.full(n_raters, np.nan)
+    if var.level in ("ordinal", "interval"):
+        values = var.levels[var.codes]
+        unit_sum = np.bincount(var.units, values, minlength=len(counts))
+        others_mean = np.divide(unit_sum[var.units] - values, others, out=np.zeros_like(values), where=ok)
+        dev = np.bincount(var.raters[ok], values[ok] - others_mean[ok], minlength=n_raters)
+        lean = np.divide(dev, agree_n, out=np.full(n_raters, np.nan), where=agree_n > 0)
+        if var.level == "ordinal":
+            # Ordinal levels have no unit; express the lean in steps between adjacent levels.
+            step = np.diff(var.levels).mean() if k > 1 else 1.0
+            lean = lean / step
+    # Judge each lean against the typical reviewer's, so one extreme reviewer (who shifts everyone
+    # else's "others' mean") does not get the whole team flagged.
+    typical = np.nanmedian(lean[n > 0]) if np.isfinite(lean[n > 0]).any() else 0.0
+    out = []
+    for r in range(n_raters):
+        if n[r] == 0:
+            continue
+        top = int(per_rater[r].argmax())
+        share = per_rater[r, top] / n[r]
+        flags = []
+        if n[r] >= MIN_BIAS_N and share >= STRAIGHT_LINE_SHARE and share - pooled_share[top] >= 0.2:
+            flags.append(f"gives {var.labels[top]} to {share:.0%} of items (all reviewers: {pooled_share[top]:.0%})")
+        relative = lean[r] - typical
+        if n[r] >= MIN_BIAS_N and np.isfinite(relative) and abs(relative) >= LENIENCY_FLAG:
+            flags.append(
+                f"scores {'higher' if relative > 0 else 'lower'} than the typical reviewer by {abs(relative):.2f}"
+            )
+        out.append(
+            {
+                "reviewer": rater_names[r],
+                "n": int(n[r]),
+                "distribution": per_rater[r].astype(int).tolist(),
+                "top_value": var.labels[top],
+                "top_share": _num(share),
+                "agreement_with_others": _num(agree[r] / agree_n[r]) if agree_n[r] else None,
+                "lean": _num(lean[r]),
+                "flags": flags,
+            }
+        )
+    return out
 
 
 def _category_order(label: str) -> tuple:

@@ -209,3 +209,70 @@ def test_bootstrap_handles_wide_value_domains_through_the_general_pattern_path()
     est = ag.alpha_estimate(counts, levels, "interval", n_boot=200, seed=0)
     assert est.value == pytest.approx(krippendorff.alpha(reliability_data=data, level_of_measurement="interval"))
     assert est.low < est.value < est.high
+
+
+# --- Units: the count matrix as distinct rows -------------------------------------------------------
+
+
+def units_in_blocks(counts: np.ndarray, sizes: list[int]) -> ag.Units:
+    builder = ag.UnitsBuilder(counts.shape[1])
+    start = 0
+    for size in [*sizes, len(counts)]:
+        builder.add(counts[start : start + size].astype(np.int64))
+        start = min(len(counts), start + size)
+    return builder.build()
+
+
+@pytest.mark.parametrize("level", ["nominal", "ordinal", "interval"])
+@pytest.mark.parametrize("seed", range(4))
+def test_units_give_the_count_matrix_figures_bit_for_bit(seed, level):
+    # Six raters, a third of the ratings missing: units rated 0 to 6 times, weights 1/(m-1) such as 1/3.
+    counts, levels = ag.reliability_to_counts(random_reliability(seed, units=700))
+    units = units_in_blocks(counts, [1, 40, 7, 300])
+    assert np.array_equal(units.patterns[units.of_unit], counts)
+    assert len(units.patterns) < len(counts) / 4
+    alpha, percent = ag.units_estimates(units, levels, level, n_boot=300, seed=seed)
+    assert alpha == ag.alpha_estimate(counts, levels, level, n_boot=300, seed=seed)
+    assert percent == ag.percent_estimate(counts, n_boot=300, seed=seed)
+    assert ag.units_fleiss_kappa(units) == ag.fleiss_kappa(counts)
+    assert np.array_equal(units.coincidences(), ag.coincidence_matrix(counts))
+    some = np.flatnonzero(np.random.default_rng(seed).random(len(counts)) < 0.3)
+    assert ag.units_alpha(units, levels, level, some) == ag.krippendorff_alpha(counts[some], levels, level)
+    assert ag.units_percent(units, some) == ag.percent_agreement(counts[some])
+    assert np.array_equal(units.value_totals(), counts.sum(axis=0))
+
+
+def test_units_order_wide_value_domains_as_the_bootstrap_does():
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 60, size=(4, 200)).astype(float)
+    data[rng.random(data.shape) < 0.2] = np.nan
+    counts, levels = ag.reliability_to_counts(data)
+    assert counts.shape[1] * np.log2(counts.max() + 1) >= 62  # the general path of both
+    rows, mult = units_in_blocks(counts, [50, 50]).pairable()
+    expected_rows, expected_mult = ag._patterns(counts)
+    assert np.array_equal(rows, expected_rows) and np.array_equal(mult, expected_mult)
+
+
+def test_units_without_ratings_have_no_figures():
+    units = ag.Units.from_counts(np.zeros((3, 2)))
+    alpha, percent = ag.units_estimates(units, np.arange(2.0), "nominal", n_boot=10)
+    assert np.isnan(alpha.value) and np.isnan(percent.value) and alpha.n_units == 0
+    assert np.isnan(ag.units_fleiss_kappa(units))
+    assert np.array_equal(units.coincidences(), np.zeros((2, 2)))
+    empty = ag.UnitsBuilder(2).build()
+    assert empty.n_units == 0 and np.isnan(ag.units_alpha(empty, np.arange(2.0), "nominal"))
+
+
+def test_coincidences_summed_over_blocks_of_units_are_exact_where_every_weight_is(monkeypatch):
+    """Past one block, the product is summed a block at a time: with 2, 3, 5 or 9 ratings per unit every
+    term is a multiple of 1/8 and the sum is the same in any order; with 4 or 6 it stays within rounding."""
+    monkeypatch.setattr(ag, "COINCIDENCE_BLOCK", 64)
+    rng = np.random.default_rng(3)
+    for ratings, exact in (((2, 3, 5, 9), True), ((2, 4, 6), False)):
+        m = rng.choice(ratings, size=1000)
+        counts = np.stack([np.bincount(rng.integers(0, 4, size=k), minlength=4) for k in m]).astype(np.float64)
+        blocked = ag.Units.from_counts(counts).coincidences()
+        if exact:
+            assert np.array_equal(blocked, ag.coincidence_matrix(counts))
+        else:
+            assert np.allclose(blocked, ag.coincidence_matrix(counts), rtol=1e-13, atol=0)

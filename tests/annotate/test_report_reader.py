@@ -168,7 +168,10 @@ def test_the_arrays_grow_when_the_row_estimate_is_low(project, monkeypatch):
     same_as_orm_reader(project, made["v1"])
 
 
-def test_a_kind_the_project_no_longer_lists_is_still_reported(project):
+@pytest.mark.parametrize("fetch_rows", [65536, 40])
+def test_a_kind_the_project_no_longer_lists_is_still_reported(project, monkeypatch, fetch_rows):
+    """Its rows come with the rubric slices, whose items they share the count of, and are read again as packed rows."""
+    monkeypatch.setattr(report_reader, "FETCH_ROWS", fetch_rows)
     report_dataset.build(project)
     Project.objects.filter(pk=project.pk).update(task_kinds=["rubric"])
     project.refresh_from_db()
@@ -296,3 +299,48 @@ def test_a_workers_two_connections_read_one_snapshot(project, six, v2, monkeypat
         report.pop("generated_at")
     assert during == before
     assert after != before
+
+
+def read_with_sink(project, version):
+    chunks = []
+    data = report_reader.read(project=project, version=version, max_similarity_pairs=2000, rubric=chunks.append)
+    return data, chunks
+
+
+@pytest.mark.postgres
+def test_a_rubric_sink_is_handed_the_reviews_a_run_of_items_at_a_time_in_item_order(project, six, v2, monkeypatch):
+    report_dataset.build_random(project, v2, six, items=150, seed=4, exotic="tie-free")
+    monkeypatch.setattr(report_reader, "FETCH_ROWS", 50)
+    data, chunks = read_with_sink(project, v2)
+    ours = Annotation.objects.filter(item__project=project, item__is_calibration=False)
+    rubric = ours.filter(kind="rubric").count()
+    assert len(chunks) >= 4 and max(len(c) for c in chunks) < rubric / 2
+    keys = [(int(i), int(r)) for c in chunks for i, r in zip(c.item, c.reviewer, strict=True)]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys) == rubric  # every review once, in order
+    assert not np.any(data.rows.kind == report_reader.KIND_CODE["rubric"])  # none of them kept in the rows
+    assert data.rows.n == ours.count() - rubric
+    assert data.n_annotations == ours.count()
+    assert data.n_items == ours.values("item").distinct().count()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_workers_slices_reach_the_report_in_item_order_when_a_lane_falls_behind(project, six, v2, monkeypatch):
+    """Two connections read alternate slices; the first one's slow start must not reorder the sums."""
+    import time
+
+    report_dataset.build_random(project, v2, six, items=150, seed=6, exotic="tie-free")
+    monkeypatch.setattr(report_reader, "FETCH_ROWS", 50)
+    fetch, calls = report_reader._fetch_slice, []
+
+    def fetch_slice(raw, sql, params):
+        calls.append(params["lo"])
+        if len(calls) == 1:
+            time.sleep(0.5)  # the other lane reads ahead meanwhile
+        return fetch(raw, sql, params)
+
+    monkeypatch.setattr(report_reader, "_fetch_slice", fetch_slice)
+    data, chunks = read_with_sink(project, v2)
+    firsts = [int(c.item[0]) for c in chunks if len(c)]
+    assert calls != sorted(calls) and firsts == sorted(firsts)
+    same_as_orm_reader(project)

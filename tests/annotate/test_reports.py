@@ -329,3 +329,32 @@ def test_a_polled_id_of_another_project_or_no_number_shows_this_projects_report(
     for polled in ("999999", "x"):
         response = client.get(f"/projects/{project.slug}/report/?report={polled}", HTTP_HX_REQUEST="true")
         assert response.status_code == 286 and "<svg" in response.content.decode()
+
+
+@pytest.mark.parametrize(("level", "levels"), [("nominal", np.arange(3.0)), ("interval", np.array([0, 2.5, 5, 7.5]))])
+def test_a_variable_fed_a_block_of_units_at_a_time_reports_what_all_its_ratings_give_at_once(level, levels):
+    """Blocks of units in unit order, raters numbered as they appear: the figures of the whole, bit for bit."""
+    from annotate.reports import Variable, VariableSums, variable_report
+
+    rng = np.random.default_rng(4)
+    seen = rng.random((600, 7)) < 0.45  # 0 to 7 ratings per unit: weights such as 1/3 and 1/5
+    seen[:5] = True
+    units, raters = np.nonzero(seen)
+    codes = rng.integers(0, len(levels), size=len(units))
+    codes[raters == 2] = 0  # one reviewer leans
+    days = 20000 + units // 9 + rng.integers(0, 3, size=len(units))
+    names = [f"r{r}" for r in range(9)]  # two reviewers with no rating of this variable
+    var = Variable("v", "V", level, [str(x) for x in levels], levels, units, raters, codes, days, meta={"scale": level})
+    expected = variable_report(var, n_units=610, rater_names=names, n_boot=100, seed=1)
+
+    appear = np.array([5, 0, 3, 6, 1, 2, 4])  # dense index of each rater, as if met in another order
+    sums = VariableSums(key="v", name="V", level=level, labels=var.labels, levels=levels, meta={"scale": level})
+    edges = [0, 1, 57, 58, 300, 610]
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        rows = (units >= lo) & (units < hi)
+        sums.add(
+            units=units[rows] - lo, raters=appear[raters[rows]], codes=codes[rows], days=days[rows], n_units=hi - lo
+        )
+    positions = np.argsort(appear)  # where each dense index goes among the names
+    assert sums.report(positions=positions, rater_names=names, n_boot=100, seed=1) == expected
+    assert expected["over_time"] and any(r["flags"] for r in expected["reviewers"])
