@@ -11,16 +11,17 @@ line only when no change of its item is visible to it; any other item's line it 
 did before there were stored lines. The triggers only ever INSERT into a table without a unique key, so
 writers never wait on each other or on the worker, and cannot deadlock through it.
 
-**Refreshing** (``refresh``, the worker, every minute from Celery beat): take a page of items that have no
-line yet or have changes, read their changes, build their lines in a later statement, store them, then
-delete exactly the changes it read, all in one READ COMMITTED transaction. A change committed after the
-build's snapshot is not among those read, so it stays and keeps its item's line from being served. An item
-deleted while its line is built cannot leave the line behind: the line's foreign key cascades on delete,
-and storing a line for an item that is gone fails (that page is tried again on the next run). One refresh
-runs at a time (a session advisory lock).
+**Refreshing** (``refresh``, the worker, every minute from Celery beat): read the next page of changes (by
+change id), read every change of the items they name, build those items' lines in a later statement, store
+them, then delete exactly the changes it read, all in one READ COMMITTED transaction. A change committed
+after the build's snapshot is not among those read, so it stays and keeps its item's line from being
+served. An item deleted while its line is built cannot leave the line behind: the line's foreign key
+cascades on delete, and storing a line for an item that is gone fails (the page is read again). One
+refresh runs at a time (a session advisory lock). Nothing scans for items without a line: a new item is a
+change like any other (the migration that made the table recorded every item there was).
 
-What changes a line: the item's exported columns, its result, its annotations and their revisions, its
-adjudications, and a reviewer's or adjudicator's username (the line names them).
+What changes a line: a new item, the item's exported columns, its result, its annotations and their
+revisions, its adjudications, and a reviewer's or adjudicator's username (the line names them).
 """
 
 from __future__ import annotations
@@ -130,6 +131,16 @@ BEGIN
   RETURN NULL;
 END $$;
 """,
+        f"""
+CREATE OR REPLACE FUNCTION annotate_item_export_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO {change} SELECT {_col(Item, "id")} FROM new_rows;
+  RETURN NULL;
+END $$;
+""",
+        f"DROP TRIGGER IF EXISTS annotate_item_export_insert ON {_table(Item)};",
+        f"CREATE TRIGGER annotate_item_export_insert AFTER INSERT ON {_table(Item)} REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION annotate_item_export_added();",
         f"DROP TRIGGER IF EXISTS annotate_item_export_update ON {_table(Item)};",
         f"CREATE TRIGGER annotate_item_export_update AFTER UPDATE ON {_table(Item)}"
         " FOR EACH ROW EXECUTE FUNCTION annotate_item_export_changed();",
@@ -149,6 +160,8 @@ END $$;
         f"CREATE TRIGGER annotate_user_export_update AFTER UPDATE ON {_table(user)}"
         " FOR EACH ROW EXECUTE FUNCTION annotate_user_export_changed();",
     ]
+    # Every item there is now gets its line built by the first refresh.
+    statements.append(f"INSERT INTO {change} SELECT {_col(Item, 'id')} FROM {_table(Item)};")
     # A line goes with its item, whoever deletes the item.
     statements.append(
         f"ALTER TABLE {_table(ExportLine)} ADD CONSTRAINT annotate_exportline_item_fk"
@@ -162,6 +175,7 @@ def drop_sql() -> list[str]:
     user = get_user_model()
     statements = [f"DROP TRIGGER IF EXISTS annotate_user_export_update ON {_table(user)};"]
     statements.append(f"DROP TRIGGER IF EXISTS annotate_item_export_update ON {_table(Item)};")
+    statements.append(f"DROP TRIGGER IF EXISTS annotate_item_export_insert ON {_table(Item)};")
     for model in (ItemResult, Annotation, AnnotationRevision, Adjudication):
         for event in ("insert", "update", "delete"):
             trigger = ident(f"{model._meta.db_table}_export_{event}")
@@ -169,6 +183,7 @@ def drop_sql() -> list[str]:
         statements.append(f"DROP FUNCTION IF EXISTS {ident(f'{model._meta.db_table}_export_changed')}();")
     statements += [
         "DROP FUNCTION IF EXISTS annotate_item_export_changed();",
+        "DROP FUNCTION IF EXISTS annotate_item_export_added();",
         "DROP FUNCTION IF EXISTS annotate_user_export_changed();",
         f"ALTER TABLE {_table(ExportLine)} DROP CONSTRAINT IF EXISTS annotate_exportline_item_fk;",
     ]
@@ -195,73 +210,64 @@ def page_of_stored_lines(cursor, page: QuerySet) -> list[tuple[int, bytes | str 
 # --- refreshing -------------------------------------------------------------------------------------
 
 
-def _refresh_page(cursor, after: int, size: int) -> tuple[int, int, bool]:
-    """Build and store one page of lines: first items that have none (by id, after ``after``), then items
-    with changes. Returns (lines stored, the last item id looked at for missing lines, whether there may be
-    more to do)."""
+def _refresh_page(cursor, after: int, size: int) -> tuple[int, int] | None:
+    """Build and store the lines of the items named by the next ``size`` changes after change id ``after``;
+    return (the last change id read, items built), or None when there was no change."""
     from annotate.export_sql import page_sql
 
     change, line = _table(ExportLineChange), _table(ExportLine)
-    item_id, changed = _col(Item, "id"), _col(ExportLineChange, "item_id")
+    changed = _col(ExportLineChange, "item_id")
     key, text, built_at = (_col(ExportLine, f) for f in ("item_id", "line", "built_at"))
     cursor.execute("SET LOCAL jit = off")
-    cursor.execute(
-        f"SELECT i.{item_id} FROM {_table(Item)} i WHERE i.{item_id} > %s"
-        f" AND NOT EXISTS (SELECT 1 FROM {line} l WHERE l.{key} = i.{item_id}) ORDER BY i.{item_id} LIMIT %s",
-        [after, size],
-    )
-    ids = [row[0] for row in cursor.fetchall()]
-    missing = len(ids)
-    if missing < size:
-        cursor.execute(
-            f"SELECT {changed} FROM {change} GROUP BY {changed} ORDER BY {changed} LIMIT %s", [size - missing]
-        )
-        ids += [row[0] for row in cursor.fetchall()]
-    if not ids:
-        return 0, after, False
-    # Every change of these items visible now: all of them are older than the build's snapshot below.
+    # Keyset on the change id: a primary-key range scan that never walks again what a page deleted.
+    cursor.execute(f"SELECT id, {changed} FROM {change} WHERE id > %s ORDER BY id LIMIT %s", [after, size])
+    head = cursor.fetchall()
+    if not head:
+        return None
+    ids = sorted({item_id for _, item_id in head})
+    # Every change of these items visible now (later ones too: the item is built once, not once per change);
+    # all of them are older than the build's snapshot below.
     cursor.execute(f"SELECT id FROM {change} WHERE {changed} = ANY(%s)", [ids])
     change_ids = [row[0] for row in cursor.fetchall()]
     # A later statement: its snapshot holds every change just read, and maybe more.
     cursor.execute(
         f"INSERT INTO {line} ({key}, {text}, {built_at}) SELECT built.*, now() FROM ({page_sql()}) built"
         f" ON CONFLICT ({key}) DO UPDATE SET {text} = EXCLUDED.{text}, {built_at} = EXCLUDED.{built_at}",
-        {"ids": sorted(set(ids))},
+        {"ids": ids},
     )
-    stored = cursor.rowcount
-    if change_ids:
-        cursor.execute(f"DELETE FROM {change} WHERE id = ANY(%s)", [change_ids])
-    return stored, (ids[missing - 1] if missing else after), len(ids) == size
+    cursor.execute(f"DELETE FROM {change} WHERE id = ANY(%s)", [change_ids])
+    return head[-1][0], len(ids)
 
 
 def refresh(*, budget_s: float | None = REFRESH_BUDGET_S, page: int = REFRESH_PAGE) -> dict:
-    """Build the lines that changed or are missing, a page per transaction, until none is left or the
-    budget is spent. Returns what it did; ``{"skipped": True}`` when another refresh holds the lock."""
+    """Build the lines of the items with changes, a page per transaction, until none is left or the budget
+    is spent. Returns what it did; ``"skipped": True`` when another refresh holds the lock."""
     if connection.vendor != "postgresql":
-        return {"stored": 0, "pages": 0, "skipped": True}
+        return {"pages": 0, "items": 0, "skipped": True}
     started = time.monotonic()
-    stored = pages = failed = 0
+    pages = items = failed = 0
     after = 0
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [REFRESH_LOCK])
         if not cursor.fetchone()[0]:
-            return {"stored": 0, "pages": 0, "skipped": True}
+            return {"pages": 0, "items": 0, "skipped": True}
         try:
-            more = True
-            while more and (budget_s is None or time.monotonic() - started < budget_s):
+            while budget_s is None or time.monotonic() - started < budget_s:
                 try:
                     with transaction.atomic():
-                        n, after, more = _refresh_page(cursor, after, page)
+                        done = _refresh_page(cursor, after, page)
                 except IntegrityError:
-                    # An item of the page was deleted while its line was built: the next run reads the
-                    # page again without it.
+                    # An item of the page was deleted while its line was built: the page is read again,
+                    # without it.
                     failed += 1
-                    log.info("export lines: an item went away during a refresh page; it is tried again next run")
+                    log.info("export lines: an item went away during a refresh page; reading the page again")
                     if failed > 3:
                         break
                     continue
-                stored += n
-                pages += 1
+                if done is None:
+                    break
+                after, built = done
+                pages, items = pages + 1, items + built
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [REFRESH_LOCK])
-    return {"stored": stored, "pages": pages, "skipped": False, "seconds": round(time.monotonic() - started, 3)}
+    return {"pages": pages, "items": items, "skipped": False, "seconds": round(time.monotonic() - started, 3)}

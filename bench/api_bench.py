@@ -196,7 +196,7 @@ django.setup()
 from annotate.export_cache import refresh
 t0, p0 = time.perf_counter(), time.process_time()
 done = refresh(budget_s=None)
-print(done["stored"], time.perf_counter() - t0, time.process_time() - p0)
+print(done["items"], time.perf_counter() - t0, time.process_time() - p0)
 """
 
 IN_PROCESS = """

@@ -73,7 +73,7 @@ def test_the_export_serves_the_stored_lines_once_refreshed(reviewed):
     assert ExportLine.objects.count() == 0
     assert _export(project) == _python(project)  # nothing stored yet: every line built on the spot
     done = export_cache.refresh()
-    assert done["stored"] == 3 and not done["skipped"]
+    assert done["items"] == 3 and not done["skipped"]
     assert not ExportLineChange.objects.exists()
     assert _stored() == _built(_stored())
     assert _export(project) == _python(project)
@@ -101,6 +101,10 @@ def _adjudicate(project, pair, gold, alice, bob, judge, carol, django_user_model
 def _undo(project, pair, gold, alice, bob, judge, carol, django_user_model):
     # bob's last submission (gold) is undone: its revision and its annotation are deleted.
     annotation_undo_last(project=project, reviewer=bob)
+
+
+def _new_item(project, pair, gold, alice, bob, judge, carol, django_user_model):
+    factories.make_item(project, "gold", prompt="Imported after the last refresh")
 
 
 def _edit_item(project, pair, gold, alice, bob, judge, carol, django_user_model):
@@ -141,6 +145,7 @@ def _drop_adjudication(project, pair, gold, alice, bob, judge, carol, django_use
 
 
 CHANGES = [
+    _new_item,
     _revise,
     _new_review,
     _adjudicate,
@@ -169,6 +174,7 @@ def test_every_kind_of_change_outdates_the_stored_line(reviewed, alice, bob, jud
     export_cache.refresh()
     assert not ExportLineChange.objects.exists()
     assert _stored() == _built(_stored())
+    assert set(_stored()) == set(Item.objects.values_list("id", flat=True))
     assert _export(project) == after
 
 
@@ -214,12 +220,13 @@ def _slow_build(monkeypatch, seconds: float):
     monkeypatch.setattr(annotate.export_sql, "page_sql", slow)
 
 
-def _refresh_in_thread() -> tuple[threading.Thread, dict]:
+def _refresh_in_thread(budget_s=None) -> tuple[threading.Thread, dict]:
+    """A refresh in another thread (its own connection), left 0.3 s to read its changes and start building."""
     out = {}
 
     def run():
         try:
-            out.update(export_cache.refresh())
+            out.update(export_cache.refresh(budget_s=budget_s))
         finally:
             connections.close_all()
 
@@ -235,10 +242,10 @@ def test_a_change_committed_during_a_refresh_keeps_the_line_from_being_served(pr
     export_cache.refresh()
     factories.revise(pair, alice, choice="2")  # a change the next refresh reads
     _slow_build(monkeypatch, 1.5)
-    thread, out = _refresh_in_thread()
+    thread, out = _refresh_in_thread(budget_s=0.5)  # one page: the next would read the change made now
     factories.revise(pair, bob, choice="1", rationale="while the line was being built")  # committed now
     thread.join()
-    assert out["stored"] == 1
+    assert out["items"] == 1
     served = _export(project)
     assert served == _python(project)
     assert served[0]["annotations"][1]["revisions"][-1]["payload"]["rationale"] == "while the line was being built"
@@ -268,9 +275,9 @@ def test_one_refresh_at_a_time(project, alice, bob, judge, monkeypatch):
     _reviewed(project, alice, bob, judge)
     _slow_build(monkeypatch, 1.0)
     thread, out = _refresh_in_thread()
-    assert export_cache.refresh() == {"stored": 0, "pages": 0, "skipped": True}
+    assert export_cache.refresh() == {"pages": 0, "items": 0, "skipped": True}
     thread.join()
-    assert out["stored"] == 3
+    assert out["items"] == 3
 
 
 @pytest.mark.django_db
