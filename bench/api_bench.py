@@ -19,30 +19,29 @@ database (a temporary SQLite file, or a scratch PostgreSQL database when DATABAS
   the database backend (which writes the JSON lines on PostgreSQL) and of the Python process: on a machine
   where other work competes for the cores, those say more than the wall clock.
 
-Memory: the peak RSS of the gunicorn worker during the call (sampled every 10 ms), and its growth above
-the worker's RSS just before. Flat memory means the same peak at 100k and 1M.
+Memory: the peak RSS of the gunicorn worker during the call (the kernel's VmHWM, reset before it: nothing
+samples meanwhile, so the bench takes no CPU from the server), and its growth above the worker's RSS just
+before. Flat memory means the same peak at 100k and 1M.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "client"))
 sys.path.insert(0, str(ROOT / "bench"))
 # Named after the app's database, so benchmarks of two checkouts on one server never share a scratch database.
+from _worker import ServedProcesses  # noqa: E402
+
 SCRATCH_DB = (urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "goldset") + "_api_bench"
 
 
@@ -55,32 +54,20 @@ def free_port() -> int:
 PORT = free_port()
 
 
-class ServerPeak:
-    """Peak RSS of a process and its children (the gunicorn worker) while a block runs."""
+class ServerPeak(ServedProcesses):
+    """The gunicorn worker's peak RSS while a block runs: the kernel's VmHWM, reset on entry. Nothing samples
+    meanwhile, so the bench takes no CPU from the server it measures."""
 
-    def __init__(self, pid: int):
-        self.proc = psutil.Process(pid)
-
-    def _rss(self) -> int:
-        procs = [self.proc, *self.proc.children(recursive=True)]
-        return max(p.memory_info().rss for p in procs if p.is_running())
+    def __init__(self, server: subprocess.Popen):
+        self.proc = server
 
     def __enter__(self):
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self.reset_peaks()
+        self.start = self.idle_mib()
         return self
 
-    def _sample(self):
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._rss())
-            time.sleep(0.01)
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        self.peak = self.peak_mib()
 
 
 def scratch_env(backend: str, tmp: Path) -> dict:
@@ -254,7 +241,7 @@ def start_server(env: dict) -> subprocess.Popen:
 
 
 def timed_export(gs, server, size: int):
-    with ServerPeak(server.pid) as mem:
+    with ServerPeak(server) as mem:
         t0 = time.perf_counter()
         n = sum(1 for record in gs.annotations.export("export") if record["annotations"])
         seconds = time.perf_counter() - t0
@@ -299,7 +286,7 @@ def main() -> None:
                     for slug in ("api", "cli", "cli-2", "api-2"):
                         t0, c0 = time.perf_counter(), time.process_time()
                         if slug.startswith("api"):
-                            with ServerPeak(server.pid) as mem:
+                            with ServerPeak(server) as mem:
                                 result = gs.items.import_file(slug, path)
                             assert result["rows_imported"] == size, result["message"]
                             peaks.append(mem)
@@ -315,7 +302,7 @@ def main() -> None:
                     cli = ", ".join(f"{size / s:,.0f}" for s in seconds["cli"])
                     row = f"{2 * size / sum(seconds['api']):>10,.0f} rows/s"
                     print(f"{'import via API (client → gunicorn)':<34} {args.backend:<10} {size:>9,} {row:>16} "
-                          f"{mem.peak / 2**20:>12.0f} MiB {(mem.peak - mem.start) / 2**20:>6.0f} MiB"
+                          f"{mem.peak:>12.0f} MiB {(mem.peak - mem.start):>6.0f} MiB"
                           f"   (runs 1 and 4: {api} rows/s; client CPU {client_cpu / 2:.1f} s a run)")  # fmt: skip
                     row = f"{2 * size / sum(seconds['cli']):>10,.0f} rows/s"
                     print(f"{'  import_items command (same file)':<34} {args.backend:<10} {size:>9,} {row:>16}"
@@ -329,7 +316,7 @@ def main() -> None:
                         export_s, mem = timed_export(gs, server, size)
                         row = f"{size / export_s:>8,.0f} records/s"
                         print(f"{'  the same, lines not yet built':<34} {args.backend:<10} {size:>9,} {row:>16} "
-                              f"{mem.peak / 2**20:>12.0f} MiB {(mem.peak - mem.start) / 2**20:>6.0f} MiB")  # fmt: skip
+                              f"{mem.peak:>12.0f} MiB {(mem.peak - mem.start):>6.0f} MiB")  # fmt: skip
                     if args.backend == "postgresql":
                         n, seconds, _ = django_child(REFRESH, env).split()
                         row = f"{int(n) / float(seconds):>8,.0f} lines/s"
@@ -337,7 +324,7 @@ def main() -> None:
                     export_s, mem = timed_export(gs, server, size)
                     row = f"{size / export_s:>8,.0f} records/s"
                     print(f"{'export via API (client parses all)':<34} {args.backend:<10} {size:>9,} {row:>16} "
-                          f"{mem.peak / 2**20:>12.0f} MiB {(mem.peak - mem.start) / 2**20:>6.0f} MiB")  # fmt: skip
+                          f"{mem.peak:>12.0f} MiB {(mem.peak - mem.start):>6.0f} MiB")  # fmt: skip
                     n, seconds, nbytes, db_cpu, py_cpu = django_child(IN_PROCESS, env).split()
                     row = f"{int(n) / float(seconds):>8,.0f} records/s"
                     print(f"{'  in-process export_jsonl':<34} {args.backend:<10} {int(n):>9,} {row:>16} "
