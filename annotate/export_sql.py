@@ -168,6 +168,11 @@ def export_lines(items: QuerySet, size: int) -> Iterator[bytes]:
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.cursor.adapters.register_loader("text", _Bytes)
+            # Walk the (project, id) index in order and stop at the page's end. Right after a bulk load, before
+            # autovacuum has analyzed the items, the planner expects a few rows and would rather fetch every
+            # remaining item of the project and sort them, for each page: 0.2 s a page at 1M items.
+            cursor.execute("SET LOCAL enable_bitmapscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
             rows = page_of_stored_lines(cursor, items.filter(id__gt=after).order_by("id")[:size])
             if not rows:
                 return
