@@ -34,40 +34,25 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.db.utils import IntegrityError
 
+from annotate.exports import ITEM_COLUMNS as EXPORT_COLUMNS
 from annotate.models import Adjudication, Annotation, AnnotationRevision, ExportLine, ExportLineChange, Item, ItemResult
+from config.sqltext import column as _col
 from config.sqltext import ident
 
 log = logging.getLogger(__name__)
 
-# The item columns a line shows (``export_sql.page_sql``): an UPDATE of any other (the queue's review
-# count, the calibration flag) leaves the line as it is.
-ITEM_COLUMNS = (
-    "kind",
-    "split",
-    "provenance",
-    "prompt",
-    "messages",
-    "responses",
-    "metadata",
-    "import_batch",
-    "source_line",
-    "is_check",
-    "created_at",
-)
+# The item's own columns a line shows (the export's, less the id and the result's): an UPDATE of any other
+# (the queue's review count, the calibration flag) leaves the line as it is.
+ITEM_COLUMNS = tuple(c for c in EXPORT_COLUMNS if c != "id" and "__" not in c)
 # Items per refresh transaction, and how long one run of the worker's refresh may go on.
 REFRESH_PAGE = 2000
 REFRESH_BUDGET_S = 50.0
 # A key for pg_try_advisory_lock: one refresh at a time per database.
 REFRESH_LOCK = 0x60_1D_5E_7E
-FUNCTION = "annotate_export_line_changed"
 
 
 def _table(model) -> str:
     return ident(model._meta.db_table)
-
-
-def _col(model, field: str) -> str:
-    return ident(model._meta.get_field(field).column)
 
 
 def _changes_from(rows: str, model) -> str:

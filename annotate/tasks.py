@@ -42,7 +42,7 @@ def background_sweep(older_than_s: float = 60) -> dict:
 
 @shared_task(name="annotate.tasks.export_lines_refresh", ignore_result=True)
 def export_lines_refresh() -> dict:
-    """Build the annotation-export lines that changes outdated or that new items lack (Celery beat, every
+    """Build the annotation-export lines that changes outdated, new items included (Celery beat, every
     minute; at most ``REFRESH_BUDGET_S`` a run, the next run goes on)."""
     from annotate.export_cache import refresh
 
