@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections, transaction
 
 from annotate import export_cache
 from annotate.export_sql import export_lines, page_sql
@@ -290,3 +290,25 @@ def test_the_trainer_and_the_public_cannot_read_the_lines(reviewed):
             for table in (ExportLine._meta.db_table, ExportLineChange._meta.db_table):
                 cursor.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", [role, table])
                 assert cursor.fetchone()[0] is False, (role, table)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "ALTER TABLE annotate_annotation DISABLE TRIGGER USER",
+        "ALTER TABLE annotate_annotation DISABLE TRIGGER annotate_annotation_export_update",
+        "ALTER TABLE annotate_item DISABLE TRIGGER annotate_item_export_insert",
+        "DROP TRIGGER annotate_itemresult_export_update ON annotate_itemresult",
+        "CREATE OR REPLACE FUNCTION annotate_annotation_export_changed() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RETURN NULL; END $$",
+        "ALTER TABLE annotate_exportline DROP CONSTRAINT annotate_exportline_item_fk",
+        "SET session_replication_role = replica",
+    ],
+)
+def test_the_app_role_cannot_switch_the_change_triggers_off(attack):
+    """The roles that use the database cannot make a write go unrecorded (a stale line served) or a deleted
+    item's line stay behind."""
+    with pytest.raises(DatabaseError, match="must be owner|permission denied"):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(attack)
